@@ -1,0 +1,3 @@
+from marketpipe.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""The Typer app: parse, call one function, render. User errors print one line, never a traceback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import structlog
+import typer
+
+from marketpipe import __version__, console
+from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request
+from marketpipe.errors import MarketpipeError, UsageError
+from marketpipe.exporting import export as export_records
+from marketpipe.logs import configure
+from marketpipe.pipeline import Pipeline
+from marketpipe.samples import make_sample
+from marketpipe.stores import open_store
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Databento market data (DBN files, Historical API) into exact, queryable tables.",
+)
+
+T = TypeVar("T")
+
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="DuckDB file or postgresql:// URL [env MARKETPIPE_DB]")
+]
+SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols")]
+StartOption = Annotated[str | None, typer.Option("--start-date", help="First day, YYYY-MM-DD (inclusive)")]
+EndOption = Annotated[str | None, typer.Option("--end-date", help="Last day, YYYY-MM-DD (inclusive)")]
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run a command body: user errors become one line and their exit code."""
+    try:
+        return action()
+    except MarketpipeError as exc:
+        console.err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.err.print("interrupted: finished chunks are kept; run again to resume")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        structlog.get_logger("marketpipe").error("crash", error=repr(exc), traceback=traceback.format_exc())
+        console.err.print(f"internal error: {exc!r} (details in the log file)", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _settings(**overrides: object) -> Settings:
+    settings = load_settings(**overrides)
+    configure(settings.log_file, settings.log_level)
+    return settings
+
+
+def _date(flag: str, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def _symbols(value: str | None) -> list[str]:
+    return [s.strip() for s in (value or "").split(",") if s.strip()]
+
+
+@app.command()
+def ingest(
+    api: Annotated[str, typer.Option(help="Source api type")] = "databento",
+    from_file: Annotated[str | None, typer.Option("--from-file", help="DBN file, directory or glob")] = None,
+    job: Annotated[str | None, typer.Option(help="Run a job from the jobs file")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Databento dataset, e.g. GLBX.MDP3")] = None,
+    schema: Annotated[str | None, typer.Option(help="Comma-separated schemas")] = None,
+    symbols: SymbolsOption = None,
+    stype_in: Annotated[str | None, typer.Option("--stype-in", help="Symbology of --symbols")] = None,
+    start_date: StartOption = None,
+    end_date: EndOption = None,
+    db: DbOption = None,
+    force: Annotated[bool, typer.Option(help="Re-ingest chunks already done")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Records per batch")] = None,
+) -> None:
+    """Ingest DBN files or API data through every pipeline stage into the store."""
+
+    def run() -> int:
+        settings = _settings(db=db, batch_size=batch_size)
+        request = _request(settings, job, api=api, from_file=from_file, dataset=dataset, schemas=schema,
+                           symbols=symbols, stype_in=stype_in,
+                           start_date=_date("--start-date", start_date), end_date=_date("--end-date", end_date))
+        with console.RichProgress() as progress:
+            summary = Pipeline(request, settings, progress).run(force=force)
+        console.render_summary(summary)
+        return summary.exit_code
+
+    code = _guarded(run)
+    raise typer.Exit(code)
+
+
+def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
+    if job is not None:
+        jobs = load_jobs(settings.jobs_file)
+        if job not in jobs:
+            known = ", ".join(jobs) or "none"
+            raise UsageError(f"unknown job {job!r} in {settings.jobs_file}; known jobs: {known}")
+        return jobs[job]
+    request = make_request(**flags)
+    if not request.from_file and not (request.dataset and request.schemas):
+        raise UsageError("nothing to ingest: give --from-file PATH, --job NAME, or --dataset and --schema")
+    return request
+
+
+@app.command()
+def export(
+    schema: Annotated[str, typer.Option(help="Schema to export, e.g. trades")],
+    out: Annotated[Path, typer.Option(help="Output file")],
+    format: Annotated[str, typer.Option("--format", help="parquet or csv")] = "parquet",
+    db: DbOption = None,
+    symbols: SymbolsOption = None,
+    start_date: StartOption = None,
+    end_date: EndOption = None,
+) -> None:
+    """Write stored records of one schema to Parquet or CSV, exactly."""
+
+    def run() -> None:
+        settings = _settings(db=db)
+        start, end = _date("--start-date", start_date), _date("--end-date", end_date)
+        if start and end and end < start:
+            raise UsageError(f"end date {end} is before start date {start}")
+        from marketpipe.model import family_of
+
+        family_of(schema)  # an unknown schema fails before the store is opened
+        store = open_store(settings.db)
+        try:
+            rows = export_records(store, schema, format, out, _symbols(symbols), start, end, settings.batch_size)
+        finally:
+            store.close()
+        console.out.print(f"wrote {rows:,} {schema} records to {out}")
+
+    _guarded(run)
+
+
+@app.command("list-jobs")
+def list_jobs() -> None:
+    """Show the jobs defined in the jobs file (configs/databento.yaml)."""
+
+    def run() -> None:
+        settings = _settings()
+        console.render_jobs(load_jobs(settings.jobs_file))
+
+    _guarded(run)
+
+
+@app.command()
+def status(db: DbOption = None) -> None:
+    """What is stored: tables, row counts, time ranges, chunks and last runs."""
+
+    def run() -> None:
+        settings = _settings(db=db)
+        store = open_store(settings.db)
+        try:
+            console.render_status(store.status())
+        finally:
+            store.close()
+
+    _guarded(run)
+
+
+@app.command("make-sample")
+def make_sample_command(
+    out: Annotated[Path, typer.Option(help="Directory for the sample DBN files")] = Path("data/sample"),
+) -> None:
+    """Write a small DBN sample (CL and ES, 2024 Q1: daily bars and trades) for a first run."""
+
+    def run() -> None:
+        for path in make_sample(out):
+            console.out.print(f"wrote {path}")
+
+    _guarded(run)
+
+
+@app.command()
+def version() -> None:
+    """Print the marketpipe version."""
+    console.out.print(f"marketpipe {__version__}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,126 @@
+"""Settings (env and .env, via pydantic-settings) and ingest jobs (YAML, via pydantic)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from marketpipe.errors import ConfigError, UsageError
+from marketpipe.model import SCHEMAS
+
+STYPES = ("raw_symbol", "instrument_id", "parent", "continuous", "smart")
+
+
+class Settings(BaseSettings):
+    """Where things live and how big batches are; ``MARKETPIPE_*`` variables or ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="MARKETPIPE_", env_file=".env", extra="ignore")
+
+    db: str = "data/marketpipe.duckdb"
+    log_level: str = "WARNING"
+    log_file: Path = Path("logs/marketpipe.jsonl")
+    batch_size: int = Field(100_000, gt=0)
+    jobs_file: Path = Path("configs/databento.yaml")
+    databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")
+    databento_gateway: str = Field("https://hist.databento.com", validation_alias="DATABENTO_GATEWAY")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise UsageError(f"bad setting: {_first_error(exc)}") from None
+
+
+class IngestRequest(BaseModel):
+    """One ingest: from the CLI's flags or a job in the jobs file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "adhoc"
+    description: str = ""
+    api: str = "databento"
+    from_file: str | None = None
+    dataset: str | None = None
+    schemas: list[str] = Field(default_factory=list)
+    symbols: list[str] = Field(default_factory=list)
+    stype_in: str = "raw_symbol"
+    start_date: dt.date | None = None
+    end_date: dt.date | None = None
+
+    @field_validator("schemas", "symbols", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("schemas")
+    @classmethod
+    def _known_schemas(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in SCHEMAS]
+        if unknown:
+            raise ValueError(f"unknown schema {unknown[0]!r}; known schemas: {', '.join(SCHEMAS)}")
+        return value
+
+    @field_validator("stype_in")
+    @classmethod
+    def _known_stype(cls, value: str) -> str:
+        if value not in STYPES:
+            raise ValueError(f"unknown stype_in {value!r}; known: {', '.join(STYPES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> IngestRequest:
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end date {self.end_date} is before start date {self.start_date}")
+        return self
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def make_request(**fields: Any) -> IngestRequest:
+    """An ingest request from CLI flags; a bad value is a UsageError naming the flag."""
+    try:
+        return IngestRequest(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise UsageError(_first_error(exc)) from None
+
+
+def load_jobs(path: Path) -> dict[str, IngestRequest]:
+    """Jobs by name; a malformed file names the file and the field."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: jobs file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read jobs file: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    jobs = document.get("jobs") if isinstance(document, dict) else None
+    if not isinstance(jobs, dict):
+        raise ConfigError(f"{path}: jobs: expected a mapping of job name to job settings")
+    result = {}
+    for name, body in jobs.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: jobs.{name}: expected a mapping of settings")
+        try:
+            result[str(name)] = IngestRequest(name=str(name), **body)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: jobs.{name}.{_first_error(exc)}") from None
+    return result

@@ -1,0 +1,126 @@
+"""What the CLI shows: Rich progress while ingesting, and the tables after."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from marketpipe.config import IngestRequest
+from marketpipe.pipeline import ChunkResult, RunSummary
+from marketpipe.sources.base import Chunk
+from marketpipe.stores.base import StoreStatus
+
+out = Console()
+err = Console(stderr=True)
+
+
+class RichProgress:
+    """Chunks done out of planned, and records read so far."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[records]:,} records"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._task = self._progress.add_task("ingest", total=0, records=0)
+        self._records = 0
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def plan(self, chunks: int) -> None:
+        self._progress.update(self._task, total=chunks)
+
+    def chunk_started(self, chunk: Chunk) -> None:
+        self._progress.update(self._task, description=chunk.schema)
+
+    def advance(self, records: int) -> None:
+        self._records += records
+        self._progress.update(self._task, records=self._records)
+
+    def chunk_finished(self, result: ChunkResult) -> None:
+        self._progress.advance(self._task)
+
+
+def render_summary(summary: RunSummary) -> None:
+    rows: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0])
+    for r in summary.results:
+        row = rows[r.chunk.schema]
+        row[0] += r.read
+        row[1] += r.stored
+        row[2] += r.quarantined
+        row[3] += r.seconds
+        row[4] += r.status == "skipped"
+        row[5] += r.status == "failed"
+    table = Table(title=f"run {summary.run_id} ({summary.job})")
+    for name in ("schema", "read", "stored", "rejected", "seconds", "records/s", "skipped", "failed"):
+        table.add_column(name, justify="left" if name == "schema" else "right")
+    for schema, (read, stored, rejected, seconds, skipped, failed) in sorted(rows.items()):
+        rate = f"{read / seconds:,.0f}" if seconds > 0 else "-"
+        table.add_row(schema, f"{read:,.0f}", f"{stored:,.0f}", f"{rejected:,.0f}", f"{seconds:.2f}",
+                      rate, f"{skipped:.0f}", f"{failed:.0f}")
+    out.print(table)
+    rules: Counter[str] = Counter()
+    for r in summary.results:
+        rules.update(r.rules)
+    for rule, count in sorted(rules.items()):
+        out.print(f"quarantined by {rule}: {count:,}")
+    for label, reason in summary.failed:
+        err.print(f"failed: {reason if label in reason else f'{label}: {reason}'}", markup=False, highlight=False)
+
+
+def render_jobs(jobs: dict[str, IngestRequest]) -> None:
+    table = Table(title="jobs")
+    for name in ("name", "source", "schemas", "symbols", "dates", "description"):
+        table.add_column(name)
+    for name, job in jobs.items():
+        source = f"files: {job.from_file}" if job.from_file else f"{job.api}: {job.dataset}"
+        dates = f"{job.start_date or ''} .. {job.end_date or ''}" if job.start_date or job.end_date else ""
+        table.add_row(name, source, ", ".join(job.schemas), ", ".join(job.symbols), dates, job.description)
+    out.print(table)
+
+
+def _ns_text(ns: int | None) -> str:
+    """UTC ISO-8601 with all nine fractional digits (datetime stops at microseconds)."""
+    if ns is None:
+        return ""
+    seconds, fraction = divmod(ns, 10**9)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{fraction:09d}Z"
+
+
+def render_status(status: StoreStatus) -> None:
+    out.print(f"store: {status.location} ({status.mode})")
+    tables = Table(title="tables")
+    for name in ("table", "rows", "first ts_event", "last ts_event"):
+        tables.add_column(name, justify="right" if name == "rows" else "left")
+    for t in status.tables:
+        tables.add_row(t.table, f"{t.rows:,}", _ns_text(t.first_ns), _ns_text(t.last_ns))
+    out.print(tables)
+    chunks = Table(title="chunks")
+    for name in ("job", "status", "chunks"):
+        chunks.add_column(name)
+    for job, state, count in status.chunks:
+        chunks.add_row(job, state, str(count))
+    out.print(chunks)
+    for job, label, error in status.failed:
+        out.print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False)
+    runs = Table(title="last runs")
+    for name in ("run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"):
+        runs.add_column(name)
+    for run in status.runs:
+        runs.add_row(*("" if v is None else str(v) for v in run.values()))
+    out.print(runs)

@@ -1,0 +1,64 @@
+"""Stored records back out as Parquet or CSV, exactly as the standardized model holds them.
+
+Parquet keeps nanosecond UTC timestamps (``timestamp[ns, tz=UTC]``) and prices as
+``decimal128(19, 9)``; CSV writes the same values as text (ISO-8601 with nine fractional
+digits, decimals with nine places). The file appears only once complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from marketpipe.errors import UsageError
+from marketpipe.model import family_of
+from marketpipe.stores.base import ExportQuery, Store
+
+FORMATS = ("parquet", "csv")
+_NS_PER_DAY = 86_400 * 10**9
+
+
+def day_start_ns(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days * _NS_PER_DAY
+
+
+def export(
+    store: Store,
+    schema: str,
+    fmt: str,
+    out: Path,
+    symbols: list[str],
+    start_date: dt.date | None,
+    end_date: dt.date | None,
+    batch_size: int,
+) -> int:
+    """Rows written; ``end_date`` is inclusive."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    family = family_of(schema)
+    query = ExportQuery(
+        family, schema, symbols,
+        None if start_date is None else day_start_ns(start_date),
+        None if end_date is None else day_start_ns(end_date) + _NS_PER_DAY,
+    )
+    partial = out.with_name(out.name + ".partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        writer_type = pq.ParquetWriter if fmt == "parquet" else pacsv.CSVWriter
+        with writer_type(partial, family.arrow_schema) as writer:
+            for batch in store.export(query, batch_size):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return rows

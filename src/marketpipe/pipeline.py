@@ -1,0 +1,228 @@
+"""The orchestrator: plan chunks, run every stage over each chunk's batches, count, record.
+
+Stages, in order: load job config (the caller) -> init source -> plan -> read typed records
+-> initial validation -> transform -> post-transformation validation -> store -> record
+progress. A chunk is written in one store transaction that first removes what an earlier
+write of the same chunk stored, so a re-run never duplicates and a failure leaves nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+import structlog
+
+from marketpipe.config import IngestRequest, Settings
+from marketpipe.errors import MarketpipeError, SourceError
+from marketpipe.model import family_of
+from marketpipe.sources import make_source
+from marketpipe.sources.base import Chunk, RawBatch, Source
+from marketpipe.stores import open_store
+from marketpipe.stores.base import ChunkCounts, ChunkWriter, Store
+from marketpipe.transform import to_table
+from marketpipe.validation import INITIAL_CHECKS, POST_CHECKS, run_checks
+
+STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
+
+
+class CountMismatch(MarketpipeError):
+    """read != stored + quarantined: a bug, never data to keep."""
+
+
+@dataclass
+class ChunkResult:
+    chunk: Chunk
+    status: str  # done | failed | skipped
+    read: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    rules: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    job: str
+    results: list[ChunkResult] = field(default_factory=list)
+    plan_failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """Every input that did not make it: (label, reason)."""
+        return self.plan_failures + [
+            (r.chunk.label, r.error or "") for r in self.results if r.status == "failed"
+        ]
+
+    def totals(self) -> ChunkCounts:
+        done = [r for r in self.results if r.status == "done"]
+        return ChunkCounts(
+            sum(r.read for r in done), sum(r.stored for r in done),
+            sum(r.quarantined for r in done), sum(r.seconds for r in done),
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+class Progress(Protocol):
+    def plan(self, chunks: int) -> None: ...
+
+    def chunk_started(self, chunk: Chunk) -> None: ...
+
+    def advance(self, records: int) -> None: ...
+
+    def chunk_finished(self, result: ChunkResult) -> None: ...
+
+
+class _StageTimer:
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self.records: Counter[str] = Counter()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+class Pipeline:
+    store: Store
+
+    def __init__(self, request: IngestRequest, settings: Settings, progress: Progress | None = None) -> None:
+        self.request = request
+        self.settings = settings
+        self.progress = progress
+        self.run_id = uuid.uuid4().hex[:12]
+        self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
+
+    def run(self, force: bool = False) -> RunSummary:
+        """Bad arguments fail here, before the store is opened or anything is read."""
+        self.log.info("stage.start", stage="init_source", api=self.request.api)
+        source = make_source(self.request, self.settings)
+        self.store = open_store(self.settings.db)
+        try:
+            return self._run(source, force)
+        finally:
+            self.store.close()
+
+    def _run(self, source: Source, force: bool) -> RunSummary:
+        summary = RunSummary(self.run_id, self.request.name)
+        self.log.info("stage.start", stage="plan")
+        started = time.perf_counter()
+        plan = source.plan()
+        self.log.info(
+            "stage.end", stage="plan", chunks=len(plan.chunks), failures=len(plan.failures),
+            seconds=round(time.perf_counter() - started, 6),
+        )
+        summary.plan_failures = plan.failures
+        for label, reason in plan.failures:
+            self.log.error("input.rejected", input=label, reason=reason)
+        if self.progress:
+            self.progress.plan(len(plan.chunks))
+        self.store.start_run(self.run_id, self.request.name)
+        for chunk in plan.chunks:
+            if not force and self.store.is_done(chunk):
+                result = ChunkResult(chunk, "skipped")
+                self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
+            else:
+                result = self._run_chunk(source, chunk)
+            summary.results.append(result)
+            if self.progress:
+                self.progress.chunk_finished(result)
+        status = "partial" if summary.failed else "done"
+        self.store.finish_run(self.run_id, status, summary.totals())
+        return summary
+
+    def _run_chunk(self, source: Source, chunk: Chunk) -> ChunkResult:
+        log = self.log.bind(chunk=chunk.label, schema=chunk.schema)
+        log.info("chunk.start")
+        if self.progress:
+            self.progress.chunk_started(chunk)
+        timer = _StageTimer()
+        result = ChunkResult(chunk, "running")
+        started = time.perf_counter()
+        try:
+            with self.store.write_chunk(chunk, self.run_id, self.request.name) as writer:
+                for raw in self._timed_batches(source, chunk, timer):
+                    self._process(chunk, raw, writer, timer, result)
+                result.seconds = time.perf_counter() - started
+                if result.read != result.stored + result.quarantined:
+                    raise CountMismatch(
+                        f"{chunk.label}: read {result.read} != stored {result.stored}"
+                        f" + quarantined {result.quarantined}"
+                    )
+                writer.commit(ChunkCounts(result.read, result.stored, result.quarantined, result.seconds))
+        except SourceError as exc:
+            return self._failed(chunk, result, str(exc), log)
+        except Exception as exc:  # a bug or a store fault: keep the traceback in the log file
+            log.error("chunk.crashed", error=repr(exc), traceback=traceback.format_exc())
+            return self._failed(chunk, result, f"{chunk.label}: {exc}", log)
+        result.status = "done"
+        for stage in STAGES:
+            log.info("stage.end", stage=stage, records=timer.records[stage],
+                     seconds=round(timer.seconds[stage], 6))
+        log.info("chunk.end", read=result.read, stored=result.stored,
+                 quarantined=result.quarantined, seconds=round(result.seconds, 6),
+                 rules=dict(result.rules))
+        return result
+
+    def _failed(self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger) -> ChunkResult:
+        log.error("chunk.failed", error=error)
+        self.store.mark_failed(chunk, self.run_id, self.request.name, error)
+        return ChunkResult(chunk, "failed", read=result.read, error=error)
+
+    def _timed_batches(self, source: Source, chunk: Chunk, timer: _StageTimer) -> Iterator[RawBatch]:
+        batches = source.read(chunk, self.settings.batch_size)
+        while True:
+            with timer("read"):
+                raw = next(batches, None)
+            if raw is None:
+                return
+            timer.records["read"] += len(raw.records)
+            yield raw
+
+    def _process(
+        self, chunk: Chunk, raw: RawBatch, writer: ChunkWriter, timer: _StageTimer, result: ChunkResult
+    ) -> None:
+        family = family_of(chunk.schema)
+        count = len(raw.records)
+        result.read += count
+        with timer("validate_initial"):
+            keep, rejected = run_checks("initial", INITIAL_CHECKS, family, chunk.schema, chunk, raw.records)
+            if rejected:
+                raw = RawBatch(raw.records[keep], raw.symbols.filter(pa.array(keep)))
+        timer.records["validate_initial"] += len(raw.records)
+        with timer("transform"):
+            table = to_table(family, chunk.schema, raw)
+        timer.records["transform"] += table.num_rows
+        with timer("validate_post"):
+            keep, post_rejected = run_checks("post", POST_CHECKS, family, chunk.schema, chunk, table)
+            if post_rejected:
+                table = table.filter(pa.array(keep))
+        rejected += post_rejected
+        timer.records["validate_post"] += table.num_rows
+        with timer("store"):
+            if table.num_rows:
+                writer.write(table)
+            writer.quarantine(rejected)
+        timer.records["store"] += table.num_rows
+        result.stored += table.num_rows
+        result.quarantined += len(rejected)
+        result.rules.update(r.rule for r in rejected)
+        if self.progress:
+            self.progress.advance(count)

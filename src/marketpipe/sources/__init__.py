@@ -1,0 +1,32 @@
+"""Sources by api type: a new source is one new module and one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from marketpipe.config import IngestRequest, Settings
+from marketpipe.errors import UsageError
+from marketpipe.sources.base import Source
+
+
+def _databento(request: IngestRequest, settings: Settings) -> Source:
+    if request.from_file:
+        from marketpipe.sources.databento_files import DbnFileSource
+
+        return DbnFileSource(request.from_file)
+    raise UsageError(
+        "downloading from the Databento API is not available yet; ingest DBN files with --from-file"
+    )
+
+
+SOURCES: dict[str, Callable[[IngestRequest, Settings], Source]] = {"databento": _databento}
+
+
+def make_source(request: IngestRequest, settings: Settings) -> Source:
+    try:
+        factory = SOURCES[request.api]
+    except KeyError:
+        raise UsageError(
+            f"unknown api type {request.api!r}; known: {', '.join(sorted(SOURCES))}"
+        ) from None
+    return factory(request, settings)

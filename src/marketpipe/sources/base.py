@@ -1,0 +1,46 @@
+"""What every source gives the pipeline: a plan of chunks, and raw record batches per chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A unit of work: writing the same ``key`` again replaces what it stored before."""
+
+    key: str
+    schema: str
+    label: str
+    dataset: str | None = None
+    # Event-time window the records must fall in, nanoseconds, [start, end); None: unbounded.
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Records in the DBN v3 layout of the chunk's family, with their resolved symbols."""
+
+    records: np.ndarray
+    symbols: pa.Array
+
+
+@dataclass
+class Plan:
+    chunks: list[Chunk] = field(default_factory=list)
+    # Inputs that could not even be planned (bad files): (label, reason).
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Source(Protocol):
+    def plan(self) -> Plan: ...
+
+    def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
+        """Raw batches of at most ``batch_size`` records; raises SourceError on bad input."""
+        ...

@@ -1,0 +1,148 @@
+"""Reading DBN streams (files or downloaded API chunks) as bounded numpy batches.
+
+The hot path never builds a Python object per record: the decompressed stream is read in
+blocks of ``batch_size`` records and viewed as the DBN v3 numpy layout. Only the two record
+layouts that changed between DBN versions (instrument definitions in v2 and v3, statistics
+in v3) are upgraded record by record through databento-dbn's own upgrade, which keeps them
+exactly as Databento defines the upgrade; they are low-volume schemas.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import databento_dbn
+import numpy as np
+import zstandard
+from databento import DBNStore
+from databento.common.constants import (
+    SCHEMA_STRUCT_MAP,
+    SCHEMA_STRUCT_MAP_V1,
+    SCHEMA_STRUCT_MAP_V2,
+)
+from databento.common.error import BentoError
+from databento_dbn import DBNDecoder, Schema, VersionUpgradePolicy
+
+from marketpipe.errors import SourceError
+from marketpipe.model import Family, family_of
+from marketpipe.sources.base import RawBatch
+from marketpipe.symbology import SymbolMap
+
+_STRUCTS_BY_VERSION = {1: SCHEMA_STRUCT_MAP_V1, 2: SCHEMA_STRUCT_MAP_V2, 3: SCHEMA_STRUCT_MAP}
+_HEADER = struct.Struct("<3sBI")  # b"DBN", version, metadata length
+
+
+def _plain(value: object) -> str | None:
+    """databento-dbn enums (Schema, SType) as their Databento names."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+class DbnFile:
+    """One DBN file opened and checked: metadata read, schema and version known."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._store = DBNStore.from_file(path)
+        except BentoError as exc:
+            raise SourceError(f"{path}: not DBN data (neither a DBN nor a zstd header)") from exc
+        except databento_dbn.DBNError as exc:
+            raise SourceError(
+                f"{path}: no DBN metadata header (legacy DBZ, a fragment or corrupt): {exc}"
+            ) from exc
+        except ValueError as exc:
+            raise SourceError(f"{path}: {exc}") from exc
+        except (OSError, zstandard.ZstdError) as exc:
+            raise SourceError(f"{path}: cannot be read: {exc}") from exc
+        meta = self._store.metadata
+        self.version = int(meta.version)
+        if self.version not in _STRUCTS_BY_VERSION:
+            raise SourceError(f"{path}: DBN version {self.version} is not supported")
+        schema = _plain(meta.schema)
+        if schema is None:
+            raise SourceError(f"{path}: mixed-schema DBN (live data) is not supported")
+        self.schema: str = schema
+        self.family: Family = family_of(schema)
+        if meta.ts_out:
+            raise SourceError(f"{path}: records with ts_out (live data) are not supported")
+        self.dataset: str | None = meta.dataset
+        self.start_ns: int = int(meta.start)
+        self.end_ns: int | None = None if meta.end is None else int(meta.end)
+        self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
+        native = _STRUCTS_BY_VERSION[self.version][Schema(schema)]
+        self._upgrade = np.dtype(native._dtypes) != self.family.record_dtype  # type: ignore[attr-defined]
+
+    def batches(self, batch_size: int) -> Iterator[RawBatch]:
+        """The file's records in DBN v3 layout, ``batch_size`` at most per batch."""
+        blocks = self._upgraded(batch_size) if self._upgrade else self._viewed(batch_size)
+        time_field = "ts_recv" if "ts_recv" in self.family.record_dtype.names else "ts_event"
+        for records in blocks:
+            self._check_alignment(records)
+            symbols = self.symbol_map.resolve(records["instrument_id"], records[time_field])
+            yield RawBatch(records, symbols)
+
+    def _stream(self) -> IO[bytes]:
+        """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""
+        return self._store.reader
+
+    def _viewed(self, batch_size: int) -> Iterator[np.ndarray]:
+        dtype = self.family.record_dtype
+        with self._stream() as reader:
+            header = _read_exact(reader, _HEADER.size)
+            _, _, metadata_length = _HEADER.unpack(header)
+            _read_exact(reader, metadata_length)
+            block = batch_size * dtype.itemsize
+            while data := self._read(reader, block):
+                if len(data) % dtype.itemsize:
+                    raise SourceError(f"{self.path}: truncated: the file ends inside a record")
+                yield np.frombuffer(data, dtype=dtype)
+
+    def _upgraded(self, batch_size: int) -> Iterator[np.ndarray]:
+        dtype = self.family.record_dtype
+        decoder = DBNDecoder(upgrade_policy=VersionUpgradePolicy.UPGRADE_TO_V3)
+        pending: list[bytes] = []
+        with self._stream() as reader:
+            while data := self._read(reader, 1 << 20):
+                for record in decoder.write_and_decode(data):
+                    if not isinstance(record, databento_dbn.Metadata):
+                        pending.append(bytes(record))
+                while len(pending) >= batch_size:
+                    yield np.frombuffer(b"".join(pending[:batch_size]), dtype=dtype)
+                    del pending[:batch_size]
+        if decoder.buffer():
+            raise SourceError(f"{self.path}: truncated: the file ends inside a record")
+        if pending:
+            yield np.frombuffer(b"".join(pending), dtype=dtype)
+
+    def _read(self, reader: IO[bytes], size: int) -> bytes:
+        try:
+            return _read_exact(reader, size)
+        except (zstandard.ZstdError, OSError) as exc:
+            raise SourceError(f"{self.path}: corrupt or truncated compressed data: {exc}") from exc
+
+    def _check_alignment(self, records: np.ndarray) -> None:
+        # A record whose length field disagrees with its layout means the stream is
+        # misaligned (corrupt or not this schema): nothing after it can be trusted.
+        bad = np.flatnonzero(records["length"].astype(np.int64) * 4 != records.dtype.itemsize)
+        if len(bad):
+            raise SourceError(
+                f"{self.path}: corrupt: a record's length does not match the {self.schema} layout"
+            )
+
+
+def _read_exact(reader: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes; fewer only at the end of the stream (zstd reads come short)."""
+    parts = []
+    remaining = size
+    while remaining > 0:
+        part = reader.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)

@@ -1,0 +1,96 @@
+"""The store interface every backend implements (DuckDB, PostgreSQL), and its shared parts."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+from marketpipe.model import Family
+from marketpipe.sources.base import Chunk
+from marketpipe.validation import Rejection
+
+CHUNKS_TABLE = "marketpipe_chunks"
+RUNS_TABLE = "marketpipe_runs"
+QUARANTINE_TABLE = "marketpipe_quarantine"
+
+
+def chunk_id(chunk_key: str) -> int:
+    """A signed 64-bit id for a chunk key, stored on every row the chunk wrote."""
+    digest = hashlib.blake2b(chunk_key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    read: int
+    stored: int
+    quarantined: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportQuery:
+    """What to read back; dates as nanoseconds, ``end_ns`` exclusive."""
+
+    family: Family
+    schema: str
+    symbols: Sequence[str] = ()
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+
+@dataclass
+class TableStatus:
+    table: str
+    rows: int
+    first_ns: int | None
+    last_ns: int | None
+
+
+@dataclass
+class StoreStatus:
+    location: str
+    mode: str
+    tables: list[TableStatus] = field(default_factory=list)
+    chunks: list[tuple[str, str, int]] = field(default_factory=list)  # (job, status, count)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (job, label, error)
+    runs: list[dict[str, object]] = field(default_factory=list)
+
+
+class ChunkWriter(Protocol):
+    def write(self, table: pa.Table) -> None: ...
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None: ...
+
+    def commit(self, counts: ChunkCounts) -> None:
+        """Make the chunk's rows visible and mark it done, atomically."""
+        ...
+
+
+class Store(Protocol):
+    location: str
+
+    def close(self) -> None: ...
+
+    def is_done(self, chunk: Chunk) -> bool: ...
+
+    def write_chunk(
+        self, chunk: Chunk, run_id: str, job: str
+    ) -> AbstractContextManager[ChunkWriter]:
+        """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is rolled back."""
+        ...
+
+    def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None: ...
+
+    def start_run(self, run_id: str, job: str) -> None: ...
+
+    def finish_run(self, run_id: str, status: str, counts: ChunkCounts) -> None: ...
+
+    def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]: ...
+
+    def status(self) -> StoreStatus: ...

@@ -1,0 +1,60 @@
+"""DBN v3 numpy records -> standardized Arrow columns, whole columns at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from marketpipe.model import PRICE_TYPE, Column, Family, Kind
+from marketpipe.sources.base import RawBatch
+
+
+def decimal_prices(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
+    """int64 fixed-point (scale 1e-9) as exact DECIMAL(19, 9), without a Python object each.
+
+    A decimal128 value is the unscaled integer as two's-complement int128, so the int64
+    sign-extended into a (low, high) pair is already the decimal of the same scale.
+    """
+    n = len(values)
+    pairs = np.empty((n, 2), dtype=np.int64)
+    pairs[:, 0] = values
+    pairs[:, 1] = values >> 63
+    validity = None
+    null_count = 0
+    if valid is not None and not valid.all():
+        validity = pa.array(valid, type=pa.bool_()).buffers()[1]
+        null_count = int(n - np.count_nonzero(valid))
+    return pa.Array.from_buffers(PRICE_TYPE, n, [validity, pa.py_buffer(pairs)], null_count)
+
+
+def constant_strings(value: str, n: int) -> pa.Array:
+    indices = pa.array(np.zeros(n, dtype=np.int8))
+    return pa.DictionaryArray.from_arrays(indices, pa.array([value])).cast(pa.string())
+
+
+def column_array(column: Column, raw: np.ndarray) -> pa.Array:
+    """One DBN field as its model column; sentinels become NULL."""
+    values = np.ascontiguousarray(raw)
+    valid = None if column.sentinel is None else values != values.dtype.type(column.sentinel)
+    if column.kind is Kind.PRICE:
+        return decimal_prices(values, valid)
+    mask = None if valid is None or valid.all() else ~valid
+    if column.kind is Kind.TIMESTAMP:
+        return pa.array(values.view(np.int64), type=column.arrow_type, mask=mask)
+    if column.kind is Kind.TEXT:
+        return pa.array(values, type=pa.binary()).cast(pa.string())
+    return pa.array(values, type=column.arrow_type, mask=mask)
+
+
+def to_table(family: Family, schema: str, batch: RawBatch) -> pa.Table:
+    """The standardized table of one batch of records."""
+    records = batch.records
+    arrays = []
+    for column in family.columns:
+        if column.kind is Kind.SYMBOL:
+            arrays.append(batch.symbols)
+        elif column.kind is Kind.SCHEMA:
+            arrays.append(constant_strings(schema, len(records)))
+        else:
+            arrays.append(column_array(column, records[column.name]))
+    return pa.Table.from_arrays(arrays, schema=family.arrow_schema)
