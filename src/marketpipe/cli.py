@@ -42,14 +42,14 @@ def _guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except MarketpipeError as exc:
-        console.err.print(f"error: {exc}", markup=False, highlight=False)
+        console.err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.err.print("interrupted: finished chunks are kept; run again to resume")
         raise typer.Exit(130) from None
     except Exception as exc:
         structlog.get_logger("marketpipe").error("crash", error=repr(exc), traceback=traceback.format_exc())
-        console.err.print(f"internal error: {exc!r} (details in the log file)", markup=False, highlight=False)
+        console.err.print(f"internal error: {exc!r} (details in the log file)", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -79,7 +79,7 @@ def render_summary(summary: RunSummary) -> None:
     for rule, count in sorted(rules.items()):
         out.print(f"quarantined by {rule}: {count:,}")
     for label, reason in summary.failed:
-        err.print(f"failed: {reason if label in reason else f'{label}: {reason}'}", markup=False, highlight=False)
+        err.print(f"failed: {reason if label in reason else f'{label}: {reason}'}", markup=False, highlight=False, soft_wrap=True)
 
 
 def render_jobs(jobs: dict[str, IngestRequest]) -> None:
@@ -117,7 +117,7 @@ def render_status(status: StoreStatus) -> None:
         chunks.add_row(job, state, str(count))
     out.print(chunks)
     for job, label, error in status.failed:
-        out.print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False)
+        out.print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False, soft_wrap=True)
     runs = Table(title="last runs")
     for name in ("run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"):
         runs.add_column(name)
