@@ -14,8 +14,10 @@ import typer
 from marketpipe import __version__, console
 from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request
 from marketpipe.errors import MarketpipeError, UsageError
+from marketpipe.exporting import FORMATS
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
+from marketpipe.model import family_of
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import make_sample
 from marketpipe.stores import open_store
@@ -133,9 +135,9 @@ def export(
         start, end = _date("--start-date", start_date), _date("--end-date", end_date)
         if start and end and end < start:
             raise UsageError(f"end date {end} is before start date {start}")
-        from marketpipe.model import family_of
-
-        family_of(schema)  # an unknown schema fails before the store is opened
+        family_of(schema)  # bad arguments fail before the store is opened
+        if format not in FORMATS:
+            raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
         store = open_store(settings.db)
         try:
             rows = export_records(store, schema, format, out, _symbols(symbols), start, end, settings.batch_size)

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MARKETPIPE_", env_file=".env", extra="ignore")
 
     db: str = "data/marketpipe.duckdb"
-    log_level: str = "WARNING"
+    log_level: str = "ERROR"
     log_file: Path = Path("logs/marketpipe.jsonl")
     batch_size: int = Field(100_000, gt=0)
     jobs_file: Path = Path("configs/databento.yaml")
@@ -97,6 +97,16 @@ def make_request(**fields: Any) -> IngestRequest:
         raise UsageError(_first_error(exc)) from None
 
 
+class _JobLoader(yaml.SafeLoader):
+    """YAML without implicit timestamps: pydantic parses dates, so a bad one names its field."""
+
+
+_JobLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_jobs(path: Path) -> dict[str, IngestRequest]:
     """Jobs by name; a malformed file names the file and the field."""
     try:
@@ -106,7 +116,7 @@ def load_jobs(path: Path) -> dict[str, IngestRequest]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read jobs file: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(text) or {}
+        document = yaml.load(text, Loader=_JobLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -85,7 +85,7 @@ def render_summary(summary: RunSummary) -> None:
 def render_jobs(jobs: dict[str, IngestRequest]) -> None:
     table = Table(title="jobs")
     for name in ("name", "source", "schemas", "symbols", "dates", "description"):
-        table.add_column(name)
+        table.add_column(name, no_wrap=name == "name")
     for name, job in jobs.items():
         source = f"files: {job.from_file}" if job.from_file else f"{job.api}: {job.dataset}"
         dates = f"{job.start_date or ''} .. {job.end_date or ''}" if job.start_date or job.end_date else ""

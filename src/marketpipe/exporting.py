@@ -18,7 +18,8 @@ from marketpipe.errors import UsageError
 from marketpipe.model import family_of
 from marketpipe.stores.base import ExportQuery, Store
 
-FORMATS = ("parquet", "csv")
+WRITERS = {"parquet": pq.ParquetWriter, "csv": pacsv.CSVWriter}
+FORMATS = tuple(WRITERS)
 _NS_PER_DAY = 86_400 * 10**9
 
 
@@ -37,8 +38,6 @@ def export(
     batch_size: int,
 ) -> int:
     """Rows written; ``end_date`` is inclusive."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     family = family_of(schema)
     query = ExportQuery(
         family, schema, symbols,
@@ -49,8 +48,7 @@ def export(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = 0
-        writer_type = pq.ParquetWriter if fmt == "parquet" else pacsv.CSVWriter
-        with writer_type(partial, family.arrow_schema) as writer:
+        with WRITERS[fmt](partial, family.arrow_schema) as writer:
             for batch in store.export(query, batch_size):
                 writer.write_batch(batch)
                 rows += batch.num_rows

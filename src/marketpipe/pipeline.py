@@ -131,7 +131,7 @@ class Pipeline:
         )
         summary.plan_failures = plan.failures
         for label, reason in plan.failures:
-            self.log.error("input.rejected", input=label, reason=reason)
+            self.log.warning("input.rejected", input=label, reason=reason)
         if self.progress:
             self.progress.plan(len(plan.chunks))
         self.store.start_run(self.run_id, self.request.name)
@@ -182,7 +182,7 @@ class Pipeline:
         return result
 
     def _failed(self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger) -> ChunkResult:
-        log.error("chunk.failed", error=error)
+        log.warning("chunk.failed", error=error)
         self.store.mark_failed(chunk, self.run_id, self.request.name, error)
         return ChunkResult(chunk, "failed", read=result.read, error=error)
 

@@ -47,13 +47,15 @@ class DbnFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if path.stat().st_size == 0:
+            raise SourceError(f"{path}: empty file")
         try:
             self._store = DBNStore.from_file(path)
         except BentoError as exc:
             raise SourceError(f"{path}: not DBN data (neither a DBN nor a zstd header)") from exc
         except databento_dbn.DBNError as exc:
             raise SourceError(
-                f"{path}: no DBN metadata header (legacy DBZ, a fragment or corrupt): {exc}"
+                f"{path}: no readable DBN metadata (legacy DBZ, a fragment, truncated or corrupt): {exc}"
             ) from exc
         except ValueError as exc:
             raise SourceError(f"{path}: {exc}") from exc

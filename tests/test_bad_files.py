@@ -1,0 +1,115 @@
+"""DBN files that are not valid: one line naming the file, non-zero exit, nothing of it stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+import zstandard
+
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.model import FAMILIES
+from marketpipe.pipeline import Pipeline
+from marketpipe.samples import make_sample
+
+
+def _rows(db: Path) -> dict[str, int]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in FAMILIES}  # type: ignore[index]
+    finally:
+        con.close()
+
+
+def _failures(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("failed:")]
+
+
+@pytest.fixture
+def mbo(samples: Path) -> bytes:
+    return (samples / "test_data.mbo.dbn").read_bytes()
+
+
+def _bad_files(tmp_path: Path, mbo: bytes) -> dict[str, tuple[Path, str]]:
+    files = {
+        "truncated": (mbo[:-20], "truncated"),
+        "truncated_zst": (zstandard.ZstdCompressor().compress(mbo)[:-9], "truncated"),
+        "empty": (b"", "empty file"),
+        "text": (b"ts_event,price\n1,2\n", "not DBN data"),
+        "metadata_only_cut": (mbo[:40], ""),
+    }
+    # A record whose length field disagrees with the layout: the stream is misaligned.
+    corrupt = bytearray(mbo)
+    header_len = 8 + int.from_bytes(mbo[4:8], "little")
+    corrupt[header_len] = 3
+    files["corrupt_length"] = (bytes(corrupt), "length does not match")
+    out = {}
+    for name, (data, reason) in files.items():
+        path = tmp_path / "bad" / f"{name}.dbn"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        out[name] = (path, reason)
+    return out
+
+
+def test_each_bad_file_fails_alone_with_a_reason(cli, mbo: bytes, tmp_path: Path) -> None:
+    for name, (path, reason) in _bad_files(tmp_path, mbo).items():
+        result = cli("ingest", "--from-file", str(path))
+        assert result.exit_code == 1, (name, result.output)
+        failures = _failures(result.output)
+        assert len(failures) == 1 and str(path) in failures[0] and reason in failures[0], (name, failures)
+        assert "Traceback" not in result.output
+        if (tmp_path / "store.duckdb").exists():
+            assert sum(_rows(tmp_path / "store.duckdb").values()) == 0, name
+
+
+def test_good_files_still_ingest_beside_bad_ones(cli, mbo: bytes, tmp_path: Path) -> None:
+    bad = _bad_files(tmp_path, mbo)
+    good = make_sample(tmp_path / "bad")  # same directory as the bad files
+    result = cli("ingest", "--from-file", str(tmp_path / "bad"))
+    assert result.exit_code == 1
+    assert len(_failures(result.output)) == len(bad)
+    rows = _rows(tmp_path / "store.duckdb")
+    assert rows["ohlcv"] == 128 and rows["trades"] == 2560 and rows["mbo"] == 0
+    assert len(good) == 2
+
+
+def test_failed_chunk_is_recorded_and_rerun_resumes(cli, mbo: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "data" / "mbo.dbn"
+    path.parent.mkdir()
+    path.write_bytes(mbo[:-20])
+    assert cli("ingest", "--from-file", str(path)).exit_code == 1
+    status = cli("status")
+    assert "failed" in status.output and "truncated" in status.output
+    path.write_bytes(mbo)  # the user fixes the file
+    assert cli("ingest", "--from-file", str(path)).exit_code == 0
+    assert _rows(tmp_path / "store.duckdb")["mbo"] == 2
+
+
+def test_batches_are_bounded(tmp_path: Path) -> None:
+    """Memory does not grow with the file: no batch holds more than batch_size records."""
+    from marketpipe.sources.databento_files import DbnFileSource
+
+    make_sample(tmp_path / "s")
+    source = DbnFileSource(str(tmp_path / "s"))
+    plan = source.plan()
+    sizes = [len(b.records) for c in plan.chunks for b in source.read(c, 100)]
+    assert max(sizes) == 100 and sum(sizes) == 128 + 2560
+
+
+def test_reingest_same_file_is_skipped_then_forced_without_duplicates(tmp_path: Path) -> None:
+    paths = make_sample(tmp_path / "s")
+    cfg = load_settings(db=str(tmp_path / "x.duckdb"))
+    first = Pipeline(IngestRequest(from_file=str(paths[1])), cfg).run()
+    second = Pipeline(IngestRequest(from_file=str(paths[1])), cfg).run()
+    forced = Pipeline(IngestRequest(from_file=str(paths[1])), cfg).run(force=True)
+    assert [r.status for r in first.results] == ["done"]
+    assert [r.status for r in second.results] == ["skipped"]
+    assert [r.status for r in forced.results] == ["done"]
+    assert _rows(tmp_path / "x.duckdb")["trades"] == 2560
+    # Same content under another name is the same chunk: still no duplicates.
+    copy = tmp_path / "copy.dbn.zst"
+    copy.write_bytes(paths[1].read_bytes())
+    Pipeline(IngestRequest(from_file=str(copy)), cfg).run(force=True)
+    assert _rows(tmp_path / "x.duckdb")["trades"] == 2560

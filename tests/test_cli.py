@@ -1,0 +1,92 @@
+"""Bad arguments: one clear line, exit code 2, no traceback, nothing stored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from marketpipe import __version__
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trade", "--start-date", "2024-01-01"],
+         "unknown schema 'trade'"),
+        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--start-date", "2024-02-01",
+          "--end-date", "2024-01-01"], "end date 2024-01-01 is before start date 2024-02-01"),
+        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--start-date", "2024-13-01"],
+         "--start-date: '2024-13-01' is not a date"),
+        (["ingest", "--job", "nope"], "unknown job 'nope'"),
+        (["ingest", "--from-file", "missing/file.dbn"], "no such file or directory: missing/file.dbn"),
+        (["ingest", "--from-file", "nothing-*.dbn"], "no files match nothing-*.dbn"),
+        (["ingest", "--api", "bloomberg", "--from-file", "x.dbn"], "unknown api type 'bloomberg'"),
+        (["ingest"], "nothing to ingest"),
+        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--stype-in", "ticker"],
+         "unknown stype_in 'ticker'"),
+        (["export", "--schema", "quotes", "--out", "x.parquet"], "unknown schema 'quotes'"),
+        (["export", "--schema", "trades", "--out", "x.parquet", "--format", "xlsx"], "unknown format 'xlsx'"),
+        (["export", "--schema", "trades", "--out", "x.csv", "--start-date", "2024-01-05",
+          "--end-date", "2024-01-01"], "is before start date"),
+    ],
+)
+def test_bad_arguments(cli, args: list[str], fragment: str, tmp_path: Path) -> None:
+    _one_error_line(cli(*args), fragment)
+    assert not (tmp_path / "store.duckdb").exists()
+
+
+def test_unwritable_db_path(cli, samples: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = cli("ingest", "--from-file", str(samples / "test_data.trades.dbn"), "--db", str(blocker / "x.duckdb"))
+    _one_error_line(result, "cannot open DuckDB database")
+
+
+def test_malformed_yaml_names_file_and_field(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = tmp_path / "jobs.yaml"
+    monkeypatch.setenv("MARKETPIPE_JOBS_FILE", str(jobs))
+    jobs.write_text("jobs:\n  daily:\n    dataset: GLBX.MDP3\n    schemas: [ohlcv-1x]\n")
+    _one_error_line(cli("ingest", "--job", "daily"), f"{jobs}: jobs.daily.schemas: unknown schema 'ohlcv-1x'")
+    jobs.write_text("jobs:\n  daily:\n    dataset: GLBX.MDP3\n    start_date: 2024-02-30\n")
+    _one_error_line(cli("list-jobs"), f"{jobs}: jobs.daily.start_date")
+    jobs.write_text("jobs:\n  daily:\n    datasett: GLBX.MDP3\n")
+    _one_error_line(cli("list-jobs"), f"{jobs}: jobs.daily.datasett: Extra inputs are not permitted")
+    jobs.write_text("jobs: [\n")
+    _one_error_line(cli("list-jobs"), f"{jobs}: invalid YAML (line 2")
+
+
+def test_list_jobs_shows_shipped_jobs(cli) -> None:
+    result = cli("list-jobs")
+    assert result.exit_code == 0
+    assert "sample" in result.output and "cl_es_daily_2024" in result.output
+
+
+def test_version(cli) -> None:
+    result = cli("version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_main_py_runs_the_cli(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPIPE_")}
+    env["MARKETPIPE_LOG_FILE"] = str(tmp_path / "log.jsonl")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "ingest", "--schema", "trades", "--dataset", "X",
+         "--end-date", "2024-99-01"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --end-date: '2024-99-01' is not a date (expected YYYY-MM-DD)"
