@@ -42,9 +42,7 @@ def expected_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
     schema, records = decoded_records(path)
     struct = SCHEMA_STRUCT_MAP[databento_dbn.Schema(schema)]
     family = family_of(schema)
-    symbols = (
-        db.DBNStore.from_file(path).to_df(map_symbols=True)["symbol"].tolist() if len(records) else []
-    )
+    symbols = db.DBNStore.from_file(path).to_df(map_symbols=True)["symbol"].tolist() if len(records) else []
     rows = []
     for i, rec in enumerate(records):
         row: dict[str, Any] = {}
@@ -72,9 +70,7 @@ def expected_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
 def exported_rows(path: Path) -> tuple[pa.Schema, list[dict[str, Any]]]:
     """Rows of an exported Parquet file, timestamps as integer nanoseconds."""
     table = pq.read_table(path)
-    columns = [
-        c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in table.columns
-    ]
+    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in table.columns]
     return table.schema, pa.Table.from_arrays(columns, names=table.column_names).to_pylist()
 
 

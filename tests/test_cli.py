@@ -25,23 +25,53 @@ def _one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-d
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trade", "--start-date", "2024-01-01"],
-         "unknown schema 'trade'"),
-        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--start-date", "2024-02-01",
-          "--end-date", "2024-01-01"], "end date 2024-01-01 is before start date 2024-02-01"),
-        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--start-date", "2024-13-01"],
-         "--start-date: '2024-13-01' is not a date"),
+        (
+            ["ingest", "--dataset", "GLBX.MDP3", "--schema", "trade", "--start-date", "2024-01-01"],
+            "unknown schema 'trade'",
+        ),
+        (
+            [
+                "ingest",
+                "--dataset",
+                "GLBX.MDP3",
+                "--schema",
+                "trades",
+                "--start-date",
+                "2024-02-01",
+                "--end-date",
+                "2024-01-01",
+            ],
+            "end date 2024-01-01 is before start date 2024-02-01",
+        ),
+        (
+            ["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--start-date", "2024-13-01"],
+            "--start-date: '2024-13-01' is not a date",
+        ),
         (["ingest", "--job", "nope"], "unknown job 'nope'"),
         (["ingest", "--from-file", "missing/file.dbn"], "no such file or directory: missing/file.dbn"),
         (["ingest", "--from-file", "nothing-*.dbn"], "no files match nothing-*.dbn"),
         (["ingest", "--api", "bloomberg", "--from-file", "x.dbn"], "unknown api type 'bloomberg'"),
         (["ingest"], "nothing to ingest"),
-        (["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--stype-in", "ticker"],
-         "unknown stype_in 'ticker'"),
+        (
+            ["ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--stype-in", "ticker"],
+            "unknown stype_in 'ticker'",
+        ),
         (["export", "--schema", "quotes", "--out", "x.parquet"], "unknown schema 'quotes'"),
         (["export", "--schema", "trades", "--out", "x.parquet", "--format", "xlsx"], "unknown format 'xlsx'"),
-        (["export", "--schema", "trades", "--out", "x.csv", "--start-date", "2024-01-05",
-          "--end-date", "2024-01-01"], "is before start date"),
+        (
+            [
+                "export",
+                "--schema",
+                "trades",
+                "--out",
+                "x.csv",
+                "--start-date",
+                "2024-01-05",
+                "--end-date",
+                "2024-01-01",
+            ],
+            "is before start date",
+        ),
     ],
 )
 def test_bad_arguments(cli, args: list[str], fragment: str, tmp_path: Path) -> None:
@@ -52,7 +82,9 @@ def test_bad_arguments(cli, args: list[str], fragment: str, tmp_path: Path) -> N
 def test_unwritable_db_path(cli, samples: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = cli("ingest", "--from-file", str(samples / "test_data.trades.dbn"), "--db", str(blocker / "x.duckdb"))
+    result = cli(
+        "ingest", "--from-file", str(samples / "test_data.trades.dbn"), "--db", str(blocker / "x.duckdb")
+    )
     _one_error_line(result, "cannot open DuckDB database")
 
 
@@ -84,9 +116,21 @@ def test_main_py_runs_the_cli(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPIPE_")}
     env["MARKETPIPE_LOG_FILE"] = str(tmp_path / "log.jsonl")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "ingest", "--schema", "trades", "--dataset", "X",
-         "--end-date", "2024-99-01"],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "ingest",
+            "--schema",
+            "trades",
+            "--dataset",
+            "X",
+            "--end-date",
+            "2024-99-01",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --end-date: '2024-99-01' is not a date (expected YYYY-MM-DD)"

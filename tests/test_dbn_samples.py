@@ -6,10 +6,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import SAMPLES
-from dbn_reference import canonical, expected_rows, exported_rows
 
 from marketpipe.model import FAMILIES, family_of
+
+from conftest import SAMPLES
+from dbn_reference import canonical, expected_rows, exported_rows
 
 VALID = sorted(p.name for p in SAMPLES.glob("*.dbn*")) if SAMPLES.is_dir() else []
 INVALID = sorted(p.name for p in (SAMPLES / "invalid").iterdir()) if SAMPLES.is_dir() else []

@@ -10,7 +10,6 @@ from typing import Any
 import databento_dbn
 import numpy as np
 import pytest
-from dbn_reference import canonical, expected_rows, exported_rows
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,8 @@ from marketpipe.model import FAMILY_OF_SCHEMA, SCHEMAS
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import Interval, metadata_bytes, write_dbn
 from marketpipe.stores import open_store
+
+from dbn_reference import canonical, expected_rows, exported_rows
 
 UNDEF_TS = 2**64 - 1
 MAX_TS = 2**63 - 1
@@ -80,8 +81,12 @@ def _write_with_databento_dbn(path: Path, schema: str, array: np.ndarray) -> Non
 @pytest.mark.parametrize("schema", SCHEMAS)
 def test_random_records_round_trip(schema: str) -> None:
     # No shrinking: a failing example is reported as drawn, which keeps CI fast.
-    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck),
-              phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    @settings(
+        max_examples=10,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    )
     @given(records(schema))
     def check(array: np.ndarray) -> None:
         with tempfile.TemporaryDirectory() as tmp:

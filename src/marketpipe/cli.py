@@ -51,7 +51,12 @@ def _guarded(action: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
     except Exception as exc:
         structlog.get_logger("marketpipe").error("crash", error=repr(exc), traceback=traceback.format_exc())
-        console.err.print(f"internal error: {exc!r} (details in the log file)", markup=False, highlight=False, soft_wrap=True)
+        console.err.print(
+            f"internal error: {exc!r} (details in the log file)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
 
 
@@ -93,9 +98,18 @@ def ingest(
 
     def run() -> int:
         settings = _settings(db=db, batch_size=batch_size)
-        request = _request(settings, job, api=api, from_file=from_file, dataset=dataset, schemas=schema,
-                           symbols=symbols, stype_in=stype_in,
-                           start_date=_date("--start-date", start_date), end_date=_date("--end-date", end_date))
+        request = _request(
+            settings,
+            job,
+            api=api,
+            from_file=from_file,
+            dataset=dataset,
+            schemas=schema,
+            symbols=symbols,
+            stype_in=stype_in,
+            start_date=_date("--start-date", start_date),
+            end_date=_date("--end-date", end_date),
+        )
         with console.RichProgress() as progress:
             summary = Pipeline(request, settings, progress).run(force=force)
         console.render_summary(summary)
@@ -140,7 +154,9 @@ def export(
             raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
         store = open_store(settings.db)
         try:
-            rows = export_records(store, schema, format, out, _symbols(symbols), start, end, settings.batch_size)
+            rows = export_records(
+                store, schema, format, out, _symbols(symbols), start, end, settings.batch_size
+            )
         finally:
             store.close()
         console.out.print(f"wrote {rows:,} {schema} records to {out}")

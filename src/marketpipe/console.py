@@ -70,8 +70,16 @@ def render_summary(summary: RunSummary) -> None:
         table.add_column(name, justify="left" if name == "schema" else "right")
     for schema, (read, stored, rejected, seconds, skipped, failed) in sorted(rows.items()):
         rate = f"{read / seconds:,.0f}" if seconds > 0 else "-"
-        table.add_row(schema, f"{read:,.0f}", f"{stored:,.0f}", f"{rejected:,.0f}", f"{seconds:.2f}",
-                      rate, f"{skipped:.0f}", f"{failed:.0f}")
+        table.add_row(
+            schema,
+            f"{read:,.0f}",
+            f"{stored:,.0f}",
+            f"{rejected:,.0f}",
+            f"{seconds:.2f}",
+            rate,
+            f"{skipped:.0f}",
+            f"{failed:.0f}",
+        )
     out.print(table)
     rules: Counter[str] = Counter()
     for r in summary.results:
@@ -79,7 +87,12 @@ def render_summary(summary: RunSummary) -> None:
     for rule, count in sorted(rules.items()):
         out.print(f"quarantined by {rule}: {count:,}")
     for label, reason in summary.failed:
-        err.print(f"failed: {reason if label in reason else f'{label}: {reason}'}", markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"failed: {reason if label in reason else f'{label}: {reason}'}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def render_jobs(jobs: dict[str, IngestRequest]) -> None:

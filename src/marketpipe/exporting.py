@@ -40,7 +40,9 @@ def export(
     """Rows written; ``end_date`` is inclusive."""
     family = family_of(schema)
     query = ExportQuery(
-        family, schema, symbols,
+        family,
+        schema,
+        symbols,
         None if start_date is None else day_start_ns(start_date),
         None if end_date is None else day_start_ns(end_date) + _NS_PER_DAY,
     )

@@ -32,14 +32,16 @@ def configure(log_file: Path, console_level: str) -> None:
 
     console = logging.StreamHandler()
     console.setLevel(console_level.upper())
-    console.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            drop_traceback,
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-    ))
+    console.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                drop_traceback,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
+    )
     root.addHandler(console)
 
     try:
@@ -48,14 +50,16 @@ def configure(log_file: Path, console_level: str) -> None:
     except OSError:
         return  # an unwritable log location must not stop an ingest; the console still logs
     file_handler.setLevel(logging.INFO)
-    file_handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-    ))
+    file_handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
     root.addHandler(file_handler)
     # Third-party chatter (HTTP connection pools) stays out of the user's console.
     logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -16,7 +16,7 @@ Exactness rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
@@ -33,21 +33,41 @@ TIMESTAMP_TYPE = pa.timestamp("ns", tz="UTC")
 SENTINEL_FIELDS: dict[str, frozenset[str]] = {
     "definitions": frozenset(
         {
-            "inst_attrib_value", "market_depth_implied", "market_depth", "market_segment_id",
-            "max_trade_vol", "min_lot_size", "min_lot_size_block", "min_lot_size_round_lot",
-            "min_trade_vol", "contract_multiplier", "decay_quantity", "original_contract_size",
-            "appl_id", "maturity_year", "decay_start_date", "channel_id", "main_fraction",
-            "price_display_format", "sub_fraction", "underlying_product", "maturity_month",
-            "maturity_day", "maturity_week", "contract_multiplier_unit", "flow_schedule_type",
+            "inst_attrib_value",
+            "market_depth_implied",
+            "market_depth",
+            "market_segment_id",
+            "max_trade_vol",
+            "min_lot_size",
+            "min_lot_size_block",
+            "min_lot_size_round_lot",
+            "min_trade_vol",
+            "contract_multiplier",
+            "decay_quantity",
+            "original_contract_size",
+            "appl_id",
+            "maturity_year",
+            "decay_start_date",
+            "channel_id",
+            "main_fraction",
+            "price_display_format",
+            "sub_fraction",
+            "underlying_product",
+            "maturity_month",
+            "maturity_day",
+            "maturity_week",
+            "contract_multiplier_unit",
+            "flow_schedule_type",
             "tick_rule",
         }
     ),
-    "statistics": frozenset({"quantity"}),
+    "statistics": frozenset({"quantity", "channel_id"}),
+    "mbo": frozenset({"channel_id"}),
     "imbalance": frozenset({"market_imbalance_qty", "unpaired_qty"}),
 }
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """How a DBN field maps to a column."""
 
     PRICE = "price"
@@ -136,8 +156,8 @@ def _build_families() -> dict[str, Family]:
         structs[table] = struct
     families = {}
     for table, struct in structs.items():
-        dtype = np.dtype(struct._dtypes)  # type: ignore[attr-defined]
-        hidden = set(struct._hidden_fields)  # type: ignore[attr-defined]
+        dtype = np.dtype(struct._dtypes)
+        hidden = set(struct._hidden_fields)
         fields = [n for n in dtype.names or () if n not in hidden and not n.startswith("_")]
         # Same leading order as DBNStore.to_df(): the index timestamp first.
         lead = [n for n in ("ts_recv", "ts_event") if n in fields]
@@ -162,6 +182,4 @@ def family_of(schema: str) -> Family:
     try:
         return FAMILY_OF_SCHEMA[schema]
     except KeyError:
-        raise UsageError(
-            f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)}"
-        ) from None
+        raise UsageError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)}") from None

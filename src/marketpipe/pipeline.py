@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,8 +67,10 @@ class RunSummary:
     def totals(self) -> ChunkCounts:
         done = [r for r in self.results if r.status == "done"]
         return ChunkCounts(
-            sum(r.read for r in done), sum(r.stored for r in done),
-            sum(r.quarantined for r in done), sum(r.seconds for r in done),
+            sum(r.read for r in done),
+            sum(r.stored for r in done),
+            sum(r.quarantined for r in done),
+            sum(r.seconds for r in done),
         )
 
     @property
@@ -88,7 +90,7 @@ class Progress(Protocol):
 
 class _StageTimer:
     def __init__(self) -> None:
-        self.seconds: Counter[str] = Counter()
+        self.seconds: dict[str, float] = defaultdict(float)
         self.records: Counter[str] = Counter()
 
     @contextmanager
@@ -126,7 +128,10 @@ class Pipeline:
         started = time.perf_counter()
         plan = source.plan()
         self.log.info(
-            "stage.end", stage="plan", chunks=len(plan.chunks), failures=len(plan.failures),
+            "stage.end",
+            stage="plan",
+            chunks=len(plan.chunks),
+            failures=len(plan.failures),
             seconds=round(time.perf_counter() - started, 6),
         )
         summary.plan_failures = plan.failures
@@ -174,14 +179,22 @@ class Pipeline:
             return self._failed(chunk, result, f"{chunk.label}: {exc}", log)
         result.status = "done"
         for stage in STAGES:
-            log.info("stage.end", stage=stage, records=timer.records[stage],
-                     seconds=round(timer.seconds[stage], 6))
-        log.info("chunk.end", read=result.read, stored=result.stored,
-                 quarantined=result.quarantined, seconds=round(result.seconds, 6),
-                 rules=dict(result.rules))
+            log.info(
+                "stage.end", stage=stage, records=timer.records[stage], seconds=round(timer.seconds[stage], 6)
+            )
+        log.info(
+            "chunk.end",
+            read=result.read,
+            stored=result.stored,
+            quarantined=result.quarantined,
+            seconds=round(result.seconds, 6),
+            rules=dict(result.rules),
+        )
         return result
 
-    def _failed(self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger) -> ChunkResult:
+    def _failed(
+        self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger
+    ) -> ChunkResult:
         log.warning("chunk.failed", error=error)
         self.store.mark_failed(chunk, self.run_id, self.request.name, error)
         return ChunkResult(chunk, "failed", read=result.read, error=error)

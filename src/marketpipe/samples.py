@@ -89,35 +89,65 @@ def make_sample(directory: Path) -> list[Path]:
     mappings = {p: [Interval(start, end + dt.timedelta(1), str(iid))] for p, (iid, _) in instruments.items()}
     bars: list[bytes] = []
     trades: list[bytes] = []
-    for parent, (iid, price) in instruments.items():
+    for _parent, (iid, price) in instruments.items():
         for day in days:
             open_ = price
             close = round(price * (1 + rng.normal(0, 0.01)), 2)
             high = round(max(open_, close) * (1 + abs(rng.normal(0, 0.004))), 2)
             low = round(min(open_, close) * (1 - abs(rng.normal(0, 0.004))), 2)
             ts = _day_ns(day)
-            bars.append(bytes(dbn.OHLCVMsg(
-                int(dbn.RType.OHLCV_1D.value), 1, iid, ts,
-                int(open_ * PRICE_SCALE), int(high * PRICE_SCALE), int(low * PRICE_SCALE),
-                int(close * PRICE_SCALE), int(rng.integers(10_000, 500_000)),
-            )))
+            bars.append(
+                bytes(
+                    dbn.OHLCVMsg(
+                        int(dbn.RType.OHLCV_1D.value),
+                        1,
+                        iid,
+                        ts,
+                        int(open_ * PRICE_SCALE),
+                        int(high * PRICE_SCALE),
+                        int(low * PRICE_SCALE),
+                        int(close * PRICE_SCALE),
+                        int(rng.integers(10_000, 500_000)),
+                    )
+                )
+            )
             for k in range(20):
                 t = ts + 14 * 3600 * 10**9 + k * 997_123_457
-                trades.append(bytes(dbn.TradeMsg(
-                    1, iid, t, int(round(open_ + (close - open_) * k / 20, 2) * PRICE_SCALE),
-                    int(rng.integers(1, 50)), dbn.Action.TRADE,
-                    dbn.Side.BID if k % 2 else dbn.Side.ASK, 0, t + 25_431,
-                    flags=dbn.F_LAST, ts_in_delta=18_000, sequence=k,
-                )))
+                trades.append(
+                    bytes(
+                        dbn.TradeMsg(
+                            1,
+                            iid,
+                            t,
+                            int(round(open_ + (close - open_) * k / 20, 2) * PRICE_SCALE),
+                            int(rng.integers(1, 50)),
+                            dbn.Action.TRADE,
+                            dbn.Side.BID if k % 2 else dbn.Side.ASK,
+                            0,
+                            t + 25_431,
+                            flags=dbn.F_LAST,
+                            ts_in_delta=18_000,
+                            sequence=k,
+                        )
+                    )
+                )
             price = close
     trades.sort(key=lambda r: int.from_bytes(r[48:56], "little"))  # by ts_recv
     bars.sort(key=lambda r: int.from_bytes(r[8:16], "little"))
     window = (_day_ns(start), _day_ns(end) + NS_PER_DAY)
     return [
-        write_dbn(directory / "glbx-mdp3-2024q1.ohlcv-1d.dbn.zst",
-                  metadata_bytes("GLBX.MDP3", "ohlcv-1d", *window, "parent", mappings), bars, True),
-        write_dbn(directory / "glbx-mdp3-2024q1.trades.dbn.zst",
-                  metadata_bytes("GLBX.MDP3", "trades", *window, "parent", mappings), trades, True),
+        write_dbn(
+            directory / "glbx-mdp3-2024q1.ohlcv-1d.dbn.zst",
+            metadata_bytes("GLBX.MDP3", "ohlcv-1d", *window, "parent", mappings),
+            bars,
+            True,
+        ),
+        write_dbn(
+            directory / "glbx-mdp3-2024q1.trades.dbn.zst",
+            metadata_bytes("GLBX.MDP3", "trades", *window, "parent", mappings),
+            trades,
+            True,
+        ),
     ]
 
 

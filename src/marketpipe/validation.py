@@ -129,7 +129,7 @@ def _raw_json(records: np.ndarray) -> list[str]:
 def _table_json(table: pa.Table) -> list[str]:
     # Exact text for decimals and integer nanoseconds for timestamps: no float, no µs.
     columns = []
-    for field, column in zip(table.schema, table.columns):
+    for field, column in zip(table.schema, table.columns, strict=False):
         if pa.types.is_timestamp(field.type):
             column = column.cast(pa.int64())
         elif pa.types.is_decimal(field.type):

@@ -26,7 +26,5 @@ def make_source(request: IngestRequest, settings: Settings) -> Source:
     try:
         factory = SOURCES[request.api]
     except KeyError:
-        raise UsageError(
-            f"unknown api type {request.api!r}; known: {', '.join(sorted(SOURCES))}"
-        ) from None
+        raise UsageError(f"unknown api type {request.api!r}; known: {', '.join(sorted(SOURCES))}") from None
     return factory(request, settings)

@@ -77,12 +77,12 @@ class DbnFile:
         self.end_ns: int | None = None if meta.end is None else int(meta.end)
         self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
         native = _STRUCTS_BY_VERSION[self.version][Schema(schema)]
-        self._upgrade = np.dtype(native._dtypes) != self.family.record_dtype  # type: ignore[attr-defined]
+        self._upgrade = np.dtype(native._dtypes) != self.family.record_dtype
 
     def batches(self, batch_size: int) -> Iterator[RawBatch]:
         """The file's records in DBN v3 layout, ``batch_size`` at most per batch."""
         blocks = self._upgraded(batch_size) if self._upgrade else self._viewed(batch_size)
-        time_field = "ts_recv" if "ts_recv" in self.family.record_dtype.names else "ts_event"
+        time_field = "ts_recv" if "ts_recv" in self.family.column_names else "ts_event"
         for records in blocks:
             self._check_alignment(records)
             symbols = self.symbol_map.resolve(records["instrument_id"], records[time_field])

@@ -79,9 +79,7 @@ class Store(Protocol):
 
     def is_done(self, chunk: Chunk) -> bool: ...
 
-    def write_chunk(
-        self, chunk: Chunk, run_id: str, job: str
-    ) -> AbstractContextManager[ChunkWriter]:
+    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> AbstractContextManager[ChunkWriter]:
         """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is rolled back."""
         ...
 

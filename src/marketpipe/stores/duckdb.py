@@ -56,8 +56,7 @@ def _q(statement: str) -> str:
 def _naive(table: pa.Table) -> pa.Table:
     """Arrow tz-aware timestamps would enter DuckDB as microsecond TIMESTAMPTZ: strip the tz."""
     fields = [
-        pa.field(f.name, pa.timestamp("ns")) if pa.types.is_timestamp(f.type) else f
-        for f in table.schema
+        pa.field(f.name, pa.timestamp("ns")) if pa.types.is_timestamp(f.type) else f for f in table.schema
     ]
     return table.cast(pa.schema(fields))
 
@@ -87,11 +86,22 @@ class _DuckDBChunkWriter:
 
     def quarantine(self, rejections: Sequence[Rejection]) -> None:
         if rejections:
-            self._con.executemany(_q(sql.INSERT_QUARANTINE), [
-                (self._run_id, self._id, self._chunk.key, self._chunk.schema,
-                 r.stage, r.rule, r.message, r.record)
-                for r in rejections
-            ])
+            self._con.executemany(
+                _q(sql.INSERT_QUARANTINE),
+                [
+                    (
+                        self._run_id,
+                        self._id,
+                        self._chunk.key,
+                        self._chunk.schema,
+                        r.stage,
+                        r.rule,
+                        r.message,
+                        r.record,
+                    )
+                    for r in rejections
+                ],
+            )
 
     def commit(self, counts: ChunkCounts) -> None:
         self._store.record_chunk(self._chunk, self._run_id, self._job, "done", counts, None)
@@ -124,14 +134,32 @@ class DuckDBStore:
         return row is not None and row[0] == "done"
 
     def record_chunk(
-        self, chunk: Chunk, run_id: str, job: str, status: str,
-        counts: ChunkCounts | None, error: str | None,
+        self,
+        chunk: Chunk,
+        run_id: str,
+        job: str,
+        status: str,
+        counts: ChunkCounts | None,
+        error: str | None,
     ) -> None:
         c = counts
-        self.con.execute(_q(sql.UPSERT_CHUNK), [
-            chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status,
-            c and c.read, c and c.stored, c and c.quarantined, c and c.seconds, run_id, error,
-        ])
+        self.con.execute(
+            _q(sql.UPSERT_CHUNK),
+            [
+                chunk.key,
+                chunk_id(chunk.key),
+                job,
+                chunk.schema,
+                chunk.label,
+                status,
+                c and c.read,
+                c and c.stored,
+                c and c.quarantined,
+                c and c.seconds,
+                run_id,
+                error,
+            ],
+        )
 
     @contextmanager
     def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[_DuckDBChunkWriter]:
@@ -167,10 +195,14 @@ class DuckDBStore:
         report = StoreStatus(self.location, self.mode)
         for family in FAMILIES.values():
             time_ns = f"epoch_ns({sql.quote(family.time_column)})"
-            rows, first, last = self.con.execute(sql.table_summary(family, time_ns)).fetchone() or (0, None, None)
+            rows, first, last = self.con.execute(sql.table_summary(family, time_ns)).fetchone() or (
+                0,
+                None,
+                None,
+            )
             report.tables.append(TableStatus(family.table, rows, first, last))
-        report.chunks = [tuple(r) for r in self.con.execute(sql.CHUNK_COUNTS).fetchall()]  # type: ignore[misc]
-        report.failed = [tuple(r) for r in self.con.execute(sql.FAILED_CHUNKS).fetchall()]  # type: ignore[misc]
+        report.chunks = [tuple(r) for r in self.con.execute(sql.CHUNK_COUNTS).fetchall()]
+        report.failed = [tuple(r) for r in self.con.execute(sql.FAILED_CHUNKS).fetchall()]
         names = ["run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"]
-        report.runs = [dict(zip(names, r)) for r in self.con.execute(sql.LAST_RUNS).fetchall()]
+        report.runs = [dict(zip(names, r, strict=False)) for r in self.con.execute(sql.LAST_RUNS).fetchall()]
         return report

@@ -123,8 +123,7 @@ def export_select(
         where.append(f"{time_ns} < %s")
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     return (
-        f"SELECT {', '.join(columns)} FROM {quote(family.table)}{clause}"
-        f" ORDER BY {quote(family.time_column)}"
+        f"SELECT {', '.join(columns)} FROM {quote(family.table)}{clause} ORDER BY {quote(family.time_column)}"
     )
 
 
