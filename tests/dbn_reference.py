@@ -24,10 +24,23 @@ UNDEF_PRICE = databento_dbn.UNDEF_PRICE
 UNDEF_TIMESTAMP = databento_dbn.UNDEF_TIMESTAMP
 
 
-def decoded_records(path: Path) -> tuple[str, np.ndarray]:
+def decompressed(path: Path) -> bytes:
     data = path.read_bytes()
     if data[:4] == b"\x28\xb5\x2f\xfd":
         data = zstandard.ZstdDecompressor().stream_reader(data).read()
+    return data
+
+
+def distinct_data(paths: list[Path]) -> list[Path]:
+    """One path per distinct DBN content: a .dbn and its .dbn.zst hold the same data."""
+    seen: dict[bytes, Path] = {}
+    for path in paths:
+        seen.setdefault(decompressed(path), path)
+    return list(seen.values())
+
+
+def decoded_records(path: Path) -> tuple[str, np.ndarray]:
+    data = decompressed(path)
     decoder = databento_dbn.DBNDecoder(upgrade_policy=databento_dbn.VersionUpgradePolicy.UPGRADE_TO_V3)
     decoder.write(data)
     records = decoder.decode()

@@ -97,7 +97,7 @@ def test_random_records_round_trip(schema: str) -> None:
             summary = Pipeline(IngestRequest(from_file=str(path)), cfg).run()
             assert summary.failed == []
             assert summary.totals().stored == len(array)
-            store = open_store(cfg.db)
+            store = open_store(cfg)
             try:
                 export(store, schema, "parquet", Path(tmp) / "o.parquet", [], None, None, 5)
             finally:

@@ -152,7 +152,7 @@ def export(
         family_of(schema)  # bad arguments fail before the store is opened
         if format not in FORMATS:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
-        store = open_store(settings.db)
+        store = open_store(settings)
         try:
             rows = export_records(
                 store, schema, format, out, _symbols(symbols), start, end, settings.batch_size
@@ -181,7 +181,7 @@ def status(db: DbOption = None) -> None:
 
     def run() -> None:
         settings = _settings(db=db)
-        store = open_store(settings.db)
+        store = open_store(settings)
         try:
             console.render_status(store.status())
         finally:

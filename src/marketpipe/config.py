@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     log_file: Path = Path("logs/marketpipe.jsonl")
     batch_size: int = Field(100_000, gt=0)
     jobs_file: Path = Path("configs/databento.yaml")
+    # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.
+    db_retries: int = Field(5, ge=1)
+    db_retry_wait: float = Field(0.5, ge=0)
+    # TimescaleDB: compress chunks whose data is older than this many days (opt-in).
+    compress_after_days: int | None = Field(None, gt=0)
     databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")
     databento_gateway: str = Field("https://hist.databento.com", validation_alias="DATABENTO_GATEWAY")
 

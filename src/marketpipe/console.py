@@ -86,6 +86,10 @@ def render_summary(summary: RunSummary) -> None:
         rules.update(r.rules)
     for rule, count in sorted(rules.items()):
         out.print(f"quarantined by {rule}: {count:,}")
+    if summary.stopped:
+        err.print(
+            f"stopped: {summary.stopped}; run again to resume", markup=False, highlight=False, soft_wrap=True
+        )
     for label, reason in summary.failed:
         err.print(
             f"failed: {reason if label in reason else f'{label}: {reason}'}",

@@ -24,8 +24,12 @@ class SourceError(MarketpipeError):
 
 
 class StoreError(MarketpipeError):
-    """The store cannot be opened or written."""
+    """The store failed in a way retrying will not fix; the run stops."""
 
 
-class StoreUnavailable(UsageError):
-    """The store cannot be opened at all (bad path, bad URL, refused credentials)."""
+class TransientStoreError(StoreError):
+    """A fault worth retrying (connection lost, admin shutdown, serialization failure, deadlock)."""
+
+
+class StoreRejected(UsageError):
+    """The store refused us for good: bad path, missing database, bad credentials, no permission."""

@@ -13,7 +13,7 @@ import time
 import traceback
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,8 +22,9 @@ import pyarrow as pa
 import structlog
 
 from marketpipe.config import IngestRequest, Settings
-from marketpipe.errors import MarketpipeError, SourceError
+from marketpipe.errors import MarketpipeError, SourceError, StoreError
 from marketpipe.model import family_of
+from marketpipe.retries import retrying
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Chunk, RawBatch, Source
 from marketpipe.stores import open_store
@@ -56,6 +57,8 @@ class RunSummary:
     job: str
     results: list[ChunkResult] = field(default_factory=list)
     plan_failures: list[tuple[str, str]] = field(default_factory=list)
+    # Why the run stopped before its last chunk (the store went away for good), if it did.
+    stopped: str | None = None
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -75,7 +78,7 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stopped else 0
 
 
 class Progress(Protocol):
@@ -116,7 +119,7 @@ class Pipeline:
         """Bad arguments fail here, before the store is opened or anything is read."""
         self.log.info("stage.start", stage="init_source", api=self.request.api)
         source = make_source(self.request, self.settings)
-        self.store = open_store(self.settings.db)
+        self.store = open_store(self.settings)
         try:
             return self._run(source, force)
         finally:
@@ -139,19 +142,48 @@ class Pipeline:
             self.log.warning("input.rejected", input=label, reason=reason)
         if self.progress:
             self.progress.plan(len(plan.chunks))
+        self.store.plan_chunks(plan.chunks, self.request.name)
         self.store.start_run(self.run_id, self.request.name)
         for chunk in plan.chunks:
-            if not force and self.store.is_done(chunk):
-                result = ChunkResult(chunk, "skipped")
-                self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
-            else:
-                result = self._run_chunk(source, chunk)
+            try:
+                if not force and self.store.is_done(chunk):
+                    result = ChunkResult(chunk, "skipped")
+                    self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
+                else:
+                    result = self._run_chunk_with_retries(source, chunk)
+            except StoreError as exc:
+                summary.stopped = str(exc)
+                summary.results.append(ChunkResult(chunk, "failed", error=str(exc)))
+                self.log.error("run.stopped", chunk=chunk.label, error=str(exc))
+                self._record_quietly(self.store.mark_failed, chunk, self.run_id, self.request.name, str(exc))
+                break
             summary.results.append(result)
             if self.progress:
                 self.progress.chunk_finished(result)
-        status = "partial" if summary.failed else "done"
-        self.store.finish_run(self.run_id, status, summary.totals())
+        status = "stopped" if summary.stopped else "partial" if summary.failed else "done"
+        self._record_quietly(self.store.finish_run, self.run_id, status, summary.totals())
         return summary
+
+    def _record_quietly(self, action: Callable[..., None], *args: object) -> None:
+        """Bookkeeping after the store failed: try, but a dead store must not hide the cause."""
+        try:
+            action(*args)
+        except StoreError as exc:
+            self.log.warning("bookkeeping.skipped", error=str(exc))
+
+    def _run_chunk_with_retries(self, source: Source, chunk: Chunk) -> ChunkResult:
+        """A transient store fault re-runs the whole chunk: its transaction is gone."""
+
+        def log_retry(attempt: int, reason: str) -> None:
+            self.log.warning("chunk.retry", chunk=chunk.label, attempt=attempt, reason=reason)
+
+        policy = retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry)
+        for attempt in policy:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.store.reconnect()
+                return self._run_chunk(source, chunk)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_chunk(self, source: Source, chunk: Chunk) -> ChunkResult:
         log = self.log.bind(chunk=chunk.label, schema=chunk.schema)
@@ -174,6 +206,8 @@ class Pipeline:
                 writer.commit(ChunkCounts(result.read, result.stored, result.quarantined, result.seconds))
         except SourceError as exc:
             return self._failed(chunk, result, str(exc), log)
+        except StoreError:
+            raise  # retried, or it stops the run: other chunks would fail the same way
         except Exception as exc:  # a bug or a store fault: keep the traceback in the log file
             log.error("chunk.crashed", error=repr(exc), traceback=traceback.format_exc())
             return self._failed(chunk, result, f"{chunk.label}: {exc}", log)

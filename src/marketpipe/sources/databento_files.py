@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+
+import structlog
 
 from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import Chunk, Plan, RawBatch
 from marketpipe.sources.dbn_reader import DbnFile
 
 _SUFFIXES = (".dbn", ".dbn.zst")
+log = structlog.get_logger("marketpipe.files")
 
 
 def expand(spec: str) -> list[Path]:
@@ -32,17 +34,11 @@ def expand(spec: str) -> list[Path]:
     raise UsageError(f"no such file or directory: {spec}")
 
 
-def content_digest(path: Path) -> str:
-    """Identity of a file by content: the same data re-ingested replaces its earlier rows."""
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class DbnFileSource:
-    """One chunk per file (a DBN file holds one schema)."""
+    """One chunk per file (a DBN file holds one schema), keyed by its decompressed content.
+
+    The same data ingested again, renamed, or compressed differently, replaces its own rows.
+    """
 
     def __init__(self, spec: str) -> None:
         self._paths = expand(spec)
@@ -53,9 +49,12 @@ class DbnFileSource:
         for path in self._paths:
             try:
                 dbn = DbnFile(path)
-                key = f"file:{content_digest(path)}:{dbn.schema}"
+                key = f"dbn:{dbn.digest()}:{dbn.schema}"
             except SourceError as exc:
                 plan.failures.append((str(path), str(exc)))
+                continue
+            if key in self._path_of:
+                log.info("input.duplicate", input=str(path), same_data_as=str(self._path_of[key]))
                 continue
             self._path_of[key] = path
             plan.chunks.append(Chunk(key=key, schema=dbn.schema, label=str(path), dataset=dbn.dataset))

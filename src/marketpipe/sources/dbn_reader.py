@@ -9,6 +9,7 @@ exactly as Databento defines the upgrade; they are low-volume schemas.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,14 @@ class DbnFile:
             self._check_alignment(records)
             symbols = self.symbol_map.resolve(records["instrument_id"], records[time_field])
             yield RawBatch(records, symbols)
+
+    def digest(self) -> str:
+        """Identity of the data, not the file: a .dbn and its .dbn.zst are the same chunk."""
+        digest = hashlib.blake2b(digest_size=16)
+        with self._stream() as reader:
+            while block := self._read(reader, 1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""

@@ -1,4 +1,4 @@
-"""The store interface every backend implements (DuckDB, PostgreSQL), and its shared parts."""
+"""The store interface every backend implements (DuckDB, PostgreSQL), and its shared types."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class ChunkCounts:
 
 @dataclass(frozen=True)
 class ExportQuery:
-    """What to read back; dates as nanoseconds, ``end_ns`` exclusive."""
+    """What to read back; times as nanoseconds since the epoch, ``end_ns`` exclusive."""
 
     family: Family
     schema: str
@@ -74,10 +74,19 @@ class ChunkWriter(Protocol):
 
 class Store(Protocol):
     location: str
+    mode: str
 
     def close(self) -> None: ...
 
+    def reconnect(self) -> None:
+        """Drop a connection a transient fault broke and open a new one."""
+        ...
+
     def is_done(self, chunk: Chunk) -> bool: ...
+
+    def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
+        """Record planned chunks as pending (chunks already known keep their state)."""
+        ...
 
     def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> AbstractContextManager[ChunkWriter]:
         """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is rolled back."""

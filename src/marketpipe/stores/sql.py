@@ -1,17 +1,36 @@
-"""SQL shared by the SQL stores: bookkeeping tables and statements, family table DDL.
+"""What the SQL stores share: bookkeeping tables and statements, and the logic around them.
 
-Written once in the dialect PostgreSQL and DuckDB share, with ``%s`` placeholders
-(psycopg's); DuckDB's store swaps them for ``?``. Identifiers only ever come from the
-model, never from user input.
+Statements are written once in the dialect PostgreSQL and DuckDB share, with ``%s``
+placeholders (psycopg's); DuckDB's store swaps them for ``?``. Identifiers only ever come
+from the model, never from user input.
+
+A chunk's rows, its quarantined records and its ``done`` mark are written in one
+transaction, so rows of a chunk exist exactly when its progress row says ``done`` (or a
+later attempt failed and rolled back, leaving the earlier rows and their range intact).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from marketpipe.model import Column, Family
-from marketpipe.stores.base import CHUNKS_TABLE, QUARANTINE_TABLE, RUNS_TABLE, ExportQuery
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from marketpipe.model import FAMILIES, FAMILY_OF_SCHEMA, Column, Family
+from marketpipe.sources.base import Chunk
+from marketpipe.stores.base import (
+    CHUNKS_TABLE,
+    QUARANTINE_TABLE,
+    RUNS_TABLE,
+    ChunkCounts,
+    ExportQuery,
+    StoreStatus,
+    TableStatus,
+    chunk_id,
+)
+from marketpipe.validation import Rejection
 
 
 def quote(name: str) -> str:
@@ -19,7 +38,10 @@ def quote(name: str) -> str:
 
 
 def create_family_table(family: Family, type_of: Callable[[Column], str]) -> str:
-    columns = [f"{quote(c.name)} {type_of(c)}" for c in family.columns]
+    columns = []
+    for c in family.columns:
+        null = " NOT NULL" if c.name == family.time_column else ""
+        columns.append(f"{quote(c.name)} {type_of(c)}{null}")
     columns.append("chunk_id BIGINT NOT NULL")
     return f"CREATE TABLE IF NOT EXISTS {quote(family.table)} (\n  " + ",\n  ".join(columns) + "\n)"
 
@@ -36,6 +58,8 @@ BOOKKEEPING_DDL = (
   stored BIGINT,
   quarantined BIGINT,
   seconds DOUBLE PRECISION,
+  first_ns BIGINT,
+  last_ns BIGINT,
   run_id TEXT,
   updated_at TIMESTAMPTZ NOT NULL,
   error TEXT
@@ -63,17 +87,25 @@ BOOKKEEPING_DDL = (
 )""",
 )
 
+# first_ns/last_ns: event-time range of the chunk's stored rows; only a commit sets them.
 UPSERT_CHUNK = f"""INSERT INTO {CHUNKS_TABLE}
   (chunk_key, chunk_id, job, schema, label, status, records_read, stored, quarantined,
-   seconds, run_id, updated_at, error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
+   seconds, first_ns, last_ns, run_id, updated_at, error)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
 ON CONFLICT (chunk_key) DO UPDATE SET
   job = excluded.job, label = excluded.label, status = excluded.status,
   records_read = excluded.records_read, stored = excluded.stored,
   quarantined = excluded.quarantined, seconds = excluded.seconds,
+  first_ns = CASE WHEN excluded.status = 'done' THEN excluded.first_ns ELSE {CHUNKS_TABLE}.first_ns END,
+  last_ns = CASE WHEN excluded.status = 'done' THEN excluded.last_ns ELSE {CHUNKS_TABLE}.last_ns END,
   run_id = excluded.run_id, updated_at = excluded.updated_at, error = excluded.error"""
 
-CHUNK_STATUS = f"SELECT status FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
+INSERT_PENDING = f"""INSERT INTO {CHUNKS_TABLE}
+  (chunk_key, chunk_id, job, schema, label, status, updated_at)
+VALUES (%s, %s, %s, %s, %s, 'pending', now())
+ON CONFLICT (chunk_key) DO NOTHING"""
+
+CHUNK_STATE = f"SELECT status, first_ns, last_ns FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
 
 INSERT_RUN = f"""INSERT INTO {RUNS_TABLE} (run_id, job, started_at, status)
 VALUES (%s, %s, now(), 'running')"""
@@ -96,51 +128,193 @@ LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_rea
 FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT 5"""
 
 
-def delete_chunk(family: Family) -> str:
-    return f"DELETE FROM {quote(family.table)} WHERE chunk_id = %s"
-
-
-def table_summary(family: Family, time_ns: str) -> str:
-    """Row count and first/last event time in nanoseconds."""
-    return f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {quote(family.table)}"
-
-
-def export_select(
-    family: Family, columns: list[str], time_ns: str, *, symbols: bool, start: bool, end: bool
-) -> str:
-    """SELECT of an export filtered by schema, symbols and time (parameters in that order).
+def export_statement(query: ExportQuery, columns: list[str], time_ns: str) -> tuple[str, list[Any]]:
+    """SELECT of an export filtered by schema, symbols and time, and its parameters.
 
     ``time_ns`` is the store's expression for event time in nanoseconds since the epoch.
     """
-    where = []
-    if "schema" in family.column_names:
-        where.append("schema = %s")
-    if symbols:
-        where.append("symbol = ANY(%s)")
-    if start:
-        where.append(f"{time_ns} >= %s")
-    if end:
-        where.append(f"{time_ns} < %s")
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    return (
-        f"SELECT {', '.join(columns)} FROM {quote(family.table)}{clause} ORDER BY {quote(family.time_column)}"
-    )
-
-
-def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
-    family: Family = query.family
-    statement = export_select(
-        family,
-        [quote(n) for n in family.column_names],
-        time_ns,
-        symbols=bool(query.symbols),
-        start=query.start_ns is not None,
-        end=query.end_ns is not None,
-    )
+    family = query.family
+    where: list[str] = []
     params: list[Any] = []
     if "schema" in family.column_names:
+        where.append("schema = %s")
         params.append(query.schema)
     if query.symbols:
+        where.append("symbol = ANY(%s)")
         params.append(list(query.symbols))
-    params.extend(v for v in (query.start_ns, query.end_ns) if v is not None)
+    if query.start_ns is not None:
+        where.append(f"{time_ns} >= %s")
+        params.append(query.start_ns)
+    if query.end_ns is not None:
+        where.append(f"{time_ns} < %s")
+        params.append(query.end_ns)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    statement = (
+        f"SELECT {', '.join(columns)} FROM {quote(family.table)}{clause} ORDER BY {quote(family.time_column)}"
+    )
     return statement, params
+
+
+def time_range_ns(table: pa.Table, column: str) -> tuple[int, int] | None:
+    if table.num_rows == 0:
+        return None
+    bounds = pc.min_max(table[column].cast(pa.int64()))
+    return int(bounds["min"].as_py()), int(bounds["max"].as_py())
+
+
+class ChunkTransaction:
+    """Collects a chunk's quarantine rows and time range; the store's writer does the I/O."""
+
+    def __init__(self, store: SqlStore, chunk: Chunk, run_id: str, job: str) -> None:
+        self.store = store
+        self.chunk = chunk
+        self.run_id = run_id
+        self.job = job
+        self.id = chunk_id(chunk.key)
+        self.family = FAMILY_OF_SCHEMA[chunk.schema]
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.rejections: list[Rejection] = []
+        self.committed = False
+
+    def note_range(self, table: pa.Table) -> None:
+        bounds = time_range_ns(table, self.family.time_column)
+        if bounds is None:
+            return
+        self.first_ns = bounds[0] if self.first_ns is None else min(self.first_ns, bounds[0])
+        self.last_ns = bounds[1] if self.last_ns is None else max(self.last_ns, bounds[1])
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None:
+        self.rejections.extend(rejections)
+
+    def finish(self, counts: ChunkCounts) -> None:
+        """Quarantine rows and the done mark, inside the chunk's transaction."""
+        if self.rejections:
+            self.store._executemany(
+                INSERT_QUARANTINE,
+                [
+                    (
+                        self.run_id,
+                        self.id,
+                        self.chunk.key,
+                        self.chunk.schema,
+                        r.stage,
+                        r.rule,
+                        r.message,
+                        r.record,
+                    )
+                    for r in self.rejections
+                ],
+            )
+        self.store._execute(UPSERT_CHUNK, self.store._chunk_row(self.chunk, self.job, "done", counts, self))
+        self.store._commit()
+        self.committed = True
+
+
+class SqlStore:
+    """Bookkeeping and chunk transactions over a DB-API-like connection (DuckDB, psycopg)."""
+
+    location: str
+    mode: str
+
+    # The store-specific parts.
+    def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+        raise NotImplementedError
+
+    def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _time_ns(self, family: Family) -> str:
+        """Expression for a family's event time in nanoseconds since the epoch."""
+        raise NotImplementedError
+
+    # Shared logic.
+    def _chunk_row(
+        self,
+        chunk: Chunk,
+        job: str,
+        status: str,
+        counts: ChunkCounts | None,
+        tx: ChunkTransaction | None = None,
+        error: str | None = None,
+        run_id: str | None = None,
+    ) -> tuple[Any, ...]:
+        c = counts
+        return (
+            chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status,
+            c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
+            tx and tx.first_ns, tx and tx.last_ns, tx.run_id if tx else run_id, error,
+        )  # fmt: skip
+
+    def is_done(self, chunk: Chunk) -> bool:
+        rows = self._query(CHUNK_STATE, [chunk.key])
+        return bool(rows) and rows[0][0] == "done"
+
+    def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
+        if chunks:
+            self._executemany(
+                INSERT_PENDING, [(c.key, chunk_id(c.key), job, c.schema, c.label) for c in chunks]
+            )
+            self._commit()
+
+    def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None:
+        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "failed", None, error=error, run_id=run_id))
+        self._commit()
+
+    def start_run(self, run_id: str, job: str) -> None:
+        self._execute(INSERT_RUN, [run_id, job])
+        self._commit()
+
+    def finish_run(self, run_id: str, status: str, counts: ChunkCounts) -> None:
+        self._execute(FINISH_RUN, [status, counts.read, counts.stored, counts.quarantined, run_id])
+        self._commit()
+
+    @contextmanager
+    def _chunk_transaction(self, chunk: Chunk, run_id: str, job: str) -> Iterator[ChunkTransaction]:
+        """Mark running, then in one transaction remove the chunk's earlier rows and yield."""
+        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "running", None, run_id=run_id))
+        self._commit()
+        tx = ChunkTransaction(self, chunk, run_id, job)
+        rows = self._query(CHUNK_STATE, [chunk.key])
+        first_ns, last_ns = (rows[0][1], rows[0][2]) if rows else (None, None)
+        self._begin()
+        try:
+            if first_ns is not None:
+                # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
+                time_ns = self._time_ns(tx.family)
+                self._execute(
+                    f"DELETE FROM {quote(tx.family.table)} WHERE chunk_id = %s"
+                    f" AND {time_ns} BETWEEN %s AND %s",
+                    [tx.id, first_ns, last_ns],
+                )
+            self._execute(DELETE_QUARANTINE, [tx.id])
+            yield tx
+        finally:
+            if not tx.committed:
+                self._rollback()
+
+    def status(self) -> StoreStatus:
+        report = StoreStatus(self.location, self.mode)
+        for family in FAMILIES.values():
+            time_ns = self._time_ns(family)
+            rows, first, last = self._query(
+                f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {quote(family.table)}"
+            )[0]
+            report.tables.append(TableStatus(family.table, int(rows), first, last))
+        report.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
+        report.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
+        names = ["run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"]
+        report.runs = [dict(zip(names, r, strict=True)) for r in self._query(LAST_RUNS)]
+        return report

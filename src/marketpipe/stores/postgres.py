@@ -1,0 +1,298 @@
+"""PostgreSQL (and TimescaleDB when the extension is there), loaded by binary COPY.
+
+Types: event times are BIGINT nanoseconds since the epoch (``timestamptz`` holds only
+microseconds; ``marketpipe_ts(ns)`` and the ``<table>_v`` views give a timestamptz to read,
+``marketpipe_ns(timestamptz)`` an index-friendly bound to filter by), prices NUMERIC(19, 9),
+uint64 fields NUMERIC(20, 0), uint32 BIGINT. Arrow batches are encoded to the binary COPY
+format by pgpq and streamed through psycopg 3: no row-by-row INSERT, no Python object per
+record.
+
+Faults: errors worth retrying (connection refused or reset, admin shutdown, serialization
+failure, deadlock) become ``TransientStoreError``; refusals (bad credentials, missing
+database, no permission) become ``StoreRejected``. Connecting is retried here; a chunk is
+retried as a whole by the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import pgpq
+import psycopg
+import pyarrow as pa
+import structlog
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
+
+from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
+from marketpipe.model import FAMILIES, Column, Family, Kind
+from marketpipe.retries import retrying
+from marketpipe.sources.base import Chunk
+from marketpipe.stores import sql, timescale
+from marketpipe.stores.base import QUARANTINE_TABLE, ChunkCounts, ExportQuery
+from marketpipe.validation import Rejection
+
+log = structlog.get_logger("marketpipe.postgres")
+
+MIGRATION_LOCK = 0x6D61726B6574  # "market": serializes concurrent starts
+_TRANSIENT = (
+    errors.AdminShutdown,
+    errors.CannotConnectNow,
+    errors.TooManyConnections,
+    errors.SerializationFailure,
+    errors.DeadlockDetected,
+    errors.QueryCanceled,
+)
+_PERMANENT_SQLSTATES = {"28000", "28P01", "3D000", "42501"}
+# libpq reports connection refusals as text only (no SQLSTATE before the session exists).
+_PERMANENT_MESSAGES = (
+    "does not exist",
+    "authentication failed",
+    "permission denied",
+    "no pg_hba.conf entry",
+    "password",
+    "invalid connection option",
+    "invalid URI",
+)
+
+_INT_TYPES = {
+    pa.uint8(): "SMALLINT",
+    pa.uint16(): "INTEGER",
+    pa.uint32(): "BIGINT",
+    pa.uint64(): "NUMERIC(20, 0)",
+    pa.int8(): "SMALLINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+}
+
+
+def column_type(column: Column) -> str:
+    """PostgreSQL type of a column; must be what pgpq encodes the COPY column as."""
+    if column.kind is Kind.PRICE:
+        return "NUMERIC(19, 9)"
+    if column.kind is Kind.TIMESTAMP:
+        return "BIGINT"
+    if column.kind is Kind.INTEGER:
+        return _INT_TYPES[column.arrow_type]
+    return "TEXT"
+
+
+def copy_table(table: pa.Table, chunk_id: int) -> pa.Table:
+    """The Arrow shape of a COPY: timestamps as their int64 nanoseconds, plus chunk_id."""
+    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in table.columns]
+    columns.append(pa.repeat(pa.scalar(chunk_id, pa.int64()), table.num_rows))
+    return pa.Table.from_arrays(columns, names=[*table.column_names, "chunk_id"])
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    if getattr(exc, "sqlstate", None) in _PERMANENT_SQLSTATES:
+        return False
+    return not any(m in str(exc) for m in _PERMANENT_MESSAGES)
+
+
+def safe_location(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+def translate(exc: psycopg.Error, where: str) -> StoreError | StoreRejected:
+    reason = " ".join(str(exc).split())
+    if is_transient(exc):
+        return TransientStoreError(f"{where}: {reason}")
+    if getattr(exc, "sqlstate", None) in _PERMANENT_SQLSTATES or isinstance(exc, psycopg.OperationalError):
+        return StoreRejected(f"{where}: {reason}")
+    return StoreError(f"{where}: {reason}")
+
+
+def _migrations(mode_timescale: bool) -> list[tuple[int, str, list[str]]]:
+    tables = [*sql.BOOKKEEPING_DDL]
+    tables.append(f"CREATE INDEX IF NOT EXISTS marketpipe_quarantine_chunk ON {QUARANTINE_TABLE} (chunk_id)")
+    tables.append(
+        "CREATE OR REPLACE FUNCTION marketpipe_ts(ns BIGINT) RETURNS timestamptz LANGUAGE SQL IMMUTABLE"
+        " PARALLEL SAFE AS $$ SELECT to_timestamp(0) + (ns / 1000) * interval '1 microsecond' $$"
+    )
+    tables.append(
+        "CREATE OR REPLACE FUNCTION marketpipe_ns(t timestamptz) RETURNS BIGINT LANGUAGE SQL IMMUTABLE"
+        " PARALLEL SAFE AS $$ SELECT (extract(epoch FROM t) * 1000000000)::BIGINT $$"
+    )
+    for family in FAMILIES.values():
+        name, time = sql.quote(family.table), sql.quote(family.time_column)
+        tables.append(sql.create_family_table(family, column_type))
+        # One B-tree for "this instrument over this time", BRIN for time alone: each index
+        # is paid on every COPY, so no more than these.
+        tables.append(
+            f"CREATE INDEX IF NOT EXISTS {family.table}_instrument_time ON {name} (instrument_id, {time})"
+        )
+        tables.append(f"CREATE INDEX IF NOT EXISTS {family.table}_time_brin ON {name} USING brin ({time})")
+        readable = ", ".join(
+            f"marketpipe_ts({sql.quote(c.name)}) AS {sql.quote(c.name + '_time')}"
+            for c in family.columns
+            if c.kind is Kind.TIMESTAMP
+        )
+        tables.append(
+            f"CREATE OR REPLACE VIEW {sql.quote(family.table + '_v')} AS SELECT *, {readable} FROM {name}"
+        )
+    migrations = [(1, "standardized model, bookkeeping, functions, views", tables)]
+    if mode_timescale:
+        migrations.append((2, "timescaledb hypertables", []))
+    return migrations
+
+
+class _PgChunkWriter:
+    def __init__(self, store: PostgresStore, tx: sql.ChunkTransaction) -> None:
+        self._store = store
+        self._tx = tx
+        columns = [*tx.family.column_names, "chunk_id"]
+        self._copy = (
+            f"COPY {sql.quote(tx.family.table)} ({', '.join(sql.quote(c) for c in columns)})"
+            " FROM STDIN WITH (FORMAT BINARY)"
+        )
+
+    def write(self, table: pa.Table) -> None:
+        self._tx.note_range(table)
+        data = copy_table(table, self._tx.id)
+        encoder = pgpq.ArrowToPostgresBinaryEncoder(data.schema)
+        with self._store.translated("COPY"), self._store.conn.cursor() as cur, cur.copy(self._copy) as copy:
+            copy.write(encoder.write_header())
+            for batch in data.to_batches():
+                copy.write(encoder.write_batch(batch))
+            copy.write(encoder.finish())
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None:
+        self._tx.quarantine(rejections)
+
+    def commit(self, counts: ChunkCounts) -> None:
+        self._tx.finish(counts)
+
+
+class PostgresStore(sql.SqlStore):
+    def __init__(
+        self, url: str, retries: int = 5, retry_wait: float = 0.5, compress_after_days: int | None = None
+    ):
+        self.url = url
+        self.location = safe_location(url)
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self.conn = self._connect()
+        self.mode = self._migrate(compress_after_days)
+
+    # Connection and schema.
+    def _connect(self) -> psycopg.Connection[Any]:
+        def log_retry(attempt: int, reason: str) -> None:
+            log.warning("db.retry", action="connect", attempt=attempt, reason=reason)
+
+        for attempt in retrying(self.retries, self.retry_wait, log_retry):
+            with attempt:
+                try:
+                    return psycopg.connect(self.url, application_name="marketpipe", connect_timeout=10)
+                except psycopg.Error as exc:
+                    raise translate(exc, f"cannot connect to PostgreSQL at {self.location}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def reconnect(self) -> None:
+        with suppress(psycopg.Error):
+            self.conn.close()
+        self.conn = self._connect()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self, compress_after_days: int | None) -> str:
+        with self.translated("schema migration"), self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            use_timescale, why = timescale.detect(self.conn)
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS marketpipe_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            applied = {v for (v,) in self.conn.execute("SELECT version FROM marketpipe_migrations")}
+            for version, name, statements in _migrations(use_timescale):
+                if version in applied:
+                    continue
+                for statement in statements:
+                    self.conn.execute(statement)
+                if version == 2:
+                    timescale.create_hypertables(self.conn)
+                self.conn.execute(
+                    "INSERT INTO marketpipe_migrations (version, name) VALUES (%s, %s)", (version, name)
+                )
+                log.info("db.migrated", version=version, name=name)
+            if use_timescale and compress_after_days is not None:
+                timescale.add_compression_policies(self.conn, compress_after_days)
+        mode = "timescaledb" if use_timescale else "postgresql"
+        log.info("store.mode", mode=mode, reason=why, location=self.location)
+        return mode
+
+    @contextmanager
+    def translated(self, where: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise translate(exc, f"{where} on {self.location}") from None
+
+    # SqlStore's primitives.
+    def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+        with self.translated("query"):
+            self.conn.execute(statement, params)
+
+    def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.translated("query"), self.conn.cursor() as cur:
+            cur.executemany(statement, rows)
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.translated("query"):
+            return self.conn.execute(statement, params).fetchall()
+
+    def _begin(self) -> None:
+        """psycopg opens a transaction with the first statement."""
+
+    def _commit(self) -> None:
+        with self.translated("commit"):
+            self.conn.commit()
+
+    def _rollback(self) -> None:
+        with suppress(psycopg.Error):  # the connection is gone; so is the transaction
+            self.conn.rollback()
+
+    def _time_ns(self, family: Family) -> str:
+        return sql.quote(family.time_column)
+
+    @contextmanager
+    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[_PgChunkWriter]:
+        with self._chunk_transaction(chunk, run_id, job) as tx:
+            yield _PgChunkWriter(self, tx)
+
+    def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
+        family = query.family
+        columns = [sql.quote(n) for n in family.column_names]
+        statement, params = sql.export_statement(query, columns, self._time_ns(family))
+        # Store types that differ from the model's Arrow type: fetched as these, then cast.
+        via = {
+            c.name: pa.int64() if c.kind is Kind.TIMESTAMP else pa.decimal128(20, 0)
+            for c in family.columns
+            if c.kind is Kind.TIMESTAMP or c.arrow_type == pa.uint64()
+        }
+        with self.translated("export"), self.conn.cursor(name="marketpipe_export") as cur:
+            cur.itersize = batch_size
+            cur.execute(statement, params)
+            while rows := cur.fetchmany(batch_size):
+                values = list(zip(*rows, strict=True))
+                arrays = []
+                for column, data in zip(family.columns, values, strict=True):
+                    array = pa.array(data, type=via.get(column.name, column.arrow_type))
+                    arrays.append(array.cast(column.arrow_type))
+                yield pa.RecordBatch.from_arrays(arrays, schema=family.arrow_schema)
+        self.conn.commit()

@@ -1,0 +1,106 @@
+"""Everything TimescaleDB-specific, following its documented API (2.13+ ``create_hypertable``).
+
+Event time is a BIGINT of nanoseconds since the epoch (``timestamptz`` stops at
+microseconds), so each hypertable gets an explicit integer ``chunk_time_interval`` and an
+``integer_now`` function, without which TimescaleDB's age-based policies cannot work on
+integer time. Columnstore compression segments by instrument and orders by time; the
+compression policy is opt-in (``MARKETPIPE_COMPRESS_AFTER_DAYS``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from marketpipe.model import FAMILIES, Family
+
+NS_PER_HOUR = 3_600 * 10**9
+NS_PER_DAY = 24 * NS_PER_HOUR
+MIN_VERSION = (2, 13)
+
+# Chunk intervals by volume: book and order data hours, trades and quotes a day,
+# low-volume schemas weeks, bars and definitions a month.
+CHUNK_INTERVAL_NS: dict[str, int] = {
+    "mbo": 6 * NS_PER_HOUR,
+    "mbp10": 6 * NS_PER_HOUR,
+    "mbp1": NS_PER_DAY,
+    "cmbp1": NS_PER_DAY,
+    "trades": NS_PER_DAY,
+    "bbo": 7 * NS_PER_DAY,
+    "cbbo": NS_PER_DAY,
+    "statistics": 7 * NS_PER_DAY,
+    "status": 30 * NS_PER_DAY,
+    "imbalance": 7 * NS_PER_DAY,
+    "ohlcv": 30 * NS_PER_DAY,
+    "definitions": 30 * NS_PER_DAY,
+}
+
+NOW_FUNCTION = """CREATE OR REPLACE FUNCTION marketpipe_now_ns() RETURNS BIGINT
+LANGUAGE SQL STABLE AS $$ SELECT (extract(epoch FROM now()) * 1000000000)::BIGINT $$"""
+
+log = structlog.get_logger("marketpipe.timescale")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("-")[0].split(".")[:2] if p.isdigit())
+
+
+def detect(conn: Any) -> tuple[bool, str]:
+    """Whether to use TimescaleDB here, and why (for the log line that says which mode)."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    if row is None:
+        available = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+        ).fetchone()
+        if available is None:
+            return False, "the timescaledb extension is not installed on this server"
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        except Exception as exc:  # not preloaded, or no privilege: plain PostgreSQL still works
+            return False, f"CREATE EXTENSION timescaledb failed: {str(exc).strip()}"
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    if _version(row[0]) < MIN_VERSION:
+        return False, f"timescaledb {row[0]} is older than 2.13"
+    return True, f"timescaledb {row[0]}"
+
+
+def hypertable_statements(family: Family) -> list[tuple[str, tuple[Any, ...]]]:
+    """Statements turning one family table into a compressed-capable hypertable (idempotent)."""
+    table, time = family.table, family.time_column
+    return [
+        (
+            "SELECT create_hypertable(%s::regclass, by_range(%s::name, %s::BIGINT),"
+            " create_default_indexes => FALSE, if_not_exists => TRUE, migrate_data => TRUE)",
+            (table, time, CHUNK_INTERVAL_NS[table]),
+        ),
+        (
+            "SELECT set_integer_now_func(%s::regclass, 'marketpipe_now_ns'::regproc,"
+            " replace_if_exists => TRUE)",
+            (table,),
+        ),
+        (
+            f'ALTER TABLE "{table}" SET (timescaledb.compress,'
+            f" timescaledb.compress_segmentby = 'instrument_id',"
+            f" timescaledb.compress_orderby = '{time} DESC')",
+            (),
+        ),
+    ]
+
+
+def create_hypertables(conn: Any) -> None:
+    conn.execute(NOW_FUNCTION)
+    for family in FAMILIES.values():
+        for statement, params in hypertable_statements(family):
+            conn.execute(statement, params)
+
+
+def add_compression_policies(conn: Any, after_days: int) -> None:
+    """Compress chunks whose data is older than ``after_days`` (an integer age, in ns)."""
+    for family in FAMILIES.values():
+        conn.execute(
+            "SELECT add_compression_policy(%s::regclass, %s::BIGINT, if_not_exists => TRUE)",
+            (family.table, after_days * NS_PER_DAY),
+        )
+    log.info("timescale.compression_policy", after_days=after_days)
