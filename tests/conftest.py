@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from marketpipe.cli import app
+from pg import fresh_database
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "databento-samples"
 
@@ -16,6 +17,13 @@ def samples_dir() -> Path:
     if not SAMPLES.is_dir():
         pytest.skip(f"Databento sample files not found at {SAMPLES} (../shared is absent)")
     return SAMPLES
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the real server, dropped after the test."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

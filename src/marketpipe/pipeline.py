@@ -49,6 +49,7 @@ class ChunkResult:
     seconds: float = 0.0
     error: str | None = None
     rules: Counter[str] = field(default_factory=Counter)
+    attempts: int = 1
 
 
 @dataclass
@@ -180,9 +181,12 @@ class Pipeline:
         policy = retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry)
         for attempt in policy:
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
+                number = attempt.retry_state.attempt_number
+                if number > 1:
                     self.store.reconnect()
-                return self._run_chunk(source, chunk)
+                result = self._run_chunk(source, chunk)
+                result.attempts = number
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_chunk(self, source: Source, chunk: Chunk) -> ChunkResult:

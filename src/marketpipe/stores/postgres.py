@@ -37,6 +37,16 @@ from marketpipe.validation import Rejection
 log = structlog.get_logger("marketpipe.postgres")
 
 MIGRATION_LOCK = 0x6D61726B6574  # "market": serializes concurrent starts
+# TCP keepalives: a peer that vanished without a reset is noticed in about a minute
+# instead of a query waiting forever.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "application_name": "marketpipe",
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 _TRANSIENT = (
     errors.AdminShutdown,
     errors.CannotConnectNow,
@@ -197,7 +207,7 @@ class PostgresStore(sql.SqlStore):
         for attempt in retrying(self.retries, self.retry_wait, log_retry):
             with attempt:
                 try:
-                    return psycopg.connect(self.url, application_name="marketpipe", connect_timeout=10)
+                    return psycopg.connect(self.url, **CONNECT_OPTIONS)
                 except psycopg.Error as exc:
                     raise translate(exc, f"cannot connect to PostgreSQL at {self.location}") from None
         raise AssertionError("unreachable")  # pragma: no cover

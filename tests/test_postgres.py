@@ -1,0 +1,219 @@
+"""The PostgreSQL store against the real server: exactness, idempotency, faults, resume."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.model import FAMILIES, SCHEMAS
+from marketpipe.pipeline import Pipeline
+from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.stores import open_store
+from pg import fingerprint, fresh_database
+from tcp_proxy import TcpProxy
+
+from conftest import SAMPLES
+from dbn_reference import canonical, distinct_data, expected_rows, exported_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trades_files(directory: Path, files: int, records: int) -> list[Path]:
+    paths = []
+    for i in range(files):
+        day = dt.date(2024, 3, 4) + dt.timedelta(days=i)
+        array = synthetic_trades(records, day, seed=i)
+        start = int(array["ts_event"][0])
+        meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+        paths.append(write_dbn(directory / f"trades-{day}.dbn", meta, [array.tobytes()]))
+    return paths
+
+
+def _statuses(url: str) -> dict[str, int]:
+    """Chunks by status; empty before the store's first migration has created the table."""
+    with psycopg.connect(url) as conn:
+        try:
+            rows = conn.execute("SELECT status, count(*) FROM marketpipe_chunks GROUP BY status").fetchall()
+        except psycopg.errors.UndefinedTable:
+            return {}
+    return dict(rows)
+
+
+def test_every_schema_round_trips_exactly(pg_url: str, samples: Path, cli, tmp_path: Path) -> None:
+    result = cli("ingest", "--from-file", str(samples), "--db", pg_url)
+    assert result.exit_code == 0, result.output
+    files = distinct_data(sorted(SAMPLES.glob("*.dbn*")))
+    for schema in SCHEMAS:
+        expected = [row for p in files for s, rows in [expected_rows(p)] if s == schema for row in rows]
+        out = tmp_path / f"{schema}.parquet"
+        assert cli("export", "--schema", schema, "--out", str(out), "--db", pg_url).exit_code == 0
+        arrow_schema, rows = exported_rows(out)
+        assert arrow_schema.remove_metadata() == FAMILIES[_table(schema)].arrow_schema
+        assert canonical(rows) == canonical(expected), schema
+
+
+def _table(schema: str) -> str:
+    return next(name for name, f in FAMILIES.items() if schema in f.schemas)
+
+
+def test_rerun_and_force_leave_tables_identical(pg_url: str, tmp_path: Path) -> None:
+    _trades_files(tmp_path / "d", 2, 20_000)
+    cfg = load_settings(db=pg_url)
+    request = IngestRequest(from_file=str(tmp_path / "d"))
+    Pipeline(request, cfg).run()
+    first = fingerprint(pg_url, "trades")
+    assert first[0] == 40_000
+    again = Pipeline(request, cfg).run()
+    assert [r.status for r in again.results] == ["skipped", "skipped"]
+    Pipeline(request, cfg).run(force=True)
+    assert fingerprint(pg_url, "trades") == first
+
+
+def test_kill_9_mid_load_then_rerun_equals_clean_run(pg_url: str, tmp_path: Path) -> None:
+    _trades_files(tmp_path / "d", 6, 250_000)
+    env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "50000"}
+    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    killed_while = None
+    while time.monotonic() < deadline and victim.poll() is None:
+        statuses = _statuses(pg_url)
+        if statuses.get("done", 0) >= 1 and statuses.get("running", 0) == 1:
+            victim.send_signal(signal.SIGKILL)
+            killed_while = statuses
+            break
+        time.sleep(0.02)
+    victim.wait(30)
+    assert killed_while is not None, "the load finished before it could be killed"
+    assert fingerprint(pg_url, "trades")[0] < 6 * 250_000
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _statuses(pg_url) == {"done": 6}
+
+    with fresh_database() as clean_url:
+        clean = subprocess.run(
+            command, env={**env, "MARKETPIPE_DB": clean_url}, capture_output=True, timeout=300
+        )
+        assert clean.returncode == 0
+        assert fingerprint(pg_url, "trades") == fingerprint(clean_url, "trades")
+
+
+def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path: Path) -> None:
+    _trades_files(tmp_path / "d", 1, 1_000_000)
+    cfg = load_settings(db=pg_url, batch_size=20_000, db_retry_wait=0.05)
+    outcome: dict[str, object] = {}
+
+    def load() -> None:
+        outcome["summary"] = Pipeline(IngestRequest(from_file=str(tmp_path / "d")), cfg).run()
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    terminated = 0
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        while worker.is_alive() and not terminated:
+            terminated = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'marketpipe' AND query LIKE 'COPY%%' AND state = 'active'"
+            ).fetchone()[0]  # type: ignore[index]
+            time.sleep(0.005)
+    worker.join()
+    assert terminated == 1, "no COPY was caught running"
+    summary = outcome["summary"]
+    assert [(r.status, r.attempts) for r in summary.results] == [("done", 2)]  # type: ignore[attr-defined]
+    assert fingerprint(pg_url, "trades")[0] == 1_000_000
+
+
+def test_database_gone_mid_run_stops_cleanly_and_resumes(pg_url: str, tmp_path: Path) -> None:
+    _trades_files(tmp_path / "d", 5, 100_000)
+    port = psycopg.conninfo.conninfo_to_dict(pg_url).get("port") or 5432
+    proxy = TcpProxy(int(port))
+    via_proxy = pg_url.replace(f":{port}/", f":{proxy.port}/")
+    cfg = load_settings(db=via_proxy, batch_size=10_000, db_retries=3, db_retry_wait=0.05)
+    request = IngestRequest(from_file=str(tmp_path / "d"))
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.setdefault("summary", Pipeline(request, cfg).run()), daemon=True
+    )
+    worker.start()
+    while worker.is_alive() and _statuses(pg_url).get("done", 0) < 1:
+        time.sleep(0.01)
+    proxy.cut()
+    worker.join(120)
+    summary = outcome["summary"]
+    assert summary.stopped and summary.exit_code == 1  # type: ignore[attr-defined]
+    assert "PostgreSQL" in summary.stopped or "connect" in summary.stopped  # type: ignore[attr-defined]
+    statuses = _statuses(pg_url)
+    assert statuses.get("done", 0) < 5
+
+    proxy = TcpProxy(int(port), listen_port=proxy.port)
+    resumed = Pipeline(request, cfg).run()
+    assert resumed.exit_code == 0
+    assert _statuses(pg_url) == {"done": 5}
+    assert fingerprint(pg_url, "trades")[0] == 500_000
+    proxy.cut()
+
+
+def test_unreachable_database_is_one_clear_line(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKETPIPE_DB_RETRIES", "2")
+    monkeypatch.setenv("MARKETPIPE_DB_RETRY_WAIT", "0.01")
+    paths = _trades_files(tmp_path / "d", 1, 10)
+    result = cli(
+        "ingest", "--from-file", str(paths[0]), "--db", "postgresql://postgres:s3cret@127.0.0.1:9/market"
+    )
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot connect to PostgreSQL at"), result.output
+    assert "Connection refused" in lines[0] and "s3cret" not in result.output
+
+
+def test_missing_database_fails_fast(cli, tmp_path: Path) -> None:
+    paths = _trades_files(tmp_path / "d", 1, 10)
+    started = time.monotonic()
+    result = cli(
+        "ingest", "--from-file", str(paths[0]), "--db", "postgresql://postgres@127.0.0.1:5432/no_such_db_x"
+    )
+    assert result.exit_code == 2
+    assert 'database "no_such_db_x" does not exist' in result.output
+    assert time.monotonic() - started < 5
+
+
+def test_concurrent_starts_migrate_once(pg_url: str) -> None:
+    cfg = load_settings(db=pg_url)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_store(cfg).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM marketpipe_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT marketpipe_ns(marketpipe_ts(1709510400123456789))").fetchone() == (
+            1709510400123456000,
+        )
+
+
+def test_plain_postgresql_mode_is_detected_and_said(pg_url: str) -> None:
+    store = open_store(load_settings(db=pg_url))
+    try:
+        assert store.mode == "postgresql"  # no TimescaleDB on this server
+    finally:
+        store.close()
