@@ -49,10 +49,8 @@ class TcpProxy:
         """Stop listening and drop every open connection: the database is gone."""
         self._open = False
         for s in [self._listener, *self._sockets]:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it; close() would not
-            except OSError:
-                pass
             s.close()
         with self._lock:
             self._sockets.clear()
