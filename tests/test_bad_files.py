@@ -87,17 +87,6 @@ def test_failed_chunk_is_recorded_and_rerun_resumes(cli, mbo: bytes, tmp_path: P
     assert _rows(tmp_path / "store.duckdb")["mbo"] == 2
 
 
-def test_batches_are_bounded(tmp_path: Path) -> None:
-    """Memory does not grow with the file: no batch holds more than batch_size records."""
-    from marketpipe.sources.databento_files import DbnFileSource
-
-    make_sample(tmp_path / "s")
-    source = DbnFileSource(str(tmp_path / "s"))
-    plan = source.plan()
-    sizes = [len(b.records) for c in plan.chunks for b in source.read(c, 100)]
-    assert max(sizes) == 100 and sum(sizes) == 128 + 2560
-
-
 def test_reingest_same_file_is_skipped_then_forced_without_duplicates(tmp_path: Path) -> None:
     paths = make_sample(tmp_path / "s")
     cfg = load_settings(db=str(tmp_path / "x.duckdb"))

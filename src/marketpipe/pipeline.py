@@ -92,6 +92,11 @@ class Progress(Protocol):
     def chunk_finished(self, result: ChunkResult) -> None: ...
 
 
+def input_chunk(label: str) -> Chunk:
+    """Progress row of an input as a whole, for failures found before it has chunks."""
+    return Chunk(key=f"input:{label}", schema="", label=label)
+
+
 class _StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -141,6 +146,9 @@ class Pipeline:
         summary.plan_failures = plan.failures
         for label, reason in plan.failures:
             self.log.warning("input.rejected", input=label, reason=reason)
+            self.store.mark_failed(input_chunk(label), self.run_id, self.request.name, reason)
+        for label in plan.inputs:
+            self.store.forget_failure(input_chunk(label))
         if self.progress:
             self.progress.plan(len(plan.chunks))
         self.store.plan_chunks(plan.chunks, self.request.name)

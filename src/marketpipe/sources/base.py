@@ -21,6 +21,9 @@ class Chunk:
     # Event-time window the records must fall in, nanoseconds, [start, end); None: unbounded.
     start_ns: int | None = None
     end_ns: int | None = None
+    # For a part of a file: its records first_record .. first_record + record_count.
+    first_record: int = 0
+    record_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Plan:
     chunks: list[Chunk] = field(default_factory=list)
     # Inputs that could not even be planned (bad files): (label, reason).
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # Inputs that were planned, so an earlier failure of theirs is history.
+    inputs: list[str] = field(default_factory=list)
 
 
 class Source(Protocol):

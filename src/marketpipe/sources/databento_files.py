@@ -35,10 +35,15 @@ def expand(spec: str) -> list[Path]:
 
 
 class DbnFileSource:
-    """One chunk per file (a DBN file holds one schema), keyed by its decompressed content.
+    """Chunks of a DBN file: parts of ``PART_RECORDS`` records, keyed by the decompressed data.
 
-    The same data ingested again, renamed, or compressed differently, replaces its own rows.
+    The same data ingested again (renamed, compressed differently) replaces its own rows.
+    Parts bound the size of one store transaction (DuckDB holds a transaction's rows in
+    memory) and let a crashed run resume inside a large file. The part size is part of the
+    chunk key: changing it would make old and new parts different chunks.
     """
+
+    PART_RECORDS = 1_000_000
 
     def __init__(self, spec: str) -> None:
         self._paths = expand(spec)
@@ -46,19 +51,35 @@ class DbnFileSource:
 
     def plan(self) -> Plan:
         plan = Plan()
+        seen: dict[str, Path] = {}
         for path in self._paths:
             try:
                 dbn = DbnFile(path)
-                key = f"dbn:{dbn.digest()}:{dbn.schema}"
+                inspection = dbn.inspect()
             except SourceError as exc:
                 plan.failures.append((str(path), str(exc)))
                 continue
-            if key in self._path_of:
-                log.info("input.duplicate", input=str(path), same_data_as=str(self._path_of[key]))
+            if inspection.digest in seen:
+                log.info("input.duplicate", input=str(path), same_data_as=str(seen[inspection.digest]))
                 continue
-            self._path_of[key] = path
-            plan.chunks.append(Chunk(key=key, schema=dbn.schema, label=str(path), dataset=dbn.dataset))
+            seen[inspection.digest] = path
+            plan.inputs.append(str(path))
+            plan.chunks.extend(self._parts(path, dbn, inspection.digest, inspection.records))
         return plan
 
+    def _parts(self, path: Path, dbn: DbnFile, digest: str, records: int) -> list[Chunk]:
+        size = self.PART_RECORDS
+        starts = range(0, max(records, 1), size)
+        chunks = []
+        for first in starts:
+            count = min(size, records - first)
+            label = str(path) if len(starts) == 1 else f"{path} [records {first:,}-{first + count - 1:,}]"
+            key = f"dbn:{digest}:{dbn.schema}:{first}+{size}"
+            self._path_of[key] = path
+            chunks.append(
+                Chunk(key, dbn.schema, label, dataset=dbn.dataset, first_record=first, record_count=count)
+            )
+        return chunks
+
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
-        return DbnFile(self._path_of[chunk.key]).batches(batch_size)
+        return DbnFile(self._path_of[chunk.key]).batches(batch_size, chunk.first_record, chunk.record_count)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +35,13 @@ from marketpipe.symbology import SymbolMap
 
 _STRUCTS_BY_VERSION = {1: SCHEMA_STRUCT_MAP_V1, 2: SCHEMA_STRUCT_MAP_V2, 3: SCHEMA_STRUCT_MAP}
 _HEADER = struct.Struct("<3sBI")  # b"DBN", version, metadata length
+_INSPECT_RECORDS = 65_536
+
+
+@dataclass(frozen=True)
+class Inspection:
+    digest: str
+    records: int
 
 
 def _plain(value: object) -> str | None:
@@ -77,51 +85,83 @@ class DbnFile:
         self.start_ns: int = int(meta.start)
         self.end_ns: int | None = None if meta.end is None else int(meta.end)
         self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
-        native = _STRUCTS_BY_VERSION[self.version][Schema(schema)]
-        self._upgrade = np.dtype(native._dtypes) != self.family.record_dtype
+        # The layout records have in this file's DBN version; read as is when it is v3's.
+        self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(schema)]._dtypes)
+        self._upgrade = self._native != self.family.record_dtype
 
-    def batches(self, batch_size: int) -> Iterator[RawBatch]:
-        """The file's records in DBN v3 layout, ``batch_size`` at most per batch."""
-        blocks = self._upgraded(batch_size) if self._upgrade else self._viewed(batch_size)
+    def batches(self, batch_size: int, first: int = 0, count: int | None = None) -> Iterator[RawBatch]:
+        """Records ``first`` .. ``first + count`` in DBN v3 layout, ``batch_size`` at most per batch."""
+        blocks = self._upgraded if self._upgrade else self._viewed
         time_field = "ts_recv" if "ts_recv" in self.family.column_names else "ts_event"
-        for records in blocks:
-            self._check_alignment(records)
+        for records in blocks(batch_size, first, count):
+            self._check_lengths(records)
             symbols = self.symbol_map.resolve(records["instrument_id"], records[time_field])
             yield RawBatch(records, symbols)
 
-    def digest(self) -> str:
-        """Identity of the data, not the file: a .dbn and its .dbn.zst are the same chunk."""
+    def inspect(self) -> Inspection:
+        """One pass over the decompressed data: its identity, its record count, its structure.
+
+        A file that is truncated or misaligned fails here, before anything of it is written.
+        The digest identifies the data, not the file: a .dbn and its .dbn.zst are the same.
+        """
         digest = hashlib.blake2b(digest_size=16)
+        records = 0
         with self._stream() as reader:
-            while block := self._read(reader, 1 << 20):
+            digest.update(self._skip_metadata(reader))
+            while block := self._read(reader, _INSPECT_RECORDS * self._native.itemsize):
                 digest.update(block)
-        return digest.hexdigest()
+                if len(block) % self._native.itemsize:
+                    raise SourceError(f"{self.path}: truncated: the file ends inside a record")
+                view = np.frombuffer(block, dtype=self._native)
+                self._check_lengths(view)
+                records += len(view)
+        return Inspection(digest.hexdigest(), records)
 
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""
         return self._store.reader
 
-    def _viewed(self, batch_size: int) -> Iterator[np.ndarray]:
+    def _skip_metadata(self, reader: IO[bytes]) -> bytes:
+        header = self._read(reader, _HEADER.size)
+        if len(header) < _HEADER.size:
+            raise SourceError(f"{self.path}: truncated: no complete DBN header")
+        _, _, metadata_length = _HEADER.unpack(header)
+        return header + self._read(reader, metadata_length)
+
+    def _viewed(self, batch_size: int, first: int, count: int | None) -> Iterator[np.ndarray]:
         dtype = self.family.record_dtype
+        remaining = count
         with self._stream() as reader:
-            header = _read_exact(reader, _HEADER.size)
-            _, _, metadata_length = _HEADER.unpack(header)
-            _read_exact(reader, metadata_length)
-            block = batch_size * dtype.itemsize
-            while data := self._read(reader, block):
+            self._skip_metadata(reader)
+            skip = first * dtype.itemsize
+            while skip > 0 and (part := self._read(reader, min(skip, 1 << 24))):
+                skip -= len(part)
+            while remaining is None or remaining > 0:
+                take = batch_size if remaining is None else min(batch_size, remaining)
+                data = self._read(reader, take * dtype.itemsize)
+                if not data:
+                    return
                 if len(data) % dtype.itemsize:
                     raise SourceError(f"{self.path}: truncated: the file ends inside a record")
-                yield np.frombuffer(data, dtype=dtype)
+                block = np.frombuffer(data, dtype=dtype)
+                if remaining is not None:
+                    remaining -= len(block)
+                yield block
 
-    def _upgraded(self, batch_size: int) -> Iterator[np.ndarray]:
+    def _upgraded(self, batch_size: int, first: int, count: int | None) -> Iterator[np.ndarray]:
         dtype = self.family.record_dtype
         decoder = DBNDecoder(upgrade_policy=VersionUpgradePolicy.UPGRADE_TO_V3)
+        last = None if count is None else first + count
+        seen = 0
         pending: list[bytes] = []
         with self._stream() as reader:
             while data := self._read(reader, 1 << 20):
                 for record in decoder.write_and_decode(data):
-                    if not isinstance(record, databento_dbn.Metadata):
+                    if isinstance(record, databento_dbn.Metadata):
+                        continue
+                    if first <= seen and (last is None or seen < last):
                         pending.append(bytes(record))
+                    seen += 1
                 while len(pending) >= batch_size:
                     yield np.frombuffer(b"".join(pending[:batch_size]), dtype=dtype)
                     del pending[:batch_size]
@@ -136,11 +176,10 @@ class DbnFile:
         except (zstandard.ZstdError, OSError) as exc:
             raise SourceError(f"{self.path}: corrupt or truncated compressed data: {exc}") from exc
 
-    def _check_alignment(self, records: np.ndarray) -> None:
+    def _check_lengths(self, records: np.ndarray) -> None:
         # A record whose length field disagrees with its layout means the stream is
         # misaligned (corrupt or not this schema): nothing after it can be trusted.
-        bad = np.flatnonzero(records["length"].astype(np.int64) * 4 != records.dtype.itemsize)
-        if len(bad):
+        if np.any(records["length"].astype(np.int64) * 4 != records.dtype.itemsize):
             raise SourceError(
                 f"{self.path}: corrupt: a record's length does not match the {self.schema} layout"
             )

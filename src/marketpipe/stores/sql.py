@@ -273,6 +273,10 @@ class SqlStore:
         self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "failed", None, error=error, run_id=run_id))
         self._commit()
 
+    def forget_failure(self, chunk: Chunk) -> None:
+        self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = 'failed'", [chunk.key])
+        self._commit()
+
     def start_run(self, run_id: str, job: str) -> None:
         self._execute(INSERT_RUN, [run_id, job])
         self._commit()

@@ -1,0 +1,214 @@
+"""Ingest benchmark: the full pipeline against the bare physical limit of each store.
+
+Generates N trade records as a DBN file (metadata by databento-dbn), then measures:
+  (a) bare binary COPY (pgpq + psycopg) of the identical standardized rows into an
+      identical empty PostgreSQL table with the same indexes (the physical limit);
+  (b) the full pipeline, DBN file -> PostgreSQL, in a child process (its peak RSS);
+  (c) the full pipeline, DBN file -> DuckDB, in a child process, and a bare Arrow
+      insert of the same rows into an identical DuckDB table.
+Prints rows/s, the ratios (b)/(a) and (c)/(bare DuckDB), peak RSS, and last one line:
+  RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n>
+
+    python bench/ingest_bench.py [--records N] [--db postgresql://user@host:port/admin_db]
+
+The PostgreSQL URL names a server and a database to connect to for creating a scratch
+database, which is dropped at the end. Timings are wall-clock of the work itself (process
+start-up and imports excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import duckdb  # noqa: E402
+import pgpq  # noqa: E402
+import psycopg  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from marketpipe.config import IngestRequest, load_settings  # noqa: E402
+from marketpipe.logs import configure  # noqa: E402
+from marketpipe.model import family_of  # noqa: E402
+from marketpipe.pipeline import Pipeline  # noqa: E402
+from marketpipe.samples import metadata_bytes, synthetic_trades  # noqa: E402
+from marketpipe.sources.dbn_reader import DbnFile  # noqa: E402
+from marketpipe.stores import open_store  # noqa: E402
+from marketpipe.stores.duckdb import DuckDBStore  # noqa: E402
+from marketpipe.stores.postgres import copy_table  # noqa: E402
+from marketpipe.transform import to_table  # noqa: E402
+
+BLOCK = 1_000_000
+
+
+def write_trades(path: Path, records: int) -> None:
+    """``records`` trades over one day, written a block at a time (bounded memory)."""
+    day = dt.date(2024, 3, 4)
+    start = (day - dt.date(1970, 1, 1)).days * 86_400 * 10**9
+    with path.open("wb") as out:
+        out.write(metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {}))
+        for i, offset in enumerate(range(0, records, BLOCK)):
+            block = synthetic_trades(min(BLOCK, records - offset), day, seed=i)
+            block["sequence"] += offset
+            out.write(block.tobytes())
+
+
+def standardized_tables(path: Path, batch_size: int) -> list[pa.Table]:
+    dbn = DbnFile(path)
+    return [to_table(dbn.family, "trades", raw) for raw in dbn.batches(batch_size)]
+
+
+def bare_postgres(url: str, tables: list[pa.Table]) -> float:
+    """Seconds to encode and COPY the rows into a copy of the trades table and its indexes."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_bare")
+        conn.execute("CREATE TABLE bench_bare (LIKE trades INCLUDING ALL)")
+        conn.commit()
+        conn.execute("CHECKPOINT")
+        data = [copy_table(t, 1) for t in tables]
+        columns = ", ".join(f'"{n}"' for n in data[0].column_names)
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            for table in data:
+                encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
+                with cur.copy(f"COPY bench_bare ({columns}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                    copy.write(encoder.write_header())
+                    for batch in table.to_batches():
+                        copy.write(encoder.write_batch(batch))
+                    copy.write(encoder.finish())
+        conn.commit()
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_bare")
+        conn.commit()
+        conn.execute("CHECKPOINT")
+    return seconds
+
+
+def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
+    DuckDBStore(str(path)).close()  # the same DDL as the pipeline's store
+    con = duckdb.connect(str(path))
+    table = pa.concat_tables(tables)
+    table = table.cast(
+        pa.schema(
+            [
+                pa.field(f.name, pa.timestamp("ns")) if pa.types.is_timestamp(f.type) else f
+                for f in table.schema
+            ]
+        )
+    ).append_column("chunk_id", pa.repeat(pa.scalar(1, pa.int64()), table.num_rows))
+    con.register("bench_rows", table)
+    started = time.perf_counter()
+    con.execute("INSERT INTO trades SELECT * FROM bench_rows")
+    seconds = time.perf_counter() - started
+    con.close()
+    return seconds
+
+
+def run_child(kind: str, file: Path, db: str, batch_size: int) -> tuple[float, float]:
+    """Seconds of Pipeline.run in a fresh process, and that process's peak RSS in MB."""
+    command = [sys.executable, __file__, "--child", str(file), "--db", db, "--batch-size", str(batch_size)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    output = child.stdout.read()
+    if child.wait() != 0:
+        raise SystemExit(f"{kind} pipeline run failed")
+    figures = json.loads(output.strip().splitlines()[-1])
+    return float(figures["seconds"]), float(figures["peak_rss_mb"])
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water RSS since exec (getrusage would count the forking parent's)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def child(file: Path, db: str, batch_size: int) -> None:
+    settings = load_settings(db=db, batch_size=batch_size, log_file=str(file.with_suffix(".log.jsonl")))
+    configure(settings.log_file, "ERROR")
+    store = open_store(settings)  # migrations are set-up, not ingest: outside the timing
+    store.close()
+    started = time.perf_counter()
+    summary = Pipeline(IngestRequest(from_file=str(file)), settings).run(force=True)
+    seconds = time.perf_counter() - started
+    if summary.exit_code != 0 or summary.totals().stored == 0:
+        raise SystemExit(f"pipeline did not store the records: {summary.failed} {summary.stopped}")
+    print(json.dumps({"seconds": seconds, "stored": summary.totals().stored, "peak_rss_mb": peak_rss_mb()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=2_000_000)
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("MARKETPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="PostgreSQL server to benchmark (a scratch database is created there)",
+    )
+    parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.db, args.batch_size)
+        return
+
+    n = args.records
+    scratch = f"marketpipe_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.db, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{scratch}"')
+    pg_url = args.db.rpartition("/")[0] + "/" + scratch
+    try:
+        with tempfile.TemporaryDirectory(prefix="marketpipe-bench-") as tmp:
+            work = Path(tmp)
+            configure(work / "bench.log.jsonl", "ERROR")
+            file = work / f"trades-{n}.dbn"
+            started = time.perf_counter()
+            write_trades(file, n)
+            print(f"generated {n:,} trade records ({file.stat().st_size / 1e6:,.0f} MB DBN) in "
+                  f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+
+            open_store(load_settings(db=pg_url)).close()
+            tables = standardized_tables(file, args.batch_size)
+            bare_pg = bare_postgres(pg_url, tables)
+            pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)
+            bare_dd = bare_duckdb(work / "bare.duckdb", tables)
+            del tables
+            pipe_dd, rss_dd = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
+    finally:
+        with psycopg.connect(args.db, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+
+    rows = [
+        ("(a) bare binary COPY, PostgreSQL", bare_pg, None),
+        ("(b) pipeline DBN -> PostgreSQL", pipe_pg, rss_pg),
+        ("    bare Arrow insert, DuckDB", bare_dd, None),
+        ("(c) pipeline DBN -> DuckDB", pipe_dd, rss_dd),
+    ]
+    print(f"\n{'':38} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")
+    for name, seconds, rss in rows:
+        rss_text = f"{rss:,.0f}" if rss is not None else ""
+        print(f"{name:38} {seconds:8.2f} {n / seconds:12,.0f} {rss_text:>12}")
+    pg_ratio = bare_pg / pipe_pg
+    duckdb_ratio = bare_dd / pipe_dd
+    peak = max(rss_pg, rss_dd)
+    print(
+        f"\n(b)/(a) = {pg_ratio:.2f} (target >= 0.7)   (c)/bare DuckDB = {duckdb_ratio:.2f} (target >= 0.4)"
+    )
+    print(f"trades columns: {len(family_of('trades').columns)} + chunk_id; batch size {args.batch_size:,}")
+    print(
+        f"RESULT pg_ratio={pg_ratio:.3f} duckdb_ratio={duckdb_ratio:.3f} peak_rss_mb={peak:.0f} records={n}"
+    )
+
+
+if __name__ == "__main__":
+    main()
