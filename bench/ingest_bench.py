@@ -44,6 +44,7 @@ from marketpipe.pipeline import Pipeline  # noqa: E402
 from marketpipe.samples import metadata_bytes, synthetic_trades  # noqa: E402
 from marketpipe.sources.dbn_reader import DbnFile  # noqa: E402
 from marketpipe.stores import open_store  # noqa: E402
+from marketpipe.stores.duckdb import CONFIG as DUCKDB_CONFIG  # noqa: E402
 from marketpipe.stores.duckdb import DuckDBStore  # noqa: E402
 from marketpipe.stores.postgres import copy_table  # noqa: E402
 from marketpipe.transform import to_table  # noqa: E402
@@ -96,7 +97,7 @@ def bare_postgres(url: str, tables: list[pa.Table]) -> float:
 
 def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
     DuckDBStore(str(path)).close()  # the same DDL as the pipeline's store
-    con = duckdb.connect(str(path))
+    con = duckdb.connect(str(path), config=DUCKDB_CONFIG)  # the store's own settings
     table = pa.concat_tables(tables)
     table = table.cast(
         pa.schema(

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.
     db_retries: int = Field(5, ge=1)
     db_retry_wait: float = Field(0.5, ge=0)
+    # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it).
+    duckdb_memory_limit: str = "256MB"
     # TimescaleDB: compress chunks whose data is older than this many days (opt-in).
     compress_after_days: int | None = Field(None, gt=0)
     databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")

@@ -104,7 +104,7 @@ class DbnFile:
         A file that is truncated or misaligned fails here, before anything of it is written.
         The digest identifies the data, not the file: a .dbn and its .dbn.zst are the same.
         """
-        digest = hashlib.blake2b(digest_size=16)
+        digest = hashlib.sha256()
         records = 0
         with self._stream() as reader:
             digest.update(self._skip_metadata(reader))
@@ -115,7 +115,7 @@ class DbnFile:
                 view = np.frombuffer(block, dtype=self._native)
                 self._check_lengths(view)
                 records += len(view)
-        return Inspection(digest.hexdigest(), records)
+        return Inspection(digest.hexdigest()[:32], records)
 
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""

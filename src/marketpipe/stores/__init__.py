@@ -16,4 +16,4 @@ def open_store(settings: Settings) -> Store:
         )
     from marketpipe.stores.duckdb import DuckDBStore
 
-    return DuckDBStore(location)
+    return DuckDBStore(location, settings.duckdb_memory_limit)

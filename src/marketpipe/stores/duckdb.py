@@ -16,32 +16,22 @@ import duckdb
 import pyarrow as pa
 
 from marketpipe.errors import StoreRejected
-from marketpipe.model import FAMILIES, Column, Family, Kind
+from marketpipe.model import FAMILIES, Family
 from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql
 from marketpipe.stores.base import ChunkCounts, ExportQuery
 from marketpipe.validation import Rejection
 
-_INT_TYPES = {
-    pa.uint8(): "UTINYINT",
-    pa.uint16(): "USMALLINT",
-    pa.uint32(): "UINTEGER",
-    pa.uint64(): "UBIGINT",
-    pa.int8(): "TINYINT",
-    pa.int16(): "SMALLINT",
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-}
+# Rows need no insertion order (reads order by time): without it DuckDB inserts in
+# parallel, about twice as fast here.
+CONFIG: dict[str, str | bool | int | float | list[str]] = {"preserve_insertion_order": False}
 
-
-def column_type(column: Column) -> str:
-    if column.kind is Kind.PRICE:
-        return "DECIMAL(19, 9)"
-    if column.kind is Kind.TIMESTAMP:
-        return "TIMESTAMP_NS"
-    if column.kind is Kind.INTEGER:
-        return _INT_TYPES[column.arrow_type]
-    return "VARCHAR"
+column_type = sql.column_types(
+    "DECIMAL(19, 9)",  # every int64 fixed-point price, exactly
+    "TIMESTAMP_NS",  # TIMESTAMPTZ would stop at microseconds
+    "VARCHAR",
+    lambda t: ("U" if pa.types.is_unsigned_integer(t) else "") + sql.SIGNED_INTEGERS[t.bit_width],
+)
 
 
 def _q(statement: str) -> str:
@@ -57,14 +47,31 @@ def _naive(table: pa.Table) -> pa.Table:
 
 
 class _DuckDBChunkWriter:
+    """Buffers batches into inserts of several row groups: DuckDB parallelizes an insert by
+    row group (122,880 rows), so pipeline-sized batches alone would insert on one thread."""
+
+    FLUSH_ROWS = 8 * 122_880
+
     def __init__(self, store: DuckDBStore, tx: sql.ChunkTransaction) -> None:
         self._con = store.con
         self._tx = tx
+        self._pending: list[pa.Table] = []
+        self._rows = 0
 
     def write(self, table: pa.Table) -> None:
         self._tx.note_range(table)
+        self._pending.append(_naive(table))
+        self._rows += table.num_rows
+        if self._rows >= self.FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending, self._rows = [], 0
         columns = ", ".join(sql.quote(n) for n in table.column_names)
-        self._con.register("_marketpipe_batch", _naive(table))
+        self._con.register("_marketpipe_batch", table)
         try:
             self._con.execute(
                 f"INSERT INTO {sql.quote(self._tx.family.table)} ({columns}, chunk_id) "
@@ -78,6 +85,7 @@ class _DuckDBChunkWriter:
         self._tx.quarantine(rejections)
 
     def commit(self, counts: ChunkCounts) -> None:
+        self._flush()
         self._tx.finish(counts)
 
 
@@ -86,11 +94,12 @@ class DuckDBStore(sql.SqlStore):
 
     mode = "duckdb"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, memory_limit: str = "256MB") -> None:
         self.location = path
         try:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self.con = duckdb.connect(str(Path(path).expanduser()))
+            config = {**CONFIG, "memory_limit": memory_limit}
+            self.con = duckdb.connect(str(Path(path).expanduser()), config=config)
         except (OSError, duckdb.Error) as exc:
             raise StoreRejected(f"cannot open DuckDB database {path}: {exc}") from None
         for family in FAMILIES.values():

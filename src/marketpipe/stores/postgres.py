@@ -27,7 +27,7 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
-from marketpipe.model import FAMILIES, Column, Family, Kind
+from marketpipe.model import FAMILIES, Family, Kind
 from marketpipe.retries import retrying
 from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql, timescale
@@ -67,27 +67,15 @@ _PERMANENT_MESSAGES = (
     "invalid URI",
 )
 
-_INT_TYPES = {
-    pa.uint8(): "SMALLINT",
-    pa.uint16(): "INTEGER",
-    pa.uint32(): "BIGINT",
-    pa.uint64(): "NUMERIC(20, 0)",
-    pa.int8(): "SMALLINT",
-    pa.int16(): "SMALLINT",
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-}
+
+def _integer_type(arrow_type: pa.DataType) -> str:
+    """The narrowest signed type holding the DBN integer (no unsigned types in PostgreSQL)."""
+    bits = arrow_type.bit_width * (2 if pa.types.is_unsigned_integer(arrow_type) else 1)
+    return "NUMERIC(20, 0)" if bits > 64 else sql.SIGNED_INTEGERS[max(bits, 16)]
 
 
-def column_type(column: Column) -> str:
-    """PostgreSQL type of a column; must be what pgpq encodes the COPY column as."""
-    if column.kind is Kind.PRICE:
-        return "NUMERIC(19, 9)"
-    if column.kind is Kind.TIMESTAMP:
-        return "BIGINT"
-    if column.kind is Kind.INTEGER:
-        return _INT_TYPES[column.arrow_type]
-    return "TEXT"
+# Each must be the type pgpq encodes the COPY column as (binary COPY checks the types).
+column_type = sql.column_types("NUMERIC(19, 9)", "BIGINT", "TEXT", _integer_type)
 
 
 def copy_table(table: pa.Table, chunk_id: int) -> pa.Table:

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from marketpipe.model import FAMILIES, FAMILY_OF_SCHEMA, Column, Family
+from marketpipe.model import FAMILIES, FAMILY_OF_SCHEMA, Column, Family, Kind
 from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
@@ -35,6 +35,26 @@ from marketpipe.validation import Rejection
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+SIGNED_INTEGERS = {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}
+
+
+def column_types(
+    price: str, timestamp: str, text: str, integer: Callable[[pa.DataType], str]
+) -> Callable[[Column], str]:
+    """A store's column type function from its types for each kind of column."""
+
+    def type_of(column: Column) -> str:
+        if column.kind is Kind.PRICE:
+            return price
+        if column.kind is Kind.TIMESTAMP:
+            return timestamp
+        if column.kind is Kind.INTEGER:
+            return integer(column.arrow_type)
+        return text
+
+    return type_of
 
 
 def create_family_table(family: Family, type_of: Callable[[Column], str]) -> str:
