@@ -21,6 +21,7 @@ from marketpipe.model import family_of
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import make_sample
 from marketpipe.stores import open_store
+from marketpipe.stores.base import QuarantineQuery
 
 app = typer.Typer(
     add_completion=False,
@@ -93,11 +94,17 @@ def ingest(
     db: DbOption = None,
     force: Annotated[bool, typer.Option(help="Re-ingest chunks already done")] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Records per batch")] = None,
+    max_quarantine_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-quarantine-ratio", help="Fail a chunk with a larger share of quarantined records"
+        ),
+    ] = None,
 ) -> None:
     """Ingest DBN files or API data through every pipeline stage into the store."""
 
     def run() -> int:
-        settings = _settings(db=db, batch_size=batch_size)
+        settings = _settings(db=db, batch_size=batch_size, max_quarantine_ratio=max_quarantine_ratio)
         request = _request(
             settings,
             job,
@@ -188,6 +195,31 @@ def status(db: DbOption = None) -> None:
             store.close()
 
     _guarded(run)
+
+
+@app.command("quarantine")
+def quarantine_command(
+    db: DbOption = None,
+    run: Annotated[str | None, typer.Option(help="Only this run id")] = None,
+    schema: Annotated[str | None, typer.Option(help="Only this schema")] = None,
+    rule: Annotated[str | None, typer.Option(help="Only this rule")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many records")] = 50,
+    show: Annotated[int | None, typer.Option(help="Print record N of the listing in full")] = None,
+) -> None:
+    """List quarantined records (by run, schema, rule), or show one in full."""
+
+    def run_command() -> None:
+        settings = _settings(db=db)
+        if schema is not None:
+            family_of(schema)
+        store = open_store(settings)
+        try:
+            records = store.quarantined(QuarantineQuery(run, schema, rule, limit))
+        finally:
+            store.close()
+        console.render_quarantine(records, show)
+
+    _guarded(run_command)
 
 
 @app.command("make-sample")

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     log_file: Path = Path("logs/marketpipe.jsonl")
     batch_size: int = Field(100_000, gt=0)
     jobs_file: Path = Path("configs/databento.yaml")
+    validation_file: Path = Path("configs/validation/databento.yaml")
+    # A chunk whose share of quarantined records is above this fails: nothing of it is stored.
+    max_quarantine_ratio: float = Field(0.05, ge=0, le=1)
     # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.
     db_retries: int = Field(5, ge=1)
     db_retry_wait: float = Field(0.5, ge=0)
@@ -43,6 +46,16 @@ class Settings(BaseSettings):
     compress_after_days: int | None = Field(None, gt=0)
     databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")
     databento_gateway: str = Field("https://hist.databento.com", validation_alias="DATABENTO_GATEWAY")
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def config_file(path: Path) -> Path:
+    """A relative config path from the working directory, else from the marketpipe checkout."""
+    if path.is_absolute() or path.exists() or not (CHECKOUT / path).exists():
+        return path
+    return CHECKOUT / path
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -124,6 +137,7 @@ _JobLoader.yaml_implicit_resolvers = {
 
 def load_jobs(path: Path) -> dict[str, IngestRequest]:
     """Jobs by name; a malformed file names the file and the field."""
+    path = config_file(path)
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter, defaultdict
 
 from rich.console import Console
@@ -10,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from marketpipe.config import IngestRequest
+from marketpipe.errors import UsageError
 from marketpipe.pipeline import ChunkResult, RunSummary
 from marketpipe.sources.base import Chunk
-from marketpipe.stores.base import StoreStatus
+from marketpipe.stores.base import QuarantinedRecord, StoreStatus
 
 out = Console()
 err = Console(stderr=True)
@@ -33,16 +35,20 @@ class RichProgress:
         )
         self._task = self._progress.add_task("ingest", total=0, records=0)
         self._records = 0
+        self._started = False
 
     def __enter__(self) -> RichProgress:
-        self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
 
     def plan(self, chunks: int) -> None:
+        """Shown from here: errors found before planning print nothing but their line."""
         self._progress.update(self._task, total=chunks)
+        self._progress.start()
+        self._started = True
 
     def chunk_started(self, chunk: Chunk) -> None:
         self._progress.update(self._task, description=chunk.schema)
@@ -84,8 +90,13 @@ def render_summary(summary: RunSummary) -> None:
     rules: Counter[str] = Counter()
     for r in summary.results:
         rules.update(r.rules)
+    warnings: Counter[str] = Counter()
+    for r in summary.results:
+        warnings.update(r.warnings)
     for rule, count in sorted(rules.items()):
         out.print(f"quarantined by {rule}: {count:,}")
+    for rule, count in sorted(warnings.items()):
+        out.print(f"warned by {rule} (stored): {count:,}")
     if summary.stopped:
         err.print(
             f"stopped: {summary.stopped}; run again to resume", markup=False, highlight=False, soft_wrap=True
@@ -110,10 +121,30 @@ def render_jobs(jobs: dict[str, IngestRequest]) -> None:
     out.print(table)
 
 
+def render_quarantine(records: list[QuarantinedRecord], show: int | None) -> None:
+    if show is not None:
+        if not 1 <= show <= len(records):
+            raise UsageError(f"--show {show}: the listing has {len(records)} records")
+        chosen = records[show - 1]
+        for name in ("run_id", "schema", "stage", "rule", "message", "quarantined_at", "chunk_key"):
+            out.print(f"{name}: {getattr(chosen, name)}", markup=False, highlight=False)
+        out.print_json(chosen.record)
+        return
+    table = Table(title=f"quarantined records ({len(records)} shown)")
+    for name in ("#", "run_id", "schema", "stage", "rule", "message", "ts_event", "quarantined_at"):
+        table.add_column(name, overflow="fold")
+    for i, r in enumerate(records, start=1):
+        ts = json.loads(r.record).get("ts_event")
+        table.add_row(
+            str(i), r.run_id, r.schema, r.stage, r.rule, r.message, _ns_text(ts), str(r.quarantined_at)
+        )
+    out.print(table)
+
+
 def _ns_text(ns: int | None) -> str:
     """UTC ISO-8601 with all nine fractional digits (datetime stops at microseconds)."""
-    if ns is None:
-        return ""
+    if ns is None or not 0 <= ns < 2**63:
+        return "" if ns is None else str(ns)
     seconds, fraction = divmod(ns, 10**9)
     stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{fraction:09d}Z"

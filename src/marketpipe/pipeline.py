@@ -21,22 +21,26 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from marketpipe.config import IngestRequest, Settings
+from marketpipe.config import IngestRequest, Settings, config_file
 from marketpipe.errors import MarketpipeError, SourceError, StoreError
 from marketpipe.model import family_of
 from marketpipe.retries import retrying
+from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Chunk, RawBatch, Source
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ChunkCounts, ChunkWriter, Store
 from marketpipe.transform import to_table
-from marketpipe.validation import INITIAL_CHECKS, POST_CHECKS, run_checks
 
 STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
 
 
 class CountMismatch(MarketpipeError):
     """read != stored + quarantined: a bug, never data to keep."""
+
+
+class QuarantineRatioExceeded(SourceError):
+    """Too many records of one chunk broke rules: the chunk fails as a whole."""
 
 
 @dataclass
@@ -48,7 +52,8 @@ class ChunkResult:
     quarantined: int = 0
     seconds: float = 0.0
     error: str | None = None
-    rules: Counter[str] = field(default_factory=Counter)
+    rules: Counter[str] = field(default_factory=Counter)  # quarantined, by rule
+    warnings: Counter[str] = field(default_factory=Counter)  # stored but warned, by rule
     attempts: int = 1
 
 
@@ -118,6 +123,8 @@ class Pipeline:
         self.request = request
         self.settings = settings
         self.progress = progress
+        # Rules load first: a broken rule file fails before any data is read.
+        self.validator = Validator(config_file(settings.validation_file))
         self.run_id = uuid.uuid4().hex[:12]
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
 
@@ -210,6 +217,7 @@ class Pipeline:
                 for raw in self._timed_batches(source, chunk, timer):
                     self._process(chunk, raw, writer, timer, result)
                 result.seconds = time.perf_counter() - started
+                self._check_quarantine_ratio(chunk, result)
                 if result.read != result.stored + result.quarantined:
                     raise CountMismatch(
                         f"{chunk.label}: read {result.read} != stored {result.stored}"
@@ -238,6 +246,17 @@ class Pipeline:
         )
         return result
 
+    def _check_quarantine_ratio(self, chunk: Chunk, result: ChunkResult) -> None:
+        limit = self.settings.max_quarantine_ratio
+        if result.read and result.quarantined > limit * result.read:
+            top = ", ".join(f"{rule} {n:,}" for rule, n in result.rules.most_common(3))
+            raise QuarantineRatioExceeded(
+                f"{chunk.label}: {result.quarantined:,} of {result.read:,} records "
+                f"({result.quarantined / result.read:.1%}) broke rules ({top}), above the "
+                f"{limit:.0%} limit (--max-quarantine-ratio): the data or a rule is likely broken;"
+                " nothing of this chunk was stored"
+            )
+
     def _failed(
         self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger
     ) -> ChunkResult:
@@ -262,18 +281,19 @@ class Pipeline:
         count = len(raw.records)
         result.read += count
         with timer("validate_initial"):
-            keep, rejected = run_checks("initial", INITIAL_CHECKS, family, chunk.schema, chunk, raw.records)
-            if rejected:
-                raw = RawBatch(raw.records[keep], raw.symbols.filter(pa.array(keep)))
+            first = self.validator.check("initial", family, chunk.schema, chunk, raw.records, None)
+            if first.rejections:
+                raw = RawBatch(raw.records[first.keep], raw.symbols.filter(pa.array(first.keep)))
         timer.records["validate_initial"] += len(raw.records)
         with timer("transform"):
             table = to_table(family, chunk.schema, raw)
         timer.records["transform"] += table.num_rows
         with timer("validate_post"):
-            keep, post_rejected = run_checks("post", POST_CHECKS, family, chunk.schema, chunk, table)
-            if post_rejected:
-                table = table.filter(pa.array(keep))
-        rejected += post_rejected
+            post = self.validator.check("post", family, chunk.schema, chunk, raw.records, table)
+            if post.rejections:
+                table = table.filter(pa.array(post.keep))
+        rejected = first.rejections + post.rejections
+        result.warnings.update(first.warnings + post.warnings)
         timer.records["validate_post"] += table.num_rows
         with timer("store"):
             if table.num_rows:

@@ -11,8 +11,8 @@ from typing import Protocol
 import pyarrow as pa
 
 from marketpipe.model import Family
+from marketpipe.rules.validation import Rejection
 from marketpipe.sources.base import Chunk
-from marketpipe.validation import Rejection
 
 CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
@@ -42,6 +42,26 @@ class ExportQuery:
     symbols: Sequence[str] = ()
     start_ns: int | None = None
     end_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class QuarantineQuery:
+    run_id: str | None = None
+    schema: str | None = None
+    rule: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class QuarantinedRecord:
+    run_id: str
+    chunk_key: str
+    schema: str
+    stage: str
+    rule: str
+    message: str
+    record: str  # every raw DBN field as JSON
+    quarantined_at: object
 
 
 @dataclass
@@ -105,3 +125,7 @@ class Store(Protocol):
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]: ...
 
     def status(self) -> StoreStatus: ...
+
+    def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
+        """Quarantined records, oldest first."""
+        ...

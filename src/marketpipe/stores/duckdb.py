@@ -17,10 +17,10 @@ import pyarrow as pa
 
 from marketpipe.errors import StoreRejected
 from marketpipe.model import FAMILIES, Family
+from marketpipe.rules.validation import Rejection
 from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql
 from marketpipe.stores.base import ChunkCounts, ExportQuery
-from marketpipe.validation import Rejection
 
 # Rows need no insertion order (reads order by time): without it DuckDB inserts in
 # parallel, about twice as fast here.

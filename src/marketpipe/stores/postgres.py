@@ -29,10 +29,10 @@ from psycopg.conninfo import conninfo_to_dict
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
 from marketpipe.model import FAMILIES, Family, Kind
 from marketpipe.retries import retrying
+from marketpipe.rules.validation import Rejection
 from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql, timescale
 from marketpipe.stores.base import QUARANTINE_TABLE, ChunkCounts, ExportQuery
-from marketpipe.validation import Rejection
 
 log = structlog.get_logger("marketpipe.postgres")
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketpipe.model import FAMILIES, FAMILY_OF_SCHEMA, Column, Family, Kind
+from marketpipe.rules.validation import Rejection
 from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
@@ -26,11 +27,12 @@ from marketpipe.stores.base import (
     RUNS_TABLE,
     ChunkCounts,
     ExportQuery,
+    QuarantinedRecord,
+    QuarantineQuery,
     StoreStatus,
     TableStatus,
     chunk_id,
 )
-from marketpipe.validation import Rejection
 
 
 def quote(name: str) -> str:
@@ -328,6 +330,20 @@ class SqlStore:
         finally:
             if not tx.committed:
                 self._rollback()
+
+    def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
+        where, params = [], []
+        for column, value in (("run_id", query.run_id), ("schema", query.schema), ("rule", query.rule)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self._query(
+            "SELECT run_id, chunk_key, schema, stage, rule, message, record, quarantined_at"
+            f" FROM {QUARANTINE_TABLE}{clause} ORDER BY quarantined_at, chunk_key, rule, record LIMIT %s",
+            [*params, query.limit],
+        )
+        return [QuarantinedRecord(*row) for row in rows]
 
     def status(self) -> StoreStatus:
         report = StoreStatus(self.location, self.mode)

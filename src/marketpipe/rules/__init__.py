@@ -1,0 +1,1 @@
+"""Rules from configuration: validation now, transformations next."""

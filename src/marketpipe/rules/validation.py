@@ -1,0 +1,237 @@
+"""Validation rules from YAML, evaluated over whole batches as DuckDB SQL expressions.
+
+Each rule is a boolean SQL expression over a batch's columns: it holds when TRUE. All rules
+of one stage and table run in one query over the Arrow batch, so a batch costs one scan, and
+only the rows that break a rule ever become Python objects (their quarantine records).
+
+- ``initial`` rules see the raw DBN fields (integers as DBN stores them, sentinels included).
+- ``post`` rules see the standardized columns: prices DECIMAL(19, 9) or NULL, timestamps as
+  integer nanoseconds (DuckDB's timestamps would round them to microseconds).
+
+A broken rule file (bad YAML, unknown key, unknown table, an expression that does not bind
+to the table's columns) fails at start, naming the file and the rule, before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import databento_dbn
+import duckdb
+import numpy as np
+import pyarrow as pa
+import yaml
+from databento_dbn import RType, Schema
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from marketpipe.errors import ConfigError
+from marketpipe.model import FAMILIES, Family
+from marketpipe.sources.base import Chunk
+
+Stage = Literal["initial", "post"]
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# v1 OHLCV files may carry the record type used before the per-interval ones existed.
+_LEGACY_RTYPES = {"ohlcv": (17,)}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    stage: str
+    rule: str
+    message: str
+    record: str  # the full record as JSON: every field, exact integers and decimals
+
+
+class RuleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    stage: Stage
+    severity: Literal["error", "warn"]
+    check: str
+    message: str
+    tables: list[str] | None = None
+
+
+class RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RuleSpec]
+
+
+@dataclass
+class Verdict:
+    """Which rows of a batch are kept, and what the rules found."""
+
+    keep: np.ndarray
+    rejections: list[Rejection] = field(default_factory=list)
+    warnings: Counter[str] = field(default_factory=Counter)
+
+
+def _sql_list(values: list[int] | list[str]) -> str:
+    return "(" + ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values) + ")"
+
+
+def _placeholders(family: Family, schema: str, chunk: Chunk | None) -> dict[str, str]:
+    rtypes = [int(RType.from_schema(Schema(schema)).value), *_LEGACY_RTYPES.get(family.table, ())]
+    start = None if chunk is None else chunk.start_ns
+    end = None if chunk is None else chunk.end_ns
+    return {
+        "rtypes": _sql_list(rtypes),
+        "start_ns": "NULL" if start is None else f"{start}::BIGINT",
+        "end_ns": "NULL" if end is None else f"{end}::BIGINT",
+        "undef_ts": str(databento_dbn.UNDEF_TIMESTAMP),
+        "instrument_classes": _sql_list([str(v.value) for v in databento_dbn.InstrumentClass.variants()]),
+        "stat_types": _sql_list([int(v.value) for v in databento_dbn.StatType.variants()]),
+    }
+
+
+def raw_arrow(records: np.ndarray, names: list[str]) -> pa.Table:
+    """The named raw DBN fields as Arrow columns (c_char fields as text)."""
+    arrays = []
+    for name in names:
+        values = np.ascontiguousarray(records[name])
+        if values.dtype.kind == "S":
+            arrays.append(pa.array(values, type=pa.binary()).cast(pa.string()))
+        else:
+            arrays.append(pa.array(values))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def rule_view(table: pa.Table) -> pa.Table:
+    """The standardized batch as post rules see it: timestamps as integer nanoseconds."""
+    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in table.columns]
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def record_json(records: np.ndarray) -> list[str]:
+    """Every field of each record, reserved ones included: enough to rebuild its exact bytes."""
+    names = list(records.dtype.names or ())
+    rows = []
+    for rec in records:
+        row = {}
+        for name in names:
+            value = rec[name]
+            row[name] = value.decode("latin-1") if isinstance(value, bytes) else int(value)
+        rows.append(json.dumps(row))
+    return rows
+
+
+def rebuild(record: str, dtype: np.dtype) -> bytes:
+    """The exact DBN v3 bytes of a quarantined record."""
+    row = json.loads(record)
+    array = np.zeros(1, dtype=dtype)
+    for name in dtype.names or ():
+        value = row[name]
+        array[name] = value.encode("latin-1") if isinstance(value, str) else value
+    return array.tobytes()
+
+
+class Validator:
+    """The rules of one file, checked against every table they name, ready to run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rules = self._load(path)
+        self._con = duckdb.connect()
+        for family in FAMILIES.values():
+            for stage in ("initial", "post"):
+                self._check_binds(family, stage)
+
+    def _load(self, path: Path) -> list[RuleSpec]:
+        try:
+            document = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read validation rules: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        try:
+            rules = RuleFile.model_validate(document).rules
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise ConfigError(f"{path}: {where}: {error['msg']}") from None
+        names = Counter(r.name for r in rules)
+        for rule in rules:
+            if names[rule.name] > 1:
+                raise ConfigError(f"{path}: rule {rule.name}: the name is used twice")
+            unknown = [t for t in rule.tables or () if t not in FAMILIES]
+            if unknown:
+                raise ConfigError(
+                    f"{path}: rule {rule.name}: unknown table {unknown[0]!r}; known: {', '.join(FAMILIES)}"
+                )
+        return rules
+
+    def rules_for(self, stage: str, family: Family) -> list[RuleSpec]:
+        return [r for r in self.rules if r.stage == stage and (r.tables is None or family.table in r.tables)]
+
+    def _check_binds(self, family: Family, stage: str) -> None:
+        empty = (
+            raw_arrow(np.zeros(0, dtype=family.record_dtype), self._raw_names(family, stage))
+            if stage == "initial"
+            else rule_view(family.arrow_schema.empty_table())
+        )
+        for rule in self.rules_for(stage, family):
+            try:
+                self._evaluate([rule], empty, family, family.schemas[0], None)
+            except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
+                reason = str(exc).splitlines()[0]
+                raise ConfigError(f"{self.path}: rule {rule.name} (table {family.table}): {reason}") from None
+
+    def _raw_names(self, family: Family, stage: str) -> list[str]:
+        """Raw fields the rules mention: only those are turned into Arrow columns."""
+        mentioned = {m for r in self.rules_for(stage, family) for m in _IDENTIFIER.findall(r.check)}
+        fields = [n for n in family.record_dtype.names or () if not n.startswith("_")]
+        return [n for n in fields if n in mentioned] or fields[:1]
+
+    def _evaluate(
+        self, rules: list[RuleSpec], table: pa.Table, family: Family, schema: str, chunk: Chunk | None
+    ) -> dict[str, np.ndarray]:
+        values = _placeholders(family, schema, chunk)
+        checks = ", ".join(
+            f"coalesce(({r.check.format(**values)}), false) AS r{i}" for i, r in enumerate(rules)
+        )
+        self._con.register("batch", table)
+        try:
+            result = self._con.sql(f"SELECT {checks} FROM batch").fetchnumpy()
+        finally:
+            self._con.unregister("batch")
+        return {r.name: np.asarray(result[f"r{i}"], dtype=bool) for i, r in enumerate(rules)}
+
+    def check(
+        self,
+        stage: str,
+        family: Family,
+        schema: str,
+        chunk: Chunk,
+        records: np.ndarray,
+        table: pa.Table | None,
+    ) -> Verdict:
+        """Rows kept, one Rejection per row broken by an error rule (its first), warn counts.
+
+        ``initial`` rules run on ``records``; ``post`` rules on ``table``, the standardized
+        form of the same rows. Quarantined rows are always kept as their raw DBN record.
+        """
+        rules = self.rules_for(stage, family)
+        verdict = Verdict(np.ones(len(records), dtype=bool))
+        if not rules or len(records) == 0:
+            return verdict
+        view = rule_view(table) if table is not None else raw_arrow(records, self._raw_names(family, stage))
+        holds = self._evaluate(rules, view, family, schema, chunk)
+        for rule in rules:
+            broken = ~holds[rule.name] & verdict.keep
+            count = int(np.count_nonzero(broken))
+            if not count:
+                continue
+            if rule.severity == "warn":
+                verdict.warnings[rule.name] += count
+                continue
+            verdict.keep &= ~broken
+            rows = records[np.flatnonzero(broken)]
+            verdict.rejections.extend(Rejection(stage, rule.name, rule.message, r) for r in record_json(rows))
+        return verdict

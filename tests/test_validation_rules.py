@@ -1,0 +1,153 @@
+"""Each shipped validation rule: a record that breaks it and one that keeps it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from marketpipe.errors import ConfigError
+from marketpipe.model import FAMILY_OF_SCHEMA
+from marketpipe.rules.validation import Validator, rebuild
+from marketpipe.sources.base import Chunk, RawBatch
+from marketpipe.transform import to_table
+
+RULES = Path(__file__).resolve().parents[1] / "configs" / "validation" / "databento.yaml"
+T0 = 1_709_510_400_000_000_000  # 2024-03-04
+UNDEF_TS = 2**64 - 1
+UNDEF_PRICE = 2**63 - 1
+PX = 5_000 * 10**9
+RTYPE = {"trades": 0, "ohlcv-1d": 35, "mbp-1": 1, "definition": 19, "statistics": 24}
+
+
+def record(schema: str, **fields: object) -> np.ndarray:
+    """One valid record of ``schema`` with ``fields`` changed."""
+    family = FAMILY_OF_SCHEMA[schema]
+    rec = np.zeros(1, dtype=family.record_dtype)
+    rec["length"] = family.record_dtype.itemsize // 4
+    rec["rtype"] = RTYPE[schema]
+    rec["instrument_id"] = 7
+    rec["ts_event"] = T0
+    names = family.record_dtype.names or ()
+    if "ts_recv" in names:
+        rec["ts_recv"] = T0 + 1_000
+    defaults = {
+        "trades": {"price": PX, "size": 3, "action": b"T", "side": b"A"},
+        "ohlcv-1d": {"open": PX, "high": PX + 10**9, "low": PX - 10**9, "close": PX, "volume": 10},
+        "mbp-1": {"price": PX, "size": 1, "bid_px_00": PX, "ask_px_00": PX + 25 * 10**7},
+        "definition": {"raw_symbol": b"ESM4", "instrument_class": b"F", "min_price_increment": 25 * 10**7},
+        "statistics": {"stat_type": 1, "price": PX, "quantity": UNDEF_PRICE},
+    }[schema]
+    for name, value in {**defaults, **fields}.items():
+        rec[name] = value
+    return rec
+
+
+CASES = [
+    ("rtype_matches_schema", "trades", {"rtype": 99}),
+    ("ts_event_defined", "trades", {"ts_event": UNDEF_TS}),
+    ("ts_event_representable", "trades", {"ts_event": 2**63}),
+    ("ts_recv_representable", "trades", {"ts_recv": 2**63 + 5}),
+    ("ts_event_in_requested_range", "trades", {"ts_event": T0 - 1}),
+    ("ts_recv_not_before_ts_event", "trades", {"ts_recv": T0 - 1}),
+    ("ohlcv_high_not_below_open_close", "ohlcv-1d", {"high": PX - 1}),
+    ("ohlcv_low_not_above_open_close", "ohlcv-1d", {"low": PX + 1}),
+    ("trade_size_positive", "trades", {"size": 0}),
+    ("trade_price_defined", "trades", {"price": UNDEF_PRICE}),
+    ("quote_not_crossed", "mbp-1", {"bid_px_00": PX + 10**9}),
+    ("definition_has_raw_symbol", "definition", {"raw_symbol": b""}),
+    ("definition_has_instrument_class", "definition", {"instrument_class": b"Z"}),
+    ("stock_prices_positive", "definition", {"instrument_class": b"K", "min_price_increment": 0}),
+    ("statistic_type_known", "statistics", {"stat_type": 999}),
+]
+WINDOW = Chunk("k", "trades", "test", start_ns=T0, end_ns=T0 + 86_400 * 10**9)
+
+
+@pytest.fixture(scope="module")
+def validator() -> Validator:
+    return Validator(RULES)
+
+
+def _run(validator: Validator, schema: str, records: np.ndarray) -> tuple[list[str], list[str]]:
+    """Rules that quarantined and rules that warned, over both stages."""
+    family = FAMILY_OF_SCHEMA[schema]
+    chunk = Chunk(WINDOW.key, schema, "test", start_ns=WINDOW.start_ns, end_ns=WINDOW.end_ns)
+    first = validator.check("initial", family, schema, chunk, records, None)
+    kept = records[first.keep]
+    table = to_table(family, schema, RawBatch(kept, pa.nulls(len(kept), "string")))
+    post = validator.check("post", family, schema, chunk, kept, table)
+    rejected = [r.rule for r in first.rejections + post.rejections]
+    return rejected, sorted({**first.warnings, **post.warnings})
+
+
+def test_every_shipped_rule_has_a_case(validator: Validator) -> None:
+    assert {r.name for r in validator.rules} == {name for name, _, _ in CASES}
+
+
+@pytest.mark.parametrize(("rule", "schema", "broken"), CASES, ids=[c[0] for c in CASES])
+def test_rule_breaks_and_holds(
+    validator: Validator, rule: str, schema: str, broken: dict[str, object]
+) -> None:
+    severity = next(r.severity for r in validator.rules if r.name == rule)
+    assert _run(validator, schema, record(schema)) == ([], [])
+    rejected, warned = _run(validator, schema, record(schema, **broken))
+    if severity == "error":
+        assert (rejected, warned) == ([rule], [])
+    else:
+        assert (rejected, warned) == ([], [rule])
+
+
+def test_price_positivity_spares_spreads(validator: Validator) -> None:
+    spread = record("definition", instrument_class=b"S", min_price_increment=-(10**9))
+    assert _run(validator, "definition", spread) == ([], [])
+
+
+def test_quarantined_record_rebuilds_exactly(validator: Validator) -> None:
+    broken = record("trades", size=0, sequence=123456, ts_in_delta=-5)
+    family = FAMILY_OF_SCHEMA["trades"]
+    table = to_table(family, "trades", RawBatch(broken, pa.nulls(1, "string")))
+    verdict = validator.check("post", family, "trades", WINDOW, broken, table)
+    assert rebuild(verdict.rejections[0].record, family.record_dtype) == broken.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rules: [", "invalid YAML"),
+        (
+            "rules:\n  - name: x\n    stage: initial\n    severity: error\n    check: ts_event > 0\n",
+            "message",
+        ),
+        (
+            "rules:\n  - {name: x, stage: later, severity: error, check: 'true', message: m}\n",
+            "rules.0.stage",
+        ),
+        (
+            "rules:\n  - {name: x, stage: post, severity: error, check: 'prize > 0', message: m,"
+            " tables: [trades]}\n",
+            "rule x (table trades)",
+        ),
+        (
+            "rules:\n  - {name: x, stage: post, severity: error, check: 'true', message: m,"
+            " tables: [quotes]}\n",
+            "rule x: unknown table 'quotes'",
+        ),
+        (
+            "rules:\n  - {name: x, stage: post, severity: error, check: 'true', message: m}\n"
+            "  - {name: x, stage: post, severity: warn, check: 'true', message: m}\n",
+            "rule x: the name is used twice",
+        ),
+        (
+            "rules:\n  - {name: x, stage: post, severity: error, check: 'true', message: m, colour: red}\n",
+            "rules.0.colour",
+        ),
+    ],
+)
+def test_broken_rule_file_fails_at_start(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        Validator(path)
+    assert str(error.value).startswith(str(path)) and message in str(error.value)
