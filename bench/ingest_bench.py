@@ -98,7 +98,7 @@ def bare_postgres(url: str, tables: list[pa.Table]) -> float:
 def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
     DuckDBStore(str(path)).close()  # the same DDL as the pipeline's store
     con = duckdb.connect(str(path), config=DUCKDB_CONFIG)  # the store's own settings
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(tables).combine_chunks()  # one contiguous table: the bare best case
     table = table.cast(
         pa.schema(
             [

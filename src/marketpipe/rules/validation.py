@@ -139,9 +139,7 @@ class Validator:
         self.path = path
         self.rules = self._load(path)
         self._con = duckdb.connect()
-        for family in FAMILIES.values():
-            for stage in ("initial", "post"):
-                self._check_binds(family, stage)
+        self._check_all_bind()
 
     def _load(self, path: Path) -> list[RuleSpec]:
         try:
@@ -170,18 +168,43 @@ class Validator:
     def rules_for(self, stage: str, family: Family) -> list[RuleSpec]:
         return [r for r in self.rules if r.stage == stage and (r.tables is None or family.table in r.tables)]
 
-    def _check_binds(self, family: Family, stage: str) -> None:
-        empty = (
-            raw_arrow(np.zeros(0, dtype=family.record_dtype), self._raw_names(family, stage))
-            if stage == "initial"
-            else rule_view(family.arrow_schema.empty_table())
-        )
-        for rule in self.rules_for(stage, family):
-            try:
-                self._evaluate([rule], empty, family, family.schemas[0], None)
-            except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
-                reason = str(exc).splitlines()[0]
-                raise ConfigError(f"{self.path}: rule {rule.name} (table {family.table}): {reason}") from None
+    def _empty(self, family: Family, stage: str) -> pa.Table:
+        if stage == "initial":
+            return raw_arrow(np.zeros(0, dtype=family.record_dtype), self._raw_names(family, stage))
+        return rule_view(family.arrow_schema.empty_table())
+
+    def _check_all_bind(self) -> None:
+        """Bind every rule to the columns of every table it names, in one query when all bind.
+
+        When one does not, each (table, stage) is bound alone to name the culprit rule.
+        """
+        selects = []
+        for family in FAMILIES.values():
+            for stage in ("initial", "post"):
+                rules = self.rules_for(stage, family)
+                if rules:
+                    name = f"empty_{family.table}_{stage}"
+                    self._con.register(name, self._empty(family, stage))
+                    values = _placeholders(family, family.schemas[0], None)
+                    checks = ", ".join(f"({r.check.format(**values)})" for r in rules)
+                    selects.append(f"(SELECT {checks} FROM {name})")
+        try:
+            if selects:
+                self._con.sql("SELECT count(*) FROM " + ", ".join(selects)).fetchall()
+            return
+        except (duckdb.Error, KeyError, IndexError, ValueError):
+            pass
+        for family in FAMILIES.values():
+            for stage in ("initial", "post"):
+                for rule in self.rules_for(stage, family):
+                    try:
+                        self._evaluate([rule], self._empty(family, stage), family, family.schemas[0], None)
+                    except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
+                        reason = str(exc).splitlines()[0]
+                        raise ConfigError(
+                            f"{self.path}: rule {rule.name} (table {family.table}): {reason}"
+                        ) from None
+        raise AssertionError("rules that failed together bound one by one")  # pragma: no cover
 
     def _raw_names(self, family: Family, stage: str) -> list[str]:
         """Raw fields the rules mention: only those are turned into Arrow columns."""

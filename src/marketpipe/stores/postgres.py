@@ -153,6 +153,7 @@ class _PgChunkWriter:
     def __init__(self, store: PostgresStore, tx: sql.ChunkTransaction) -> None:
         self._store = store
         self._tx = tx
+        self._background = sql.Background()
         columns = [*tx.family.column_names, "chunk_id"]
         self._copy = (
             f"COPY {sql.quote(tx.family.table)} ({', '.join(sql.quote(c) for c in columns)})"
@@ -161,7 +162,11 @@ class _PgChunkWriter:
 
     def write(self, table: pa.Table) -> None:
         self._tx.note_range(table)
-        data = copy_table(table, self._tx.id)
+        # COPY runs on a background thread (psycopg waits on the socket without the GIL), so
+        # the server loads this batch while the pipeline reads and checks the next one.
+        self._background.submit(self._copy_rows, copy_table(table, self._tx.id))
+
+    def _copy_rows(self, data: pa.Table) -> None:
         encoder = pgpq.ArrowToPostgresBinaryEncoder(data.schema)
         with self._store.translated("COPY"), self._store.conn.cursor() as cur, cur.copy(self._copy) as copy:
             copy.write(encoder.write_header())
@@ -173,7 +178,11 @@ class _PgChunkWriter:
         self._tx.quarantine(rejections)
 
     def commit(self, counts: ChunkCounts) -> None:
+        self._background.wait()
         self._tx.finish(counts)
+
+    def close(self) -> None:
+        self._background.close()
 
 
 class PostgresStore(sql.SqlStore):
@@ -271,7 +280,11 @@ class PostgresStore(sql.SqlStore):
     @contextmanager
     def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[_PgChunkWriter]:
         with self._chunk_transaction(chunk, run_id, job) as tx:
-            yield _PgChunkWriter(self, tx)
+            writer = _PgChunkWriter(self, tx)
+            try:
+                yield writer
+            finally:
+                writer.close()
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family

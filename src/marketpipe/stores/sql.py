@@ -12,7 +12,8 @@ later attempt failed and rolled back, leaving the earlier rows and their range i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pyarrow as pa
@@ -182,6 +183,30 @@ def time_range_ns(table: pa.Table, column: str) -> tuple[int, int] | None:
         return None
     bounds = pc.min_max(table[column].cast(pa.int64()))
     return int(bounds["min"].as_py()), int(bounds["max"].as_py())
+
+
+class Background:
+    """One write at a time on a worker thread, so the caller prepares the next meanwhile."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-store")
+        self._inflight: Future[None] | None = None
+
+    def submit(self, write: Callable[..., None], *args: object) -> None:
+        self.wait()
+        self._inflight = self._executor.submit(write, *args)
+
+    def wait(self) -> None:
+        """Until the write in flight is done; raises what it raised."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
+    def close(self) -> None:
+        """Nothing may still write when the transaction ends (its error is already raised)."""
+        with suppress(Exception):
+            self.wait()
+        self._executor.shutdown()
 
 
 class ChunkTransaction:
