@@ -47,16 +47,18 @@ def _naive(table: pa.Table) -> pa.Table:
 
 
 class _DuckDBChunkWriter:
-    """Buffers batches into inserts of several row groups: DuckDB parallelizes an insert by
-    row group (122,880 rows), so pipeline-sized batches alone would insert on one thread."""
+    """Buffers batches into inserts of several row groups (DuckDB parallelizes an insert by
+    row group of 122,880 rows), each run on a background thread while the pipeline reads and
+    checks the next rows (DuckDB releases the GIL while it inserts)."""
 
-    FLUSH_ROWS = 8 * 122_880
+    FLUSH_ROWS = 4 * 122_880
 
     def __init__(self, store: DuckDBStore, tx: sql.ChunkTransaction) -> None:
         self._con = store.con
         self._tx = tx
         self._pending: list[pa.Table] = []
         self._rows = 0
+        self._background = sql.Background()
 
     def write(self, table: pa.Table) -> None:
         self._tx.note_range(table)
@@ -70,6 +72,9 @@ class _DuckDBChunkWriter:
             return
         table = pa.concat_tables(self._pending)
         self._pending, self._rows = [], 0
+        self._background.submit(self._insert, table)
+
+    def _insert(self, table: pa.Table) -> None:
         columns = ", ".join(sql.quote(n) for n in table.column_names)
         self._con.register("_marketpipe_batch", table)
         try:
@@ -86,7 +91,11 @@ class _DuckDBChunkWriter:
 
     def commit(self, counts: ChunkCounts) -> None:
         self._flush()
+        self._background.wait()
         self._tx.finish(counts)
+
+    def close(self) -> None:
+        self._background.close()
 
 
 class DuckDBStore(sql.SqlStore):
@@ -139,7 +148,11 @@ class DuckDBStore(sql.SqlStore):
     @contextmanager
     def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[_DuckDBChunkWriter]:
         with self._chunk_transaction(chunk, run_id, job) as tx:
-            yield _DuckDBChunkWriter(self, tx)
+            writer = _DuckDBChunkWriter(self, tx)
+            try:
+                yield writer
+            finally:
+                writer.close()
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
