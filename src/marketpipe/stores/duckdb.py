@@ -8,7 +8,7 @@ Batches go in through DuckDB's Arrow scan: no row-by-row insert.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pyarrow as pa
 from marketpipe.errors import StoreRejected
 from marketpipe.model import FAMILIES, Family
 from marketpipe.rules.validation import Rejection
-from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql
 from marketpipe.stores.base import ChunkCounts, ExportQuery
 
@@ -145,14 +144,8 @@ class DuckDBStore(sql.SqlStore):
     def _time_ns(self, family: Family) -> str:
         return f"epoch_ns({sql.quote(family.time_column)})"
 
-    @contextmanager
-    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[_DuckDBChunkWriter]:
-        with self._chunk_transaction(chunk, run_id, job) as tx:
-            writer = _DuckDBChunkWriter(self, tx)
-            try:
-                yield writer
-            finally:
-                writer.close()
+    def _writer(self, tx: sql.ChunkTransaction) -> _DuckDBChunkWriter:
+        return _DuckDBChunkWriter(self, tx)
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family

@@ -30,7 +30,6 @@ from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
 from marketpipe.model import FAMILIES, Family, Kind
 from marketpipe.retries import retrying
 from marketpipe.rules.validation import Rejection
-from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql, timescale
 from marketpipe.stores.base import QUARANTINE_TABLE, ChunkCounts, ExportQuery
 
@@ -277,14 +276,8 @@ class PostgresStore(sql.SqlStore):
     def _time_ns(self, family: Family) -> str:
         return sql.quote(family.time_column)
 
-    @contextmanager
-    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[_PgChunkWriter]:
-        with self._chunk_transaction(chunk, run_id, job) as tx:
-            writer = _PgChunkWriter(self, tx)
-            try:
-                yield writer
-            finally:
-                writer.close()
+    def _writer(self, tx: sql.ChunkTransaction) -> _PgChunkWriter:
+        return _PgChunkWriter(self, tx)
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family

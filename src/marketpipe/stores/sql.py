@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -258,6 +258,18 @@ class ChunkTransaction:
         self.committed = True
 
 
+class SqlChunkWriter(Protocol):
+    """A store's ChunkWriter, plus the end of its background writes."""
+
+    def write(self, table: pa.Table) -> None: ...
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None: ...
+
+    def commit(self, counts: ChunkCounts) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SqlStore:
     """Bookkeeping and chunk transactions over a DB-API-like connection (DuckDB, psycopg)."""
 
@@ -331,6 +343,18 @@ class SqlStore:
     def finish_run(self, run_id: str, status: str, counts: ChunkCounts) -> None:
         self._execute(FINISH_RUN, [status, counts.read, counts.stored, counts.quarantined, run_id])
         self._commit()
+
+    def _writer(self, tx: ChunkTransaction) -> SqlChunkWriter:
+        raise NotImplementedError
+
+    @contextmanager
+    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[SqlChunkWriter]:
+        with self._chunk_transaction(chunk, run_id, job) as tx:
+            writer = self._writer(tx)
+            try:
+                yield writer
+            finally:
+                writer.close()
 
     @contextmanager
     def _chunk_transaction(self, chunk: Chunk, run_id: str, job: str) -> Iterator[ChunkTransaction]:
