@@ -37,7 +37,7 @@ import pgpq  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from marketpipe.config import IngestRequest, load_settings  # noqa: E402
+from marketpipe.config import IngestRequest, Settings, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
 from marketpipe.model import family_of  # noqa: E402
 from marketpipe.pipeline import Pipeline  # noqa: E402
@@ -156,7 +156,7 @@ def main() -> None:
         default=os.environ.get("MARKETPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server to benchmark (a scratch database is created there)",
     )
-    parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

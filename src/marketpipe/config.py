@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     db: str = "data/marketpipe.duckdb"
     log_level: str = "ERROR"
     log_file: Path = Path("logs/marketpipe.jsonl")
-    batch_size: int = Field(100_000, gt=0)
+    batch_size: int = Field(250_000, gt=0)
     jobs_file: Path = Path("configs/databento.yaml")
     validation_file: Path = Path("configs/validation/databento.yaml")
     # A chunk whose share of quarantined records is above this fails: nothing of it is stored.
