@@ -15,7 +15,7 @@ retried as a whole by the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -114,7 +114,7 @@ def translate(exc: psycopg.Error, where: str) -> StoreError | StoreRejected:
     return StoreError(f"{where}: {reason}")
 
 
-def _migrations(mode_timescale: bool) -> list[tuple[int, str, list[str]]]:
+def _model_statements() -> list[str]:
     tables = [*sql.BOOKKEEPING_DDL]
     tables.append(f"CREATE INDEX IF NOT EXISTS marketpipe_quarantine_chunk ON {QUARANTINE_TABLE} (chunk_id)")
     tables.append(
@@ -142,9 +142,22 @@ def _migrations(mode_timescale: bool) -> list[tuple[int, str, list[str]]]:
         tables.append(
             f"CREATE OR REPLACE VIEW {sql.quote(family.table + '_v')} AS SELECT *, {readable} FROM {name}"
         )
-    migrations = [(1, "standardized model, bookkeeping, functions, views", tables)]
+    return tables
+
+
+def _create_model(conn: psycopg.Connection[Any]) -> None:
+    for statement in _model_statements():
+        conn.execute(statement)
+
+
+Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
+
+
+def _migrations(mode_timescale: bool) -> list[Migration]:
+    """Versioned schema steps; the TimescaleDB one only where the extension is usable."""
+    migrations: list[Migration] = [(1, "standardized model, bookkeeping, functions, views", _create_model)]
     if mode_timescale:
-        migrations.append((2, "timescaledb hypertables", []))
+        migrations.append((2, "timescaledb hypertables", timescale.create_hypertables))
     return migrations
 
 
@@ -225,13 +238,10 @@ class PostgresStore(sql.SqlStore):
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
             applied = {v for (v,) in self.conn.execute("SELECT version FROM marketpipe_migrations")}
-            for version, name, statements in _migrations(use_timescale):
+            for version, name, apply in _migrations(use_timescale):
                 if version in applied:
                     continue
-                for statement in statements:
-                    self.conn.execute(statement)
-                if version == 2:
-                    timescale.create_hypertables(self.conn)
+                apply(self.conn)
                 self.conn.execute(
                     "INSERT INTO marketpipe_migrations (version, name) VALUES (%s, %s)", (version, name)
                 )
