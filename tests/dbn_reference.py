@@ -18,10 +18,48 @@ import pyarrow.parquet as pq
 import zstandard
 from databento.common.constants import SCHEMA_STRUCT_MAP
 
-from marketpipe.model import SENTINEL_FIELDS, family_of
+from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, Column, Family, Kind, family_of
 
 UNDEF_PRICE = databento_dbn.UNDEF_PRICE
 UNDEF_TIMESTAMP = databento_dbn.UNDEF_TIMESTAMP
+
+# Integer fields whose type maximum means "not set" (the value databento-dbn's own
+# constructors leave in a field; test_model checks this list against the library).
+SENTINEL_FIELDS: dict[str, frozenset[str]] = {
+    "definitions": frozenset(
+        {
+            "inst_attrib_value",
+            "market_depth_implied",
+            "market_depth",
+            "market_segment_id",
+            "max_trade_vol",
+            "min_lot_size",
+            "min_lot_size_block",
+            "min_lot_size_round_lot",
+            "min_trade_vol",
+            "contract_multiplier",
+            "decay_quantity",
+            "original_contract_size",
+            "appl_id",
+            "maturity_year",
+            "decay_start_date",
+            "channel_id",
+            "main_fraction",
+            "price_display_format",
+            "sub_fraction",
+            "underlying_product",
+            "maturity_month",
+            "maturity_day",
+            "maturity_week",
+            "contract_multiplier_unit",
+            "flow_schedule_type",
+            "tick_rule",
+        }
+    ),
+    "statistics": frozenset({"quantity", "channel_id"}),
+    "mbo": frozenset({"channel_id"}),
+    "imbalance": frozenset({"market_imbalance_qty", "unpaired_qty"}),
+}
 
 
 def decompressed(path: Path) -> bytes:
@@ -90,3 +128,57 @@ def exported_rows(path: Path) -> tuple[pa.Schema, list[dict[str, Any]]]:
 def canonical(rows: list[dict[str, Any]]) -> list[str]:
     """Order-free form: exports are in event-time order, files in receive order."""
     return sorted(repr(sorted(r.items())) for r in rows)
+
+
+_TABLE_OF_STRUCT = {
+    "OHLCVMsg": "ohlcv",
+    "TradeMsg": "trades",
+    "MBP1Msg": "mbp1",
+    "MBP10Msg": "mbp10",
+    "MBOMsg": "mbo",
+    "BBOMsg": "bbo",
+    "CBBOMsg": "cbbo",
+    "CMBP1Msg": "cmbp1",
+    "InstrumentDefMsg": "definitions",
+    "StatMsg": "statistics",
+    "StatusMsg": "status",
+    "ImbalanceMsg": "imbalance",
+}
+
+
+def _reference_column(table: str, name: str, dtype: np.dtype, struct: type) -> Column:
+    if name in struct._price_fields:  # type: ignore[attr-defined]
+        return Column(name, Kind.PRICE, PRICE_TYPE, UNDEF_PRICE, name)
+    if name in struct._timestamp_fields:  # type: ignore[attr-defined]
+        return Column(name, Kind.TIMESTAMP, TIMESTAMP_TYPE, UNDEF_TIMESTAMP, name)
+    if dtype.kind == "S":
+        return Column(name, Kind.TEXT, pa.string(), None, name)
+    sentinel = int(np.iinfo(dtype).max) if name in SENTINEL_FIELDS.get(table, ()) else None
+    return Column(name, Kind.INTEGER, pa.from_numpy_dtype(dtype), sentinel, name)
+
+
+def reference_families() -> dict[str, Family]:
+    """The standardized model of the core issue, straight from databento's record layouts.
+
+    One table per layout, Databento's field names and order with the index timestamp first
+    (as ``DBNStore.to_df()``), then ``symbol``, then ``schema`` where a table holds several.
+    """
+    schemas_of: dict[str, list[str]] = {}
+    structs: dict[str, type] = {}
+    for schema, struct in SCHEMA_STRUCT_MAP.items():
+        table = _TABLE_OF_STRUCT[struct.__name__]
+        schemas_of.setdefault(table, []).append(databento_dbn.Schema(schema).value)
+        structs[table] = struct
+    out = {}
+    for table, struct in sorted(structs.items()):
+        dtype = np.dtype(struct._dtypes)  # type: ignore[attr-defined]
+        hidden = set(struct._hidden_fields)  # type: ignore[attr-defined]
+        fields = [n for n in dtype.names or () if n not in hidden and not n.startswith("_")]
+        lead = [n for n in ("ts_recv", "ts_event") if n in fields]
+        ordered = lead + [n for n in fields if n not in lead]
+        columns = [_reference_column(table, n, dtype[n], struct) for n in ordered]
+        columns.append(Column("symbol", Kind.SYMBOL, pa.string()))
+        if len(schemas_of[table]) > 1:
+            columns.append(Column("schema", Kind.SCHEMA, pa.string()))
+        out[table] = Family(table, tuple(sorted(schemas_of[table])), tuple(columns), dtype)
+    return out

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from marketpipe.config import IngestRequest, load_settings
-from marketpipe.model import FAMILIES
+from marketpipe.model import families
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import make_sample
 
@@ -17,7 +17,7 @@ from marketpipe.samples import make_sample
 def _rows(db: Path) -> dict[str, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in FAMILIES}  # type: ignore[index]
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in families()}  # type: ignore[index]
     finally:
         con.close()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from marketpipe.model import FAMILIES, family_of
+from marketpipe.model import families, family_of
 
 from conftest import SAMPLES
 from dbn_reference import canonical, distinct_data, expected_rows, exported_rows
@@ -19,7 +19,7 @@ INVALID = sorted(p.name for p in (SAMPLES / "invalid").iterdir()) if SAMPLES.is_
 def _stored_rows(db: Path) -> int:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in FAMILIES)  # type: ignore[index]
+        return sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in families())  # type: ignore[index]
     finally:
         con.close()
 

@@ -1,4 +1,4 @@
-"""The standardized model against databento's own definitions."""
+"""The standardized model (the shipped transformation file) against databento's own definitions."""
 
 from __future__ import annotations
 
@@ -6,41 +6,64 @@ import databento_dbn as dbn
 import numpy as np
 import pyarrow as pa
 
-from marketpipe.model import FAMILIES, FAMILY_OF_SCHEMA, PRICE_TYPE, SENTINEL_FIELDS, Kind
+from marketpipe.model import LAYOUT_OF_SCHEMA, PRICE_TYPE, Kind, families
 from marketpipe.transform import decimal_prices
 
-
-def _fields_at_type_max(record: object, family: str) -> set[str]:
-    array = np.frombuffer(bytes(record), dtype=FAMILIES[family].record_dtype)  # type: ignore[call-overload]
-    out = set()
-    for name in array.dtype.names or ():
-        column = next((c for c in FAMILIES[family].columns if c.name == name), None)
-        if column is None or column.kind is not Kind.INTEGER:
-            continue
-        if int(array[name][0]) == np.iinfo(array.dtype[name]).max:
-            out.add(name)
-    return out
+from dbn_reference import SENTINEL_FIELDS, reference_families
 
 
-def test_sentinel_fields_are_the_fields_databento_dbn_leaves_undefined() -> None:
+def _fields_at_type_max(record: object) -> set[str]:
+    """Integer fields a databento-dbn constructor left at their type's maximum ("not set")."""
+    struct = type(record)
+    array = np.frombuffer(bytes(record), dtype=np.dtype(struct._dtypes))  # type: ignore[attr-defined]
+    skip = set(struct._price_fields) | set(struct._timestamp_fields) | {"length"}  # type: ignore[attr-defined]
+    return {
+        name
+        for name in array.dtype.names or ()
+        if not name.startswith("_")
+        and name not in skip
+        and array.dtype[name].kind in "iu"
+        and int(array[name][0]) == np.iinfo(array.dtype[name]).max
+    }
+
+
+def test_reference_sentinels_are_the_fields_databento_dbn_leaves_undefined() -> None:
     definition = dbn.InstrumentDefMsg(
         1, 2, 3, 4, 5, 6, "X", "A", "FUT", dbn.InstrumentClass.FUTURE, dbn.SecurityUpdateAction.ADD
     )
     imbalance = dbn.ImbalanceMsg(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, "A", dbn.Side.BID, "C")
     stat = dbn.StatMsg(1, 2, 3, 4, 5, 6, dbn.UNDEF_STAT_QUANTITY, dbn.StatType.OPENING_PRICE)
-    assert _fields_at_type_max(definition, "definitions") == SENTINEL_FIELDS["definitions"]
-    assert _fields_at_type_max(imbalance, "imbalance") == SENTINEL_FIELDS["imbalance"]
     mbo = dbn.MBOMsg(1, 2, 3, 4, 5, 6, dbn.Action.ADD, dbn.Side.BID, 7)
-    assert _fields_at_type_max(stat, "statistics") == SENTINEL_FIELDS["statistics"]
-    assert _fields_at_type_max(mbo, "mbo") == SENTINEL_FIELDS["mbo"]
+    assert _fields_at_type_max(definition) == SENTINEL_FIELDS["definitions"]
+    assert _fields_at_type_max(imbalance) == SENTINEL_FIELDS["imbalance"]
+    assert _fields_at_type_max(stat) == SENTINEL_FIELDS["statistics"]
+    assert _fields_at_type_max(mbo) == SENTINEL_FIELDS["mbo"]
+
+
+def test_shipped_transformation_file_reproduces_the_standardized_model() -> None:
+    """Same tables, schemas, columns, types, order and NULL sentinels as the reference model."""
+    shipped = families()
+    reference = reference_families()
+    assert list(shipped) == list(reference)
+    for table, family in shipped.items():
+        assert family.schemas == reference[table].schemas
+        assert family.arrow_schema == reference[table].arrow_schema
+        assert [(c.name, c.kind, c.sentinel, c.source) for c in family.columns] == [
+            (c.name, c.kind, c.sentinel, c.source) for c in reference[table].columns
+        ]
+        nullable_integers = {
+            c.name for c in family.columns if c.kind is Kind.INTEGER and c.sentinel is not None
+        }
+        assert nullable_integers == SENTINEL_FIELDS.get(table, set())
 
 
 def test_every_schema_has_a_family_and_every_family_keeps_databento_field_names() -> None:
-    assert set(FAMILY_OF_SCHEMA) == {s.value for s in dbn.Schema.variants()}
-    mbp10 = FAMILIES["mbp10"].column_names
+    assert set(LAYOUT_OF_SCHEMA) == {s.value for s in dbn.Schema.variants()}
+    assert {s for f in families().values() for s in f.schemas} == set(LAYOUT_OF_SCHEMA)
+    mbp10 = families()["mbp10"].column_names
     assert mbp10[:2] == ["ts_recv", "ts_event"]
     assert "bid_px_00" in mbp10 and "ask_ct_09" in mbp10 and mbp10[-1] == "symbol"
-    for family in FAMILIES.values():
+    for family in families().values():
         assert not any(n.startswith("_") or n == "length" for n in family.column_names)
         assert ("schema" in family.column_names) == (len(family.schemas) > 1)
 

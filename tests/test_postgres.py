@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from marketpipe.config import IngestRequest, load_settings
-from marketpipe.model import FAMILIES, SCHEMAS
+from marketpipe.model import SCHEMAS, families
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
@@ -58,12 +58,12 @@ def test_every_schema_round_trips_exactly(pg_url: str, samples: Path, cli, tmp_p
         out = tmp_path / f"{schema}.parquet"
         assert cli("export", "--schema", schema, "--out", str(out), "--db", pg_url).exit_code == 0
         arrow_schema, rows = exported_rows(out)
-        assert arrow_schema.remove_metadata() == FAMILIES[_table(schema)].arrow_schema
+        assert arrow_schema.remove_metadata() == families()[_table(schema)].arrow_schema
         assert canonical(rows) == canonical(expected), schema
 
 
 def _table(schema: str) -> str:
-    return next(name for name, f in FAMILIES.items() if schema in f.schemas)
+    return next(name for name, f in families().items() if schema in f.schemas)
 
 
 def test_rerun_and_force_leave_tables_identical(pg_url: str, tmp_path: Path) -> None:

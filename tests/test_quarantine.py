@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from marketpipe.config import load_settings
-from marketpipe.model import FAMILY_OF_SCHEMA
+from marketpipe.model import family_of
 from marketpipe.rules.validation import rebuild
 from marketpipe.samples import metadata_bytes, write_dbn
 from marketpipe.stores import open_store
@@ -69,7 +69,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
         quarantined = store.quarantined(QuarantineQuery(limit=1000))
     finally:
         store.close()
-    dtype = FAMILY_OF_SCHEMA["trades"].record_dtype
+    dtype = family_of("trades").record_dtype
     by_rule: dict[str, set[bytes]] = {}
     for q in quarantined:
         by_rule.setdefault(q.rule, set()).add(rebuild(q.record, dtype))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.exporting import export
-from marketpipe.model import FAMILY_OF_SCHEMA, SCHEMAS
+from marketpipe.model import SCHEMAS, Kind, family_of
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import Interval, metadata_bytes, write_dbn
 from marketpipe.stores import open_store
@@ -33,7 +33,7 @@ ASCII = st.characters(min_codepoint=32, max_codepoint=126)
 
 
 def _field(schema: str, name: str, dtype: np.dtype, index_ts: str) -> st.SearchStrategy[Any]:
-    struct_fields = FAMILY_OF_SCHEMA[schema]
+    struct_fields = family_of(schema)
     if name == "length":
         return st.just(struct_fields.record_dtype.itemsize // 4)
     if name == "rtype":
@@ -45,7 +45,7 @@ def _field(schema: str, name: str, dtype: np.dtype, index_ts: str) -> st.SearchS
     if dtype.kind == "S":
         return st.text(ASCII, max_size=max(dtype.itemsize - 1, 1)).map(str.encode)
     column = next((c for c in struct_fields.columns if c.name == name), None)
-    if column is not None and column.kind.value == "timestamp":
+    if column is not None and column.kind is Kind.TIMESTAMP:
         extremes = [0, 1, MAX_TS] + ([] if name in ("ts_event", index_ts) else [UNDEF_TS])
         return st.one_of(st.sampled_from(extremes), st.integers(0, MAX_TS))
     info = np.iinfo(dtype)
@@ -54,7 +54,7 @@ def _field(schema: str, name: str, dtype: np.dtype, index_ts: str) -> st.SearchS
 
 @st.composite
 def records(draw: st.DrawFn, schema: str) -> np.ndarray:
-    dtype = FAMILY_OF_SCHEMA[schema].record_dtype
+    dtype = family_of(schema).record_dtype
     index_ts = "ts_recv" if "ts_recv" in dtype.names else "ts_event"
     fields = {n: _field(schema, n, dtype[n], index_ts) for n in dtype.names}
     rows = draw(st.lists(st.fixed_dictionaries(fields), min_size=0, max_size=25))

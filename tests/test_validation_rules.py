@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 
 from marketpipe.errors import ConfigError
-from marketpipe.model import FAMILY_OF_SCHEMA
-from marketpipe.rules.validation import Validator, rebuild
+from marketpipe.model import LAYOUT_OF_SCHEMA, LAYOUTS, family_of
+from marketpipe.rules.contracts import contract_of, explain
+from marketpipe.rules.validation import Validator, Verdict, rebuild
 from marketpipe.sources.base import Chunk, RawBatch
 from marketpipe.transform import to_table
 
@@ -24,7 +25,7 @@ RTYPE = {"trades": 0, "ohlcv-1d": 35, "mbp-1": 1, "definition": 19, "statistics"
 
 def record(schema: str, **fields: object) -> np.ndarray:
     """One valid record of ``schema`` with ``fields`` changed."""
-    family = FAMILY_OF_SCHEMA[schema]
+    family = family_of(schema)
     rec = np.zeros(1, dtype=family.record_dtype)
     rec["length"] = family.record_dtype.itemsize // 4
     rec["rtype"] = RTYPE[schema]
@@ -70,14 +71,20 @@ def validator() -> Validator:
     return Validator(RULES)
 
 
-def _run(validator: Validator, schema: str, records: np.ndarray) -> tuple[list[str], list[str]]:
-    """Rules that quarantined and rules that warned, over both stages."""
-    family = FAMILY_OF_SCHEMA[schema]
+def _checked(validator: Validator, schema: str, records: np.ndarray) -> tuple[Verdict, Verdict]:
+    """Both stages over ``records``, as the pipeline runs them."""
+    family = family_of(schema)
     chunk = Chunk(WINDOW.key, schema, "test", start_ns=WINDOW.start_ns, end_ns=WINDOW.end_ns)
     first = validator.check("initial", family, schema, chunk, records, None)
     kept = records[first.keep]
     table = to_table(family, schema, RawBatch(kept, pa.nulls(len(kept), "string")))
     post = validator.check("post", family, schema, chunk, kept, table)
+    return first, post
+
+
+def _run(validator: Validator, schema: str, records: np.ndarray) -> tuple[list[str], list[str]]:
+    """Rules that quarantined and rules that warned, over both stages."""
+    first, post = _checked(validator, schema, records)
     rejected = [r.rule for r in first.rejections + post.rejections]
     return rejected, sorted({**first.warnings, **post.warnings})
 
@@ -106,7 +113,7 @@ def test_price_positivity_spares_spreads(validator: Validator) -> None:
 
 def test_quarantined_record_rebuilds_exactly(validator: Validator) -> None:
     broken = record("trades", size=0, sequence=123456, ts_in_delta=-5)
-    family = FAMILY_OF_SCHEMA["trades"]
+    family = family_of("trades")
     table = to_table(family, "trades", RawBatch(broken, pa.nulls(1, "string")))
     verdict = validator.check("post", family, "trades", WINDOW, broken, table)
     assert rebuild(verdict.rejections[0].record, family.record_dtype) == broken.tobytes()
@@ -151,3 +158,58 @@ def test_broken_rule_file_fails_at_start(tmp_path: Path, text: str, message: str
     with pytest.raises(ConfigError) as error:
         Validator(path)
     assert str(error.value).startswith(str(path)) and message in str(error.value)
+
+
+# What the record contract says about each shipped error rule's broken record.
+EXPLAINED = {
+    "rtype_matches_schema": "rtype=99: is not a record type of this schema (expected one of [0])",
+    "ts_event_defined": f"ts_event={UNDEF_TS}: is undefined (UNDEF_TIMESTAMP)",
+    "ts_event_representable": f"ts_event={2**63}: is beyond 2262-04-11",
+    "ts_recv_representable": f"ts_recv={2**63 + 5}: is beyond 2262-04-11 and not UNDEF_TIMESTAMP",
+    "ts_event_in_requested_range": (
+        f"ts_event={T0 - 1}: is outside the requested range [{T0}, {T0 + 86_400 * 10**9})"
+    ),
+    "ohlcv_high_not_below_open_close": f"high={PX - 1} is below open={PX} or close={PX}",
+    "ohlcv_low_not_above_open_close": f"low={PX + 1} is above open={PX} or close={PX}",
+    "trade_size_positive": "size=0: Input should be greater than 0",
+    "trade_price_defined": f"price={UNDEF_PRICE}: is undefined (UNDEF_PRICE)",
+    "definition_has_raw_symbol": "raw_symbol='': String should have at least 1 character",
+    "definition_has_instrument_class": "instrument_class='Z': is not a known instrument class",
+    "stock_prices_positive": "min_price_increment=0 is not positive for instrument class K",
+    "statistic_type_known": "stat_type=999: is not a known stat_type",
+}
+
+
+@pytest.mark.parametrize(("rule", "schema", "broken"), CASES, ids=[c[0] for c in CASES])
+def test_quarantine_message_names_the_field_from_the_record_contract(
+    validator: Validator, rule: str, schema: str, broken: dict[str, object]
+) -> None:
+    layout = LAYOUT_OF_SCHEMA[schema].name
+    context = {"rtypes": [RTYPE[schema]], "start_ns": WINDOW.start_ns, "end_ns": WINDOW.end_ns}
+    good = record(schema)
+    assert explain(layout, {n: good[n][0].item() for n in good.dtype.names or ()}, context) == []
+    first, post = _checked(validator, schema, record(schema, **broken))
+    rejections = first.rejections + post.rejections
+    if rule not in EXPLAINED:  # a warning: stored, never quarantined
+        assert rejections == []
+        return
+    [rejection] = rejections
+    rule_message = next(r.message for r in validator.rules if r.name == rule)
+    assert rejection.message == f"{rule_message}: {EXPLAINED[rule]}"
+
+
+def test_rule_outside_the_contract_shows_the_values_it_checked(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - {name: small_trades, stage: initial, severity: error, check: 'size < 100',"
+        " message: trade too large, tables: [trades]}\n"
+    )
+    verdict = Validator(path).check(
+        "initial", family_of("trades"), "trades", WINDOW, record("trades", size=500), None
+    )
+    assert [r.message for r in verdict.rejections] == ["trade too large: size=500"]
+
+
+def test_every_layout_has_a_contract_covering_every_field() -> None:
+    for layout in LAYOUTS.values():
+        assert set(layout.fields) <= set(contract_of(layout.name).model_fields)

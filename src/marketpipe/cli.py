@@ -17,7 +17,7 @@ from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.exporting import FORMATS
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
-from marketpipe.model import family_of
+from marketpipe.model import family_of, use_transformations
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import make_sample
 from marketpipe.stores import open_store
@@ -64,6 +64,7 @@ def _guarded(action: Callable[[], T]) -> T:
 def _settings(**overrides: object) -> Settings:
     settings = load_settings(**overrides)
     configure(settings.log_file, settings.log_level)
+    use_transformations(settings.transformation_file)
     return settings
 
 

@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketpipe.errors import ConfigError, UsageError
-from marketpipe.model import SCHEMAS
+from marketpipe.model import SCHEMAS, TRANSFORMATION_FILE
 
 STYPES = ("raw_symbol", "instrument_id", "parent", "continuous", "smart")
 
@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(250_000, gt=0)
     jobs_file: Path = Path("configs/databento.yaml")
     validation_file: Path = Path("configs/validation/databento.yaml")
+    transformation_file: Path = TRANSFORMATION_FILE
     # A chunk whose share of quarantined records is above this fails: nothing of it is stored.
     max_quarantine_ratio: float = Field(0.05, ge=0, le=1)
     # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.

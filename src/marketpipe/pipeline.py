@@ -23,7 +23,7 @@ import structlog
 
 from marketpipe.config import IngestRequest, Settings, config_file
 from marketpipe.errors import MarketpipeError, SourceError, StoreError
-from marketpipe.model import family_of
+from marketpipe.model import family_of, use_transformations
 from marketpipe.retries import retrying
 from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
@@ -124,6 +124,7 @@ class Pipeline:
         self.settings = settings
         self.progress = progress
         # Rules load first: a broken rule file fails before any data is read.
+        use_transformations(settings.transformation_file)
         self.validator = Validator(config_file(settings.validation_file))
         self.run_id = uuid.uuid4().hex[:12]
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)

@@ -1,4 +1,8 @@
-"""DBN v3 numpy records -> standardized Arrow columns, whole columns at a time."""
+"""The compiled transformation: DBN v3 numpy records -> standardized Arrow columns.
+
+Each column's operation (declared in the transformation file) runs over a whole column of
+the batch; no Python object is made per record.
+"""
 
 from __future__ import annotations
 
@@ -32,9 +36,20 @@ def constant_strings(value: str, n: int) -> pa.Array:
     return pa.DictionaryArray.from_arrays(indices, pa.array([value])).cast(pa.string())
 
 
+def enum_labels(column: Column, raw: np.ndarray) -> pa.Array:
+    """Raw codes -> labels through the distinct values only; unlabelled codes keep their text."""
+    distinct, codes = np.unique(raw, return_inverse=True)
+    labels = dict(column.labels)
+    keys = [v.decode() if isinstance(v, bytes) else int(v) for v in distinct.tolist()]
+    names = pa.array([labels.get(k, str(k)) for k in keys], type=pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), names).cast(pa.string())
+
+
 def column_array(column: Column, raw: np.ndarray) -> pa.Array:
-    """One DBN field as its model column; sentinels become NULL."""
+    """One record field as its model column; sentinels become NULL."""
     values = np.ascontiguousarray(raw)
+    if column.kind is Kind.ENUM:
+        return enum_labels(column, values)
     valid = None if column.sentinel is None else values != values.dtype.type(column.sentinel)
     if column.kind is Kind.PRICE:
         return decimal_prices(values, valid)
@@ -55,6 +70,8 @@ def to_table(family: Family, schema: str, batch: RawBatch) -> pa.Table:
             arrays.append(batch.symbols)
         elif column.kind is Kind.SCHEMA:
             arrays.append(constant_strings(schema, len(records)))
+        elif column.kind is Kind.CONSTANT:
+            arrays.append(constant_strings(column.value or "", len(records)))
         else:
-            arrays.append(column_array(column, records[column.name]))
+            arrays.append(column_array(column, records[column.source]))
     return pa.Table.from_arrays(arrays, schema=family.arrow_schema)

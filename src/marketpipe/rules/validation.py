@@ -30,13 +30,14 @@ from databento_dbn import RType, Schema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from marketpipe.errors import ConfigError
-from marketpipe.model import FAMILIES, Family
+from marketpipe.model import LAYOUT_OF_SCHEMA, Family, families
+from marketpipe.rules.contracts import explain
 from marketpipe.sources.base import Chunk
 
 Stage = Literal["initial", "post"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # v1 OHLCV files may carry the record type used before the per-interval ones existed.
-_LEGACY_RTYPES = {"ohlcv": (17,)}
+_LEGACY_RTYPES = {"OHLCVMsg": (17,)}
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,16 @@ def _sql_list(values: list[int] | list[str]) -> str:
     return "(" + ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values) + ")"
 
 
-def _placeholders(family: Family, schema: str, chunk: Chunk | None) -> dict[str, str]:
-    rtypes = [int(RType.from_schema(Schema(schema)).value), *_LEGACY_RTYPES.get(family.table, ())]
+def _rtypes(schema: str) -> list[int]:
+    layout = LAYOUT_OF_SCHEMA[schema].name
+    return [int(RType.from_schema(Schema(schema)).value), *_LEGACY_RTYPES.get(layout, ())]
+
+
+def _placeholders(schema: str, chunk: Chunk | None) -> dict[str, str]:
     start = None if chunk is None else chunk.start_ns
     end = None if chunk is None else chunk.end_ns
     return {
-        "rtypes": _sql_list(rtypes),
+        "rtypes": _sql_list(_rtypes(schema)),
         "start_ns": "NULL" if start is None else f"{start}::BIGINT",
         "end_ns": "NULL" if end is None else f"{end}::BIGINT",
         "undef_ts": str(databento_dbn.UNDEF_TIMESTAMP),
@@ -109,16 +114,16 @@ def rule_view(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-def record_json(records: np.ndarray) -> list[str]:
+def record_fields(records: np.ndarray) -> list[dict[str, int | str]]:
     """Every field of each record, reserved ones included: enough to rebuild its exact bytes."""
     names = list(records.dtype.names or ())
     rows = []
     for rec in records:
-        row = {}
+        row: dict[str, int | str] = {}
         for name in names:
             value = rec[name]
             row[name] = value.decode("latin-1") if isinstance(value, bytes) else int(value)
-        rows.append(json.dumps(row))
+        rows.append(row)
     return rows
 
 
@@ -158,10 +163,10 @@ class Validator:
         for rule in rules:
             if names[rule.name] > 1:
                 raise ConfigError(f"{path}: rule {rule.name}: the name is used twice")
-            unknown = [t for t in rule.tables or () if t not in FAMILIES]
+            unknown = [t for t in rule.tables or () if t not in families()]
             if unknown:
                 raise ConfigError(
-                    f"{path}: rule {rule.name}: unknown table {unknown[0]!r}; known: {', '.join(FAMILIES)}"
+                    f"{path}: rule {rule.name}: unknown table {unknown[0]!r}; known: {', '.join(families())}"
                 )
         return rules
 
@@ -179,13 +184,13 @@ class Validator:
         When one does not, each (table, stage) is bound alone to name the culprit rule.
         """
         selects = []
-        for family in FAMILIES.values():
+        for family in families().values():
             for stage in ("initial", "post"):
                 rules = self.rules_for(stage, family)
                 if rules:
                     name = f"empty_{family.table}_{stage}"
                     self._con.register(name, self._empty(family, stage))
-                    values = _placeholders(family, family.schemas[0], None)
+                    values = _placeholders(family.schemas[0], None)
                     checks = ", ".join(f"({r.check.format(**values)})" for r in rules)
                     selects.append(f"(SELECT {checks} FROM {name})")
         try:
@@ -194,7 +199,7 @@ class Validator:
             return
         except (duckdb.Error, KeyError, IndexError, ValueError):
             pass
-        for family in FAMILIES.values():
+        for family in families().values():
             for stage in ("initial", "post"):
                 for rule in self.rules_for(stage, family):
                     try:
@@ -215,7 +220,7 @@ class Validator:
     def _evaluate(
         self, rules: list[RuleSpec], table: pa.Table, family: Family, schema: str, chunk: Chunk | None
     ) -> dict[str, np.ndarray]:
-        values = _placeholders(family, schema, chunk)
+        values = _placeholders(schema, chunk)
         checks = ", ".join(
             f"coalesce(({r.check.format(**values)}), false) AS r{i}" for i, r in enumerate(rules)
         )
@@ -255,6 +260,16 @@ class Validator:
                 verdict.warnings[rule.name] += count
                 continue
             verdict.keep &= ~broken
-            rows = records[np.flatnonzero(broken)]
-            verdict.rejections.extend(Rejection(stage, rule.name, rule.message, r) for r in record_json(rows))
+            layout = LAYOUT_OF_SCHEMA[schema].name
+            context = {"rtypes": _rtypes(schema), "start_ns": chunk.start_ns, "end_ns": chunk.end_ns}
+            for row in record_fields(records[np.flatnonzero(broken)]):
+                details = explain(layout, row, context) or _mentioned(rule, row)
+                message = f"{rule.message}: {'; '.join(details)}" if details else rule.message
+                verdict.rejections.append(Rejection(stage, rule.name, message, json.dumps(row)))
         return verdict
+
+
+def _mentioned(rule: RuleSpec, row: dict[str, int | str]) -> list[str]:
+    """The values a rule the contract does not express looked at, for its message."""
+    names = dict.fromkeys(_IDENTIFIER.findall(rule.check))
+    return [f"{name}={row[name]!r}" for name in names if name in row]

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from marketpipe.errors import StoreRejected
-from marketpipe.model import FAMILIES, Family
+from marketpipe.model import Family, families
 from marketpipe.rules.validation import Rejection
 from marketpipe.stores import sql
 from marketpipe.stores.base import ChunkCounts, ExportQuery
@@ -110,10 +110,15 @@ class DuckDBStore(sql.SqlStore):
             self.con = duckdb.connect(str(Path(path).expanduser()), config=config)
         except (OSError, duckdb.Error) as exc:
             raise StoreRejected(f"cannot open DuckDB database {path}: {exc}") from None
-        for family in FAMILIES.values():
-            self.con.execute(sql.create_family_table(family, column_type))
-        for statement in sql.BOOKKEEPING_DDL:
-            self.con.execute(statement)
+        try:
+            for family in families().values():
+                self.con.execute(sql.create_family_table(family, column_type))
+            for statement in sql.BOOKKEEPING_DDL:
+                self.con.execute(statement)
+            self.check_model()
+        except BaseException:
+            self.con.close()
+            raise
 
     def close(self) -> None:
         self.con.close()

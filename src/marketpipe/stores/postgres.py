@@ -27,7 +27,7 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
-from marketpipe.model import FAMILIES, Family, Kind
+from marketpipe.model import Family, Kind, families
 from marketpipe.retries import retrying
 from marketpipe.rules.validation import Rejection
 from marketpipe.stores import sql, timescale
@@ -125,7 +125,7 @@ def _model_statements() -> list[str]:
         "CREATE OR REPLACE FUNCTION marketpipe_ns(t timestamptz) RETURNS BIGINT LANGUAGE SQL IMMUTABLE"
         " PARALLEL SAFE AS $$ SELECT (extract(epoch FROM t) * 1000000000)::BIGINT $$"
     )
-    for family in FAMILIES.values():
+    for family in families().values():
         name, time = sql.quote(family.table), sql.quote(family.time_column)
         tables.append(sql.create_family_table(family, column_type))
         # One B-tree for "this instrument over this time", BRIN for time alone: each index
@@ -207,6 +207,8 @@ class PostgresStore(sql.SqlStore):
         self.retry_wait = retry_wait
         self.conn = self._connect()
         self.mode = self._migrate(compress_after_days)
+        with self.translated("schema check"):
+            self.check_model()
 
     # Connection and schema.
     def _connect(self) -> psycopg.Connection[Any]:

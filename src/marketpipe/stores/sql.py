@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from marketpipe.model import FAMILIES, FAMILY_OF_SCHEMA, Column, Family, Kind
+from marketpipe.errors import StoreRejected
+from marketpipe.model import Column, Family, Kind, families, family_of
 from marketpipe.rules.validation import Rejection
 from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import (
@@ -218,7 +219,7 @@ class ChunkTransaction:
         self.run_id = run_id
         self.job = job
         self.id = chunk_id(chunk.key)
-        self.family = FAMILY_OF_SCHEMA[chunk.schema]
+        self.family = family_of(chunk.schema)
         self.first_ns: int | None = None
         self.last_ns: int | None = None
         self.rejections: list[Rejection] = []
@@ -300,6 +301,29 @@ class SqlStore:
         raise NotImplementedError
 
     # Shared logic.
+    def check_model(self) -> None:
+        """The tables found must be the ones the transformation file declares, column for column.
+
+        A changed transformation file against an existing database would otherwise fail
+        mid-load or store columns under the wrong names.
+        """
+        found: dict[str, list[str]] = {}
+        for table, column in self._query(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        ):
+            found.setdefault(str(table), []).append(str(column))
+        for family in families().values():
+            expected = [*family.column_names, "chunk_id"]
+            if found.get(family.table) != expected:
+                have = ", ".join(found.get(family.table, [])) or "no such table"
+                raise StoreRejected(
+                    f"table {family.table} in {self.location} does not match the transformation file"
+                    f" (found: {have}; declared: {', '.join(expected)}): use a new database or"
+                    " migrate the table"
+                )
+        self._commit()
+
     def _chunk_row(
         self,
         chunk: Chunk,
@@ -396,7 +420,7 @@ class SqlStore:
 
     def status(self) -> StoreStatus:
         report = StoreStatus(self.location, self.mode)
-        for family in FAMILIES.values():
+        for family in families().values():
             time_ns = self._time_ns(family)
             rows, first, last = self._query(
                 f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {quote(family.table)}"

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from marketpipe.model import FAMILIES, Family
+from marketpipe.model import Family, families
 
 NS_PER_HOUR = 3_600 * 10**9
 NS_PER_DAY = 24 * NS_PER_HOUR
@@ -91,14 +91,14 @@ def hypertable_statements(family: Family) -> list[tuple[str, tuple[Any, ...]]]:
 
 def create_hypertables(conn: Any) -> None:
     conn.execute(NOW_FUNCTION)
-    for family in FAMILIES.values():
+    for family in families().values():
         for statement, params in hypertable_statements(family):
             conn.execute(statement, params)
 
 
 def add_compression_policies(conn: Any, after_days: int) -> None:
     """Compress chunks whose data is older than ``after_days`` (an integer age, in ns)."""
-    for family in FAMILIES.values():
+    for family in families().values():
         conn.execute(
             "SELECT add_compression_policy(%s::regclass, %s::BIGINT, if_not_exists => TRUE)",
             (family.table, after_days * NS_PER_DAY),
