@@ -20,6 +20,7 @@ from marketpipe.logs import configure
 from marketpipe.model import family_of, use_transformations
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import make_sample
+from marketpipe.sources import make_source
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery
 
@@ -101,11 +102,29 @@ def ingest(
             "--max-quarantine-ratio", help="Fail a chunk with a larger share of quarantined records"
         ),
     ] = None,
+    gateway: Annotated[
+        str | None, typer.Option(help="Databento API gateway URL (DATABENTO_GATEWAY), e.g. a proxy")
+    ] = None,
+    chunk_days: Annotated[int | None, typer.Option("--chunk-days", help="Days per API download")] = None,
+    keep_raw: Annotated[
+        Path | None, typer.Option("--keep-raw", help="Keep the downloaded DBN files in this directory")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="Refuse an API plan quoted above this many USD")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Quote records, size and cost of an API plan; download nothing")
+    ] = False,
 ) -> None:
     """Ingest DBN files or API data through every pipeline stage into the store."""
 
     def run() -> int:
-        settings = _settings(db=db, batch_size=batch_size, max_quarantine_ratio=max_quarantine_ratio)
+        settings = _settings(
+            db=db,
+            batch_size=batch_size,
+            max_quarantine_ratio=max_quarantine_ratio,
+            DATABENTO_GATEWAY=gateway,
+        )
         request = _request(
             settings,
             job,
@@ -117,7 +136,12 @@ def ingest(
             stype_in=stype_in,
             start_date=_date("--start-date", start_date),
             end_date=_date("--end-date", end_date),
+            chunk_days=chunk_days,
+            keep_raw=keep_raw,
+            max_cost=max_cost,
         )
+        if dry_run:
+            return _dry_run(request, settings)
         with console.RichProgress() as progress:
             summary = Pipeline(request, settings, progress).run(force=force)
         console.render_summary(summary)
@@ -127,13 +151,35 @@ def ingest(
     raise typer.Exit(code)
 
 
+def _dry_run(request: IngestRequest, settings: Settings) -> int:
+    """What an API plan would download and cost, from the free metadata calls only."""
+    if request.from_file:
+        raise UsageError("--dry-run quotes API downloads; it does not apply to --from-file")
+    from marketpipe.sources.databento_api import DatabentoApiSource
+
+    source = make_source(request, settings)
+    try:
+        if not isinstance(source, DatabentoApiSource):
+            raise UsageError(f"--dry-run is not available for api type {request.api!r}")
+        source.check_request()
+        warnings = source.resolve_symbols()
+        console.render_quote(request, source.quote(), len(source.parts()), warnings)
+    finally:
+        source.close()
+    return 0
+
+
 def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
     if job is not None:
         jobs = load_jobs(settings.jobs_file)
         if job not in jobs:
             known = ", ".join(jobs) or "none"
             raise UsageError(f"unknown job {job!r} in {settings.jobs_file}; known jobs: {known}")
-        return jobs[job]
+        # Run options given with --job apply to it; what to fetch comes from the job alone.
+        options = {
+            k: v for k, v in flags.items() if k in ("keep_raw", "max_cost", "chunk_days") and v is not None
+        }
+        return make_request(**{**jobs[job].model_dump(), **options})
     request = make_request(**flags)
     if not request.from_file and not (request.dataset and request.schemas):
         raise UsageError("nothing to ingest: give --from-file PATH, --job NAME, or --dataset and --schema")

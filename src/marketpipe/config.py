@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str = "256MB"
     # TimescaleDB: compress chunks whose data is older than this many days (opt-in).
     compress_after_days: int | None = Field(None, gt=0)
+    # Databento API faults (429, 5xx, resets, truncation): attempts per request, first and
+    # longest back-off in seconds, and the client's socket timeout (databento's own is 100 s).
+    api_retries: int = Field(6, ge=1)
+    api_retry_wait: float = Field(1.0, ge=0)
+    api_retry_max_wait: float = Field(60.0, ge=0)
+    api_timeout: int = Field(100, ge=1)
     databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")
     databento_gateway: str = Field("https://hist.databento.com", validation_alias="DATABENTO_GATEWAY")
 
@@ -81,6 +87,10 @@ class IngestRequest(BaseModel):
     stype_in: str = "raw_symbol"
     start_date: dt.date | None = None
     end_date: dt.date | None = None
+    # API downloads: days per chunk, where to keep the downloaded DBN files, cost ceiling (USD).
+    chunk_days: int = Field(1, ge=1)
+    keep_raw: Path | None = None
+    max_cost: float | None = Field(None, ge=0)
 
     @field_validator("schemas", "symbols", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +16,9 @@ from marketpipe.errors import UsageError
 from marketpipe.pipeline import ChunkResult, RunSummary
 from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import QuarantinedRecord, StoreStatus
+
+if TYPE_CHECKING:
+    from marketpipe.sources.databento_api import Quote
 
 out = Console()
 err = Console(stderr=True)
@@ -61,6 +65,31 @@ class RichProgress:
         self._progress.advance(self._task)
 
 
+def render_quote(request: IngestRequest, quotes: list[Quote], chunks: int, warnings: list[str]) -> None:
+    days = f"{request.start_date} to {request.end_date}"
+    table = Table(
+        title=f"dry run: {request.dataset} {days}, {len(request.symbols)} symbol(s), {chunks} chunk(s)"
+    )
+    for name in ("schema", "records", "billable size", "cost (USD)"):
+        table.add_column(name, justify="left" if name == "schema" else "right")
+    for q in quotes:
+        table.add_row(q.schema, f"{q.records:,}", _size(q.billable_bytes), f"{q.cost_usd:,.2f}")
+    table.add_row(
+        "total",
+        f"{sum(q.records for q in quotes):,}",
+        _size(sum(q.billable_bytes for q in quotes)),
+        f"{sum(q.cost_usd for q in quotes):,.2f}",
+    )
+    out.print(table)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    out.print("dry run: nothing was downloaded")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:,.1f} MB"
+
+
 def render_summary(summary: RunSummary) -> None:
     rows: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0])
     for r in summary.results:
@@ -97,6 +126,8 @@ def render_summary(summary: RunSummary) -> None:
         out.print(f"quarantined by {rule}: {count:,}")
     for rule, count in sorted(warnings.items()):
         out.print(f"warned by {rule} (stored): {count:,}")
+    for warning in summary.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if summary.stopped:
         err.print(
             f"stopped: {summary.stopped}; run again to resume", markup=False, highlight=False, soft_wrap=True

@@ -33,3 +33,17 @@ class TransientStoreError(StoreError):
 
 class StoreRejected(UsageError):
     """The store refused us for good: bad path, missing database, bad credentials, no permission."""
+
+
+class TransientApiError(SourceError):
+    """A Databento API fault worth retrying (429, 408, 5xx, reset, timeout, truncated stream)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ApiRejected(SourceError):
+    """Databento refused the request for good (bad key, unknown dataset, bad parameters)."""
+
+    exit_code = 2

@@ -65,6 +65,7 @@ class RunSummary:
     plan_failures: list[tuple[str, str]] = field(default_factory=list)
     # Why the run stopped before its last chunk (the store went away for good), if it did.
     stopped: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -133,11 +134,14 @@ class Pipeline:
         """Bad arguments fail here, before the store is opened or anything is read."""
         self.log.info("stage.start", stage="init_source", api=self.request.api)
         source = make_source(self.request, self.settings)
-        self.store = open_store(self.settings)
         try:
-            return self._run(source, force)
+            self.store = open_store(self.settings)
+            try:
+                return self._run(source, force)
+            finally:
+                self.store.close()
         finally:
-            self.store.close()
+            source.close()
 
     def _run(self, source: Source, force: bool) -> RunSummary:
         summary = RunSummary(self.run_id, self.request.name)
@@ -152,6 +156,7 @@ class Pipeline:
             seconds=round(time.perf_counter() - started, 6),
         )
         summary.plan_failures = plan.failures
+        summary.warnings = plan.warnings
         for label, reason in plan.failures:
             self.log.warning("input.rejected", input=label, reason=reason)
             self.store.mark_failed(input_chunk(label), self.run_id, self.request.name, reason)
@@ -174,6 +179,7 @@ class Pipeline:
                 self.log.error("run.stopped", chunk=chunk.label, error=str(exc))
                 self._record_quietly(self.store.mark_failed, chunk, self.run_id, self.request.name, str(exc))
                 break
+            source.finish(chunk, result.status == "done")
             summary.results.append(result)
             if self.progress:
                 self.progress.chunk_finished(result)
@@ -191,8 +197,8 @@ class Pipeline:
     def _run_chunk_with_retries(self, source: Source, chunk: Chunk) -> ChunkResult:
         """A transient store fault re-runs the whole chunk: its transaction is gone."""
 
-        def log_retry(attempt: int, reason: str) -> None:
-            self.log.warning("chunk.retry", chunk=chunk.label, attempt=attempt, reason=reason)
+        def log_retry(attempt: int, reason: str, wait: float) -> None:
+            self.log.warning("chunk.retry", chunk=chunk.label, attempt=attempt, reason=reason, wait=wait)
 
         policy = retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry)
         for attempt in policy:
@@ -214,8 +220,11 @@ class Pipeline:
         result = ChunkResult(chunk, "running")
         started = time.perf_counter()
         try:
+            # An API chunk downloads here, before its store transaction opens.
+            with timer("read"):
+                batches = source.read(chunk, self.settings.batch_size)
             with self.store.write_chunk(chunk, self.run_id, self.request.name) as writer:
-                for raw in self._timed_batches(source, chunk, timer):
+                for raw in self._timed_batches(batches, timer):
                     self._process(chunk, raw, writer, timer, result)
                 result.seconds = time.perf_counter() - started
                 self._check_quarantine_ratio(chunk, result)
@@ -265,8 +274,7 @@ class Pipeline:
         self.store.mark_failed(chunk, self.run_id, self.request.name, error)
         return ChunkResult(chunk, "failed", read=result.read, error=error)
 
-    def _timed_batches(self, source: Source, chunk: Chunk, timer: _StageTimer) -> Iterator[RawBatch]:
-        batches = source.read(chunk, self.settings.batch_size)
+    def _timed_batches(self, batches: Iterator[RawBatch], timer: _StageTimer) -> Iterator[RawBatch]:
         while True:
             with timer("read"):
                 raw = next(batches, None)

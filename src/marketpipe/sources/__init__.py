@@ -14,9 +14,9 @@ def _databento(request: IngestRequest, settings: Settings) -> Source:
         from marketpipe.sources.databento_files import DbnFileSource
 
         return DbnFileSource(request.from_file)
-    raise UsageError(
-        "downloading from the Databento API is not available yet; ingest DBN files with --from-file"
-    )
+    from marketpipe.sources.databento_api import DatabentoApiSource
+
+    return DatabentoApiSource(request, settings)
 
 
 SOURCES: dict[str, Callable[[IngestRequest, Settings], Source]] = {"databento": _databento}

@@ -41,6 +41,8 @@ class Plan:
     failures: list[tuple[str, str]] = field(default_factory=list)
     # Inputs that were planned, so an earlier failure of theirs is history.
     inputs: list[str] = field(default_factory=list)
+    # What the user should know before trusting the result (e.g. symbols found for part of the range).
+    warnings: list[str] = field(default_factory=list)
 
 
 class Source(Protocol):
@@ -49,3 +51,9 @@ class Source(Protocol):
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         """Raw batches of at most ``batch_size`` records; raises SourceError on bad input."""
         ...
+
+    def finish(self, chunk: Chunk, committed: bool) -> None:
+        """The chunk is over (stored when ``committed``): release what reading it needed."""
+        ...
+
+    def close(self) -> None: ...

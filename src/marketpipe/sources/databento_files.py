@@ -83,3 +83,9 @@ class DbnFileSource:
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         return DbnFile(self._path_of[chunk.key]).batches(batch_size, chunk.first_record, chunk.record_count)
+
+    def finish(self, chunk: Chunk, committed: bool) -> None:
+        """The user's files stay as they are."""
+
+    def close(self) -> None:
+        """Nothing held between chunks."""

@@ -92,7 +92,7 @@ class DbnFile:
     def batches(self, batch_size: int, first: int = 0, count: int | None = None) -> Iterator[RawBatch]:
         """Records ``first`` .. ``first + count`` in DBN v3 layout, ``batch_size`` at most per batch."""
         blocks = self._upgraded if self._upgrade else self._viewed
-        time_field = "ts_recv" if "ts_recv" in self.family.column_names else "ts_event"
+        time_field = "ts_recv" if "ts_recv" in (self.family.record_dtype.names or ()) else "ts_event"
         for records in blocks(batch_size, first, count):
             self._check_lengths(records)
             symbols = self.symbol_map.resolve(records["instrument_id"], records[time_field])

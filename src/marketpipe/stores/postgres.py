@@ -212,8 +212,8 @@ class PostgresStore(sql.SqlStore):
 
     # Connection and schema.
     def _connect(self) -> psycopg.Connection[Any]:
-        def log_retry(attempt: int, reason: str) -> None:
-            log.warning("db.retry", action="connect", attempt=attempt, reason=reason)
+        def log_retry(attempt: int, reason: str, wait: float) -> None:
+            log.warning("db.retry", action="connect", attempt=attempt, reason=reason, wait=wait)
 
         for attempt in retrying(self.retries, self.retry_wait, log_retry):
             with attempt:

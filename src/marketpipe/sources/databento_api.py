@@ -1,0 +1,363 @@
+"""Databento's Historical API through the official client (``databento.Historical``).
+
+Before anything billable: the dataset, its schemas and its date range come from the
+metadata API, and the symbols are resolved (symbology), so a typo fails for free. The
+request is cut into chunks of ``chunk_days`` UTC days x at most 2,000 symbols per schema.
+Each chunk streams to a DBN file on disk (never the whole response in memory), is checked
+against the record count the metadata API quotes for the same request (the client accepts
+a cleanly truncated stream silently), and is then read like any local DBN file.
+
+Dates: ``start_date`` and ``end_date`` are both inclusive UTC days for the user; the API's
+``end`` is exclusive, so a chunk of day D asks for ``[D, D + chunk_days)``.
+
+The client retries nothing; every call here goes through one tenacity policy: 408, 429
+(honouring Retry-After), 5xx, connection resets, timeouts and truncated streams are retried
+with capped exponential back-off and jitter; other HTTP errors fail at once in one line. The
+API key is only ever handed to the client: messages are scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import databento as db
+import requests
+import structlog
+from databento.common.error import BentoError, BentoHttpError
+
+from marketpipe.config import IngestRequest, Settings
+from marketpipe.errors import ApiRejected, SourceError, TransientApiError, UsageError
+from marketpipe.retries import retrying
+from marketpipe.sources.base import Chunk, Plan, RawBatch
+from marketpipe.sources.dbn_reader import DbnFile
+
+MAX_SYMBOLS = 2_000  # per request, Databento's limit
+ALL_SYMBOLS = "ALL_SYMBOLS"
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+NS_PER_DAY = 86_400 * 10**9
+_EPOCH = dt.date(1970, 1, 1)
+log = structlog.get_logger("marketpipe.databento_api")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One billable request: a schema, a day range [start, end) and a batch of symbols."""
+
+    schema: str
+    start: dt.date
+    end: dt.date
+    symbols: tuple[str, ...]
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.schema}_{self.start}_{self.end}_{_digest(self.symbols)}.dbn.zst"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What the metadata API says a plan would cost, per schema."""
+
+    schema: str
+    records: int
+    billable_bytes: int
+    cost_usd: float
+
+
+def _digest(symbols: tuple[str, ...]) -> str:
+    return hashlib.sha256(",".join(symbols).encode()).hexdigest()[:12]
+
+
+def _ns(day: dt.date) -> int:
+    return (day - _EPOCH).days * NS_PER_DAY
+
+
+def _retry_after(error: BaseException) -> float | None:
+    return error.retry_after if isinstance(error, TransientApiError) else None
+
+
+class DatabentoApiSource:
+    def __init__(self, request: IngestRequest, settings: Settings) -> None:
+        missing = [
+            flag
+            for flag, value in (
+                ("--dataset", request.dataset),
+                ("--schema", request.schemas),
+                ("--symbols", request.symbols),
+                ("--start-date", request.start_date),
+                ("--end-date", request.end_date),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(
+                f"an API download needs {', '.join(missing)} (--symbols {ALL_SYMBOLS} for a whole dataset)"
+            )
+        if settings.databento_api_key is None or not settings.databento_api_key.get_secret_value().strip():
+            raise UsageError("no Databento API key: set DATABENTO_API_KEY (environment or .env)")
+        self.request = request
+        self.settings = settings
+        self.dataset: str = request.dataset or ""
+        self.start: dt.date = request.start_date or _EPOCH
+        self.end: dt.date = (request.end_date or _EPOCH) + dt.timedelta(days=1)  # exclusive
+        self._key = settings.databento_api_key.get_secret_value()
+        try:
+            self.client = db.Historical(key=self._key, gateway=settings.databento_gateway)
+        except ValueError as exc:
+            raise UsageError(
+                f"bad Databento gateway {settings.databento_gateway!r}: {self._scrub(exc)}"
+            ) from None
+        for api in (self.client.metadata, self.client.symbology, self.client.timeseries):
+            api.TIMEOUT = settings.api_timeout
+        keep = request.keep_raw
+        self._raw_dir = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="marketpipe-"))
+        self._keep = keep is not None
+        self._raw_dir.mkdir(parents=True, exist_ok=True)
+        self._parts: dict[str, Part] = {}
+
+    # Planning: free metadata calls only.
+    def plan(self) -> Plan:
+        self.check_request()
+        warnings = self.resolve_symbols()
+        if self.request.max_cost is not None:
+            cost = sum(q.cost_usd for q in self.quote())
+            if cost > self.request.max_cost:
+                raise UsageError(
+                    f"the plan is quoted at ${cost:,.2f}, above --max-cost ${self.request.max_cost:,.2f}:"
+                    " nothing was downloaded"
+                )
+        plan = Plan(warnings=warnings)
+        for part in self.parts():
+            key = (
+                f"api:{self.dataset}:{part.schema}:{self.request.stype_in}:{part.start}:{part.end}"
+                f":{_digest(part.symbols)}"
+            )
+            self._parts[key] = part
+            label = f"{self.dataset} {part.schema} {part.start}" + (
+                ""
+                if part.end == part.start + dt.timedelta(days=1)
+                else f"..{part.end - dt.timedelta(days=1)}"
+            )
+            if len(self._symbol_batches()) > 1:
+                label += f" [{part.symbols[0]}..{part.symbols[-1]}]"
+            plan.chunks.append(Chunk(key, part.schema, label, self.dataset, _ns(part.start), _ns(part.end)))
+        plan.inputs.append(f"{self.dataset} {','.join(self.request.schemas)}")
+        return plan
+
+    def check_request(self) -> None:
+        """Dataset, schemas and dates against the metadata API, before anything is billed."""
+        available = self._call("list schemas", lambda: self.client.metadata.list_schemas(self.dataset))
+        unknown = [s for s in self.request.schemas if s not in available]
+        if unknown:
+            raise UsageError(
+                f"schema {unknown[0]} is not available in {self.dataset}; available: {', '.join(available)}"
+            )
+        ranges: dict[str, Any] = self._call(
+            "dataset range", lambda: self.client.metadata.get_dataset_range(self.dataset)
+        )
+        for schema in self.request.schemas:
+            window = ranges.get("schema", {}).get(schema) or ranges
+            first_ns, end_ns = _iso_ns(str(window["start"])), _iso_ns(str(window["end"]))
+            if _ns(self.start) < first_ns or _ns(self.end) > end_ns:
+                raise UsageError(
+                    f"{self.dataset} {schema} is available from {window['start']} to {window['end']}"
+                    f" (end exclusive); requested {self.start} to {self.end - dt.timedelta(days=1)}"
+                )
+
+    def resolve_symbols(self) -> list[str]:
+        """Symbols not found fail the plan; symbols found for part of the range are reported."""
+        if list(self.request.symbols) == [ALL_SYMBOLS]:
+            return []
+        not_found: list[str] = []
+        partly: list[str] = []
+        for batch in self._symbol_batches():
+            resolve = partial(
+                self.client.symbology.resolve,
+                dataset=self.dataset,
+                symbols=list(batch),
+                stype_in=self.request.stype_in,
+                stype_out="instrument_id",
+                start_date=self.start,
+                end_date=self.end,
+            )
+            result = self._call("symbology", resolve)
+            not_found += result.get("not_found", [])
+            partly += result.get("partial", [])
+        if not_found:
+            raise UsageError(
+                f"symbols not found in {self.dataset} ({self.request.stype_in}) from {self.start} to"
+                f" {self.end - dt.timedelta(days=1)}: {', '.join(not_found)}"
+            )
+        if partly:
+            message = f"symbols found for only part of the range: {', '.join(partly)}"
+            log.warning("symbols.partial", symbols=partly)
+            return [message]
+        return []
+
+    def quote(self) -> list[Quote]:
+        """Records, billable bytes and cost of the whole request, per schema (free calls)."""
+        quotes = []
+        for schema in self.request.schemas:
+            records = size = 0
+            cost = 0.0
+            metadata = self.client.metadata
+            for batch in self._symbol_batches():
+                query = self._query(schema, self.start, self.end, batch)
+                records += int(self._call("record count", partial(metadata.get_record_count, **query)))
+                size += int(self._call("billable size", partial(metadata.get_billable_size, **query)))
+                cost += float(self._call("cost", partial(metadata.get_cost, **query)))
+            quotes.append(Quote(schema, records, size, cost))
+        return quotes
+
+    def parts(self) -> list[Part]:
+        days = self.request.chunk_days
+        parts: list[Part] = []
+        for schema in self.request.schemas:
+            day = self.start
+            while day < self.end:
+                end = min(day + dt.timedelta(days=days), self.end)
+                parts.extend(Part(schema, day, end, batch) for batch in self._symbol_batches())
+                day = end
+        return parts
+
+    def _symbol_batches(self) -> list[tuple[str, ...]]:
+        symbols = list(dict.fromkeys(self.request.symbols))
+        return [tuple(symbols[i : i + MAX_SYMBOLS]) for i in range(0, len(symbols), MAX_SYMBOLS)]
+
+    def _query(self, schema: str, start: dt.date, end: dt.date, symbols: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "schema": schema,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "symbols": list(symbols),
+            "stype_in": self.request.stype_in,
+        }
+
+    # Downloading: the billable part.
+    def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
+        path = self._download(chunk)
+        dbn = DbnFile(path)
+        if dbn.schema != chunk.schema:
+            raise SourceError(f"{chunk.label}: the API sent {dbn.schema} records, not {chunk.schema}")
+        return dbn.batches(batch_size)
+
+    def finish(self, chunk: Chunk, committed: bool) -> None:
+        """A committed chunk's download is no longer needed, unless kept as the user's archive."""
+        part = self._parts.get(chunk.key)
+        if committed and part is not None and not self._keep:
+            (self._raw_dir / part.file_name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if not self._keep:
+            shutil.rmtree(self._raw_dir, ignore_errors=True)
+
+    def _download(self, chunk: Chunk) -> Path:
+        """The chunk's DBN file, complete: re-used within the run once it has been checked."""
+        part = self._parts[chunk.key]
+        path = self._raw_dir / part.file_name
+        if path.exists():
+            return path
+        unfinished = path.with_name(path.name + ".part")
+        query = self._query(part.schema, part.start, part.end, part.symbols)
+
+        def fetch() -> None:
+            unfinished.unlink(missing_ok=True)  # the client refuses to overwrite a file
+            self.client.timeseries.get_range(**query, stype_out="instrument_id", path=unfinished)
+            expected = int(self.client.metadata.get_record_count(**query))
+            try:
+                got = DbnFile(unfinished).inspect().records
+            except SourceError as exc:
+                raise TransientApiError(f"truncated stream: {exc}") from None
+            if got != expected:
+                raise TransientApiError(f"truncated stream: {got:,} of {expected:,} records")
+
+        self._call(f"download {chunk.label}", fetch)
+        unfinished.rename(path)
+        log.info("chunk.downloaded", chunk=chunk.label, bytes=path.stat().st_size)
+        return path
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """One API call under the retry policy; errors translated and scrubbed of the key."""
+
+        def log_retry(attempt: int, reason: str, wait: float) -> None:
+            log.warning("api.retry", call=what, attempt=attempt, reason=reason, wait=wait)
+
+        policy = retrying(
+            self.settings.api_retries,
+            self.settings.api_retry_wait,
+            log_retry,
+            retry_on=TransientApiError,
+            max_wait=self.settings.api_retry_max_wait,
+            asked_wait=_retry_after,
+        )
+        try:
+            for attempt in policy:
+                with attempt:
+                    try:
+                        return action()
+                    except (BentoError, requests.RequestException, OSError) as exc:
+                        raise self._translate(exc) from None
+        except TransientApiError as exc:
+            raise TransientApiError(
+                f"{what}: Databento API still failing after {self.settings.api_retries} attempts: {exc}"
+            ) from None
+        except ApiRejected as exc:
+            raise ApiRejected(f"{what}: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, exc: BaseException) -> SourceError:
+        if isinstance(exc, BentoHttpError):
+            status = exc.http_status
+            detail = self._scrub(getattr(exc, "message", None) or exc.http_body or "")
+            if status in TRANSIENT_STATUS:
+                return TransientApiError(f"HTTP {status}: {detail}", _seconds(exc.headers, status))
+            return ApiRejected(_rejection(status, self.dataset, detail))
+        if isinstance(exc, requests.exceptions.SSLError):
+            return ApiRejected(f"TLS to {self.settings.databento_gateway} failed: {self._scrub(exc)}")
+        if isinstance(exc, (BentoError, requests.RequestException)):
+            return TransientApiError(f"{type(exc).__name__}: {self._scrub(exc)}")
+        return SourceError(f"cannot write the download: {exc}")
+
+    def _scrub(self, value: object) -> str:
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        return text.replace(self._key, "***").splitlines()[0] if text else ""
+
+
+def _seconds(headers: Any, status: int | None) -> float | None:
+    if status != 429 or headers is None:
+        return None
+    try:
+        return float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _rejection(status: int | None, dataset: str, detail: str) -> str:
+    if status == 401:
+        return "authentication failed: check DATABENTO_API_KEY"
+    if status == 402:
+        return f"payment required (402): {detail}"
+    if status == 403:
+        return f"access denied (403): {detail}"
+    if status == 404:
+        return f"not found (404): {detail or f'dataset {dataset}'}"
+    return f"request rejected ({status}): {detail}"
+
+
+def _iso_ns(value: str) -> int:
+    """An ISO 8601 UTC timestamp with up to nanoseconds, as ns since the epoch."""
+    text = value.replace("Z", "").split("+")[0]
+    date, _, time = text.partition("T")
+    seconds, _, fraction = time.partition(".")
+    hours, minutes, secs = (int(x) for x in (seconds or "0:0:0").split(":"))
+    base = _ns(dt.date.fromisoformat(date)) + ((hours * 60 + minutes) * 60 + secs) * 10**9
+    return base + int((fraction + "000000000")[:9])
