@@ -51,8 +51,9 @@ CASES = [
     ("ts_event_defined", "trades", {"ts_event": UNDEF_TS}),
     ("ts_event_representable", "trades", {"ts_event": 2**63}),
     ("ts_recv_representable", "trades", {"ts_recv": 2**63 + 5}),
-    ("ts_event_in_requested_range", "trades", {"ts_event": T0 - 1}),
-    ("ts_recv_not_before_ts_event", "trades", {"ts_recv": T0 - 1}),
+    ("ts_event_in_requested_range", "ohlcv-1d", {"ts_event": T0 - 1}),
+    ("ts_recv_in_requested_range", "trades", {"ts_recv": T0 + 86_400 * 10**9}),
+    ("ts_recv_not_before_ts_event", "trades", {"ts_event": T0 + 2_000}),
     ("ohlcv_high_not_below_open_close", "ohlcv-1d", {"high": PX - 1}),
     ("ohlcv_low_not_above_open_close", "ohlcv-1d", {"low": PX + 1}),
     ("trade_size_positive", "trades", {"size": 0}),
@@ -168,6 +169,9 @@ EXPLAINED = {
     "ts_recv_representable": f"ts_recv={2**63 + 5}: is beyond 2262-04-11 and not UNDEF_TIMESTAMP",
     "ts_event_in_requested_range": (
         f"ts_event={T0 - 1}: is outside the requested range [{T0}, {T0 + 86_400 * 10**9})"
+    ),
+    "ts_recv_in_requested_range": (
+        f"ts_recv={T0 + 86_400 * 10**9}: is outside the requested range [{T0}, {T0 + 86_400 * 10**9})"
     ),
     "ohlcv_high_not_below_open_close": f"high={PX - 1} is below open={PX} or close={PX}",
     "ohlcv_low_not_above_open_close": f"low={PX + 1} is above open={PX} or close={PX}",

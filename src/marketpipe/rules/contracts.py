@@ -32,15 +32,20 @@ UNDEF_TIMESTAMP = databento_dbn.UNDEF_TIMESTAMP
 MAX_NS = 2**63 - 1  # 2262-04-11: the last nanosecond a signed 64-bit timestamp holds
 
 
-def _event_time(value: int, info: ValidationInfo) -> int:
-    if value == UNDEF_TIMESTAMP:
-        raise ValueError("is undefined (UNDEF_TIMESTAMP)")
-    if value > MAX_NS:
-        raise ValueError("is beyond 2262-04-11")
+def _in_range(value: int, info: ValidationInfo) -> int:
+    """The index time (ts_recv, else ts_event) is what Databento selects a request's records by."""
     context = info.context or {}
     start, end = context.get("start_ns"), context.get("end_ns")
     if (start is not None and value < start) or (end is not None and value >= end):
         raise ValueError(f"is outside the requested range [{start}, {end})")
+    return value
+
+
+def _event_time(value: int) -> int:
+    if value == UNDEF_TIMESTAMP:
+        raise ValueError("is undefined (UNDEF_TIMESTAMP)")
+    if value > MAX_NS:
+        raise ValueError("is beyond 2262-04-11")
     return value
 
 
@@ -77,16 +82,18 @@ STAT_TYPES = {int(v.value) for v in databento_dbn.StatType.variants()}
 # Instrument classes whose prices are positive (futures spreads and options may not be).
 POSITIVE_PRICE_CLASSES = {"K", "B", "X"}
 
-EventTime = Annotated[
-    int, AfterValidator(_event_time), Field(description="ns since the epoch; set, in range")
+EventTime = Annotated[int, AfterValidator(_event_time), Field(description="ns since the epoch; set")]
+IndexEventTime = Annotated[EventTime, AfterValidator(_in_range), Field(description="set, in range")]
+ReceiveTime = Annotated[
+    int, AfterValidator(_receive_time), AfterValidator(_in_range), Field(description="ns; in range")
 ]
-ReceiveTime = Annotated[int, AfterValidator(_receive_time), Field(description="ns since the epoch or UNDEF")]
 RecordType = Annotated[int, AfterValidator(_record_type), Field(description="the schema's rtype")]
 DefinedPrice = Annotated[int, AfterValidator(_defined_price), Field(description="fixed-point 1e-9, set")]
 
 # Constraints beyond the type, per layout and field (what the shipped error rules require).
 FIELD_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "*": {"ts_event": EventTime, "ts_recv": ReceiveTime, "rtype": RecordType},
+    "OHLCVMsg": {"ts_event": IndexEventTime},  # bars have no ts_recv
     "TradeMsg": {"size": Annotated[int, Field(gt=0)], "price": DefinedPrice},
     "InstrumentDefMsg": {
         "raw_symbol": Annotated[str, Field(min_length=1)],
