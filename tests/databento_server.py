@@ -118,6 +118,8 @@ class DatabentoServer:
         self.faults: dict[str, deque[str | None]] = defaultdict(deque)
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.lock = threading.Lock()
+        # Whether get_dataset_range lists per-schema ranges (Databento's does).
+        self.per_schema_ranges = True
         ca = trustme.CA()
         self.ca_file = directory / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -138,6 +140,7 @@ class DatabentoServer:
         with self.lock:
             self.faults.clear()
             self.calls.clear()
+            self.per_schema_ranges = True
 
     def inject(self, endpoint: str, *faults: str | None) -> None:
         """The next requests to ``endpoint`` fail in these ways, in order (None: served normally)."""
@@ -259,6 +262,8 @@ def _handler(server: DatabentoServer) -> type[BaseHTTPRequestHandler]:
             if endpoint == "metadata.get_dataset_range":
                 first, end = server.universe.datasets[params["dataset"]]
                 window = {"start": f"{first}T00:00:00.000000000Z", "end": f"{end}T00:00:00.000000000Z"}
+                if not server.per_schema_ranges:
+                    return window
                 return {**window, "schema": {s: window for s in SCHEMAS}}
             if endpoint == "symbology.resolve":
                 return server.resolve(params)

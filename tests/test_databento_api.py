@@ -200,7 +200,7 @@ def test_bad_key_fails_in_one_line_and_never_shows_the_key(api, cli, monkeypatch
     result = _ingest(cli)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: list schemas: authentication failed: check DATABENTO_API_KEY"
+        "error: dataset range: authentication failed: check DATABENTO_API_KEY"
     )
     assert "Traceback" not in result.output + result.stderr
     assert api.count("timeseries.get_range") == 0
@@ -223,7 +223,7 @@ def test_unknown_dataset_fails_before_anything_is_billed(api, cli) -> None:  # t
                  "--start-date", START, "--end-date", END)  # fmt: skip
     assert result.exit_code == 2
     assert (
-        result.stderr.strip() == "error: list schemas: request rejected (422): Unknown dataset 'XNAS.NOPE'."
+        result.stderr.strip() == "error: dataset range: request rejected (422): Unknown dataset 'XNAS.NOPE'."
     )
     assert api.count("timeseries.get_range") == 0
 
@@ -248,6 +248,15 @@ def test_bad_request_fails_before_downloading(api, cli, args: dict[str, str], me
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert api.count("timeseries.get_range") == 0
+
+
+def test_schemas_come_from_list_schemas_when_the_range_has_none_per_schema(api, cli) -> None:  # type: ignore[no-untyped-def]
+    api.per_schema_ranges = False
+    result = _ingest(cli, schema="mbo")
+    assert result.exit_code == 2
+    assert "schema mbo is not available in GLBX.MDP3; available: trades, ohlcv-1d, mbp-1" in result.stderr
+    assert api.count("metadata.list_schemas") == 1
+    assert _ingest(cli, schema="trades").exit_code == 0
 
 
 def test_partly_found_symbols_are_reported(api, cli) -> None:  # type: ignore[no-untyped-def]

@@ -154,17 +154,21 @@ class DatabentoApiSource:
 
     def check_request(self) -> None:
         """Dataset, schemas and dates against the metadata API, before anything is billed."""
-        available = self._call("list schemas", lambda: self.client.metadata.list_schemas(self.dataset))
+        ranges: dict[str, Any] = self._call(
+            "dataset range", lambda: self.client.metadata.get_dataset_range(self.dataset)
+        )
+        # The per-schema ranges name the dataset's schemas; list_schemas where they are absent.
+        per_schema: dict[str, Any] = ranges.get("schema") or {}
+        available = list(per_schema) or self._call(
+            "list schemas", lambda: self.client.metadata.list_schemas(self.dataset)
+        )
         unknown = [s for s in self.request.schemas if s not in available]
         if unknown:
             raise UsageError(
                 f"schema {unknown[0]} is not available in {self.dataset}; available: {', '.join(available)}"
             )
-        ranges: dict[str, Any] = self._call(
-            "dataset range", lambda: self.client.metadata.get_dataset_range(self.dataset)
-        )
         for schema in self.request.schemas:
-            window = ranges.get("schema", {}).get(schema) or ranges
+            window = per_schema.get(schema) or ranges
             first_ns, end_ns = _iso_ns(str(window["start"])), _iso_ns(str(window["end"]))
             if _ns(self.start) < first_ns or _ns(self.end) > end_ns:
                 raise UsageError(
