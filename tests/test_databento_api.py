@@ -11,6 +11,7 @@ from typing import Any
 import databento as db
 import duckdb
 import numpy as np
+import psycopg
 import pytest
 
 from databento_server import COST_PER_RECORD, DatabentoServer
@@ -327,3 +328,16 @@ def test_plan_splits_by_days_and_by_2000_symbols(api) -> None:  # type: ignore[n
         for size in (2000, 500)
     ]
     assert [s for p in parts[:2] for s in p.symbols] == symbols
+
+
+def test_api_ingest_into_postgresql_with_faults_stores_each_record_once(  # type: ignore[no-untyped-def]
+    api, cli, monkeypatch, pg_url: str
+) -> None:
+    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    api.inject("timeseries.get_range", "reset", None, "429", None, "truncate")
+    assert _ingest(cli, schema="trades").exit_code == 0
+    assert _ingest(cli, "--force", schema="trades").exit_code == 0  # re-stored, not duplicated
+    with psycopg.connect(pg_url) as conn:
+        query = "SELECT instrument_id, ts_event, price::text, size, sequence FROM trades"
+        rows = conn.execute(query).fetchall()
+    assert sorted(rows) == _expected_trades(_served(api, "trades"))
