@@ -33,6 +33,7 @@ from marketpipe.errors import ConfigError
 from marketpipe.model import LAYOUT_OF_SCHEMA, Family, families
 from marketpipe.rules.contracts import explain
 from marketpipe.sources.base import Chunk
+from marketpipe.transform import text_array
 
 Stage = Literal["initial", "post"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -102,7 +103,7 @@ def raw_arrow(records: np.ndarray, names: list[str]) -> pa.Table:
     for name in names:
         values = np.ascontiguousarray(records[name])
         if values.dtype.kind == "S":
-            arrays.append(pa.array(values, type=pa.binary()).cast(pa.string()))
+            arrays.append(text_array(values))
         else:
             arrays.append(pa.array(values))
     return pa.Table.from_arrays(arrays, names=names)
