@@ -310,6 +310,14 @@ def test_keep_raw_keeps_each_chunk_as_a_readable_dbn_file(api, cli, tmp_path: Pa
     assert sum(len(db.DBNStore.from_file(f).to_ndarray()) for f in files) == len(_served(api, "trades"))
 
 
+def test_unusable_keep_raw_directory_fails_in_one_line(api, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a_file").write_text("")
+    result = _ingest(cli, "--keep-raw", str(tmp_path / "a_file" / "raw"))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: cannot keep downloads in {tmp_path / 'a_file' / 'raw'}: ")
+    assert api.count("timeseries.get_range") == 0
+
+
 def test_plan_splits_by_days_and_by_2000_symbols(api) -> None:  # type: ignore[no-untyped-def]
     symbols = [f"S{i:04d}" for i in range(2500)]
     request = IngestRequest(

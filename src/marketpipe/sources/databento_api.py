@@ -120,7 +120,10 @@ class DatabentoApiSource:
         keep = request.keep_raw
         self._raw_dir = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="marketpipe-"))
         self._keep = keep is not None
-        self._raw_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._raw_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot keep downloads in {keep}: {exc.strerror or exc}") from None
         self._parts: dict[str, Part] = {}
 
     # Planning: free metadata calls only.
