@@ -118,8 +118,9 @@ class DatabentoServer:
         self.faults: dict[str, deque[str | None]] = defaultdict(deque)
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.lock = threading.Lock()
-        # Whether get_dataset_range lists per-schema ranges (Databento's does).
-        self.per_schema_ranges = True
+        # get_dataset_range's answer: "per_schema" (Databento's today), "dataset" (no per-schema
+        # ranges) or "legacy" (start_date / end_date, as older API versions named them).
+        self.range_style = "per_schema"
         ca = trustme.CA()
         self.ca_file = directory / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -140,7 +141,7 @@ class DatabentoServer:
         with self.lock:
             self.faults.clear()
             self.calls.clear()
-            self.per_schema_ranges = True
+            self.range_style = "per_schema"
 
     def inject(self, endpoint: str, *faults: str | None) -> None:
         """The next requests to ``endpoint`` fail in these ways, in order (None: served normally)."""
@@ -262,7 +263,9 @@ def _handler(server: DatabentoServer) -> type[BaseHTTPRequestHandler]:
             if endpoint == "metadata.get_dataset_range":
                 first, end = server.universe.datasets[params["dataset"]]
                 window = {"start": f"{first}T00:00:00.000000000Z", "end": f"{end}T00:00:00.000000000Z"}
-                if not server.per_schema_ranges:
+                if server.range_style == "legacy":
+                    return {"start_date": str(first), "end_date": str(end)}
+                if server.range_style == "dataset":
                     return window
                 return {**window, "schema": {s: window for s in SCHEMAS}}
             if endpoint == "symbology.resolve":

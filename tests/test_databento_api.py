@@ -157,6 +157,17 @@ def test_transient_faults_are_retried_and_the_data_equals_a_clean_run(
     assert len(faulty["trades"]) == len(_served(api, "trades"))
 
 
+def test_every_other_request_failing_on_every_endpoint_still_completes(api, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A retry of one call must not depend on another call succeeding in the same attempt."""
+    for endpoint in ("metadata.get_dataset_range", "symbology.resolve", "timeseries.get_range",
+                     "metadata.get_record_count"):  # fmt: skip
+        api.inject(endpoint, *["503", None] * 10)
+    result = _ingest(cli, schema="trades")
+    assert result.exit_code == 0, result.stderr
+    assert api.count("timeseries.get_range") == 6  # each day: one failure, one success
+    assert _stored_trades(tmp_path / "store.duckdb") == _expected_trades(_served(api, "trades"))
+
+
 def test_exhausted_retries_fail_the_chunk_the_run_goes_on_and_a_rerun_fetches_only_it(  # type: ignore[no-untyped-def]
     api, cli, tmp_path: Path, monkeypatch
 ) -> None:
@@ -201,7 +212,7 @@ def test_bad_key_fails_in_one_line_and_never_shows_the_key(api, cli, monkeypatch
     result = _ingest(cli)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: dataset range: authentication failed: check DATABENTO_API_KEY"
+        "error: dataset range of GLBX.MDP3: authentication failed: check DATABENTO_API_KEY"
     )
     assert "Traceback" not in result.output + result.stderr
     assert api.count("timeseries.get_range") == 0
@@ -224,7 +235,8 @@ def test_unknown_dataset_fails_before_anything_is_billed(api, cli) -> None:  # t
                  "--start-date", START, "--end-date", END)  # fmt: skip
     assert result.exit_code == 2
     assert (
-        result.stderr.strip() == "error: dataset range: request rejected (422): Unknown dataset 'XNAS.NOPE'."
+        result.stderr.strip()
+        == "error: dataset range of XNAS.NOPE: request rejected (422): Unknown dataset 'XNAS.NOPE'."
     )
     assert api.count("timeseries.get_range") == 0
 
@@ -252,11 +264,20 @@ def test_bad_request_fails_before_downloading(api, cli, args: dict[str, str], me
 
 
 def test_schemas_come_from_list_schemas_when_the_range_has_none_per_schema(api, cli) -> None:  # type: ignore[no-untyped-def]
-    api.per_schema_ranges = False
+    api.range_style = "dataset"
     result = _ingest(cli, schema="mbo")
     assert result.exit_code == 2
     assert "schema mbo is not available in GLBX.MDP3; available: trades, ohlcv-1d, mbp-1" in result.stderr
     assert api.count("metadata.list_schemas") == 1
+    assert _ingest(cli, schema="trades").exit_code == 0
+
+
+def test_legacy_dataset_range_names_are_understood(api, cli) -> None:  # type: ignore[no-untyped-def]
+    api.range_style = "legacy"
+    result = cli("ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--symbols", "CL.FUT",
+                 "--stype-in", "parent", "--start-date", "2023-12-31", "--end-date", END)  # fmt: skip
+    assert result.exit_code == 2
+    assert "GLBX.MDP3 trades is available from 2024-01-01 to 2024-03-01 (end exclusive)" in result.stderr
     assert _ingest(cli, schema="trades").exit_code == 0
 
 

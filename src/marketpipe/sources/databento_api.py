@@ -32,6 +32,7 @@ import databento as db
 import requests
 import structlog
 from databento.common.error import BentoError, BentoHttpError
+from tenacity import Retrying
 
 from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import ApiRejected, SourceError, TransientApiError, UsageError
@@ -70,6 +71,14 @@ class Quote:
     records: int
     billable_bytes: int
     cost_usd: float
+
+
+class _TruncatedStream(TransientApiError):
+    """The download ended early but cleanly: only the quoted record count tells."""
+
+
+class _Exhausted(SourceError):
+    """Retries of one call ran out: the chunk fails (the policy of an enclosing call must not retry)."""
 
 
 def _digest(symbols: tuple[str, ...]) -> str:
@@ -158,12 +167,12 @@ class DatabentoApiSource:
     def check_request(self) -> None:
         """Dataset, schemas and dates against the metadata API, before anything is billed."""
         ranges: dict[str, Any] = self._call(
-            "dataset range", lambda: self.client.metadata.get_dataset_range(self.dataset)
+            f"dataset range of {self.dataset}", lambda: self.client.metadata.get_dataset_range(self.dataset)
         )
         # The per-schema ranges name the dataset's schemas; list_schemas where they are absent.
         per_schema: dict[str, Any] = ranges.get("schema") or {}
         available = list(per_schema) or self._call(
-            "list schemas", lambda: self.client.metadata.list_schemas(self.dataset)
+            f"schemas of {self.dataset}", lambda: self.client.metadata.list_schemas(self.dataset)
         )
         unknown = [s for s in self.request.schemas if s not in available]
         if unknown:
@@ -172,10 +181,21 @@ class DatabentoApiSource:
             )
         for schema in self.request.schemas:
             window = per_schema.get(schema) or ranges
-            first_ns, end_ns = _iso_ns(str(window["start"])), _iso_ns(str(window["end"]))
+            # Older API versions named the bounds start_date / end_date.
+            first, end = (
+                window.get("start", window.get("start_date")),
+                window.get("end", window.get("end_date")),
+            )
+            try:
+                first_ns, end_ns = _iso_ns(str(first)), _iso_ns(str(end))
+            except ValueError:
+                log.warning(
+                    "dataset.range_unreadable", dataset=self.dataset, schema=schema, answer=str(window)
+                )
+                continue
             if _ns(self.start) < first_ns or _ns(self.end) > end_ns:
                 raise UsageError(
-                    f"{self.dataset} {schema} is available from {window['start']} to {window['end']}"
+                    f"{self.dataset} {schema} is available from {first} to {end}"
                     f" (end exclusive); requested {self.start} to {self.end - dt.timedelta(days=1)}"
                 )
 
@@ -195,7 +215,7 @@ class DatabentoApiSource:
                 start_date=self.start,
                 end_date=self.end,
             )
-            result = self._call("symbology", resolve)
+            result = self._call(f"symbology of {self.dataset}", resolve)
             not_found += result.get("not_found", [])
             partly += result.get("partial", [])
         if not_found:
@@ -275,46 +295,55 @@ class DatabentoApiSource:
             return path
         unfinished = path.with_name(path.name + ".part")
         query = self._query(part.schema, part.start, part.end, part.symbols)
+        expected: list[int] = []  # the quoted count, asked once: it does not change between attempts
 
-        def fetch() -> None:
+        def download() -> None:
             unfinished.unlink(missing_ok=True)  # the client refuses to overwrite a file
             self.client.timeseries.get_range(**query, stype_out="instrument_id", path=unfinished)
-            expected = int(self.client.metadata.get_record_count(**query))
-            try:
-                got = DbnFile(unfinished).inspect().records
-            except SourceError as exc:
-                raise TransientApiError(f"truncated stream: {exc}") from None
-            if got != expected:
-                raise TransientApiError(f"truncated stream: {got:,} of {expected:,} records")
 
-        self._call(f"download {chunk.label}", fetch)
+        def count() -> int:
+            return int(self.client.metadata.get_record_count(**query))
+
+        # Each call retries its own transport faults; a complete-looking but short download
+        # (the client accepts a cleanly cut stream) is downloaded again.
+        for attempt in self._policy(f"download {chunk.label}", _TruncatedStream):
+            with attempt:
+                self._call(f"download {chunk.label}", download)
+                expected = expected or [self._call(f"record count of {chunk.label}", count)]
+                try:
+                    got = DbnFile(unfinished).inspect().records
+                except SourceError as exc:
+                    raise _TruncatedStream(f"truncated stream: {exc}") from None
+                if got != expected[0]:
+                    raise _TruncatedStream(f"truncated stream: {got:,} of {expected[0]:,} records")
         unfinished.rename(path)
         log.info("chunk.downloaded", chunk=chunk.label, bytes=path.stat().st_size)
         return path
 
-    def _call(self, what: str, action: Callable[[], T]) -> T:
-        """One API call under the retry policy; errors translated and scrubbed of the key."""
-
+    def _policy(self, what: str, retry_on: type[TransientApiError]) -> Retrying:
         def log_retry(attempt: int, reason: str, wait: float) -> None:
             log.warning("api.retry", call=what, attempt=attempt, reason=reason, wait=wait)
 
-        policy = retrying(
+        return retrying(
             self.settings.api_retries,
             self.settings.api_retry_wait,
             log_retry,
-            retry_on=TransientApiError,
+            retry_on=retry_on,
             max_wait=self.settings.api_retry_max_wait,
             asked_wait=_retry_after,
         )
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """One API call under the retry policy; errors translated and scrubbed of the key."""
         try:
-            for attempt in policy:
+            for attempt in self._policy(what, TransientApiError):
                 with attempt:
                     try:
                         return action()
                     except (BentoError, requests.RequestException, OSError) as exc:
                         raise self._translate(exc) from None
         except TransientApiError as exc:
-            raise TransientApiError(
+            raise _Exhausted(
                 f"{what}: Databento API still failing after {self.settings.api_retries} attempts: {exc}"
             ) from None
         except ApiRejected as exc:
@@ -362,7 +391,7 @@ def _rejection(status: int | None, dataset: str, detail: str) -> str:
 
 def _iso_ns(value: str) -> int:
     """An ISO 8601 UTC timestamp with up to nanoseconds, as ns since the epoch."""
-    text = value.replace("Z", "").split("+")[0]
+    text = value.strip().replace(" ", "T").replace("Z", "").split("+")[0]
     date, _, time = text.partition("T")
     seconds, _, fraction = time.partition(".")
     hours, minutes, secs = (int(x) for x in (seconds or "0:0:0").split(":"))
