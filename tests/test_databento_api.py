@@ -347,7 +347,7 @@ def test_plan_splits_by_days_and_by_2000_symbols(api) -> None:  # type: ignore[n
     )  # fmt: skip
     source = DatabentoApiSource(request, load_settings())
     try:
-        parts = source.parts()
+        parts = source.downloads()
     finally:
         source.close()
     assert [(p.schema, str(p.start), str(p.end), len(p.symbols)) for p in parts] == [
@@ -370,3 +370,38 @@ def test_api_ingest_into_postgresql_with_faults_stores_each_record_once(  # type
         query = "SELECT instrument_id, ts_event, price::text, size, sequence FROM trades"
         rows = conn.execute(query).fetchall()
     assert sorted(rows) == _expected_trades(_served(api, "trades"))
+
+
+def test_a_download_too_large_for_one_transaction_is_stored_in_parts_and_resumes_by_part(  # type: ignore[no-untyped-def]
+    api, cli, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(DatabentoApiSource, "PART_RECORDS", 4)
+    # First run: a rule that rejects every record of sequence 1002 fails the parts holding one
+    # (1 of at most 4 records is above the 5% quarantine limit); the other parts are stored.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - {name: not_1002, stage: initial, severity: error, tables: [trades],"
+        " check: 'sequence <> 1002', message: m}\n"
+    )
+    monkeypatch.setenv("MARKETPIPE_VALIDATION_FILE", str(rules))
+    assert _ingest(cli, schema="trades").exit_code == 1
+    assert api.count("timeseries.get_range") == 3
+    first = _stored_trades(tmp_path / "store.duckdb")
+    expected = _expected_trades(_served(api, "trades"))
+    assert 0 < len(first) < len(expected)
+    # Second run with the shipped rules: each day downloads again, only the failed parts run.
+    monkeypatch.delenv("MARKETPIPE_VALIDATION_FILE")
+    api.reset()
+    assert _ingest(cli, schema="trades").exit_code == 0
+    assert api.count("timeseries.get_range") == 3
+    skipped = [e for e in _log(tmp_path) if e.get("event") == "chunk.skipped" and "[records" in e["chunk"]]
+    assert skipped
+    assert _stored_trades(tmp_path / "store.duckdb") == expected
+    with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
+        states = dict(con.execute("SELECT chunk_key, status FROM marketpipe_chunks").fetchall())
+    assert sum(":0+4" in k for k in states) == 3 and set(states.values()) == {"done"}
+    # Nothing left to do; --force stores every part again without duplicating a row.
+    assert _ingest(cli, schema="trades").exit_code == 0
+    assert api.count("timeseries.get_range") == 3
+    assert _ingest(cli, "--force", schema="trades").exit_code == 0
+    assert _stored_trades(tmp_path / "store.duckdb") == expected

@@ -163,7 +163,7 @@ def _dry_run(request: IngestRequest, settings: Settings) -> int:
             raise UsageError(f"--dry-run is not available for api type {request.api!r}")
         source.check_request()
         warnings = source.resolve_symbols()
-        console.render_quote(request, source.quote(), len(source.parts()), warnings)
+        console.render_quote(request, source.quote(), len(source.downloads()), warnings)
     finally:
         source.close()
     return 0

@@ -172,7 +172,7 @@ class Pipeline:
                     result = ChunkResult(chunk, "skipped")
                     self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
                 else:
-                    result = self._run_chunk_with_retries(source, chunk)
+                    result = self._run_parts(source, chunk, force)
             except StoreError as exc:
                 summary.stopped = str(exc)
                 summary.results.append(ChunkResult(chunk, "failed", error=str(exc)))
@@ -186,6 +186,41 @@ class Pipeline:
         status = "stopped" if summary.stopped else "partial" if summary.failed else "done"
         self._record_quietly(self.store.finish_run, self.run_id, status, summary.totals())
         return summary
+
+    def _run_parts(self, source: Source, chunk: Chunk, force: bool) -> ChunkResult:
+        """A chunk whose data turns out too large for one transaction runs as its parts.
+
+        The chunk is done once every part is; a re-run skips the parts already done.
+        """
+        try:
+            parts = source.parts(chunk)
+        except SourceError as exc:
+            return self._failed(
+                chunk, ChunkResult(chunk, "running"), str(exc), self.log.bind(chunk=chunk.label)
+            )
+        if parts == [chunk]:
+            return self._run_chunk_with_retries(source, chunk)
+        self.store.plan_chunks(parts, self.request.name)
+        merged = ChunkResult(chunk, "done")
+        for part in parts:
+            if not force and self.store.is_done(part):
+                self.log.info("chunk.skipped", chunk=part.label, reason="done in an earlier run")
+                continue
+            result = self._run_chunk_with_retries(source, part)
+            merged.read += result.read
+            merged.stored += result.stored
+            merged.quarantined += result.quarantined
+            merged.seconds += result.seconds
+            merged.rules.update(result.rules)
+            merged.warnings.update(result.warnings)
+            if result.status == "failed":
+                merged.status, merged.error = "failed", result.error
+        counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
+        if merged.status == "done":
+            self.store.mark_done(chunk, self.run_id, self.request.name, counts)
+        else:
+            self.store.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
+        return merged
 
     def _record_quietly(self, action: Callable[..., None], *args: object) -> None:
         """Bookkeeping after the store failed: try, but a dead store must not hide the cause."""

@@ -9,6 +9,16 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+# Records per store transaction: bounds what one transaction holds (DuckDB keeps a
+# transaction's rows in memory) and lets a crashed run resume inside a large input. Part of
+# every part's key: changing it would make old and new parts different chunks.
+PART_RECORDS = 1_000_000
+
+
+def record_parts(records: int, size: int) -> list[tuple[int, int]]:
+    """(first record, record count) of each part of ``records`` records."""
+    return [(first, min(size, records - first)) for first in range(0, max(records, 1), size)]
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -50,6 +60,11 @@ class Source(Protocol):
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         """Raw batches of at most ``batch_size`` records; raises SourceError on bad input."""
+        ...
+
+    def parts(self, chunk: Chunk) -> list[Chunk]:
+        """``[chunk]``, or the parts it turns out to hold once its data is at hand (each its own
+        transaction); raises SourceError when the data cannot be had."""
         ...
 
     def finish(self, chunk: Chunk, committed: bool) -> None:

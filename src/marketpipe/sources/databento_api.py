@@ -23,7 +23,7 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ from tenacity import Retrying
 from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import ApiRejected, SourceError, TransientApiError, UsageError
 from marketpipe.retries import retrying
-from marketpipe.sources.base import Chunk, Plan, RawBatch
+from marketpipe.sources.base import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 from marketpipe.sources.dbn_reader import DbnFile
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Part:
+class Download:
     """One billable request: a schema, a day range [start, end) and a batch of symbols."""
 
     schema: str
@@ -94,6 +94,8 @@ def _retry_after(error: BaseException) -> float | None:
 
 
 class DatabentoApiSource:
+    PART_RECORDS = PART_RECORDS
+
     def __init__(self, request: IngestRequest, settings: Settings) -> None:
         missing = [
             flag
@@ -133,7 +135,10 @@ class DatabentoApiSource:
             self._raw_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot keep downloads in {keep}: {exc.strerror or exc}") from None
-        self._parts: dict[str, Part] = {}
+        self._downloads: dict[str, Download] = {}
+        # A part of a download too large for one transaction: part key -> (chunk key, first, count).
+        self._slices: dict[str, tuple[str, int, int]] = {}
+        self._records: dict[str, int] = {}
 
     # Planning: free metadata calls only.
     def plan(self) -> Plan:
@@ -147,12 +152,12 @@ class DatabentoApiSource:
                     " nothing was downloaded"
                 )
         plan = Plan(warnings=warnings)
-        for part in self.parts():
+        for part in self.downloads():
             key = (
                 f"api:{self.dataset}:{part.schema}:{self.request.stype_in}:{part.start}:{part.end}"
                 f":{_digest(part.symbols)}"
             )
-            self._parts[key] = part
+            self._downloads[key] = part
             label = f"{self.dataset} {part.schema} {part.start}" + (
                 ""
                 if part.end == part.start + dt.timedelta(days=1)
@@ -244,14 +249,15 @@ class DatabentoApiSource:
             quotes.append(Quote(schema, records, size, cost))
         return quotes
 
-    def parts(self) -> list[Part]:
+    def downloads(self) -> list[Download]:
+        """The plan's requests: schema x ``chunk_days`` days x at most 2,000 symbols."""
         days = self.request.chunk_days
-        parts: list[Part] = []
+        parts: list[Download] = []
         for schema in self.request.schemas:
             day = self.start
             while day < self.end:
                 end = min(day + dt.timedelta(days=days), self.end)
-                parts.extend(Part(schema, day, end, batch) for batch in self._symbol_batches())
+                parts.extend(Download(schema, day, end, batch) for batch in self._symbol_batches())
                 day = end
         return parts
 
@@ -270,18 +276,35 @@ class DatabentoApiSource:
         }
 
     # Downloading: the billable part.
-    def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
+    def parts(self, chunk: Chunk) -> list[Chunk]:
+        """Downloads the chunk; more than ``PART_RECORDS`` records become parts of that many."""
         path = self._download(chunk)
-        dbn = DbnFile(path)
+        records = self._records.get(chunk.key)
+        if records is None:  # kept from an earlier run (--keep-raw): count it again
+            records = self._records[chunk.key] = DbnFile(path).inspect().records
+        slices = record_parts(records, self.PART_RECORDS)
+        if len(slices) == 1:
+            return [chunk]
+        parts = []
+        for first, count in slices:
+            key = f"{chunk.key}:{first}+{self.PART_RECORDS}"
+            self._slices[key] = (chunk.key, first, count)
+            label = f"{chunk.label} [records {first:,}-{first + count - 1:,}]"
+            parts.append(replace(chunk, key=key, label=label, first_record=first, record_count=count))
+        return parts
+
+    def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
+        key, first, count = self._slices.get(chunk.key, (chunk.key, 0, None))
+        dbn = DbnFile(self._download(replace(chunk, key=key)))
         if dbn.schema != chunk.schema:
             raise SourceError(f"{chunk.label}: the API sent {dbn.schema} records, not {chunk.schema}")
-        return dbn.batches(batch_size)
+        return dbn.batches(batch_size, first, count)
 
     def finish(self, chunk: Chunk, committed: bool) -> None:
-        """A committed chunk's download is no longer needed, unless kept as the user's archive."""
-        part = self._parts.get(chunk.key)
-        if committed and part is not None and not self._keep:
-            (self._raw_dir / part.file_name).unlink(missing_ok=True)
+        """A stored chunk's download is no longer needed, unless kept as the user's archive."""
+        download = self._downloads.get(chunk.key)
+        if committed and download is not None and not self._keep:
+            (self._raw_dir / download.file_name).unlink(missing_ok=True)
 
     def close(self) -> None:
         if not self._keep:
@@ -289,7 +312,7 @@ class DatabentoApiSource:
 
     def _download(self, chunk: Chunk) -> Path:
         """The chunk's DBN file, complete: re-used within the run once it has been checked."""
-        part = self._parts[chunk.key]
+        part = self._downloads[chunk.key]
         path = self._raw_dir / part.file_name
         if path.exists():
             return path
@@ -317,7 +340,8 @@ class DatabentoApiSource:
                 if got != expected[0]:
                     raise _TruncatedStream(f"truncated stream: {got:,} of {expected[0]:,} records")
         unfinished.rename(path)
-        log.info("chunk.downloaded", chunk=chunk.label, bytes=path.stat().st_size)
+        self._records[chunk.key] = expected[0]
+        log.info("chunk.downloaded", chunk=chunk.label, bytes=path.stat().st_size, records=expected[0])
         return path
 
     def _policy(self, what: str, retry_on: type[TransientApiError]) -> Retrying:

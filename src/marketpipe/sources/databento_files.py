@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from marketpipe.errors import SourceError, UsageError
-from marketpipe.sources.base import Chunk, Plan, RawBatch
+from marketpipe.sources.base import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 from marketpipe.sources.dbn_reader import DbnFile
 
 _SUFFIXES = (".dbn", ".dbn.zst")
@@ -38,12 +38,9 @@ class DbnFileSource:
     """Chunks of a DBN file: parts of ``PART_RECORDS`` records, keyed by the decompressed data.
 
     The same data ingested again (renamed, compressed differently) replaces its own rows.
-    Parts bound the size of one store transaction (DuckDB holds a transaction's rows in
-    memory) and let a crashed run resume inside a large file. The part size is part of the
-    chunk key: changing it would make old and new parts different chunks.
     """
 
-    PART_RECORDS = 1_000_000
+    PART_RECORDS = PART_RECORDS
 
     def __init__(self, spec: str) -> None:
         self._paths = expand(spec)
@@ -69,11 +66,10 @@ class DbnFileSource:
 
     def _parts(self, path: Path, dbn: DbnFile, digest: str, records: int) -> list[Chunk]:
         size = self.PART_RECORDS
-        starts = range(0, max(records, 1), size)
+        parts = record_parts(records, size)
         chunks = []
-        for first in starts:
-            count = min(size, records - first)
-            label = str(path) if len(starts) == 1 else f"{path} [records {first:,}-{first + count - 1:,}]"
+        for first, count in parts:
+            label = str(path) if len(parts) == 1 else f"{path} [records {first:,}-{first + count - 1:,}]"
             key = f"dbn:{digest}:{dbn.schema}:{first}+{size}"
             self._path_of[key] = path
             chunks.append(
@@ -83,6 +79,10 @@ class DbnFileSource:
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         return DbnFile(self._path_of[chunk.key]).batches(batch_size, chunk.first_record, chunk.record_count)
+
+    def parts(self, chunk: Chunk) -> list[Chunk]:
+        """Planned as parts already: the file's record count is known before anything runs."""
+        return [chunk]
 
     def finish(self, chunk: Chunk, committed: bool) -> None:
         """The user's files stay as they are."""

@@ -114,6 +114,10 @@ class Store(Protocol):
 
     def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None: ...
 
+    def mark_done(self, chunk: Chunk, run_id: str, job: str, counts: ChunkCounts) -> None:
+        """A chunk stored as parts, each in its own transaction: all of them are done."""
+        ...
+
     def forget_failure(self, chunk: Chunk) -> None:
         """Drop a failed progress row that a later run made obsolete."""
         ...

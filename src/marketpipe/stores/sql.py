@@ -356,6 +356,10 @@ class SqlStore:
         self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "failed", None, error=error, run_id=run_id))
         self._commit()
 
+    def mark_done(self, chunk: Chunk, run_id: str, job: str, counts: ChunkCounts) -> None:
+        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "done", counts, run_id=run_id))
+        self._commit()
+
     def forget_failure(self, chunk: Chunk) -> None:
         self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = 'failed'", [chunk.key])
         self._commit()
