@@ -102,6 +102,10 @@ def test_multi_day_multi_schema_ingest_stores_exactly_what_was_served(api, cli, 
     result = _ingest(cli)
     assert result.exit_code == 0, result.output + result.stderr
     assert api.count("timeseries.get_range") == 6  # 3 days x 2 schemas, one request each
+    # Every chunk after the first was downloaded ahead, while the one before it was stored.
+    threads = [e["thread"] for e in _log(tmp_path) if e.get("event") == "chunk.downloaded"]
+    assert threads[0] == "MainThread" and len(threads) == 6
+    assert all(t.startswith("marketpipe-download") for t in threads[1:])
     trades = _served(api, "trades")
     assert _stored_trades(tmp_path / "store.duckdb") == _expected_trades(trades)
     bars = _served(api, "ohlcv-1d")
@@ -172,10 +176,11 @@ def test_exhausted_retries_fail_the_chunk_the_run_goes_on_and_a_rerun_fetches_on
     api, cli, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv("MARKETPIPE_API_RETRIES", "2")
-    api.inject("timeseries.get_range", "503", "503")
+    # The second day fails: it is the one downloaded ahead, while the first day is stored.
+    api.inject("timeseries.get_range", None, "503", "503")
     result = _ingest(cli, schema="trades")
     assert result.exit_code == 1
-    assert "GLBX.MDP3 trades 2024-01-02" in result.stderr
+    assert "GLBX.MDP3 trades 2024-01-03" in result.stderr
     assert "still failing after 2 attempts" in result.stderr
     assert api.count("timeseries.get_range") == 4  # 2 attempts for the failed day, 1 for each other
     api.reset()

@@ -166,13 +166,14 @@ class Pipeline:
             self.progress.plan(len(plan.chunks))
         self.store.plan_chunks(plan.chunks, self.request.name)
         self.store.start_run(self.run_id, self.request.name)
-        for chunk in plan.chunks:
+        for index, chunk in enumerate(plan.chunks):
             try:
                 if not force and self.store.is_done(chunk):
                     result = ChunkResult(chunk, "skipped")
                     self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
                 else:
-                    result = self._run_parts(source, chunk, force)
+                    following = plan.chunks[index + 1 : index + 2]
+                    result = self._run_parts(source, chunk, force, following)
             except StoreError as exc:
                 summary.stopped = str(exc)
                 summary.results.append(ChunkResult(chunk, "failed", error=str(exc)))
@@ -187,10 +188,12 @@ class Pipeline:
         self._record_quietly(self.store.finish_run, self.run_id, status, summary.totals())
         return summary
 
-    def _run_parts(self, source: Source, chunk: Chunk, force: bool) -> ChunkResult:
+    def _run_parts(self, source: Source, chunk: Chunk, force: bool, following: list[Chunk]) -> ChunkResult:
         """A chunk whose data turns out too large for one transaction runs as its parts.
 
-        The chunk is done once every part is; a re-run skips the parts already done.
+        The chunk is done once every part is; a re-run skips the parts already done. Once the
+        chunk's data is at hand, the source may fetch the following chunk while this one is
+        stored (after, not during, this chunk's own fetch: requests stay in plan order).
         """
         try:
             parts = source.parts(chunk)
@@ -198,6 +201,8 @@ class Pipeline:
             return self._failed(
                 chunk, ChunkResult(chunk, "running"), str(exc), self.log.bind(chunk=chunk.label)
             )
+        if following and (force or not self.store.is_done(following[0])):
+            source.prefetch(following[0])
         if parts == [chunk]:
             return self._run_chunk_with_retries(source, chunk)
         self.store.plan_chunks(parts, self.request.name)

@@ -62,6 +62,10 @@ class Source(Protocol):
         """Raw batches of at most ``batch_size`` records; raises SourceError on bad input."""
         ...
 
+    def prefetch(self, chunk: Chunk) -> None:
+        """A hint: ``chunk`` comes next and is not done; a source may start fetching it now."""
+        ...
+
     def parts(self, chunk: Chunk) -> list[Chunk]:
         """``[chunk]``, or the parts it turns out to hold once its data is at hand (each its own
         transaction); raises SourceError when the data cannot be had."""

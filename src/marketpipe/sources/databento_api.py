@@ -22,7 +22,9 @@ import datetime as dt
 import hashlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -139,6 +141,9 @@ class DatabentoApiSource:
         # A part of a download too large for one transaction: part key -> (chunk key, first, count).
         self._slices: dict[str, tuple[str, int, int]] = {}
         self._records: dict[str, int] = {}
+        # One download ahead of the pipeline: the next chunk streams while this one is stored.
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
+        self._pending: dict[str, Future[Path]] = {}
 
     # Planning: free metadata calls only.
     def plan(self) -> Plan:
@@ -276,6 +281,10 @@ class DatabentoApiSource:
         }
 
     # Downloading: the billable part.
+    def prefetch(self, chunk: Chunk) -> None:
+        if chunk.key in self._downloads and chunk.key not in self._pending:
+            self._pending[chunk.key] = self._ahead.submit(self._fetch, chunk)
+
     def parts(self, chunk: Chunk) -> list[Chunk]:
         """Downloads the chunk; more than ``PART_RECORDS`` records become parts of that many."""
         path = self._download(chunk)
@@ -307,10 +316,17 @@ class DatabentoApiSource:
             (self._raw_dir / download.file_name).unlink(missing_ok=True)
 
     def close(self) -> None:
+        """A download in flight is finished (it cannot be aborted), then the temporary files go."""
+        self._ahead.shutdown(wait=True, cancel_futures=True)
         if not self._keep:
             shutil.rmtree(self._raw_dir, ignore_errors=True)
 
     def _download(self, chunk: Chunk) -> Path:
+        """The chunk's DBN file: from the download ahead when there is one (its error is raised here)."""
+        pending = self._pending.pop(chunk.key, None)
+        return pending.result() if pending is not None else self._fetch(chunk)
+
+    def _fetch(self, chunk: Chunk) -> Path:
         """The chunk's DBN file, complete: re-used within the run once it has been checked."""
         part = self._downloads[chunk.key]
         path = self._raw_dir / part.file_name
@@ -341,7 +357,13 @@ class DatabentoApiSource:
                     raise _TruncatedStream(f"truncated stream: {got:,} of {expected[0]:,} records")
         unfinished.rename(path)
         self._records[chunk.key] = expected[0]
-        log.info("chunk.downloaded", chunk=chunk.label, bytes=path.stat().st_size, records=expected[0])
+        log.info(
+            "chunk.downloaded",
+            chunk=chunk.label,
+            bytes=path.stat().st_size,
+            records=expected[0],
+            thread=threading.current_thread().name,
+        )
         return path
 
     def _policy(self, what: str, retry_on: type[TransientApiError]) -> Retrying:

@@ -80,6 +80,9 @@ class DbnFileSource:
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         return DbnFile(self._path_of[chunk.key]).batches(batch_size, chunk.first_record, chunk.record_count)
 
+    def prefetch(self, chunk: Chunk) -> None:
+        """Local files need no fetching."""
+
     def parts(self, chunk: Chunk) -> list[Chunk]:
         """Planned as parts already: the file's record count is known before anything runs."""
         return [chunk]
