@@ -336,6 +336,12 @@ def test_keep_raw_keeps_each_chunk_as_a_readable_dbn_file(api, cli, tmp_path: Pa
     assert sum(len(db.DBNStore.from_file(f).to_ndarray()) for f in files) == len(_served(api, "trades"))
 
 
+def test_gateway_given_as_host_and_port_is_reached_over_https(api, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = _ingest(cli, "--gateway", api.url.removeprefix("https://"), schema="ohlcv-1d")
+    assert result.exit_code == 0, result.stderr
+    assert api.count("timeseries.get_range") == 3
+
+
 def test_unusable_keep_raw_directory_fails_in_one_line(api, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "a_file").write_text("")
     result = _ingest(cli, "--keep-raw", str(tmp_path / "a_file" / "raw"))

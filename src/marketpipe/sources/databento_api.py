@@ -122,8 +122,11 @@ class DatabentoApiSource:
         self.start: dt.date = request.start_date or _EPOCH
         self.end: dt.date = (request.end_date or _EPOCH) + dt.timedelta(days=1)  # exclusive
         self._key = settings.databento_api_key.get_secret_value()
+        # The client misparses a gateway without a scheme (host:port) and only speaks https.
+        gateway = settings.databento_gateway.strip()
+        gateway = gateway if "://" in gateway else f"https://{gateway}"
         try:
-            self.client = db.Historical(key=self._key, gateway=settings.databento_gateway)
+            self.client = db.Historical(key=self._key, gateway=gateway)
         except ValueError as exc:
             raise UsageError(
                 f"bad Databento gateway {settings.databento_gateway!r}: {self._scrub(exc)}"
