@@ -78,10 +78,11 @@ class Universe:
         return self.listed_from.get(symbol, EPOCH)
 
 
-def records_for(schema: str, instrument_id: int, day: dt.date) -> np.ndarray:
+def records_for(schema: str, instrument_id: int, day: dt.date, per_day: int | None = None) -> np.ndarray:
     """The records of one instrument on one day: valid, deterministic, in time order."""
     dtype = LAYOUT_OF_SCHEMA[schema].dtype
-    count = 1 if schema == "ohlcv-1d" else 3 + instrument_id % 4 + day.day % 3
+    count = 1 if schema == "ohlcv-1d" else per_day or 3 + instrument_id % 4 + day.day % 3
+    spacing = min(3_600 * 10**9, NS_PER_DAY // (count + 1))
     rec = np.zeros(count, dtype=dtype)
     rec["length"] = dtype.itemsize // 4
     rec["rtype"] = int(databento_dbn.RType.from_schema(databento_dbn.Schema(schema)).value)
@@ -96,7 +97,7 @@ def records_for(schema: str, instrument_id: int, day: dt.date) -> np.ndarray:
         rec["high"], rec["low"] = base + PRICE, base - PRICE
         rec["volume"] = 100 + instrument_id % 50
         return rec
-    rec["ts_event"] = start + (k + 1) * 3_600 * 10**9 + instrument_id
+    rec["ts_event"] = start + (k + 1) * spacing + instrument_id
     rec["ts_recv"] = rec["ts_event"] + 1_500
     rec["price"] = base + k * PRICE // 100
     rec["size"] = 1 + k
@@ -121,6 +122,9 @@ class DatabentoServer:
         # get_dataset_range's answer: "per_schema" (Databento's today), "dataset" (no per-schema
         # ranges) or "legacy" (start_date / end_date, as older API versions named them).
         self.range_style = "per_schema"
+        # For benchmarks: records per instrument and day, and seconds before each DBN body.
+        self.per_day: int | None = None
+        self.stream_delay = 0.0
         ca = trustme.CA()
         self.ca_file = directory / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -142,6 +146,8 @@ class DatabentoServer:
             self.faults.clear()
             self.calls.clear()
             self.range_style = "per_schema"
+            self.per_day = None
+            self.stream_delay = 0.0
 
     def inject(self, endpoint: str, *faults: str | None) -> None:
         """The next requests to ``endpoint`` fail in these ways, in order (None: served normally)."""
@@ -171,7 +177,7 @@ class DatabentoServer:
                 mappings.setdefault(symbol, []).append(Interval(first, end, str(iid)))
                 day = first
                 while day < end:
-                    blocks.append(records_for(schema, iid, day))
+                    blocks.append(records_for(schema, iid, day, self.per_day))
                     day += dt.timedelta(days=1)
         dtype = LAYOUT_OF_SCHEMA[schema].dtype
         records = np.concatenate(blocks) if blocks else np.zeros(0, dtype=dtype)
@@ -293,6 +299,7 @@ def _handler(server: DatabentoServer) -> type[BaseHTTPRequestHandler]:
             if params["schema"] not in SCHEMAS:
                 return self._json(422, {"detail": f"Unknown schema '{params['schema']}'."})
             meta, records = server.data(params)
+            time.sleep(server.stream_delay)
             if fault == "truncate":
                 records = records[: len(records) // 2]
             body = zstandard.ZstdCompressor().compress(meta + records.tobytes())

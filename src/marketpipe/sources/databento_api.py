@@ -7,6 +7,10 @@ Each chunk streams to a DBN file on disk (never the whole response in memory), i
 against the record count the metadata API quotes for the same request (the client accepts
 a cleanly truncated stream silently), and is then read like any local DBN file.
 
+A download of more than ``PART_RECORDS`` records is stored in parts of that many, each its
+own transaction. One download runs ahead: once a chunk's file is complete, the next chunk
+streams on a background thread while this one is validated and stored.
+
 Dates: ``start_date`` and ``end_date`` are both inclusive UTC days for the user; the API's
 ``end`` is exclusive, so a chunk of day D asks for ``[D, D + chunk_days)``.
 
@@ -23,6 +27,7 @@ import hashlib
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -346,6 +351,7 @@ class DatabentoApiSource:
         def count() -> int:
             return int(self.client.metadata.get_record_count(**query))
 
+        started = time.perf_counter()
         # Each call retries its own transport faults; a complete-looking but short download
         # (the client accepts a cleanly cut stream) is downloaded again.
         for attempt in self._policy(f"download {chunk.label}", _TruncatedStream):
@@ -365,6 +371,7 @@ class DatabentoApiSource:
             chunk=chunk.label,
             bytes=path.stat().st_size,
             records=expected[0],
+            seconds=round(time.perf_counter() - started, 6),
             thread=threading.current_thread().name,
         )
         return path
