@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import certifi
 import databento as db
 import duckdb
 import numpy as np
@@ -340,6 +341,17 @@ def test_gateway_given_as_host_and_port_is_reached_over_https(api, cli, tmp_path
     result = _ingest(cli, "--gateway", api.url.removeprefix("https://"), schema="ohlcv-1d")
     assert result.exit_code == 0, result.stderr
     assert api.count("timeseries.get_range") == 3
+
+
+def test_an_untrusted_certificate_fails_at_once_in_one_line(api, cli, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # public CAs only: not the test CA
+    result = _ingest(cli)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: dataset range of GLBX.MDP3: TLS to {api.url} failed: the server's certificate is not"
+        " trusted (REQUESTS_CA_BUNDLE names the CA file requests trusts)"
+    )
+    assert not [e for e in _log(tmp_path) if e.get("event") == "api.retry"]
 
 
 def test_unusable_keep_raw_directory_fails_in_one_line(api, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -413,8 +413,13 @@ class DatabentoApiSource:
             if status in TRANSIENT_STATUS:
                 return TransientApiError(f"HTTP {status}: {detail}", _seconds(exc.headers, status))
             return ApiRejected(_rejection(status, self.dataset, detail))
-        if isinstance(exc, requests.exceptions.SSLError):
-            return ApiRejected(f"TLS to {self.settings.databento_gateway} failed: {self._scrub(exc)}")
+        if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            # An untrusted certificate will not be trusted on the next attempt either; a TLS
+            # session cut short (EOF, reset) is a transport fault like any other.
+            return ApiRejected(
+                f"TLS to {self.settings.databento_gateway} failed: the server's certificate is not"
+                " trusted (REQUESTS_CA_BUNDLE names the CA file requests trusts)"
+            )
         if isinstance(exc, (BentoError, requests.RequestException)):
             return TransientApiError(f"{type(exc).__name__}: {self._scrub(exc)}")
         return SourceError(f"cannot write the download: {exc}")
