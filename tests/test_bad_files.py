@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import duckdb
@@ -9,9 +10,11 @@ import pytest
 import zstandard
 
 from marketpipe.config import IngestRequest, load_settings
+from marketpipe.errors import SourceError
 from marketpipe.model import families
 from marketpipe.pipeline import Pipeline
-from marketpipe.samples import make_sample
+from marketpipe.samples import make_sample, metadata_bytes, synthetic_trades
+from marketpipe.sources.dbn_reader import DbnFile
 
 
 def _rows(db: Path) -> dict[str, int]:
@@ -102,3 +105,22 @@ def test_reingest_same_file_is_skipped_then_forced_without_duplicates(tmp_path: 
     copy.write_bytes(paths[1].read_bytes())
     Pipeline(IngestRequest(from_file=str(copy)), cfg).run(force=True)
     assert _rows(tmp_path / "x.duckdb")["trades"] == 2560
+
+
+def test_a_zstd_file_cut_anywhere_in_its_last_bytes_is_rejected(tmp_path: Path) -> None:
+    """zstd's stream reader ends quietly at a cut frame; a cut on a record boundary must not pass."""
+    day = dt.date(2024, 3, 4)
+    records = synthetic_trades(5_000, day)
+    start = int(records["ts_event"].min())
+    metadata = metadata_bytes("XNAS.ITCH", "trades", start, start + 86_400 * 10**9, "instrument_id", {})
+    whole = zstandard.ZstdCompressor().compress(metadata + records.tobytes())
+    path = tmp_path / "cut.dbn.zst"
+    path.write_bytes(whole)
+    assert DbnFile(path).inspect().records == 5_000
+    two_frames = zstandard.ZstdCompressor().compress(metadata + records[:10].tobytes())
+    path.write_bytes(two_frames + zstandard.ZstdCompressor().compress(records[10:].tobytes()))
+    assert DbnFile(path).inspect().records == 5_000
+    for cut in range(1, 64):
+        path.write_bytes(whole[:-cut])
+        with pytest.raises(SourceError, match="corrupt or truncated compressed data"):
+            DbnFile(path).inspect()

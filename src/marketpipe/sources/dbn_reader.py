@@ -10,11 +10,12 @@ exactly as Databento defines the upgrade; they are low-volume schemas.
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import databento_dbn
 import numpy as np
@@ -106,7 +107,7 @@ class DbnFile:
         """
         digest = hashlib.sha256()
         records = 0
-        with self._stream() as reader:
+        with self._checked_stream() as reader:
             digest.update(self._skip_metadata(reader))
             while block := self._read(reader, _INSPECT_RECORDS * self._native.itemsize):
                 digest.update(block)
@@ -120,6 +121,16 @@ class DbnFile:
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""
         return self._store.reader
+
+    def _checked_stream(self) -> IO[bytes]:
+        """As ``_stream``, but a zstd file that ends inside a frame is an error, not the end.
+
+        python-zstandard's stream reader ends quietly at a cut frame, so a truncated .dbn.zst
+        would read as fewer records: when the cut falls on a record boundary, nothing else tells.
+        """
+        with self.path.open("rb") as raw:
+            compressed = raw.read(4) == zstandard.FRAME_HEADER
+        return cast(IO[bytes], _CheckedZstd(self.path)) if compressed else self.path.open("rb")
 
     def _skip_metadata(self, reader: IO[bytes]) -> bytes:
         header = self._read(reader, _HEADER.size)
@@ -183,6 +194,39 @@ class DbnFile:
             raise SourceError(
                 f"{self.path}: corrupt: a record's length does not match the {self.schema} layout"
             )
+
+
+class _CheckedZstd(io.RawIOBase):
+    """The decompressed bytes of a zstd file, frame after frame; a cut frame raises ZstdError."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("rb")
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._output = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._output) < size:
+            data = self._file.read(1 << 20)
+            if not data:
+                if not self._frame.eof:
+                    raise zstandard.ZstdError("the file ends inside a zstd frame")
+                break
+            while data:
+                if self._frame.eof:  # the next frame of a multi-frame file
+                    self._frame = zstandard.ZstdDecompressor().decompressobj()
+                self._output += self._frame.decompress(data)
+                data = self._frame.unused_data if self._frame.eof else b""
+        size = len(self._output) if size < 0 else size
+        out = bytes(self._output[:size])
+        del self._output[:size]
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _read_exact(reader: IO[bytes], size: int) -> bytes:
