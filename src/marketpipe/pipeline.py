@@ -260,7 +260,7 @@ class Pipeline:
         result = ChunkResult(chunk, "running")
         started = time.perf_counter()
         try:
-            # An API chunk downloads here, before its store transaction opens.
+            # The data is opened (an API chunk is already downloaded) before the transaction.
             with timer("read"):
                 batches = source.read(chunk, self.settings.batch_size)
             with self.store.write_chunk(chunk, self.run_id, self.request.name) as writer:
