@@ -296,6 +296,15 @@ def test_partly_found_symbols_are_reported(api, cli) -> None:  # type: ignore[no
     assert "warning: symbols found for only part of the range: NG.FUT" in result.stderr
 
 
+def test_key_and_gateway_from_a_dotenv_file(api, cli, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DATABENTO_API_KEY")
+    monkeypatch.delenv("DATABENTO_GATEWAY")
+    (tmp_path / ".env").write_text(f"DATABENTO_API_KEY={KEY}\nDATABENTO_GATEWAY={api.url}\n")
+    result = _ingest(cli, schema="ohlcv-1d")
+    assert result.exit_code == 0, result.stderr
+    assert api.count("timeseries.get_range") == 3
+
+
 def test_missing_key_and_missing_arguments_fail_in_one_line(api, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("DATABENTO_API_KEY")
     result = _ingest(cli)
