@@ -69,7 +69,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise UsageError(f"bad setting: {_first_error(exc)}") from None
+        raise UsageError(f"bad setting: {first_error(exc)}") from None
 
 
 class IngestRequest(BaseModel):
@@ -121,7 +121,8 @@ class IngestRequest(BaseModel):
         return self
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """A validation error as one line: where (dotted path) and what."""
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -133,7 +134,7 @@ def make_request(**fields: Any) -> IngestRequest:
     try:
         return IngestRequest(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        raise UsageError(_first_error(exc)) from None
+        raise UsageError(first_error(exc)) from None
 
 
 class _JobLoader(yaml.SafeLoader):
@@ -146,22 +147,25 @@ _JobLoader.yaml_implicit_resolvers = {
 }
 
 
-def load_jobs(path: Path) -> dict[str, IngestRequest]:
-    """Jobs by name; a malformed file names the file and the field."""
-    path = config_file(path)
+def read_yaml(path: Path, what: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
+    """A YAML file's document; one ConfigError line naming the file (and line) otherwise."""
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: jobs file not found") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read jobs file: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     try:
-        document = yaml.load(text, Loader=_JobLoader) or {}
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def load_jobs(path: Path) -> dict[str, IngestRequest]:
+    """Jobs by name; a malformed file names the file and the field."""
+    path = config_file(path)
+    document = read_yaml(path, "jobs file", _JobLoader) or {}
     jobs = document.get("jobs") if isinstance(document, dict) else None
     if not isinstance(jobs, dict):
         raise ConfigError(f"{path}: jobs: expected a mapping of job name to job settings")
@@ -172,5 +176,5 @@ def load_jobs(path: Path) -> dict[str, IngestRequest]:
         try:
             result[str(name)] = IngestRequest(name=str(name), **body)
         except ValidationError as exc:
-            raise ConfigError(f"{path}: jobs.{name}.{_first_error(exc)}") from None
+            raise ConfigError(f"{path}: jobs.{name}.{first_error(exc)}") from None
     return result

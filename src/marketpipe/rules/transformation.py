@@ -18,6 +18,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from marketpipe.config import first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import (
     LAYOUT_OF_SCHEMA,
@@ -79,18 +80,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_transformations(path: Path) -> dict[str, Family]:
     """Every table of the file, compiled; ConfigError naming file, table and column otherwise."""
-    try:
-        document = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read transformation rules: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    document = read_yaml(path, "transformation rules", _UniqueKeyLoader)
     try:
         spec = TransformationFile.model_validate(document)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise ConfigError(f"{path}: {where}: {error['msg']}") from None
+        raise ConfigError(f"{path}: {first_error(exc)}") from None
     families = {}
     owner: dict[str, str] = {}
     for table, table_spec in spec.tables.items():

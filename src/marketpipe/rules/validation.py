@@ -25,10 +25,10 @@ import databento_dbn
 import duckdb
 import numpy as np
 import pyarrow as pa
-import yaml
 from databento_dbn import RType, Schema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from marketpipe.config import first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import LAYOUT_OF_SCHEMA, Family, families
 from marketpipe.rules.contracts import explain
@@ -148,18 +148,11 @@ class Validator:
         self._check_all_bind()
 
     def _load(self, path: Path) -> list[RuleSpec]:
-        try:
-            document = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read validation rules: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        document = read_yaml(path, "validation rules")
         try:
             rules = RuleFile.model_validate(document).rules
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"])
-            raise ConfigError(f"{path}: {where}: {error['msg']}") from None
+            raise ConfigError(f"{path}: {first_error(exc)}") from None
         names = Counter(r.name for r in rules)
         for rule in rules:
             if names[rule.name] > 1:
