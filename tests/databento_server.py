@@ -36,9 +36,8 @@ import zstandard
 
 from marketpipe.model import LAYOUT_OF_SCHEMA
 from marketpipe.samples import Interval, metadata_bytes
+from marketpipe.symbology import EPOCH, NS_PER_DAY, day_ns
 
-NS_PER_DAY = 86_400 * 10**9
-EPOCH = dt.date(1970, 1, 1)
 PRICE = 10**9
 SCHEMAS = ["trades", "ohlcv-1d", "mbp-1"]
 COST_PER_RECORD = 0.0001  # USD, what get_cost quotes
@@ -46,10 +45,6 @@ COST_PER_RECORD = 0.0001  # USD, what get_cost quotes
 
 def _day(value: str) -> dt.date:
     return dt.date.fromisoformat(value[:10])
-
-
-def _ns(day: dt.date) -> int:
-    return (day - EPOCH).days * NS_PER_DAY
 
 
 class Universe:
@@ -90,7 +85,7 @@ def records_for(schema: str, instrument_id: int, day: dt.date, per_day: int | No
     rec["instrument_id"] = instrument_id
     k = np.arange(count, dtype=np.int64)
     base = (70 + instrument_id % 1000) * PRICE + day.day * PRICE // 100
-    start = _ns(day)
+    start = day_ns(day)
     if schema == "ohlcv-1d":
         rec["ts_event"] = start
         rec["open"], rec["close"] = base, base + PRICE // 4
@@ -183,7 +178,7 @@ class DatabentoServer:
         records = np.concatenate(blocks) if blocks else np.zeros(0, dtype=dtype)
         index = "ts_recv" if "ts_recv" in (dtype.names or ()) else "ts_event"
         records = records[np.argsort(records[index], kind="stable")]
-        meta = metadata_bytes(params["dataset"], schema, _ns(start), _ns(end), stype_in, mappings)
+        meta = metadata_bytes(params["dataset"], schema, day_ns(start), day_ns(end), stype_in, mappings)
         return meta, records
 
     def resolve(self, params: dict[str, str]) -> dict[str, Any]:

@@ -17,14 +17,10 @@ import pyarrow.parquet as pq
 from marketpipe.errors import UsageError
 from marketpipe.model import family_of
 from marketpipe.stores.base import ExportQuery, Store
+from marketpipe.symbology import NS_PER_DAY, day_ns
 
 WRITERS = {"parquet": pq.ParquetWriter, "csv": pacsv.CSVWriter}
 FORMATS = tuple(WRITERS)
-_NS_PER_DAY = 86_400 * 10**9
-
-
-def day_start_ns(day: dt.date) -> int:
-    return (day - dt.date(1970, 1, 1)).days * _NS_PER_DAY
 
 
 def export(
@@ -43,8 +39,8 @@ def export(
         family,
         schema,
         symbols,
-        None if start_date is None else day_start_ns(start_date),
-        None if end_date is None else day_start_ns(end_date) + _NS_PER_DAY,
+        None if start_date is None else day_ns(start_date),
+        None if end_date is None else day_ns(end_date) + NS_PER_DAY,
     )
     partial = out.with_name(out.name + ".partial")
     try:

@@ -17,8 +17,8 @@ import numpy as np
 import zstandard
 
 from marketpipe.model import family_of
+from marketpipe.symbology import NS_PER_DAY, day_ns
 
-NS_PER_DAY = 86_400 * 10**9
 PRICE_SCALE = 10**9
 
 
@@ -75,10 +75,6 @@ def write_dbn(path: Path, metadata: bytes, records: Iterable[bytes], compress: b
     return path
 
 
-def _day_ns(day: dt.date) -> int:
-    return (day - dt.date(1970, 1, 1)).days * NS_PER_DAY
-
-
 def make_sample(directory: Path) -> list[Path]:
     """Daily bars and trades for CL and ES front months over 2024 Q1 (deterministic)."""
     rng = np.random.default_rng(20240101)
@@ -95,7 +91,7 @@ def make_sample(directory: Path) -> list[Path]:
             close = round(price * (1 + rng.normal(0, 0.01)), 2)
             high = round(max(open_, close) * (1 + abs(rng.normal(0, 0.004))), 2)
             low = round(min(open_, close) * (1 - abs(rng.normal(0, 0.004))), 2)
-            ts = _day_ns(day)
+            ts = day_ns(day)
             bars.append(
                 bytes(
                     dbn.OHLCVMsg(
@@ -134,7 +130,7 @@ def make_sample(directory: Path) -> list[Path]:
             price = close
     trades.sort(key=lambda r: int.from_bytes(r[48:56], "little"))  # by ts_recv
     bars.sort(key=lambda r: int.from_bytes(r[8:16], "little"))
-    window = (_day_ns(start), _day_ns(end) + NS_PER_DAY)
+    window = (day_ns(start), day_ns(end) + NS_PER_DAY)
     return [
         write_dbn(
             directory / "glbx-mdp3-2024q1.ohlcv-1d.dbn.zst",
@@ -155,7 +151,7 @@ def synthetic_trades(count: int, start: dt.date, instruments: int = 4, seed: int
     """``count`` trade records in the DBN v3 layout, one day, ids 1..instruments."""
     rng = np.random.default_rng(seed)
     records = np.zeros(count, dtype=family_of("trades").record_dtype)
-    ts = _day_ns(start) + np.sort(rng.integers(0, NS_PER_DAY - 10**9, count, dtype=np.int64))
+    ts = day_ns(start) + np.sort(rng.integers(0, NS_PER_DAY - 10**9, count, dtype=np.int64))
     records["length"] = records.dtype.itemsize // 4
     records["rtype"] = int(dbn.RType.MBP_0.value)
     records["publisher_id"] = 1

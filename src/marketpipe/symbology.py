@@ -19,13 +19,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 NS_PER_DAY = 86_400 * 1_000_000_000
-_EPOCH = dt.date(1970, 1, 1)
+EPOCH = dt.date(1970, 1, 1)
 _UNDEF_TIMESTAMP = np.uint64(2**64 - 1)
 
 
 def _days(value: dt.date | str) -> int:
     day = dt.date.fromisoformat(value) if isinstance(value, str) else value
-    return (day - _EPOCH).days
+    return (day - EPOCH).days
+
+
+def day_ns(day: dt.date) -> int:
+    """Nanoseconds since the epoch at the start (00:00 UTC) of ``day``."""
+    return _days(day) * NS_PER_DAY
 
 
 class SymbolMap:

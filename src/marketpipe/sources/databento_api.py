@@ -46,12 +46,11 @@ from marketpipe.errors import ApiRejected, SourceError, TransientApiError, Usage
 from marketpipe.retries import retrying
 from marketpipe.sources.base import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 from marketpipe.sources.dbn_reader import DbnFile
+from marketpipe.symbology import EPOCH, day_ns
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
 ALL_SYMBOLS = "ALL_SYMBOLS"
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-NS_PER_DAY = 86_400 * 10**9
-_EPOCH = dt.date(1970, 1, 1)
 log = structlog.get_logger("marketpipe.databento_api")
 T = TypeVar("T")
 
@@ -92,10 +91,6 @@ def _digest(symbols: tuple[str, ...]) -> str:
     return hashlib.sha256(",".join(symbols).encode()).hexdigest()[:12]
 
 
-def _ns(day: dt.date) -> int:
-    return (day - _EPOCH).days * NS_PER_DAY
-
-
 def _retry_after(error: BaseException) -> float | None:
     return error.retry_after if isinstance(error, TransientApiError) else None
 
@@ -124,8 +119,8 @@ class DatabentoApiSource:
         self.request = request
         self.settings = settings
         self.dataset: str = request.dataset or ""
-        self.start: dt.date = request.start_date or _EPOCH
-        self.end: dt.date = (request.end_date or _EPOCH) + dt.timedelta(days=1)  # exclusive
+        self.start: dt.date = request.start_date or EPOCH
+        self.end: dt.date = (request.end_date or EPOCH) + dt.timedelta(days=1)  # exclusive
         self._key = settings.databento_api_key.get_secret_value()
         # The client misparses a gateway without a scheme (host:port) and only speaks https.
         gateway = settings.databento_gateway.strip()
@@ -178,7 +173,9 @@ class DatabentoApiSource:
             )
             if len(self._symbol_batches()) > 1:
                 label += f" [{part.symbols[0]}..{part.symbols[-1]}]"
-            plan.chunks.append(Chunk(key, part.schema, label, self.dataset, _ns(part.start), _ns(part.end)))
+            plan.chunks.append(
+                Chunk(key, part.schema, label, self.dataset, day_ns(part.start), day_ns(part.end))
+            )
         plan.inputs.append(f"{self.dataset} {','.join(self.request.schemas)}")
         return plan
 
@@ -211,7 +208,7 @@ class DatabentoApiSource:
                     "dataset.range_unreadable", dataset=self.dataset, schema=schema, answer=str(window)
                 )
                 continue
-            if _ns(self.start) < first_ns or _ns(self.end) > end_ns:
+            if day_ns(self.start) < first_ns or day_ns(self.end) > end_ns:
                 raise UsageError(
                     f"{self.dataset} {schema} is available from {first} to {end}"
                     f" (end exclusive); requested {self.start} to {self.end - dt.timedelta(days=1)}"
@@ -456,5 +453,5 @@ def _iso_ns(value: str) -> int:
     date, _, time = text.partition("T")
     seconds, _, fraction = time.partition(".")
     hours, minutes, secs = (int(x) for x in (seconds or "0:0:0").split(":"))
-    base = _ns(dt.date.fromisoformat(date)) + ((hours * 60 + minutes) * 60 + secs) * 10**9
+    base = day_ns(dt.date.fromisoformat(date)) + ((hours * 60 + minutes) * 60 + secs) * 10**9
     return base + int((fraction + "000000000")[:9])
