@@ -121,6 +121,10 @@ class DatabentoApiSource:
         self.dataset: str = request.dataset or ""
         self.start: dt.date = request.start_date or EPOCH
         self.end: dt.date = (request.end_date or EPOCH) + dt.timedelta(days=1)  # exclusive
+        symbols = list(dict.fromkeys(request.symbols))  # each once, in the user's order
+        self._symbol_batches = [
+            tuple(symbols[i : i + MAX_SYMBOLS]) for i in range(0, len(symbols), MAX_SYMBOLS)
+        ]
         self._key = settings.databento_api_key.get_secret_value()
         # The client misparses a gateway without a scheme (host:port) and only speaks https.
         gateway = settings.databento_gateway.strip()
@@ -171,7 +175,7 @@ class DatabentoApiSource:
                 if part.end == part.start + dt.timedelta(days=1)
                 else f"..{part.end - dt.timedelta(days=1)}"
             )
-            if len(self._symbol_batches()) > 1:
+            if len(self._symbol_batches) > 1:
                 label += f" [{part.symbols[0]}..{part.symbols[-1]}]"
             plan.chunks.append(
                 Chunk(key, part.schema, label, self.dataset, day_ns(part.start), day_ns(part.end))
@@ -220,7 +224,7 @@ class DatabentoApiSource:
             return []
         not_found: list[str] = []
         partly: list[str] = []
-        for batch in self._symbol_batches():
+        for batch in self._symbol_batches:
             resolve = partial(
                 self.client.symbology.resolve,
                 dataset=self.dataset,
@@ -251,7 +255,7 @@ class DatabentoApiSource:
             records = size = 0
             cost = 0.0
             metadata = self.client.metadata
-            for batch in self._symbol_batches():
+            for batch in self._symbol_batches:
                 query = self._query(schema, self.start, self.end, batch)
                 records += int(self._call("record count", partial(metadata.get_record_count, **query)))
                 size += int(self._call("billable size", partial(metadata.get_billable_size, **query)))
@@ -267,13 +271,9 @@ class DatabentoApiSource:
             day = self.start
             while day < self.end:
                 end = min(day + dt.timedelta(days=days), self.end)
-                parts.extend(Download(schema, day, end, batch) for batch in self._symbol_batches())
+                parts.extend(Download(schema, day, end, batch) for batch in self._symbol_batches)
                 day = end
         return parts
-
-    def _symbol_batches(self) -> list[tuple[str, ...]]:
-        symbols = list(dict.fromkeys(self.request.symbols))
-        return [tuple(symbols[i : i + MAX_SYMBOLS]) for i in range(0, len(symbols), MAX_SYMBOLS)]
 
     def _query(self, schema: str, start: dt.date, end: dt.date, symbols: tuple[str, ...]) -> dict[str, Any]:
         return {
@@ -450,8 +450,8 @@ def _rejection(status: int | None, dataset: str, detail: str) -> str:
 def _iso_ns(value: str) -> int:
     """An ISO 8601 UTC timestamp with up to nanoseconds, as ns since the epoch."""
     text = value.strip().replace(" ", "T").replace("Z", "").split("+")[0]
-    date, _, time = text.partition("T")
-    seconds, _, fraction = time.partition(".")
+    date, _, clock = text.partition("T")
+    seconds, _, fraction = clock.partition(".")
     hours, minutes, secs = (int(x) for x in (seconds or "0:0:0").split(":"))
     base = day_ns(dt.date.fromisoformat(date)) + ((hours * 60 + minutes) * 60 + secs) * 10**9
     return base + int((fraction + "000000000")[:9])
