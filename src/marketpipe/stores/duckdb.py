@@ -154,8 +154,7 @@ class DuckDBStore(sql.SqlStore):
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
-        columns = [sql.quote(n) for n in family.column_names]
-        statement, params = sql.export_statement(query, columns, self._time_ns(family))
+        statement, params = sql.export_statement(query, self._time_ns(family))
         reader = self.con.sql(_q(statement), params=params).to_arrow_reader(batch_size)
         for batch in reader:
             yield batch.cast(family.arrow_schema)

@@ -293,8 +293,7 @@ class PostgresStore(sql.SqlStore):
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
-        columns = [sql.quote(n) for n in family.column_names]
-        statement, params = sql.export_statement(query, columns, self._time_ns(family))
+        statement, params = sql.export_statement(query, self._time_ns(family))
         # Store types that differ from the model's Arrow type: fetched as these, then cast.
         via = {
             c.name: pa.int64() if c.kind is Kind.TIMESTAMP else pa.decimal128(20, 0)

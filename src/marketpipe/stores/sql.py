@@ -152,7 +152,7 @@ LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_rea
 FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT 5"""
 
 
-def export_statement(query: ExportQuery, columns: list[str], time_ns: str) -> tuple[str, list[Any]]:
+def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
     """SELECT of an export filtered by schema, symbols and time, and its parameters.
 
     ``time_ns`` is the store's expression for event time in nanoseconds since the epoch.
@@ -173,9 +173,8 @@ def export_statement(query: ExportQuery, columns: list[str], time_ns: str) -> tu
         where.append(f"{time_ns} < %s")
         params.append(query.end_ns)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
-    statement = (
-        f"SELECT {', '.join(columns)} FROM {quote(family.table)}{clause} ORDER BY {quote(family.time_column)}"
-    )
+    columns = ", ".join(quote(n) for n in family.column_names)
+    statement = f"SELECT {columns} FROM {quote(family.table)}{clause} ORDER BY {quote(family.time_column)}"
     return statement, params
 
 
