@@ -197,7 +197,7 @@ class Validator:
             for stage in ("initial", "post"):
                 for rule in self.rules_for(stage, family):
                     try:
-                        self._evaluate([rule], self._empty(family, stage), family, family.schemas[0], None)
+                        self._evaluate([rule], self._empty(family, stage), family.schemas[0], None)
                     except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
                         reason = str(exc).splitlines()[0]
                         raise ConfigError(
@@ -212,7 +212,7 @@ class Validator:
         return [n for n in fields if n in mentioned] or fields[:1]
 
     def _evaluate(
-        self, rules: list[RuleSpec], table: pa.Table, family: Family, schema: str, chunk: Chunk | None
+        self, rules: list[RuleSpec], table: pa.Table, schema: str, chunk: Chunk | None
     ) -> dict[str, np.ndarray]:
         values = _placeholders(schema, chunk)
         checks = ", ".join(
@@ -244,7 +244,7 @@ class Validator:
         if not rules or len(records) == 0:
             return verdict
         view = rule_view(table) if table is not None else raw_arrow(records, self._raw_names(family, stage))
-        holds = self._evaluate(rules, view, family, schema, chunk)
+        holds = self._evaluate(rules, view, schema, chunk)
         for rule in rules:
             broken = ~holds[rule.name] & verdict.keep
             count = int(np.count_nonzero(broken))
