@@ -134,3 +134,14 @@ def test_main_py_runs_the_cli(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --end-date: '2024-99-01' is not a date (expected YYYY-MM-DD)"
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [(["--from-file", "data/sample"], "--from-file"), (["--schema", "trades"], "--schema"),
+     (["--start-date", "2024-01-01"], "--start-date")],
+)  # fmt: skip
+def test_job_with_what_to_ingest_flags_is_refused(cli, extra: list[str], flag: str) -> None:  # type: ignore[no-untyped-def]
+    result = cli("ingest", "--job", "cl_es_daily_2024", *extra)
+    _one_error_line(result, "--job cl_es_daily_2024 takes what to ingest from ")
+    assert result.output.rstrip().endswith(f"; drop {flag}")

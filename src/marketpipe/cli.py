@@ -169,6 +169,9 @@ def _dry_run(request: IngestRequest, settings: Settings) -> int:
     return 0
 
 
+_RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days")
+
+
 def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
     if job is not None:
         jobs = load_jobs(settings.jobs_file)
@@ -176,9 +179,12 @@ def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequ
             known = ", ".join(jobs) or "none"
             raise UsageError(f"unknown job {job!r} in {settings.jobs_file}; known jobs: {known}")
         # Run options given with --job apply to it; what to fetch comes from the job alone.
-        options = {
-            k: v for k, v in flags.items() if k in ("keep_raw", "max_cost", "chunk_days") and v is not None
-        }
+        given = {k: v for k, v in flags.items() if v is not None and k != "api"}
+        selectors = [k for k in given if k not in _RUN_OPTIONS]
+        if selectors:
+            flag = "--schema" if selectors[0] == "schemas" else "--" + selectors[0].replace("_", "-")
+            raise UsageError(f"--job {job} takes what to ingest from {settings.jobs_file}; drop {flag}")
+        options = {k: v for k, v in given.items() if k in _RUN_OPTIONS}
         return make_request(**{**jobs[job].model_dump(), **options})
     request = make_request(**flags)
     if not request.from_file and not (request.dataset and request.schemas):
