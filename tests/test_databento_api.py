@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,19 @@ def test_an_untrusted_certificate_fails_at_once_in_one_line(api, cli, monkeypatc
         " trusted (REQUESTS_CA_BUNDLE names the CA file requests trusts)"
     )
     assert not [e for e in _log(tmp_path) if e.get("event") == "api.retry"]
+
+
+def test_an_unreachable_gateway_fails_after_its_retries_in_one_short_line(api, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MARKETPIPE_API_RETRIES", "2")
+    result = _ingest(cli, "--gateway", f"https://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: dataset range of GLBX.MDP3: Databento API still failing after 2 attempts:"
+        " ConnectionError: Failed to establish a new connection: [Errno 111] Connection refused"
+    )
 
 
 def test_unusable_keep_raw_directory_fails_in_one_line(api, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -417,13 +417,21 @@ class DatabentoApiSource:
                 f"TLS to {self.settings.databento_gateway} failed: the server's certificate is not"
                 " trusted (REQUESTS_CA_BUNDLE names the CA file requests trusts)"
             )
-        if isinstance(exc, (BentoError, requests.RequestException)):
+        if isinstance(exc, requests.RequestException):
+            return TransientApiError(f"{type(exc).__name__}: {self._scrub(_root_reason(exc))}")
+        if isinstance(exc, BentoError):
             return TransientApiError(f"{type(exc).__name__}: {self._scrub(exc)}")
         return SourceError(f"cannot write the download: {exc}")
 
     def _scrub(self, value: object) -> str:
         text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
         return text.replace(self._key, "***").splitlines()[0] if text else ""
+
+
+def _root_reason(exc: requests.RequestException) -> str:
+    """What went wrong, without urllib3's pool, URL and retry wrapping around it."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # urllib3's MaxRetryError
+    return str(reason or exc).split("): ", 1)[-1]
 
 
 def _seconds(headers: Any, status: int | None) -> float | None:
