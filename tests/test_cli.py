@@ -145,3 +145,10 @@ def test_job_with_what_to_ingest_flags_is_refused(cli, extra: list[str], flag: s
     result = cli("ingest", "--job", "cl_es_daily_2024", *extra)
     _one_error_line(result, "--job cl_es_daily_2024 takes what to ingest from ")
     assert result.output.rstrip().endswith(f"; drop {flag}")
+
+
+def test_make_sample_into_an_unusable_directory_fails_in_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a_file").write_text("")
+    _one_error_line(
+        cli("make-sample", "--out", str(tmp_path / "a_file" / "sample")), "cannot write the sample to"
+    )

@@ -282,7 +282,12 @@ def make_sample_command(
     """Write a small DBN sample (CL and ES, 2024 Q1: daily bars and trades) for a first run."""
 
     def run() -> None:
-        for path in make_sample(out):
+        _settings()  # logging as every command has it
+        try:
+            paths = make_sample(out)
+        except OSError as exc:
+            raise UsageError(f"cannot write the sample to {out}: {exc.strerror or exc}") from None
+        for path in paths:
             console.out.print(f"wrote {path}")
 
     _guarded(run)
