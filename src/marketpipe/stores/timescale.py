@@ -47,23 +47,43 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def detect(conn: Any) -> tuple[bool, str]:
-    """Whether to use TimescaleDB here, and why (for the log line that says which mode)."""
+    """Whether to use TimescaleDB here, and why (for the log line that says which mode).
+
+    Everything that would fail is checked before ``CREATE EXTENSION`` runs: on a server where
+    the library is installed but not in ``shared_preload_libraries``, that statement fails with
+    FATAL and PostgreSQL closes the connection.
+    """
     row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    if not preloaded(conn):
+        if row is not None:
+            return False, "timescaledb is created in this database but not preloaded by the server"
+        return False, "timescaledb is not in the server's shared_preload_libraries"
     if row is None:
         available = conn.execute(
-            "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+            "SELECT v.trusted, r.rolsuper, has_database_privilege(current_database(), 'CREATE')"
+            " FROM pg_available_extension_versions v, pg_roles r"
+            " WHERE v.name = 'timescaledb' AND v.version = (SELECT default_version"
+            " FROM pg_available_extensions WHERE name = 'timescaledb') AND r.rolname = current_user"
         ).fetchone()
         if available is None:
             return False, "the timescaledb extension is not installed on this server"
+        trusted, superuser, may_create = available
+        if not superuser and not (trusted and may_create):
+            return False, "this role may not create the timescaledb extension in this database"
         try:
             with conn.transaction():
                 conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        except Exception as exc:  # not preloaded, or no privilege: plain PostgreSQL still works
-            return False, f"CREATE EXTENSION timescaledb failed: {str(exc).strip()}"
+        except Exception as exc:  # anything else that refuses: plain PostgreSQL still works
+            return False, f"CREATE EXTENSION timescaledb failed: {' '.join(str(exc).split())}"
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     if _version(row[0]) < MIN_VERSION:
         return False, f"timescaledb {row[0]} is older than 2.13"
     return True, f"timescaledb {row[0]}"
+
+
+def preloaded(conn: Any) -> bool:
+    libraries = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    return "timescaledb" in [name.strip().strip('"') for name in str(libraries).split(",")]
 
 
 def hypertable_statements(family: Family) -> list[tuple[str, tuple[Any, ...]]]:
