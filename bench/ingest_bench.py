@@ -65,8 +65,8 @@ def write_trades(path: Path, records: int) -> None:
 
 
 def standardized_tables(path: Path, batch_size: int) -> list[pa.Table]:
-    dbn = DbnFile(path)
-    return [to_table(dbn.family, "trades", raw) for raw in dbn.batches(batch_size)]
+    family = family_of("trades")
+    return [to_table(family, "trades", raw) for raw in DbnFile(path).batches("trades", batch_size)]
 
 
 def bare_postgres(url: str, tables: list[pa.Table]) -> float:

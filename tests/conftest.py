@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from marketpipe.cli import app
-from pg import fresh_database
+from pg import TIMESCALE_ADMIN_URL, fresh_database
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "databento-samples"
 
@@ -24,6 +24,40 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database on the real server, dropped after the test."""
     with fresh_database() as url:
         yield url
+
+
+_TIMESCALE_RUNS = pytest.StashKey[int]()
+
+
+@pytest.fixture
+def timescale_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database on the real TimescaleDB cluster, dropped after the test.
+
+    Without that cluster the test is skipped, or fails where MARKETPIPE_REQUIRE_TIMESCALE is
+    set (CI), so TimescaleDB mode can never pass by being skipped.
+    """
+    if not TIMESCALE_ADMIN_URL:
+        reason = "no TimescaleDB cluster: MARKETPIPE_TEST_TIMESCALE is unset (scripts/test.sh starts one)"
+        if os.environ.get("MARKETPIPE_REQUIRE_TIMESCALE"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    config = request.config
+    config.stash[_TIMESCALE_RUNS] = config.stash.get(_TIMESCALE_RUNS, 0) + 1
+    with fresh_database(TIMESCALE_ADMIN_URL) as url:
+        yield url
+
+
+@pytest.fixture(params=["postgresql", "timescaledb"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database in each mode: the machine's cluster (TimescaleDB installed, not
+    preloaded: plain PostgreSQL) and the cluster that preloads TimescaleDB."""
+    return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    runs = config.stash.get(_TIMESCALE_RUNS, 0)
+    where = TIMESCALE_ADMIN_URL or "no cluster (MARKETPIPE_TEST_TIMESCALE unset)"
+    terminalreporter.write_line(f"TimescaleDB mode: {runs} tests ran against {where}")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import zstandard
 from databento.common.constants import SCHEMA_STRUCT_MAP
 
 from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, Column, Family, Kind, family_of
+from marketpipe.symbology import NS_PER_DAY
 
 UNDEF_PRICE = databento_dbn.UNDEF_PRICE
 UNDEF_TIMESTAMP = databento_dbn.UNDEF_TIMESTAMP
@@ -70,10 +71,14 @@ def decompressed(path: Path) -> bytes:
 
 
 def distinct_data(paths: list[Path]) -> list[Path]:
-    """One path per distinct DBN content: a .dbn and its .dbn.zst hold the same data."""
-    seen: dict[bytes, Path] = {}
+    """One path per distinct data: the same records (upgraded to DBN v3 by databento-dbn) with
+    the same symbol mappings, whatever the DBN version or compression of the file."""
+    seen: dict[tuple[str, bytes, str], Path] = {}
     for path in paths:
-        seen.setdefault(decompressed(path), path)
+        schema, records = decoded_records(path)
+        mappings = db.DBNStore.from_file(path).metadata.mappings
+        canonical_mappings = repr(sorted((k, [dict(i) for i in v]) for k, v in mappings.items()))
+        seen.setdefault((schema, records.tobytes(), canonical_mappings), path)
     return list(seen.values())
 
 
@@ -114,6 +119,7 @@ def expected_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
         row["symbol"] = symbols[i] if isinstance(symbols[i], str) else None  # to_df: NaN if unmapped
         if "schema" in family.column_names:
             row["schema"] = schema
+        row["ts_out"] = None  # historical data: no live gateway send time
         rows.append(row)
     return schema, rows
 
@@ -161,7 +167,8 @@ def reference_families() -> dict[str, Family]:
     """The standardized model of the core issue, straight from databento's record layouts.
 
     One table per layout, Databento's field names and order with the index timestamp first
-    (as ``DBNStore.to_df()``), then ``symbol``, then ``schema`` where a table holds several.
+    (as ``DBNStore.to_df()``), then ``symbol``, then ``schema`` where a table holds several,
+    then ``ts_out`` (set for live recordings only).
     """
     schemas_of: dict[str, list[str]] = {}
     structs: dict[str, type] = {}
@@ -180,5 +187,10 @@ def reference_families() -> dict[str, Family]:
         columns.append(Column("symbol", Kind.SYMBOL, pa.string()))
         if len(schemas_of[table]) > 1:
             columns.append(Column("schema", Kind.SCHEMA, pa.string()))
-        out[table] = Family(table, tuple(sorted(schemas_of[table])), tuple(columns), dtype)
+        columns.append(Column("ts_out", Kind.TS_OUT, TIMESTAMP_TYPE, UNDEF_TIMESTAMP))
+        # Databento indexes (selects, sorts, maps symbols) by ts_recv, else ts_event.
+        time_column = lead[0]
+        out[table] = Family(
+            table, tuple(sorted(schemas_of[table])), tuple(columns), dtype, time_column, NS_PER_DAY
+        )
     return out

@@ -10,17 +10,24 @@ from contextlib import contextmanager
 import psycopg
 
 ADMIN_URL = os.environ.get("MARKETPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# A second cluster that preloads TimescaleDB (scripts/test.sh starts one); unset: no such server.
+TIMESCALE_ADMIN_URL = os.environ.get("MARKETPIPE_TEST_TIMESCALE")
+
+
+def admin_url(url: str) -> str:
+    """The server's maintenance database, for creating and dropping test databases."""
+    return url.rpartition("/")[0] + "/postgres"
 
 
 @contextmanager
-def fresh_database() -> Iterator[str]:
+def fresh_database(admin: str = ADMIN_URL) -> Iterator[str]:
     name = f"marketpipe_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield ADMIN_URL.rpartition("/")[0] + "/" + name
+        yield admin.rpartition("/")[0] + "/" + name
     finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -47,6 +47,7 @@ def test_shipped_transformation_file_reproduces_the_standardized_model() -> None
     assert list(shipped) == list(reference)
     for table, family in shipped.items():
         assert family.schemas == reference[table].schemas
+        assert family.time_column == reference[table].time_column
         assert family.arrow_schema == reference[table].arrow_schema
         assert [(c.name, c.kind, c.sentinel, c.source) for c in family.columns] == [
             (c.name, c.kind, c.sentinel, c.source) for c in reference[table].columns
@@ -62,7 +63,7 @@ def test_every_schema_has_a_family_and_every_family_keeps_databento_field_names(
     assert {s for f in families().values() for s in f.schemas} == set(LAYOUT_OF_SCHEMA)
     mbp10 = families()["mbp10"].column_names
     assert mbp10[:2] == ["ts_recv", "ts_event"]
-    assert "bid_px_00" in mbp10 and "ask_ct_09" in mbp10 and mbp10[-1] == "symbol"
+    assert "bid_px_00" in mbp10 and "ask_ct_09" in mbp10 and mbp10[-2:] == ["symbol", "ts_out"]
     for family in families().values():
         assert not any(n.startswith("_") or n == "length" for n in family.column_names)
         assert ("schema" in family.column_names) == (len(family.schemas) > 1)

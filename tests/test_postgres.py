@@ -19,7 +19,7 @@ from marketpipe.model import SCHEMAS, families
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
-from pg import fingerprint, fresh_database
+from pg import admin_url, fingerprint, fresh_database
 from tcp_proxy import TcpProxy
 
 from conftest import SAMPLES
@@ -49,7 +49,8 @@ def _statuses(url: str) -> dict[str, int]:
     return dict(rows)
 
 
-def test_every_schema_round_trips_exactly(pg_url: str, samples: Path, cli, tmp_path: Path) -> None:
+def test_every_schema_round_trips_exactly(server_url: str, samples: Path, cli, tmp_path: Path) -> None:
+    pg_url = server_url
     result = cli("ingest", "--from-file", str(samples), "--db", pg_url)
     assert result.exit_code == 0, result.output
     files = distinct_data(sorted(SAMPLES.glob("*.dbn*")))
@@ -66,7 +67,8 @@ def _table(schema: str) -> str:
     return next(name for name, f in families().items() if schema in f.schemas)
 
 
-def test_rerun_and_force_leave_tables_identical(pg_url: str, tmp_path: Path) -> None:
+def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path) -> None:
+    pg_url = server_url
     _trades_files(tmp_path / "d", 2, 20_000)
     cfg = load_settings(db=pg_url)
     request = IngestRequest(from_file=str(tmp_path / "d"))
@@ -79,7 +81,8 @@ def test_rerun_and_force_leave_tables_identical(pg_url: str, tmp_path: Path) -> 
     assert fingerprint(pg_url, "trades") == first
 
 
-def test_kill_9_mid_load_then_rerun_equals_clean_run(pg_url: str, tmp_path: Path) -> None:
+def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: Path) -> None:
+    pg_url = server_url
     _trades_files(tmp_path / "d", 6, 250_000)
     env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "50000"}
     command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
@@ -101,7 +104,7 @@ def test_kill_9_mid_load_then_rerun_equals_clean_run(pg_url: str, tmp_path: Path
     assert rerun.returncode == 0, rerun.stderr
     assert _statuses(pg_url) == {"done": 6}
 
-    with fresh_database() as clean_url:
+    with fresh_database(admin_url(pg_url)) as clean_url:
         clean = subprocess.run(
             command, env={**env, "MARKETPIPE_DB": clean_url}, capture_output=True, timeout=300
         )

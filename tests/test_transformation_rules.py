@@ -66,8 +66,12 @@ def _edit(change: str) -> dict:  # type: ignore[type-arg]
         trades["drop"] = ["length", "volume"]
     elif change == "bad column name":
         columns["Price; DROP TABLE x"] = columns.pop("price")
-    elif change == "no ts_event":
-        columns["ts_event"] = "integer"
+    elif change == "time column not a timestamp":
+        columns["ts_recv"] = "integer"
+    elif change == "time column missing":
+        trades["time_column"] = "ts_sent"
+    elif change == "bad chunk interval":
+        trades["chunk_interval"] = "1w"
     elif change == "symbol with source":
         columns["symbol"] = {"op": "symbol", "from": "instrument_id"}
     elif change == "enum without values":
@@ -92,7 +96,9 @@ BROKEN = {
     "field forgotten": "table trades (trades): field sequence is neither stored nor dropped",
     "unknown drop": "table trades (trades): drop: unknown field 'volume' of TradeMsg",
     "bad column name": "column Price; DROP TABLE x: not a usable column name",
-    "no ts_event": "table trades (trades): needs a column ts_event (nanoseconds)",
+    "time column not a timestamp": "table trades (trades): time_column 'ts_recv' is not a nanoseconds column",
+    "time column missing": "table trades (trades): time_column 'ts_sent' is not a nanoseconds column",
+    "bad chunk interval": "table trades (trades): chunk_interval '1w' is not like 6h or 7d",
     "symbol with source": "column symbol: symbol takes no 'from' field",
     "enum without values": "column side: enum needs 'values'",
     "enum key type": "column side: enum value 1 is not a str like side",
@@ -166,6 +172,7 @@ def test_rename_enum_constant_and_drop_reach_the_store(tmp_path: Path, cli, monk
     }
     columns.update({n: "integer" for n in ("rtype", "publisher_id", "depth", "sequence")})
     trades["columns"] = columns
+    trades["time_column"] = "received"
     monkeypatch.setenv("MARKETPIPE_TRANSFORMATION_FILE", str(_write(tmp_path, doc)))
     data = tmp_path / "t.dbn"
     _trades_file(data, 400)

@@ -212,7 +212,7 @@ def export(
         family_of(schema)  # bad arguments fail before the store is opened
         if format not in FORMATS:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
-        store = open_store(settings)
+        store = open_store(settings, read_only=True)
         try:
             rows = export_records(
                 store, schema, format, out, _symbols(symbols), start, end, settings.batch_size
@@ -241,7 +241,7 @@ def status(db: DbOption = None) -> None:
 
     def run() -> None:
         settings = _settings(db=db)
-        store = open_store(settings)
+        store = open_store(settings, read_only=True)
         try:
             console.render_status(store.status())
         finally:
@@ -265,7 +265,7 @@ def quarantine_command(
         settings = _settings(db=db)
         if schema is not None:
             family_of(schema)
-        store = open_store(settings)
+        store = open_store(settings, read_only=True)
         try:
             records = store.quarantined(QuarantineQuery(run, schema, rule, limit))
         finally:

@@ -126,6 +126,15 @@ def render_summary(summary: RunSummary) -> None:
         out.print(f"quarantined by {rule}: {count:,}")
     for rule, count in sorted(warnings.items()):
         out.print(f"warned by {rule} (stored): {count:,}")
+    skipped = sum(r.status == "skipped" for r in summary.results)
+    if skipped:
+        out.print(f"skipped {skipped:,} chunks already stored by an earlier run (--force redoes them)")
+    for path, same_as in summary.duplicates:
+        out.print(
+            f"skipped {path}: the same records as {same_as}", markup=False, highlight=False, soft_wrap=True
+        )
+    for note in summary.notes:
+        out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for warning in summary.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if summary.stopped:
@@ -162,10 +171,11 @@ def render_quarantine(records: list[QuarantinedRecord], show: int | None) -> Non
         out.print_json(chosen.record)
         return
     table = Table(title=f"quarantined records ({len(records)} shown)")
-    for name in ("#", "run_id", "schema", "stage", "rule", "message", "ts_event", "quarantined_at"):
+    for name in ("#", "run_id", "schema", "stage", "rule", "message", "index time", "quarantined_at"):
         table.add_column(name, overflow="fold")
     for i, r in enumerate(records, start=1):
-        ts = json.loads(r.record).get("ts_event")
+        fields = json.loads(r.record)
+        ts = fields.get("ts_recv", fields.get("ts_event"))
         table.add_row(
             str(i), r.run_id, r.schema, r.stage, r.rule, r.message, _ns_text(ts), str(r.quarantined_at)
         )
@@ -184,10 +194,10 @@ def _ns_text(ns: int | None) -> str:
 def render_status(status: StoreStatus) -> None:
     out.print(f"store: {status.location} ({status.mode})")
     tables = Table(title="tables")
-    for name in ("table", "rows", "first ts_event", "last ts_event"):
+    for name in ("table", "rows", "time column", "first", "last"):
         tables.add_column(name, justify="right" if name == "rows" else "left")
     for t in status.tables:
-        tables.add_row(t.table, f"{t.rows:,}", _ns_text(t.first_ns), _ns_text(t.last_ns))
+        tables.add_row(t.table, f"{t.rows:,}", t.time_column, _ns_text(t.first_ns), _ns_text(t.last_ns))
     out.print(tables)
     chunks = Table(title="chunks")
     for name in ("job", "status", "chunks"):

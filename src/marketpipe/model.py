@@ -42,6 +42,7 @@ class Kind(StrEnum):
     SYMBOL = "symbol"
     SCHEMA = "schema"
     CONSTANT = "constant"
+    TS_OUT = "ts_out"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Column:
     # enum: raw value -> label; constant: the value.
     labels: tuple[tuple[str | int, str], ...] = ()
     value: str | None = None
+
+    @property
+    def is_timestamp(self) -> bool:
+        """Nanoseconds since the epoch (record timestamps and ts_out)."""
+        return self.arrow_type == TIMESTAMP_TYPE
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,18 @@ class Family:
     schemas: tuple[str, ...]
     columns: tuple[Column, ...]
     record_dtype: np.dtype
+    # The timestamp Databento indexes these schemas by: what the table is partitioned, filtered
+    # and ordered by, never NULL (declared per table in the transformation file).
+    time_column: str
+    # TimescaleDB chunk interval of the table, nanoseconds.
+    chunk_interval_ns: int
 
     @property
-    def time_column(self) -> str:
-        """Event time: what users filter on and what TimescaleDB partitions by."""
-        return "ts_event"
+    def time_field(self) -> str:
+        """The record field the time column is made from."""
+        source = next(c.source for c in self.columns if c.name == self.time_column)
+        assert source is not None
+        return source
 
     @cached_property
     def arrow_schema(self) -> pa.Schema:

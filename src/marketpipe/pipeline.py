@@ -66,6 +66,9 @@ class RunSummary:
     # Why the run stopped before its last chunk (the store went away for good), if it did.
     stopped: str | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Inputs skipped because another input of this run holds the same records: (input, same as).
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -157,6 +160,8 @@ class Pipeline:
         )
         summary.plan_failures = plan.failures
         summary.warnings = plan.warnings
+        summary.notes = plan.notes
+        summary.duplicates = plan.duplicates
         for label, reason in plan.failures:
             self.log.warning("input.rejected", input=label, reason=reason)
             self.store.mark_failed(input_chunk(label), self.run_id, self.request.name, reason)

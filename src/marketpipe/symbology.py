@@ -11,6 +11,7 @@ lookup here is one ``searchsorted`` over packed ``(instrument_id, day)`` keys.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,8 @@ class SymbolMap:
                 start, end = _days(interval["start_date"]), _days(interval["end_date"])
                 rows.append((instrument_id, start, end, symbol))
         rows.sort()
+        # What the mappings say, independent of how the file spelled them: part of the data's identity.
+        self.fingerprint = hashlib.sha256(repr(rows).encode()).digest()
         names = sorted({r[3] for r in rows})
         code = {name: i for i, name in enumerate(names)}
         self._ids = np.array([r[0] for r in rows], dtype=np.uint64)
@@ -64,10 +67,6 @@ class SymbolMap:
         self._ends = np.array([r[2] for r in rows], dtype=np.int64)
         self._codes = np.array([code[r[3]] for r in rows], dtype=np.int32)
         self._names = pa.array(names, type=pa.string())
-
-    @property
-    def symbols(self) -> list[str]:
-        return self._names.to_pylist()
 
     def resolve(self, instrument_id: np.ndarray, ts: np.ndarray) -> pa.Array:
         """Symbols for each record; NULL where no interval covers the record's day."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from marketpipe.model import PRICE_TYPE, Column, Family, Kind
+from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, Column, Family, Kind
 from marketpipe.sources.base import RawBatch
 
 
@@ -78,6 +78,13 @@ def column_array(column: Column, raw: np.ndarray) -> pa.Array:
     return pa.array(values, type=column.arrow_type, mask=mask)
 
 
+def ts_out_array(ts_out: np.ndarray | None, n: int) -> pa.Array:
+    """The live gateway's send time after each record; NULL where the data has none."""
+    if ts_out is None:
+        return pa.nulls(n, type=TIMESTAMP_TYPE)
+    return column_array(Column("ts_out", Kind.TIMESTAMP, TIMESTAMP_TYPE, 2**64 - 1), ts_out)
+
+
 def to_table(family: Family, schema: str, batch: RawBatch) -> pa.Table:
     """The standardized table of one batch of records."""
     records = batch.records
@@ -89,6 +96,8 @@ def to_table(family: Family, schema: str, batch: RawBatch) -> pa.Table:
             arrays.append(constant_strings(schema, len(records)))
         elif column.kind is Kind.CONSTANT:
             arrays.append(constant_strings(column.value or "", len(records)))
+        elif column.kind is Kind.TS_OUT:
+            arrays.append(ts_out_array(batch.ts_out, len(records)))
         else:
             arrays.append(column_array(column, records[column.source]))
     return pa.Table.from_arrays(arrays, schema=family.arrow_schema)

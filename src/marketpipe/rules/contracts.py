@@ -41,7 +41,7 @@ def _in_range(value: int, info: ValidationInfo) -> int:
     return value
 
 
-def _event_time(value: int) -> int:
+def _defined_time(value: int) -> int:
     if value == UNDEF_TIMESTAMP:
         raise ValueError("is undefined (UNDEF_TIMESTAMP)")
     if value > MAX_NS:
@@ -49,7 +49,7 @@ def _event_time(value: int) -> int:
     return value
 
 
-def _receive_time(value: int) -> int:
+def _optional_time(value: int) -> int:
     if value != UNDEF_TIMESTAMP and value > MAX_NS:
         raise ValueError("is beyond 2262-04-11 and not UNDEF_TIMESTAMP")
     return value
@@ -82,18 +82,20 @@ STAT_TYPES = {int(v.value) for v in databento_dbn.StatType.variants()}
 # Instrument classes whose prices are positive (futures spreads and options may not be).
 POSITIVE_PRICE_CLASSES = {"K", "B", "X"}
 
-EventTime = Annotated[int, AfterValidator(_event_time), Field(description="ns since the epoch; set")]
-IndexEventTime = Annotated[EventTime, AfterValidator(_in_range), Field(description="set, in range")]
-ReceiveTime = Annotated[
-    int, AfterValidator(_receive_time), AfterValidator(_in_range), Field(description="ns; in range")
-]
+DefinedTime = Annotated[int, AfterValidator(_defined_time), Field(description="ns since the epoch; set")]
+OptionalTime = Annotated[int, AfterValidator(_optional_time), Field(description="ns, or UNDEF_TIMESTAMP")]
+IndexTime = Annotated[DefinedTime, AfterValidator(_in_range), Field(description="set, in range")]
 RecordType = Annotated[int, AfterValidator(_record_type), Field(description="the schema's rtype")]
 DefinedPrice = Annotated[int, AfterValidator(_defined_price), Field(description="fixed-point 1e-9, set")]
 
 # Constraints beyond the type, per layout and field (what the shipped error rules require).
 FIELD_CONSTRAINTS: dict[str, dict[str, Any]] = {
-    "*": {"ts_event": EventTime, "ts_recv": ReceiveTime, "rtype": RecordType},
-    "OHLCVMsg": {"ts_event": IndexEventTime},  # bars have no ts_recv
+    # The index timestamp (ts_recv; ts_event for bars, which have no ts_recv) is always set.
+    "*": {"ts_event": DefinedTime, "ts_recv": IndexTime, "rtype": RecordType},
+    "OHLCVMsg": {"ts_event": IndexTime},
+    # "Will be UNDEF_TIMESTAMP in cases where there was no last trade in the session."
+    "BBOMsg": {"ts_event": OptionalTime},
+    "CBBOMsg": {"ts_event": OptionalTime},
     "TradeMsg": {"size": Annotated[int, Field(gt=0)], "price": DefinedPrice},
     "InstrumentDefMsg": {
         "raw_symbol": Annotated[str, Field(min_length=1)],

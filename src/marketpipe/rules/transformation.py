@@ -30,13 +30,16 @@ from marketpipe.model import (
     Kind,
     Layout,
 )
+from marketpipe.symbology import NS_PER_DAY
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Columns the stores add to every table; a transformation must not declare them.
 _RESERVED = {"chunk_id"}
-# Columns the stores partition and index by, and the operation each must have.
-_REQUIRED = {"ts_event": Kind.TIMESTAMP, "instrument_id": Kind.INTEGER}
-_WITHOUT_SOURCE = {Kind.SYMBOL, Kind.SCHEMA, Kind.CONSTANT}
+# Columns the stores index by, and the operation each must have (plus the time column).
+_REQUIRED = {"instrument_id": Kind.INTEGER}
+_WITHOUT_SOURCE = {Kind.SYMBOL, Kind.SCHEMA, Kind.CONSTANT, Kind.TS_OUT}
+_INTERVAL = re.compile(r"([1-9][0-9]*)([hd])")
+_NS_PER_UNIT = {"h": NS_PER_DAY // 24, "d": NS_PER_DAY}
 
 
 class ColumnSpec(BaseModel):
@@ -53,6 +56,8 @@ class TableSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schemas: list[str] = Field(min_length=1)
+    time_column: str
+    chunk_interval: str = "1d"
     drop: list[str] = []
     columns: dict[str, str | ColumnSpec] = Field(min_length=1)
 
@@ -119,9 +124,14 @@ def _compile_table(path: Path, table: str, spec: TableSpec) -> Family:
     )
     for name, kind in _REQUIRED.items():
         if not any(c.name == name and c.kind is kind for c in columns):
-            raise ConfigError(
-                f"{where}: needs a column {name} ({kind.value}): the stores partition and index by it"
-            )
+            raise ConfigError(f"{where}: needs a column {name} ({kind.value}): the stores index by it")
+    if not any(c.name == spec.time_column and c.kind is Kind.TIMESTAMP for c in columns):
+        raise ConfigError(
+            f"{where}: time_column {spec.time_column!r} is not a nanoseconds column of the table"
+        )
+    interval = _INTERVAL.fullmatch(spec.chunk_interval)
+    if interval is None:
+        raise ConfigError(f"{where}: chunk_interval {spec.chunk_interval!r} is not like 6h or 7d")
     for name in spec.drop:
         if name not in layout.fields:
             raise ConfigError(f"{where}: drop: unknown field {name!r} of {layout.name}")
@@ -131,7 +141,8 @@ def _compile_table(path: Path, table: str, spec: TableSpec) -> Family:
         raise ConfigError(
             f"{where}: field {forgotten[0]} is neither stored nor dropped (add it to columns or drop)"
         )
-    return Family(table, tuple(sorted(spec.schemas)), columns, layout.dtype)
+    interval_ns = int(interval[1]) * _NS_PER_UNIT[interval[2]]
+    return Family(table, tuple(sorted(spec.schemas)), columns, layout.dtype, spec.time_column, interval_ns)
 
 
 def _compile_column(where: str, name: str, rule: str | ColumnSpec, layout: Layout) -> Column:
@@ -146,6 +157,8 @@ def _compile_column(where: str, name: str, rule: str | ColumnSpec, layout: Layou
     if kind in _WITHOUT_SOURCE:
         if spec.source is not None:
             raise ConfigError(f"{where}: {kind.value} takes no 'from' field")
+        if kind is Kind.TS_OUT:
+            return Column(name, kind, TIMESTAMP_TYPE, 2**64 - 1)
         return Column(name, kind, pa.string(), value=spec.value)
     source = spec.source or name
     if source not in layout.fields:

@@ -84,11 +84,12 @@ def _rtypes(schema: str) -> list[int]:
     return [int(RType.from_schema(Schema(schema)).value), *_LEGACY_RTYPES.get(layout, ())]
 
 
-def _placeholders(schema: str, chunk: Chunk | None) -> dict[str, str]:
+def _placeholders(family: Family, schema: str, chunk: Chunk | None) -> dict[str, str]:
     start = None if chunk is None else chunk.start_ns
     end = None if chunk is None else chunk.end_ns
     return {
         "rtypes": _sql_list(_rtypes(schema)),
+        "index_ts": family.time_field,
         "start_ns": "NULL" if start is None else f"{start}::BIGINT",
         "end_ns": "NULL" if end is None else f"{end}::BIGINT",
         "undef_ts": str(databento_dbn.UNDEF_TIMESTAMP),
@@ -184,7 +185,7 @@ class Validator:
                 if rules:
                     name = f"empty_{family.table}_{stage}"
                     self._con.register(name, self._empty(family, stage))
-                    values = _placeholders(family.schemas[0], None)
+                    values = _placeholders(family, family.schemas[0], None)
                     checks = ", ".join(f"({r.check.format(**values)})" for r in rules)
                     selects.append(f"(SELECT {checks} FROM {name})")
         try:
@@ -197,7 +198,7 @@ class Validator:
             for stage in ("initial", "post"):
                 for rule in self.rules_for(stage, family):
                     try:
-                        self._evaluate([rule], self._empty(family, stage), family.schemas[0], None)
+                        self._evaluate([rule], self._empty(family, stage), family, family.schemas[0], None)
                     except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
                         reason = str(exc).splitlines()[0]
                         raise ConfigError(
@@ -207,14 +208,16 @@ class Validator:
 
     def _raw_names(self, family: Family, stage: str) -> list[str]:
         """Raw fields the rules mention: only those are turned into Arrow columns."""
-        mentioned = {m for r in self.rules_for(stage, family) for m in _IDENTIFIER.findall(r.check)}
+        values = _placeholders(family, family.schemas[0], None)
+        checks = " ".join(r.check.format(**values) for r in self.rules_for(stage, family))
+        mentioned = set(_IDENTIFIER.findall(checks))
         fields = [n for n in family.record_dtype.names or () if not n.startswith("_")]
         return [n for n in fields if n in mentioned] or fields[:1]
 
     def _evaluate(
-        self, rules: list[RuleSpec], table: pa.Table, schema: str, chunk: Chunk | None
+        self, rules: list[RuleSpec], table: pa.Table, family: Family, schema: str, chunk: Chunk | None
     ) -> dict[str, np.ndarray]:
-        values = _placeholders(schema, chunk)
+        values = _placeholders(family, schema, chunk)
         checks = ", ".join(
             f"coalesce(({r.check.format(**values)}), false) AS r{i}" for i, r in enumerate(rules)
         )
@@ -244,7 +247,8 @@ class Validator:
         if not rules or len(records) == 0:
             return verdict
         view = rule_view(table) if table is not None else raw_arrow(records, self._raw_names(family, stage))
-        holds = self._evaluate(rules, view, schema, chunk)
+        holds = self._evaluate(rules, view, family, schema, chunk)
+        values = _placeholders(family, schema, chunk)
         for rule in rules:
             broken = ~holds[rule.name] & verdict.keep
             count = int(np.count_nonzero(broken))
@@ -257,13 +261,13 @@ class Validator:
             layout = LAYOUT_OF_SCHEMA[schema].name
             context = {"rtypes": _rtypes(schema), "start_ns": chunk.start_ns, "end_ns": chunk.end_ns}
             for row in record_fields(records[np.flatnonzero(broken)]):
-                details = explain(layout, row, context) or _mentioned(rule, row)
+                details = explain(layout, row, context) or _mentioned(rule.check.format(**values), row)
                 message = f"{rule.message}: {'; '.join(details)}" if details else rule.message
                 verdict.rejections.append(Rejection(stage, rule.name, message, json.dumps(row)))
         return verdict
 
 
-def _mentioned(rule: RuleSpec, row: dict[str, int | str]) -> list[str]:
+def _mentioned(check: str, row: dict[str, int | str]) -> list[str]:
     """The values a rule the contract does not express looked at, for its message."""
-    names = dict.fromkeys(_IDENTIFIER.findall(rule.check))
+    names = dict.fromkeys(_IDENTIFIER.findall(check))
     return [f"{name}={row[name]!r}" for name in names if name in row]

@@ -42,6 +42,8 @@ class RawBatch:
 
     records: np.ndarray
     symbols: pa.Array
+    # Live data recorded with ts_out: the gateway's send time after each record.
+    ts_out: np.ndarray | None = None
 
 
 @dataclass
@@ -53,6 +55,10 @@ class Plan:
     inputs: list[str] = field(default_factory=list)
     # What the user should know before trusting the result (e.g. symbols found for part of the range).
     warnings: list[str] = field(default_factory=list)
+    # Inputs not planned because another input of the run holds the same data: (input, same as).
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    # Worth saying, not a warning (e.g. a live recording's system messages).
+    notes: list[str] = field(default_factory=list)
 
 
 class Source(Protocol):

@@ -295,7 +295,7 @@ class DatabentoApiSource:
         path = self._download(chunk)
         records = self._records.get(chunk.key)
         if records is None:  # kept from an earlier run (--keep-raw): count it again
-            records = self._records[chunk.key] = DbnFile(path).inspect().records
+            records = self._records[chunk.key] = DbnFile(path).inspect().total
         slices = record_parts(records, self.PART_RECORDS)
         if len(slices) == 1:
             return [chunk]
@@ -312,7 +312,7 @@ class DatabentoApiSource:
         dbn = DbnFile(self._download(replace(chunk, key=key)))
         if dbn.schema != chunk.schema:
             raise SourceError(f"{chunk.label}: the API sent {dbn.schema} records, not {chunk.schema}")
-        return dbn.batches(batch_size, first, count)
+        return dbn.batches(chunk.schema, batch_size, first, count)
 
     def finish(self, chunk: Chunk, committed: bool) -> None:
         """A stored chunk's download is no longer needed, unless kept as the user's archive."""
@@ -356,7 +356,7 @@ class DatabentoApiSource:
                 self._call(f"download {chunk.label}", download)
                 expected = expected or [self._call(f"record count of {chunk.label}", count)]
                 try:
-                    got = DbnFile(unfinished).inspect().records
+                    got = DbnFile(unfinished).inspect().total
                 except SourceError as exc:
                     raise _TruncatedStream(f"truncated stream: {exc}") from None
                 if got != expected[0]:

@@ -10,7 +10,7 @@ import structlog
 
 from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
-from marketpipe.sources.dbn_reader import DbnFile
+from marketpipe.sources.dbn_reader import DbnFile, Inspection
 
 _SUFFIXES = (".dbn", ".dbn.zst")
 log = structlog.get_logger("marketpipe.files")
@@ -58,27 +58,48 @@ class DbnFileSource:
                 continue
             if inspection.digest in seen:
                 log.info("input.duplicate", input=str(path), same_data_as=str(seen[inspection.digest]))
+                plan.duplicates.append((str(path), str(seen[inspection.digest])))
                 continue
             seen[inspection.digest] = path
             plan.inputs.append(str(path))
-            plan.chunks.extend(self._parts(path, dbn, inspection.digest, inspection.records))
+            self._note_live(path, inspection, plan)
+            for schema, records in sorted(inspection.records.items()):
+                plan.chunks.extend(self._parts(path, dbn, schema, inspection.digest, records))
         return plan
 
-    def _parts(self, path: Path, dbn: DbnFile, digest: str, records: int) -> list[Chunk]:
+    @staticmethod
+    def _note_live(path: Path, inspection: Inspection, plan: Plan) -> None:
+        """A live recording's gateway messages: counted in the summary, each logged."""
+        for message in inspection.messages:
+            log.info("live.message", input=str(path), message=message)
+        if inspection.system or inspection.errors:
+            text = (
+                f"{path}: {inspection.system:,} system and {inspection.errors:,} error messages"
+                " from the live gateway"
+            )
+            shown = "; ".join(inspection.messages)
+            (plan.warnings if inspection.errors else plan.notes).append(
+                f"{text}{': ' + shown if shown else ''}"
+            )
+
+    def _parts(self, path: Path, dbn: DbnFile, schema: str, digest: str, records: int) -> list[Chunk]:
         size = self.PART_RECORDS
         parts = record_parts(records, size)
         chunks = []
         for first, count in parts:
             label = str(path) if len(parts) == 1 else f"{path} [records {first:,}-{first + count - 1:,}]"
-            key = f"dbn:{digest}:{dbn.schema}:{first}+{size}"
+            if dbn.live:
+                label = f"{label} ({schema})"
+            key = f"dbn:{digest}:{schema}:{first}+{size}"
             self._path_of[key] = path
             chunks.append(
-                Chunk(key, dbn.schema, label, dataset=dbn.dataset, first_record=first, record_count=count)
+                Chunk(key, schema, label, dataset=dbn.dataset, first_record=first, record_count=count)
             )
         return chunks
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
-        return DbnFile(self._path_of[chunk.key]).batches(batch_size, chunk.first_record, chunk.record_count)
+        dbn = DbnFile(self._path_of[chunk.key])
+        return dbn.batches(chunk.schema, batch_size, chunk.first_record, chunk.record_count)
 
     def prefetch(self, chunk: Chunk) -> None:
         """Local files need no fetching."""

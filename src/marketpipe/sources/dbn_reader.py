@@ -1,10 +1,14 @@
 """Reading DBN streams (files or downloaded API chunks) as bounded numpy batches.
 
 The hot path never builds a Python object per record: the decompressed stream is read in
-blocks of ``batch_size`` records and viewed as the DBN v3 numpy layout. Only the two record
-layouts that changed between DBN versions (instrument definitions in v2 and v3, statistics
-in v3) are upgraded record by record through databento-dbn's own upgrade, which keeps them
-exactly as Databento defines the upgrade; they are low-volume schemas.
+blocks of ``batch_size`` records and viewed as the DBN v3 numpy layout. Two kinds of data are
+decoded record by record through databento-dbn instead: the two record layouts that changed
+between DBN versions (instrument definitions in v2 and v3, statistics in v3), upgraded exactly
+as Databento defines the upgrade (low-volume schemas), and recordings of the Live API (no
+single schema, symbol mappings in the stream, ``ts_out`` after each record).
+
+A file is identified by its records as upgraded to DBN v3 and the symbols they map to, not by
+its bytes: the same data as DBN v1, v2 or v3, plain or zstd, is the same data.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import hashlib
 import io
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import databento_dbn
 import numpy as np
+import pyarrow as pa
 import zstandard
 from databento import DBNStore
 from databento.common.constants import (
@@ -27,22 +32,48 @@ from databento.common.constants import (
     SCHEMA_STRUCT_MAP_V2,
 )
 from databento.common.error import BentoError
-from databento_dbn import DBNDecoder, Schema, VersionUpgradePolicy
+from databento_dbn import DBNDecoder, RType, Schema, VersionUpgradePolicy
 
 from marketpipe.errors import SourceError
-from marketpipe.model import Family, family_of
+from marketpipe.model import family_of
 from marketpipe.sources.base import RawBatch
 from marketpipe.symbology import SymbolMap
 
 _STRUCTS_BY_VERSION = {1: SCHEMA_STRUCT_MAP_V1, 2: SCHEMA_STRUCT_MAP_V2, 3: SCHEMA_STRUCT_MAP}
 _HEADER = struct.Struct("<3sBI")  # b"DBN", version, metadata length
 _INSPECT_RECORDS = 65_536
+# Record types of the Live API's control messages: not market data.
+_SYMBOL_MAPPING = int(RType.SYMBOL_MAPPING.value)
+_SYSTEM = int(RType.SYSTEM.value)
+_ERROR = int(RType.ERROR.value)
+_MESSAGES_KEPT = 5
 
 
-@dataclass(frozen=True)
+def _schema_by_rtype() -> dict[int, str]:
+    """The schema of a live record by its rtype. TBBO records carry MBP-1's rtype, so in a
+    stream of several schemas they are indistinguishable from MBP-1 and count as mbp-1."""
+    found: dict[int, str] = {}
+    for schema in Schema.variants():
+        found.setdefault(int(RType.from_schema(schema).value), str(schema.value))
+    found[int(RType.MBP_1.value)] = "mbp-1"
+    return found
+
+
+_SCHEMA_BY_RTYPE = _schema_by_rtype()
+
+
+@dataclass
 class Inspection:
     digest: str
-    records: int
+    records: dict[str, int]  # by schema
+    # Live recordings: the gateway's system and error messages (counted; the first few kept).
+    system: int = 0
+    errors: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.records.values())
 
 
 def _plain(value: object) -> str | None:
@@ -50,6 +81,11 @@ def _plain(value: object) -> str | None:
     if value is None:
         return None
     return str(getattr(value, "value", value))
+
+
+def _time_field(dtype: np.dtype) -> str:
+    """Databento's index timestamp, which symbols are mapped by: ts_recv, else ts_event."""
+    return "ts_recv" if "ts_recv" in (dtype.names or ()) else "ts_event"
 
 
 class DbnFile:
@@ -75,40 +111,44 @@ class DbnFile:
         self.version = int(meta.version)
         if self.version not in _STRUCTS_BY_VERSION:
             raise SourceError(f"{path}: DBN version {self.version} is not supported")
-        schema = _plain(meta.schema)
-        if schema is None:
-            raise SourceError(f"{path}: mixed-schema DBN (live data) is not supported")
-        self.schema: str = schema
-        self.family: Family = family_of(schema)
-        if meta.ts_out:
-            raise SourceError(f"{path}: records with ts_out (live data) are not supported")
+        self.schema: str | None = _plain(meta.schema)
+        self.ts_out = bool(meta.ts_out)
+        # Live recordings (several schemas, or ts_out after each record) are decoded record by record.
+        self.live = self.schema is None or self.ts_out
         self.dataset: str | None = meta.dataset
-        self.start_ns: int = int(meta.start)
-        self.end_ns: int | None = None if meta.end is None else int(meta.end)
         self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
-        # The layout records have in this file's DBN version; read as is when it is v3's.
-        self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(schema)]._dtypes)
-        self._upgrade = self._native != self.family.record_dtype
+        self._decode = self.live
+        if self.schema is not None:
+            # The layout records have in this file's DBN version; read as is when it is v3's.
+            self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(self.schema)]._dtypes)
+            self._decode = self.live or self._native != family_of(self.schema).record_dtype
 
-    def batches(self, batch_size: int, first: int = 0, count: int | None = None) -> Iterator[RawBatch]:
-        """Records ``first`` .. ``first + count`` in DBN v3 layout, ``batch_size`` at most per batch."""
-        blocks = self._upgraded if self._upgrade else self._viewed
-        time_field = "ts_recv" if "ts_recv" in (self.family.record_dtype.names or ()) else "ts_event"
-        for records in blocks(batch_size, first, count):
+    def batches(
+        self, schema: str, batch_size: int, first: int = 0, count: int | None = None
+    ) -> Iterator[RawBatch]:
+        """Records ``first`` .. ``first + count`` of ``schema`` in DBN v3 layout, at most
+        ``batch_size`` per batch."""
+        if self._decode:
+            yield from self._decoded_batches(schema, batch_size, first, count)
+            return
+        for records in self._viewed(batch_size, first, count):
             self._check_lengths(records)
-            symbols = self.symbol_map.resolve(records["instrument_id"], records[time_field])
+            symbols = self.symbol_map.resolve(records["instrument_id"], records[_time_field(records.dtype)])
             yield RawBatch(records, symbols)
 
     def inspect(self) -> Inspection:
-        """One pass over the decompressed data: its identity, its record count, its structure.
+        """One pass over the decompressed data: its identity, its record counts, its structure.
 
         A file that is truncated or misaligned fails here, before anything of it is written.
-        The digest identifies the data, not the file: a .dbn and its .dbn.zst are the same.
+        The digest identifies the records (as DBN v3) and the symbols they map to.
         """
-        digest = hashlib.sha256()
+        if self._decode:
+            return self._inspect_decoded()
+        assert self.schema is not None
+        digest = self._identity()
         records = 0
         with self._checked_stream() as reader:
-            digest.update(self._skip_metadata(reader))
+            self._skip_metadata(reader)
             while block := self._read(reader, _INSPECT_RECORDS * self._native.itemsize):
                 digest.update(block)
                 if len(block) % self._native.itemsize:
@@ -116,7 +156,45 @@ class DbnFile:
                 view = np.frombuffer(block, dtype=self._native)
                 self._check_lengths(view)
                 records += len(view)
-        return Inspection(digest.hexdigest()[:32], records)
+        return Inspection(digest.hexdigest()[:32], {self.schema: records})
+
+    def _identity(self) -> Any:
+        digest = hashlib.sha256()
+        digest.update(f"{self.schema or 'live'}\0".encode())
+        digest.update(self.symbol_map.fingerprint)
+        return digest
+
+    def _inspect_decoded(self) -> Inspection:
+        digest = self._identity()
+        inspection = Inspection("", {})
+        with self._checked_stream() as reader:
+            for record in self._decoded(reader):
+                data = bytes(record)
+                digest.update(data)
+                rtype = data[1]
+                if rtype in (_SYSTEM, _ERROR):
+                    self._note_message(inspection, record, rtype == _ERROR)
+                elif rtype != _SYMBOL_MAPPING:
+                    schema = self._schema_of(rtype)
+                    inspection.records[schema] = inspection.records.get(schema, 0) + 1
+        inspection.digest = digest.hexdigest()[:32]
+        return inspection
+
+    @staticmethod
+    def _note_message(inspection: Inspection, record: Any, is_error: bool) -> None:
+        text = str(record.err if is_error else record.msg)
+        inspection.errors += is_error
+        inspection.system += not is_error
+        if len(inspection.messages) < _MESSAGES_KEPT and (is_error or "heartbeat" not in text.lower()):
+            inspection.messages.append(f"{'error' if is_error else 'system'}: {text}")
+
+    def _schema_of(self, rtype: int) -> str:
+        if self.schema is not None and int(RType.from_schema(Schema(self.schema)).value) == rtype:
+            return self.schema
+        schema = _SCHEMA_BY_RTYPE.get(rtype)
+        if schema is None:
+            raise SourceError(f"{self.path}: corrupt: record type {rtype} belongs to no Databento schema")
+        return schema
 
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""
@@ -140,7 +218,7 @@ class DbnFile:
         return header + self._read(reader, metadata_length)
 
     def _viewed(self, batch_size: int, first: int, count: int | None) -> Iterator[np.ndarray]:
-        dtype = self.family.record_dtype
+        dtype = self._native
         remaining = count
         with self._stream() as reader:
             self._skip_metadata(reader)
@@ -159,27 +237,64 @@ class DbnFile:
                     remaining -= len(block)
                 yield block
 
-    def _upgraded(self, batch_size: int, first: int, count: int | None) -> Iterator[np.ndarray]:
-        dtype = self.family.record_dtype
+    def _decoded(self, reader: IO[bytes]) -> Iterator[Any]:
+        """Every record after the metadata, upgraded to DBN v3 by databento-dbn."""
         decoder = DBNDecoder(upgrade_policy=VersionUpgradePolicy.UPGRADE_TO_V3)
-        last = None if count is None else first + count
-        seen = 0
-        pending: list[bytes] = []
-        with self._stream() as reader:
-            while data := self._read(reader, 1 << 20):
-                for record in decoder.write_and_decode(data):
-                    if isinstance(record, databento_dbn.Metadata):
-                        continue
-                    if first <= seen and (last is None or seen < last):
-                        pending.append(bytes(record))
-                    seen += 1
-                while len(pending) >= batch_size:
-                    yield np.frombuffer(b"".join(pending[:batch_size]), dtype=dtype)
-                    del pending[:batch_size]
+        while data := self._read(reader, 1 << 20):
+            try:
+                records = decoder.write_and_decode(data)
+            except (databento_dbn.DBNError, ValueError) as exc:
+                raise SourceError(f"{self.path}: corrupt: {exc}") from exc
+            for record in records:
+                if not isinstance(record, databento_dbn.Metadata):
+                    yield record
         if decoder.buffer():
             raise SourceError(f"{self.path}: truncated: the file ends inside a record")
+
+    def _decoded_batches(
+        self, schema: str, batch_size: int, first: int, count: int | None
+    ) -> Iterator[RawBatch]:
+        """Records of ``schema`` in stream order. In a live recording a symbol mapping applies
+        to the records after it in the stream, as Databento's live clients apply them
+        (databento-cpp's PitSymbolMap: instrument_id -> stype_out_symbol), whatever the records'
+        own timestamps say; other files map symbols by the metadata's mappings."""
+        dtype = family_of(schema).record_dtype
+        last = None if count is None else first + count
+        seen = 0
+        current: dict[int, str] = {}
+        pending: list[bytes] = []
+        symbols: list[str | None] = []
+        with self._checked_stream() as reader:
+            for record in self._decoded(reader):
+                data = bytes(record)
+                rtype = data[1]
+                if rtype == _SYMBOL_MAPPING:
+                    current[record.instrument_id] = str(record.stype_out_symbol)
+                    continue
+                if rtype in (_SYSTEM, _ERROR) or self._schema_of(rtype) != schema:
+                    continue
+                if first <= seen and (last is None or seen < last):
+                    pending.append(data)
+                    symbols.append(current.get(record.instrument_id))
+                seen += 1
+                if len(pending) == batch_size:
+                    yield self._batch(dtype, pending, symbols)
+                    pending, symbols = [], []
         if pending:
-            yield np.frombuffer(b"".join(pending), dtype=dtype)
+            yield self._batch(dtype, pending, symbols)
+
+    def _batch(self, dtype: np.dtype, data: list[bytes], symbols: list[str | None]) -> RawBatch:
+        width = dtype.itemsize + (8 if self.ts_out else 0)
+        raw = np.frombuffer(b"".join(data), dtype=np.uint8).reshape(len(data), width)
+        records = raw[:, : dtype.itemsize].copy().view(dtype).reshape(len(data))
+        if not self.live:
+            symbols_of = self.symbol_map.resolve(records["instrument_id"], records[_time_field(dtype)])
+            return RawBatch(records, symbols_of)
+        ts_out = None
+        if self.ts_out:
+            records["length"] = dtype.itemsize // 4  # the record as sent, without DBN's ts_out
+            ts_out = np.ascontiguousarray(raw[:, dtype.itemsize :]).view("<u8").reshape(len(data))
+        return RawBatch(records, pa.array(symbols, type=pa.string()), ts_out)
 
     def _read(self, reader: IO[bytes], size: int) -> bytes:
         try:

@@ -6,14 +6,15 @@ from marketpipe.config import Settings
 from marketpipe.stores.base import Store
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, read_only: bool = False) -> Store:
+    """``read_only`` for commands that only read: they never create, migrate or convert."""
     location = settings.db
     if location.startswith(("postgresql://", "postgres://")):
         from marketpipe.stores.postgres import PostgresStore
 
         return PostgresStore(
-            location, settings.db_retries, settings.db_retry_wait, settings.compress_after_days
+            location, settings.db_retries, settings.db_retry_wait, settings.compress_after_days, read_only
         )
     from marketpipe.stores.duckdb import DuckDBStore
 
-    return DuckDBStore(location, settings.duckdb_memory_limit)
+    return DuckDBStore(location, settings.duckdb_memory_limit, read_only)

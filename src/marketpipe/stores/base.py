@@ -17,6 +17,7 @@ from marketpipe.sources.base import Chunk
 CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
 QUARANTINE_TABLE = "marketpipe_quarantine"
+MIGRATIONS_TABLE = "marketpipe_migrations"
 
 
 def chunk_id(chunk_key: str) -> int:
@@ -67,6 +68,7 @@ class QuarantinedRecord:
 @dataclass
 class TableStatus:
     table: str
+    time_column: str
     rows: int
     first_ns: int | None
     last_ns: int | None

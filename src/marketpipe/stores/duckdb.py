@@ -102,23 +102,43 @@ class DuckDBStore(sql.SqlStore):
 
     mode = "duckdb"
 
-    def __init__(self, path: str, memory_limit: str = "256MB") -> None:
+    def __init__(self, path: str, memory_limit: str = "256MB", read_only: bool = False) -> None:
+        """``read_only``: the file must hold a store already; nothing is created or changed."""
         self.location = path
+        file = Path(path).expanduser()
+        if read_only and not file.is_file():
+            raise StoreRejected(f"no marketpipe store at {path}: nothing has been ingested there")
         try:
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                file.parent.mkdir(parents=True, exist_ok=True)
             config = {**CONFIG, "memory_limit": memory_limit}
-            self.con = duckdb.connect(str(Path(path).expanduser()), config=config)
+            self.con = duckdb.connect(str(file), read_only=read_only, config=config)
         except (OSError, duckdb.Error) as exc:
             raise StoreRejected(f"cannot open DuckDB database {path}: {exc}") from None
         try:
-            for family in families().values():
-                self.con.execute(sql.create_family_table(family, column_type))
-            for statement in sql.BOOKKEEPING_DDL:
-                self.con.execute(statement)
-            self.check_model()
+            self._prepare(read_only)
         except BaseException:
             self.con.close()
             raise
+
+    def _prepare(self, read_only: bool) -> None:
+        tables = {str(t) for (t,) in self._query("SELECT table_name FROM information_schema.tables")}
+        applied = set()
+        if sql.MIGRATIONS_TABLE in tables:
+            applied = {int(v) for (v,) in self._query(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
+        elif sql.CHUNKS_TABLE in tables:
+            applied = {1}  # the first release kept no migrations table in DuckDB
+        sql.check_release(self.location, applied)
+        if read_only:
+            if not applied:
+                raise StoreRejected(f"{self.location} is not a marketpipe store")
+        else:
+            for family in families().values():
+                self.con.execute(sql.create_family_table(family, column_type))
+            for statement in (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL):
+                self.con.execute(statement)
+            self._execute(sql.RECORD_MIGRATION, [sql.MODEL_VERSION, sql.MODEL_NAME])
+        self.check_model()
 
     def close(self) -> None:
         self.con.close()

@@ -27,7 +27,7 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
-from marketpipe.model import Family, Kind, families
+from marketpipe.model import Family, families
 from marketpipe.retries import retrying
 from marketpipe.rules.validation import Rejection
 from marketpipe.stores import sql, timescale
@@ -137,7 +137,7 @@ def _model_statements() -> list[str]:
         readable = ", ".join(
             f"marketpipe_ts({sql.quote(c.name)}) AS {sql.quote(c.name + '_time')}"
             for c in family.columns
-            if c.kind is Kind.TIMESTAMP
+            if c.is_timestamp
         )
         tables.append(
             f"CREATE OR REPLACE VIEW {sql.quote(family.table + '_v')} AS SELECT *, {readable} FROM {name}"
@@ -153,11 +153,14 @@ def _create_model(conn: psycopg.Connection[Any]) -> None:
 Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
 
 
+TIMESCALE_VERSION = sql.MODEL_VERSION + 1
+
+
 def _migrations(mode_timescale: bool) -> list[Migration]:
     """Versioned schema steps; the TimescaleDB one only where the extension is usable."""
-    migrations: list[Migration] = [(1, "standardized model, bookkeeping, functions, views", _create_model)]
+    migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, _create_model)]
     if mode_timescale:
-        migrations.append((2, "timescaledb hypertables", timescale.create_hypertables))
+        migrations.append((TIMESCALE_VERSION, "timescaledb hypertables", timescale.create_hypertables))
     return migrations
 
 
@@ -199,14 +202,22 @@ class _PgChunkWriter:
 
 class PostgresStore(sql.SqlStore):
     def __init__(
-        self, url: str, retries: int = 5, retry_wait: float = 0.5, compress_after_days: int | None = None
+        self,
+        url: str,
+        retries: int = 5,
+        retry_wait: float = 0.5,
+        compress_after_days: int | None = None,
+        read_only: bool = False,
     ):
+        """``read_only``: every transaction is READ ONLY; nothing is created, migrated or converted,
+        so a role with SELECT rights alone can read."""
         self.url = url
         self.location = safe_location(url)
         self.retries = retries
         self.retry_wait = retry_wait
+        self.read_only = read_only
         self.conn = self._connect()
-        self.mode = self._migrate(compress_after_days)
+        self.mode = self._inspect() if read_only else self._migrate(compress_after_days)
         with self.translated("schema check"):
             self.check_model()
 
@@ -218,7 +229,9 @@ class PostgresStore(sql.SqlStore):
         for attempt in retrying(self.retries, self.retry_wait, log_retry):
             with attempt:
                 try:
-                    return psycopg.connect(self.url, **CONNECT_OPTIONS)
+                    conn = psycopg.connect(self.url, **CONNECT_OPTIONS)
+                    conn.read_only = self.read_only
+                    return conn
                 except psycopg.Error as exc:
                     raise translate(exc, f"cannot connect to PostgreSQL at {self.location}") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -235,23 +248,34 @@ class PostgresStore(sql.SqlStore):
         with self.translated("schema migration"), self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             use_timescale, why = timescale.detect(self.conn)
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS marketpipe_migrations (version INTEGER PRIMARY KEY,"
-                " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            applied = {v for (v,) in self.conn.execute("SELECT version FROM marketpipe_migrations")}
+            self.conn.execute(sql.MIGRATIONS_DDL)
+            applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
+            sql.check_release(self.location, applied)
             for version, name, apply in _migrations(use_timescale):
                 if version in applied:
                     continue
                 apply(self.conn)
-                self.conn.execute(
-                    "INSERT INTO marketpipe_migrations (version, name) VALUES (%s, %s)", (version, name)
-                )
+                self.conn.execute(sql.RECORD_MIGRATION, (version, name))
                 log.info("db.migrated", version=version, name=name)
             if use_timescale and compress_after_days is not None:
                 timescale.add_compression_policies(self.conn, compress_after_days)
         mode = "timescaledb" if use_timescale else "postgresql"
         log.info("store.mode", mode=mode, reason=why, location=self.location)
+        return mode
+
+    def _inspect(self) -> str:
+        """The mode the store was made in, read without changing anything."""
+        with self.translated("schema check"):
+            found = self.conn.execute("SELECT to_regclass(%s)", (sql.MIGRATIONS_TABLE,)).fetchone()
+            applied: set[int] = set()
+            if found and found[0] is not None:
+                applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
+            self.conn.commit()
+        if not applied:
+            raise StoreRejected(f"no marketpipe tables in {self.location}: nothing has been ingested there")
+        sql.check_release(self.location, applied)
+        mode = "timescaledb" if TIMESCALE_VERSION in applied else "postgresql"
+        log.info("store.mode", mode=mode, reason="read-only: as the store was made", location=self.location)
         return mode
 
     @contextmanager
@@ -296,9 +320,9 @@ class PostgresStore(sql.SqlStore):
         statement, params = sql.export_statement(query, self._time_ns(family))
         # Store types that differ from the model's Arrow type: fetched as these, then cast.
         via = {
-            c.name: pa.int64() if c.kind is Kind.TIMESTAMP else pa.decimal128(20, 0)
+            c.name: pa.int64() if c.is_timestamp else pa.decimal128(20, 0)
             for c in family.columns
-            if c.kind is Kind.TIMESTAMP or c.arrow_type == pa.uint64()
+            if c.is_timestamp or c.arrow_type == pa.uint64()
         }
         with self.translated("export"), self.conn.cursor(name="marketpipe_export") as cur:
             cur.itersize = batch_size

@@ -25,6 +25,7 @@ from marketpipe.rules.validation import Rejection
 from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
+    MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUNS_TABLE,
     ChunkCounts,
@@ -52,7 +53,7 @@ def column_types(
     def type_of(column: Column) -> str:
         if column.kind is Kind.PRICE:
             return price
-        if column.kind is Kind.TIMESTAMP:
+        if column.is_timestamp:
             return timestamp
         if column.kind is Kind.INTEGER:
             return integer(column.arrow_type)
@@ -68,6 +69,29 @@ def create_family_table(family: Family, type_of: Callable[[Column], str]) -> str
         columns.append(f"{quote(c.name)} {type_of(c)}{null}")
     columns.append("chunk_id BIGINT NOT NULL")
     return f"CREATE TABLE IF NOT EXISTS {quote(family.table)} (\n  " + ",\n  ".join(columns) + "\n)"
+
+
+# The layout this release writes. Version 1 (and 2, its TimescaleDB step) were the first
+# release's: tables partitioned and filtered by ts_event, no ts_out column.
+MODEL_VERSION = 3
+MODEL_NAME = "standardized model on Databento's index timestamp, bookkeeping"
+MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+  version INTEGER PRIMARY KEY,
+  name TEXT NOT NULL,
+  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)"""
+RECORD_MIGRATION = f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+
+
+def check_release(location: str, applied: set[int]) -> None:
+    """Refuse a database an earlier release made: its tables have another time axis."""
+    if applied and MODEL_VERSION not in applied:
+        raise StoreRejected(
+            f"{location} was made by an earlier marketpipe release, whose tables are partitioned"
+            " and filtered by ts_event; this release uses Databento's index timestamp (ts_recv;"
+            " ts_event for OHLCV) and keeps ts_out: ingest into a new database (export what you"
+            " need from this one with the earlier release first)"
+        )
 
 
 BOOKKEEPING_DDL = (
@@ -428,7 +452,7 @@ class SqlStore:
             rows, first, last = self._query(
                 f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {quote(family.table)}"
             )[0]
-            report.tables.append(TableStatus(family.table, int(rows), first, last))
+            report.tables.append(TableStatus(family.table, family.time_column, int(rows), first, last))
         report.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
         report.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
         names = ["run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"]

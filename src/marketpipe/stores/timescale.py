@@ -14,27 +14,9 @@ from typing import Any
 import structlog
 
 from marketpipe.model import Family, families
+from marketpipe.symbology import NS_PER_DAY
 
-NS_PER_HOUR = 3_600 * 10**9
-NS_PER_DAY = 24 * NS_PER_HOUR
 MIN_VERSION = (2, 13)
-
-# Chunk intervals by volume: book and order data hours, trades and quotes a day,
-# low-volume schemas weeks, bars and definitions a month.
-CHUNK_INTERVAL_NS: dict[str, int] = {
-    "mbo": 6 * NS_PER_HOUR,
-    "mbp10": 6 * NS_PER_HOUR,
-    "mbp1": NS_PER_DAY,
-    "cmbp1": NS_PER_DAY,
-    "trades": NS_PER_DAY,
-    "bbo": 7 * NS_PER_DAY,
-    "cbbo": NS_PER_DAY,
-    "statistics": 7 * NS_PER_DAY,
-    "status": 30 * NS_PER_DAY,
-    "imbalance": 7 * NS_PER_DAY,
-    "ohlcv": 30 * NS_PER_DAY,
-    "definitions": 30 * NS_PER_DAY,
-}
 
 NOW_FUNCTION = """CREATE OR REPLACE FUNCTION marketpipe_now_ns() RETURNS BIGINT
 LANGUAGE SQL STABLE AS $$ SELECT (extract(epoch FROM now()) * 1000000000)::BIGINT $$"""
@@ -82,8 +64,14 @@ def detect(conn: Any) -> tuple[bool, str]:
 
 
 def preloaded(conn: Any) -> bool:
-    libraries = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
-    return "timescaledb" in [name.strip().strip('"') for name in str(libraries).split(",")]
+    """Whether the server loaded TimescaleDB at start. ``shared_preload_libraries`` itself is
+    readable by superusers only; the loader's postmaster-level setting is visible to every role
+    and exists, typed, only when the library was preloaded (a mere placeholder would be text)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_settings WHERE name = 'timescaledb.max_background_workers'"
+        " AND context = 'postmaster' AND vartype = 'integer'"
+    ).fetchone()
+    return bool(row[0])
 
 
 def hypertable_statements(family: Family) -> list[tuple[str, tuple[Any, ...]]]:
@@ -93,7 +81,7 @@ def hypertable_statements(family: Family) -> list[tuple[str, tuple[Any, ...]]]:
         (
             "SELECT create_hypertable(%s::regclass, by_range(%s::name, %s::BIGINT),"
             " create_default_indexes => FALSE, if_not_exists => TRUE, migrate_data => TRUE)",
-            (table, time, CHUNK_INTERVAL_NS[table]),
+            (table, time, family.chunk_interval_ns),
         ),
         (
             "SELECT set_integer_now_func(%s::regclass, 'marketpipe_now_ns'::regproc,"
