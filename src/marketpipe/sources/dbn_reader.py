@@ -173,7 +173,9 @@ class DbnFile:
                 digest.update(data)
                 rtype = data[1]
                 if rtype in (_SYSTEM, _ERROR):
-                    self._note_message(inspection, record, rtype == _ERROR)
+                    self._note_message(
+                        inspection, self._text(record, "err" if rtype == _ERROR else "msg"), rtype == _ERROR
+                    )
                 elif rtype != _SYMBOL_MAPPING:
                     schema = self._schema_of(rtype)
                     inspection.records[schema] = inspection.records.get(schema, 0) + 1
@@ -181,12 +183,20 @@ class DbnFile:
         return inspection
 
     @staticmethod
-    def _note_message(inspection: Inspection, record: Any, is_error: bool) -> None:
-        text = str(record.err if is_error else record.msg)
+    def _note_message(inspection: Inspection, text: str, is_error: bool) -> None:
         inspection.errors += is_error
         inspection.system += not is_error
         if len(inspection.messages) < _MESSAGES_KEPT and (is_error or "heartbeat" not in text.lower()):
             inspection.messages.append(f"{'error' if is_error else 'system'}: {text}")
+
+    def _text(self, record: Any, name: str) -> str:
+        """A text field of a decoded record; databento-dbn raises on bytes that are not UTF-8."""
+        try:
+            return str(getattr(record, name))
+        except (databento_dbn.DBNError, ValueError):
+            raise SourceError(
+                f"{self.path}: corrupt: {name} of a {type(record).__name__} is not UTF-8 text"
+            ) from None
 
     def _schema_of(self, rtype: int) -> str:
         if self.schema is not None and int(RType.from_schema(Schema(self.schema)).value) == rtype:
@@ -269,7 +279,7 @@ class DbnFile:
                 data = bytes(record)
                 rtype = data[1]
                 if rtype == _SYMBOL_MAPPING:
-                    current[record.instrument_id] = str(record.stype_out_symbol)
+                    current[record.instrument_id] = self._text(record, "stype_out_symbol")
                     continue
                 if rtype in (_SYSTEM, _ERROR) or self._schema_of(rtype) != schema:
                     continue
