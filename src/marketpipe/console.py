@@ -90,6 +90,9 @@ def _size(count: int) -> str:
     return f"{count / 2**20:,.1f} MB"
 
 
+_DUPLICATES_SHOWN = 5
+
+
 def render_summary(summary: RunSummary) -> None:
     rows: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0])
     for r in summary.results:
@@ -129,9 +132,14 @@ def render_summary(summary: RunSummary) -> None:
     skipped = sum(r.status == "skipped" for r in summary.results)
     if skipped:
         out.print(f"skipped {skipped:,} chunks already stored by an earlier run (--force redoes them)")
-    for path, same_as in summary.duplicates:
+    for path, same_as in summary.duplicates[:_DUPLICATES_SHOWN]:
         out.print(
             f"skipped {path}: the same records as {same_as}", markup=False, highlight=False, soft_wrap=True
+        )
+    if len(summary.duplicates) > _DUPLICATES_SHOWN:
+        out.print(
+            f"skipped {len(summary.duplicates):,} inputs in all that hold the same records as another"
+            " input of this run (each is named in the log: input.duplicate)"
         )
     for note in summary.notes:
         out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
