@@ -29,7 +29,7 @@ from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Chunk, RawBatch, Source
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ChunkCounts, ChunkWriter, Store
+from marketpipe.stores.base import ChunkAlreadyStored, ChunkCounts, ChunkWriter, Store
 from marketpipe.transform import to_table
 
 STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
@@ -209,14 +209,14 @@ class Pipeline:
         if following and (force or not self.store.is_done(following[0])):
             source.prefetch(following[0])
         if parts == [chunk]:
-            return self._run_chunk_with_retries(source, chunk)
+            return self._run_chunk_with_retries(source, chunk, force)
         self.store.plan_chunks(parts, self.request.name)
         merged = ChunkResult(chunk, "done")
         for part in parts:
             if not force and self.store.is_done(part):
                 self.log.info("chunk.skipped", chunk=part.label, reason="done in an earlier run")
                 continue
-            result = self._run_chunk_with_retries(source, part)
+            result = self._run_chunk_with_retries(source, part, force)
             merged.read += result.read
             merged.stored += result.stored
             merged.quarantined += result.quarantined
@@ -239,7 +239,7 @@ class Pipeline:
         except StoreError as exc:
             self.log.warning("bookkeeping.skipped", error=str(exc))
 
-    def _run_chunk_with_retries(self, source: Source, chunk: Chunk) -> ChunkResult:
+    def _run_chunk_with_retries(self, source: Source, chunk: Chunk, force: bool) -> ChunkResult:
         """A transient store fault re-runs the whole chunk: its transaction is gone."""
 
         def log_retry(attempt: int, reason: str, wait: float) -> None:
@@ -251,12 +251,12 @@ class Pipeline:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
                     self.store.reconnect()
-                result = self._run_chunk(source, chunk)
+                result = self._run_chunk(source, chunk, force)
                 result.attempts = number
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_chunk(self, source: Source, chunk: Chunk) -> ChunkResult:
+    def _run_chunk(self, source: Source, chunk: Chunk, force: bool) -> ChunkResult:
         log = self.log.bind(chunk=chunk.label, schema=chunk.schema)
         log.info("chunk.start")
         if self.progress:
@@ -268,7 +268,7 @@ class Pipeline:
             # The data is opened (an API chunk is already downloaded) before the transaction.
             with timer("read"):
                 batches = source.read(chunk, self.settings.batch_size)
-            with self.store.write_chunk(chunk, self.run_id, self.request.name) as writer:
+            with self.store.write_chunk(chunk, self.run_id, self.request.name, force) as writer:
                 for raw in self._timed_batches(batches, timer):
                     self._process(chunk, raw, writer, timer, result)
                 result.seconds = time.perf_counter() - started
@@ -279,6 +279,9 @@ class Pipeline:
                         f" + quarantined {result.quarantined}"
                     )
                 writer.commit(ChunkCounts(result.read, result.stored, result.quarantined, result.seconds))
+        except ChunkAlreadyStored:
+            log.info("chunk.skipped", reason="stored by another run while this one waited")
+            return ChunkResult(chunk, "skipped")
         except SourceError as exc:
             return self._failed(chunk, result, str(exc), log)
         except StoreError:

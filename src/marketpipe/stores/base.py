@@ -20,6 +20,10 @@ QUARANTINE_TABLE = "marketpipe_quarantine"
 MIGRATIONS_TABLE = "marketpipe_migrations"
 
 
+class ChunkAlreadyStored(Exception):
+    """Another run stored the chunk while this one waited for it: nothing to do."""
+
+
 def chunk_id(chunk_key: str) -> int:
     """A signed 64-bit id for a chunk key, stored on every row the chunk wrote."""
     digest = hashlib.blake2b(chunk_key.encode(), digest_size=8).digest()
@@ -110,8 +114,13 @@ class Store(Protocol):
         """Record planned chunks as pending (chunks already known keep their state)."""
         ...
 
-    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> AbstractContextManager[ChunkWriter]:
-        """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is rolled back."""
+    def write_chunk(
+        self, chunk: Chunk, run_id: str, job: str, force: bool = False
+    ) -> AbstractContextManager[ChunkWriter]:
+        """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is rolled back.
+
+        One writer at a time per chunk, across processes: a run that finds the chunk stored by
+        another once it has it raises ChunkAlreadyStored (unless ``force``)."""
         ...
 
     def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None: ...

@@ -30,6 +30,7 @@ from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
 from marketpipe.model import Family, families
 from marketpipe.retries import retrying
 from marketpipe.rules.validation import Rejection
+from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql, timescale
 from marketpipe.stores.base import QUARANTINE_TABLE, ChunkCounts, ExportQuery
 
@@ -311,6 +312,23 @@ class PostgresStore(sql.SqlStore):
 
     def _time_ns(self, family: Family) -> str:
         return sql.quote(family.time_column)
+
+    ROW_LOCK = " FOR UPDATE"
+
+    def _claim(self, chunk: Chunk, key: int) -> None:
+        # A session-level advisory lock: it outlives the chunk's transactions and ends with
+        # the session, so a killed writer never leaves a chunk held.
+        with self.translated("chunk claim"):
+            (taken,) = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()  # type: ignore[misc]
+            if not taken:
+                log.info("chunk.waiting", chunk=chunk.label, reason="another run is writing it")
+                self.conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            self.conn.commit()
+
+    def _release(self, key: int) -> None:
+        with suppress(psycopg.Error):  # a lost connection released it already
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            self.conn.commit()
 
     def _writer(self, tx: sql.ChunkTransaction) -> _PgChunkWriter:
         return _PgChunkWriter(self, tx)

@@ -28,6 +28,7 @@ from marketpipe.stores.base import (
     MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUNS_TABLE,
+    ChunkAlreadyStored,
     ChunkCounts,
     ExportQuery,
     QuarantinedRecord,
@@ -153,7 +154,7 @@ INSERT_PENDING = f"""INSERT INTO {CHUNKS_TABLE}
 VALUES (%s, %s, %s, %s, %s, 'pending', now())
 ON CONFLICT (chunk_key) DO NOTHING"""
 
-CHUNK_STATE = f"SELECT status, first_ns, last_ns FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
+CHUNK_STATE = f"SELECT status, first_ns, last_ns, run_id FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
 
 INSERT_RUN = f"""INSERT INTO {RUNS_TABLE} (run_id, job, started_at, status)
 VALUES (%s, %s, now(), 'running')"""
@@ -323,6 +324,16 @@ class SqlStore:
         """Expression for a family's event time in nanoseconds since the epoch."""
         raise NotImplementedError
 
+    # Holding a chunk against other processes. The embedded file has one writer process at a
+    # time (DuckDB's file lock), so only a server store needs these.
+    ROW_LOCK = ""
+
+    def _claim(self, chunk: Chunk, key: int) -> None:
+        """Until ``_release``, no other process writes this chunk (waits while one does)."""
+
+    def _release(self, key: int) -> None:
+        """Let other processes write the chunk again."""
+
     # Shared logic.
     def check_model(self) -> None:
         """The tables found must be the ones the transformation file declares, column for column.
@@ -399,8 +410,10 @@ class SqlStore:
         raise NotImplementedError
 
     @contextmanager
-    def write_chunk(self, chunk: Chunk, run_id: str, job: str) -> Iterator[SqlChunkWriter]:
-        with self._chunk_transaction(chunk, run_id, job) as tx:
+    def write_chunk(
+        self, chunk: Chunk, run_id: str, job: str, force: bool = False
+    ) -> Iterator[SqlChunkWriter]:
+        with self._chunk_transaction(chunk, run_id, job, force) as tx:
             writer = self._writer(tx)
             try:
                 yield writer
@@ -408,28 +421,44 @@ class SqlStore:
                 writer.close()
 
     @contextmanager
-    def _chunk_transaction(self, chunk: Chunk, run_id: str, job: str) -> Iterator[ChunkTransaction]:
-        """Mark running, then in one transaction remove the chunk's earlier rows and yield."""
-        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "running", None, run_id=run_id))
-        self._commit()
+    def _chunk_transaction(
+        self, chunk: Chunk, run_id: str, job: str, force: bool
+    ) -> Iterator[ChunkTransaction]:
+        """Claim the chunk, mark it running, then in one transaction that holds its ledger row
+        remove the chunk's earlier rows and yield.
+
+        The claim spares a second writer the work; the row lock makes a second copy impossible
+        even without it: a writer that got this far waits for the first to commit, then reads
+        the range the first stored and deletes those rows before writing its own.
+        """
         tx = ChunkTransaction(self, chunk, run_id, job)
-        rows = self._query(CHUNK_STATE, [chunk.key])
-        first_ns, last_ns = (rows[0][1], rows[0][2]) if rows else (None, None)
-        self._begin()
+        self._claim(chunk, tx.id)
         try:
-            if first_ns is not None:
-                # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
-                time_ns = self._time_ns(tx.family)
-                self._execute(
-                    f"DELETE FROM {quote(tx.family.table)} WHERE chunk_id = %s"
-                    f" AND {time_ns} BETWEEN %s AND %s",
-                    [tx.id, first_ns, last_ns],
-                )
-            self._execute(DELETE_QUARANTINE, [tx.id])
-            yield tx
+            if not force and self.is_done(chunk):
+                raise ChunkAlreadyStored(chunk.label)
+            self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "running", None, run_id=run_id))
+            self._commit()
+            self._begin()
+            try:
+                rows = self._query(CHUNK_STATE + self.ROW_LOCK, [chunk.key])
+                status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, run_id)
+                if owner != run_id and status == "done" and not force:
+                    raise ChunkAlreadyStored(chunk.label)
+                if first_ns is not None:
+                    # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
+                    time_ns = self._time_ns(tx.family)
+                    self._execute(
+                        f"DELETE FROM {quote(tx.family.table)} WHERE chunk_id = %s"
+                        f" AND {time_ns} BETWEEN %s AND %s",
+                        [tx.id, first_ns, last_ns],
+                    )
+                self._execute(DELETE_QUARANTINE, [tx.id])
+                yield tx
+            finally:
+                if not tx.committed:
+                    self._rollback()
         finally:
-            if not tx.committed:
-                self._rollback()
+            self._release(tx.id)
 
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
         where, params = [], []
