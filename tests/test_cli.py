@@ -152,3 +152,52 @@ def test_make_sample_into_an_unusable_directory_fails_in_one_line(cli, tmp_path:
     _one_error_line(
         cli("make-sample", "--out", str(tmp_path / "a_file" / "sample")), "cannot write the sample to"
     )
+
+
+@pytest.fixture
+def stored(cli, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A DuckDB store holding the sample's trades; its path."""
+    assert cli("make-sample", "--out", str(tmp_path / "sample")).exit_code == 0
+    assert cli("ingest", "--from-file", str(tmp_path / "sample")).exit_code == 0
+    return tmp_path / "store.duckdb"
+
+
+def test_export_refuses_an_existing_file_unless_overwrite(cli, stored: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "trades.csv"
+    out.write_text("keep me")
+    _one_error_line(cli("export", "--schema", "trades", "--out", str(out)), "exists: give --overwrite")
+    assert out.read_text() == "keep me"
+    result = cli("export", "--schema", "trades", "--out", str(out), "--format", "csv", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith('"ts_recv",')
+
+
+@pytest.mark.parametrize("target", ["store", "store_link", "directory", "device", "empty", "too_long"])
+def test_export_never_destroys_what_is_not_its_output(  # type: ignore[no-untyped-def]
+    cli, stored: Path, tmp_path: Path, target: str
+) -> None:
+    out = {
+        "store": str(stored),
+        "store_link": str(stored),  # replaced below by a link to it
+        "directory": str(tmp_path),
+        "device": "/dev/null",
+        "empty": "",
+        "too_long": str(tmp_path / ("x" * 300)),
+    }[target]
+    if target == "store_link":
+        (tmp_path / "link.duckdb").symlink_to(stored)
+        out = str(tmp_path / "link.duckdb")
+    before = stored.read_bytes()
+    result = cli("export", "--schema", "trades", "--out", out, "--overwrite")
+    fragment = {
+        "store": "is the store's own file",
+        "store_link": "is the store's own file",
+        "directory": "is not a regular file",
+        "device": "is not a regular file",
+        "empty": "names no file",
+        "too_long": "longer than 255 bytes",
+    }[target]
+    _one_error_line(result, fragment)
+    assert stored.read_bytes() == before
+    assert Path("/dev/null").is_char_device()
+    assert cli("status").exit_code == 0

@@ -14,7 +14,7 @@ import typer
 from marketpipe import __version__, console
 from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request
 from marketpipe.errors import MarketpipeError, UsageError
-from marketpipe.exporting import FORMATS
+from marketpipe.exporting import FORMATS, check_output
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
 from marketpipe.model import family_of, use_transformations
@@ -201,6 +201,7 @@ def export(
     symbols: SymbolsOption = None,
     start_date: StartOption = None,
     end_date: EndOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it is an existing file")] = False,
 ) -> None:
     """Write stored records of one schema to Parquet or CSV, exactly."""
 
@@ -212,6 +213,10 @@ def export(
         family_of(schema)  # bad arguments fail before the store is opened
         if format not in FORMATS:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+        store_files = [] if "://" in settings.db else [Path(settings.db).expanduser()]
+        check_output(
+            out, overwrite, [p.with_name(p.name + suffix) for p in store_files for suffix in ("", ".wal")]
+        )
         store = open_store(settings, read_only=True)
         try:
             rows = export_records(

@@ -21,6 +21,25 @@ from marketpipe.symbology import NS_PER_DAY, day_ns
 
 WRITERS = {"parquet": pq.ParquetWriter, "csv": pacsv.CSVWriter}
 FORMATS = tuple(WRITERS)
+_NAME_MAX = 255  # bytes in one path component on Linux file systems
+
+
+def check_output(out: Path, overwrite: bool, protected: list[Path]) -> None:
+    """Refuse an output that would destroy something: the store's own files always, anything
+    that is not a regular file always, an existing file unless ``overwrite``."""
+    if not out.name or out.name in (".", ".."):
+        raise UsageError(f"--out {str(out)!r} names no file")
+    if len(os.fsencode(out.name)) > _NAME_MAX:
+        raise UsageError(f"--out: the file name is longer than {_NAME_MAX} bytes")
+    for path in protected:
+        if path.exists() and out.exists() and out.resolve() == path.resolve():
+            raise UsageError(f"--out {out} is the store's own file {path}: export elsewhere")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_file():
+        raise UsageError(f"--out {out} exists and is not a regular file (a directory, device or link)")
+    if not overwrite:
+        raise UsageError(f"--out {out} exists: give --overwrite to replace it")
 
 
 def export(
