@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -13,7 +15,7 @@ from marketpipe.config import IngestRequest, load_settings
 from marketpipe.errors import SourceError
 from marketpipe.model import families
 from marketpipe.pipeline import Pipeline
-from marketpipe.samples import make_sample, metadata_bytes, synthetic_trades
+from marketpipe.samples import Interval, make_sample, metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.sources.dbn_reader import DbnFile
 
 
@@ -124,3 +126,53 @@ def test_a_zstd_file_cut_anywhere_in_its_last_bytes_is_rejected(tmp_path: Path) 
         path.write_bytes(whole[:-cut])
         with pytest.raises(SourceError, match="corrupt or truncated compressed data"):
             DbnFile(path).inspect()
+
+
+def test_decompression_bomb_fails_in_one_line_with_bounded_memory(tmp_path: Path) -> None:
+    """A small .dbn.zst whose header declares 2 GiB of metadata (and holds them, as zeros)."""
+    bomb = tmp_path / "in" / "bomb.dbn.zst"
+    bomb.parent.mkdir()
+    with bomb.open("wb") as raw, zstandard.ZstdCompressor(level=19).stream_writer(raw) as out:
+        out.write(b"DBN\x03" + (2**31).to_bytes(4, "little"))
+        zeros = bytes(2**24)
+        for _ in range(2**31 // len(zeros)):
+            out.write(zeros)
+    assert bomb.stat().st_size < 2**20
+    good = make_sample(tmp_path / "in" / "good")[0]
+    measure = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(r.returncode); print(r.stdout + r.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    main = Path(__file__).resolve().parents[1] / "main.py"
+    args = ["ingest", "--from-file", str(tmp_path / "in"), "--db", str(tmp_path / "b.duckdb")]
+    command = [sys.executable, "-c", measure, sys.executable, str(main), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    code, output, peak_kb = int(lines[0]), "\n".join(lines[1:-1]), int(lines[-1])
+    assert code == 1, output
+    failures = _failures(output)
+    assert len(failures) == 1 and "declares 2,147,483,648 bytes of metadata" in failures[0], output
+    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+    assert _rows(tmp_path / "b.duckdb")["trades"] > 0  # the good file beside it is stored
+    assert good.exists()
+
+
+def test_corrupt_symbol_mapping_fails_its_file_alone(cli, tmp_path: Path) -> None:
+    day = dt.date(2024, 3, 4)
+    records = synthetic_trades(100, day)
+    start = int(records["ts_event"].min())
+    interval = [Interval(day, day + dt.timedelta(days=1), "5`82")]  # was 5482: one byte flipped
+    bad = metadata_bytes(
+        "XNAS.ITCH", "trades", start, start + 86_400 * 10**9, "raw_symbol", {"AAPL": interval}
+    )
+    write_dbn(tmp_path / "in" / "a_bad.dbn", bad, [records.tobytes()])
+    good = metadata_bytes("XNAS.ITCH", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+    write_dbn(tmp_path / "in" / "b_good.dbn", good, [synthetic_trades(50, day, seed=4).tobytes()])
+    result = cli("ingest", "--from-file", str(tmp_path / "in"))
+    assert result.exit_code == 1
+    assert "internal error" not in result.output
+    [failure] = _failures(result.output)
+    assert "a_bad.dbn: corrupt symbol mappings in the metadata" in failure
+    assert _rows(tmp_path / "store.duckdb")["trades"] == 50

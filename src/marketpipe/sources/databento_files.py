@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,12 @@ class DbnFileSource:
                 inspection = dbn.inspect()
             except SourceError as exc:
                 plan.failures.append((str(path), str(exc)))
+                continue
+            except Exception as exc:  # whatever a file holds fails that file alone
+                log.error(
+                    "input.unreadable", input=str(path), error=repr(exc), traceback=traceback.format_exc()
+                )
+                plan.failures.append((str(path), f"{path}: unreadable: {exc}"))
                 continue
             if inspection.digest in seen:
                 log.info("input.duplicate", input=str(path), same_data_as=str(seen[inspection.digest]))

@@ -47,6 +47,10 @@ _SYMBOL_MAPPING = int(RType.SYMBOL_MAPPING.value)
 _SYSTEM = int(RType.SYSTEM.value)
 _ERROR = int(RType.ERROR.value)
 _MESSAGES_KEPT = 5
+# Real metadata is kilobytes to a few megabytes (a year of 2,000 symbols' daily mappings is
+# about 60 MB); a larger declared length is a corrupt header or a decompression bomb, which
+# databento would read into memory whole.
+MAX_METADATA_BYTES = 256 * 2**20
 
 
 def _schema_by_rtype() -> dict[int, str]:
@@ -95,6 +99,7 @@ class DbnFile:
         self.path = path
         if path.stat().st_size == 0:
             raise SourceError(f"{path}: empty file")
+        self._check_metadata_length()
         try:
             self._store = DBNStore.from_file(path)
         except BentoError as exc:
@@ -116,12 +121,30 @@ class DbnFile:
         # Live recordings (several schemas, or ts_out after each record) are decoded record by record.
         self.live = self.schema is None or self.ts_out
         self.dataset: str | None = meta.dataset
-        self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
+        try:
+            self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceError(f"{path}: corrupt symbol mappings in the metadata: {exc}") from None
         self._decode = self.live
         if self.schema is not None:
             # The layout records have in this file's DBN version; read as is when it is v3's.
             self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(self.schema)]._dtypes)
             self._decode = self.live or self._native != family_of(self.schema).record_dtype
+
+    def _check_metadata_length(self) -> None:
+        """Read only the header before databento reads the metadata it declares."""
+        try:
+            with self._checked_stream() as reader:
+                header = _read_exact(reader, _HEADER.size)
+        except (zstandard.ZstdError, OSError):
+            return  # not zstd after all, or damaged: databento says which, below
+        if len(header) == _HEADER.size and header[:3] == b"DBN":
+            length = _HEADER.unpack(header)[2]
+            if length > MAX_METADATA_BYTES:
+                raise SourceError(
+                    f"{self.path}: corrupt: the header declares {length:,} bytes of metadata"
+                    f" (more than {MAX_METADATA_BYTES:,})"
+                )
 
     def batches(
         self, schema: str, batch_size: int, first: int = 0, count: int | None = None
@@ -321,8 +344,14 @@ class DbnFile:
             )
 
 
+# Compressed bytes fed to zstd at a time: one zstd block (128 KiB) can be encoded in 4 bytes,
+# so this bounds what one step can decompress to about 128 MiB, whatever the file is.
+_ZSTD_INPUT = 4096
+
+
 class _CheckedZstd(io.RawIOBase):
-    """The decompressed bytes of a zstd file, frame after frame; a cut frame raises ZstdError."""
+    """The decompressed bytes of a zstd file, frame after frame; a cut frame raises ZstdError.
+    Memory stays bounded: input goes in small steps, and reading stops once ``size`` is had."""
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("rb")
@@ -334,7 +363,7 @@ class _CheckedZstd(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._output) < size:
-            data = self._file.read(1 << 20)
+            data = self._file.read(_ZSTD_INPUT)
             if not data:
                 if not self._frame.eof:
                     raise zstandard.ZstdError("the file ends inside a zstd frame")
