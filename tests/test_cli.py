@@ -201,3 +201,29 @@ def test_export_never_destroys_what_is_not_its_output(  # type: ignore[no-untype
     assert stored.read_bytes() == before
     assert Path("/dev/null").is_char_device()
     assert cli("status").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("db", "fragment"),
+    [
+        (":memory:", "':memory:' keeps nothing"),
+        ("postgresql+psycopg://postgres:s3cret@127.0.0.1/market", "unknown scheme 'postgresql+psycopg'"),
+        ("mysql://root@127.0.0.1/market", "unknown scheme 'mysql'"),
+    ],
+)
+def test_store_location_that_keeps_nothing_or_is_not_ours_is_refused(
+    cli, db: str, fragment: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    assert cli("make-sample", "--out", str(tmp_path / "sample")).exit_code == 0
+    for command in (["ingest", "--from-file", str(tmp_path / "sample")], ["status"]):
+        result = cli(*command, "--db", db)
+        _one_error_line(result, fragment)
+        assert "s3cret" not in result.output
+
+
+def test_relative_store_path_is_shown_absolute(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert cli("make-sample", "--out", str(tmp_path / "sample")).exit_code == 0
+    result = cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", "rel/store.duckdb")
+    assert result.exit_code == 0
+    assert f"store: {tmp_path / 'rel' / 'store.duckdb'} (duckdb)" in result.output
+    assert (tmp_path / "rel" / "store.duckdb").is_file()

@@ -54,6 +54,23 @@ class Settings(BaseSettings):
     databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")
     databento_gateway: str = Field("https://hist.databento.com", validation_alias="DATABENTO_GATEWAY")
 
+    @field_validator("db")
+    @classmethod
+    def _store_location(cls, value: str) -> str:
+        """A PostgreSQL URL as is; anything else is a DuckDB file, made absolute so every
+        message names the file really used (a relative path is relative to the working directory)."""
+        scheme, separator, _ = value.partition("://")
+        if separator:
+            if scheme not in ("postgresql", "postgres"):
+                raise ValueError(
+                    f"unknown scheme {scheme!r} in {value.split('@')[-1]!r}: give a DuckDB file path"
+                    " or a postgresql:// URL"
+                )
+            return value
+        if not value.strip() or value.startswith(":memory:"):
+            raise ValueError(f"{value!r} keeps nothing: give a DuckDB file path or a postgresql:// URL")
+        return str(Path(value).expanduser().absolute())
+
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 

@@ -103,6 +103,7 @@ def render_summary(summary: RunSummary) -> None:
         row[3] += r.seconds
         row[4] += r.status == "skipped"
         row[5] += r.status == "failed"
+    out.print(f"store: {summary.store}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"run {summary.run_id} ({summary.job})")
     for name in ("schema", "read", "stored", "rejected", "seconds", "records/s", "skipped", "failed"):
         table.add_column(name, justify="left" if name == "schema" else "right")

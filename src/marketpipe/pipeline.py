@@ -61,6 +61,7 @@ class ChunkResult:
 class RunSummary:
     run_id: str
     job: str
+    store: str = ""  # where the run stored: the absolute DuckDB path or the URL, and the mode
     results: list[ChunkResult] = field(default_factory=list)
     plan_failures: list[tuple[str, str]] = field(default_factory=list)
     # Why the run stopped before its last chunk (the store went away for good), if it did.
@@ -147,7 +148,7 @@ class Pipeline:
             source.close()
 
     def _run(self, source: Source, force: bool) -> RunSummary:
-        summary = RunSummary(self.run_id, self.request.name)
+        summary = RunSummary(self.run_id, self.request.name, f"{self.store.location} ({self.store.mode})")
         self.log.info("stage.start", stage="plan")
         started = time.perf_counter()
         plan = source.plan()
