@@ -227,3 +227,33 @@ def test_relative_store_path_is_shown_absolute(cli, tmp_path: Path) -> None:  # 
     assert result.exit_code == 0
     assert f"store: {tmp_path / 'rel' / 'store.duckdb'} (duckdb)" in result.output
     assert (tmp_path / "rel" / "store.duckdb").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        (["--schema", "ohlcv-1d"], "--schema"),
+        (["--symbols", "NOPE"], "--symbols"),
+        (["--start-date", "2030-01-01"], "--start-date"),
+        (["--end-date", "2030-01-01"], "--end-date"),
+        (["--dataset", "GLBX.MDP3"], "--dataset"),
+        (["--max-cost", "5"], "--max-cost"),
+        (["--chunk-days", "2"], "--chunk-days"),
+        (["--keep-raw", "raw"], "--keep-raw"),
+        (["--stype-in", "parent"], "--stype-in"),
+    ],
+)
+def test_flags_that_select_api_downloads_are_refused_with_files(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, flags: list[str], flag: str
+) -> None:
+    assert cli("make-sample", "--out", str(tmp_path / "sample")).exit_code == 0
+    result = cli("ingest", "--from-file", str(tmp_path / "sample"), *flags)
+    _one_error_line(result, f"{flag} (")
+    assert not (tmp_path / "store.duckdb").exists()
+
+
+def test_job_with_files_and_api_selection_names_the_job(cli, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs:\n  mixed:\n    from_file: data\n    symbols: [ESM4]\n")
+    monkeypatch.setenv("MARKETPIPE_JOBS_FILE", str(jobs))
+    _one_error_line(cli("ingest", "--job", "mixed"), f"{jobs}: jobs.mixed.")

@@ -89,6 +89,12 @@ def load_settings(**overrides: Any) -> Settings:
         raise UsageError(f"bad setting: {first_error(exc)}") from None
 
 
+_API_ONLY = (
+    "dataset", "schemas", "symbols", "stype_in", "start_date", "end_date",
+    "chunk_days", "keep_raw", "max_cost",
+)  # fmt: skip
+
+
 class IngestRequest(BaseModel):
     """One ingest: from the CLI's flags or a job in the jobs file."""
 
@@ -135,6 +141,18 @@ class IngestRequest(BaseModel):
     def _dates_in_order(self) -> IngestRequest:
         if self.start_date and self.end_date and self.end_date < self.start_date:
             raise ValueError(f"end date {self.end_date} is before start date {self.start_date}")
+        return self
+
+    @model_validator(mode="after")
+    def _files_are_ingested_whole(self) -> IngestRequest:
+        """What selects and limits API downloads would be silently ignored with files."""
+        given = [name for name in _API_ONLY if name in self.model_fields_set]
+        if self.from_file and given:
+            flag = "--schema" if given[0] == "schemas" else "--" + given[0].replace("_", "-")
+            raise ValueError(
+                f"{flag} ({given[0]}) selects API downloads; with --from-file (from_file) every"
+                " record of the files is ingested: drop it"
+            )
         return self
 
 
