@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 
 from marketpipe.errors import ConfigError
 from marketpipe.model import LAYOUT_OF_SCHEMA, LAYOUTS, family_of
@@ -223,3 +224,29 @@ def test_rule_outside_the_contract_shows_the_values_it_checked(tmp_path: Path) -
 def test_every_layout_has_a_contract_covering_every_field() -> None:
     for layout in LAYOUTS.values():
         assert set(layout.fields) <= set(contract_of(layout.name).model_fields)
+
+
+INJECTIONS = {
+    "statements": ("size > 0) FROM batch; COPY (SELECT 1) TO '{out}'; DROP TABLE x; SELECT (1", "several"),
+    "attach": ("1) FROM batch; ATTACH '{out}' AS other; DROP TABLE other.trades; SELECT (1", "several"),
+    "from clause": ("1) FROM batch, read_csv('/etc/passwd') t --", "a FROM clause of its own"),
+    "where clause": ("1) FROM batch WHERE (size > 0) --", "a WHERE clause"),
+    "subquery": ("size > (SELECT count(*) FROM read_text('/etc/passwd'))", "a subquery"),
+    "environment": ("getenv('HOME') <> ''", "the function getenv()"),
+    "settings": ("current_setting('threads') > 0", "the function current_setting()"),
+    "window": ("size > avg(size) OVER ()", "a window"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INJECTIONS))
+def test_a_check_is_one_expression_and_nothing_else(tmp_path: Path, name: str) -> None:
+    check, found = INJECTIONS[name]
+    out = tmp_path / "written.txt"
+    path = tmp_path / "rules.yaml"
+    rule = {"name": "x", "stage": "post", "severity": "error", "tables": ["trades"], "message": "m"}
+    path.write_text(yaml.safe_dump({"rules": [{**rule, "check": check.format(out=out)}]}))
+    with pytest.raises(ConfigError) as error:
+        Validator(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: rule x: ") and found in message, message
+    assert not out.exists()

@@ -146,6 +146,8 @@ class Validator:
         self.path = path
         self.rules = self._load(path)
         self._con = duckdb.connect()
+        for rule in self.rules:
+            self._check_expression_only(rule)
         self._check_all_bind()
 
     def _load(self, path: Path) -> list[RuleSpec]:
@@ -164,6 +166,25 @@ class Validator:
                     f"{path}: rule {rule.name}: unknown table {unknown[0]!r}; known: {', '.join(families())}"
                 )
         return rules
+
+    def _check_expression_only(self, rule: RuleSpec) -> None:
+        """A check is one scalar expression over the batch's columns, nothing else: no second
+        statement, no clause that reaches past the batch, no subquery, no function that reads
+        the environment or has side effects. The rule file is configuration, not a script."""
+        family = families()[rule.tables[0]] if rule.tables else next(iter(families().values()))
+        try:
+            query = (
+                f"SELECT ({rule.check.format(**_placeholders(family, family.schemas[0], None))}) FROM batch"
+            )
+            statements = self._con.extract_statements(query)
+        except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"{self.path}: rule {rule.name}: {str(exc).splitlines()[0]}") from None
+        found = "several statements" if len(statements) != 1 else _outside_expression(self._con, query)
+        if found:
+            raise ConfigError(
+                f"{self.path}: rule {rule.name}: a check must be one expression over the table's"
+                f" columns (found {found})"
+            )
 
     def rules_for(self, stage: str, family: Family) -> list[RuleSpec]:
         return [r for r in self.rules if r.stage == stage and (r.tables is None or family.table in r.tables)]
@@ -265,6 +286,45 @@ class Validator:
                 message = f"{rule.message}: {'; '.join(details)}" if details else rule.message
                 verdict.rejections.append(Rejection(stage, rule.name, message, json.dumps(row)))
         return verdict
+
+
+# Functions that read the environment or change state: never part of a record's check.
+_FORBIDDEN_FUNCTIONS = frozenset(
+    {"getenv", "current_setting", "nextval", "currval", "setseed", "sleep_ms", "getvariable"}
+)
+_EXPECTED_FROM = {"type": "BASE_TABLE", "table_name": "batch", "schema_name": "", "catalog_name": ""}
+
+
+def _outside_expression(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
+    """What in ``SELECT (<check>) FROM batch`` is more than one expression, or None."""
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    if tree.get("error"):
+        return tree.get("error_message", "a statement that is not a SELECT")
+    node = tree["statements"][0]["node"]
+    source = node.get("from_table") or {}
+    if node.get("type") != "SELECT_NODE" or any(source.get(k) != v for k, v in _EXPECTED_FROM.items()):
+        return "a FROM clause of its own"
+    for clause in ("where_clause", "having", "qualify", "sample"):
+        if node.get(clause):
+            return f"a {clause.replace('_clause', '').upper()} clause"
+    if node.get("group_expressions") or node.get("modifiers") or node["cte_map"]["map"]:
+        return "a GROUP BY, ORDER BY, LIMIT or WITH clause"
+    if len(node["select_list"]) != 1:
+        return "several expressions"
+    return _forbidden(node["select_list"][0])
+
+
+def _forbidden(expression: object) -> str | None:
+    if isinstance(expression, list):
+        return next((f for f in map(_forbidden, expression) if f), None)
+    if not isinstance(expression, dict):
+        return None
+    if expression.get("class") in ("SUBQUERY", "WINDOW"):
+        return f"a {str(expression['class']).lower()}"
+    name = str(expression.get("function_name", "")).lower()
+    if name in _FORBIDDEN_FUNCTIONS or (expression.get("class") == "FUNCTION" and expression.get("schema")):
+        return f"the function {name}()"
+    return next((f for f in map(_forbidden, expression.values()) if f), None)
 
 
 def _mentioned(check: str, row: dict[str, int | str]) -> list[str]:
