@@ -39,6 +39,7 @@ DbOption = Annotated[
 SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols")]
 StartOption = Annotated[str | None, typer.Option("--start-date", help="First day, YYYY-MM-DD (inclusive)")]
 EndOption = Annotated[str | None, typer.Option("--end-date", help="Last day, YYYY-MM-DD (inclusive)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for monitoring")]
 
 
 def _guarded(action: Callable[[], T]) -> T:
@@ -115,6 +116,7 @@ def ingest(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Quote records, size and cost of an API plan; download nothing")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Ingest DBN files or API data through every pipeline stage into the store."""
 
@@ -142,6 +144,10 @@ def ingest(
         )
         if dry_run:
             return _dry_run(request, settings)
+        if as_json:
+            summary = Pipeline(request, settings).run(force=force)
+            console.print_json(console.summary_document(summary))
+            return summary.exit_code
         with console.RichProgress() as progress:
             summary = Pipeline(request, settings, progress).run(force=force)
         console.render_summary(summary)
@@ -241,16 +247,20 @@ def list_jobs() -> None:
 
 
 @app.command()
-def status(db: DbOption = None) -> None:
+def status(db: DbOption = None, as_json: JsonOption = False) -> None:
     """What is stored: tables, row counts, time ranges, chunks and last runs."""
 
     def run() -> None:
         settings = _settings(db=db)
         store = open_store(settings, read_only=True)
         try:
-            console.render_status(store.status())
+            report = store.status()
         finally:
             store.close()
+        if as_json:
+            console.print_json(report)
+        else:
+            console.render_status(report)
 
     _guarded(run)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections import Counter, defaultdict
@@ -91,6 +92,43 @@ def _size(count: int) -> str:
 
 
 _DUPLICATES_SHOWN = 5
+
+
+def print_json(document: object) -> None:
+    """One JSON document on standard output (dataclasses and timestamps included)."""
+    if dataclasses.is_dataclass(document) and not isinstance(document, type):
+        document = dataclasses.asdict(document)
+    print(json.dumps(document, default=str, indent=2))
+
+
+def summary_document(summary: RunSummary) -> dict[str, object]:
+    """The run summary as data: per schema and in total, what failed and why."""
+    schemas: dict[str, dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(("read", "stored", "quarantined", "skipped", "failed", "seconds"), 0)
+    )
+    for r in summary.results:
+        row = schemas[r.chunk.schema]
+        row["read"] += r.read
+        row["stored"] += r.stored if r.status == "done" else 0
+        row["quarantined"] += r.quarantined if r.status == "done" else 0
+        row["skipped"] += r.status == "skipped"
+        row["failed"] += r.status == "failed"
+        row["seconds"] += r.seconds
+    totals = summary.totals()
+    return {
+        "run_id": summary.run_id,
+        "job": summary.job,
+        "store": summary.store,
+        "exit_code": summary.exit_code,
+        "totals": {"read": totals.read, "stored": totals.stored, "quarantined": totals.quarantined},
+        "schemas": dict(sorted(schemas.items())),
+        "quarantined_by_rule": dict(sum((r.rules for r in summary.results), Counter())),
+        "failed": [{"input": label, "error": error} for label, error in summary.failed],
+        "stopped": summary.stopped,
+        "duplicates": [{"input": p, "same_records_as": s} for p, s in summary.duplicates],
+        "warnings": summary.warnings,
+        "notes": summary.notes,
+    }
 
 
 def render_summary(summary: RunSummary) -> None:
@@ -217,7 +255,17 @@ def render_status(status: StoreStatus) -> None:
     for job, label, error in status.failed:
         out.print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False, soft_wrap=True)
     runs = Table(title="last runs")
-    for name in ("run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"):
+    for name in (
+        "run_id",
+        "job",
+        "started_at",
+        "finished_at",
+        "status",
+        "read",
+        "stored",
+        "quarantined",
+        "failed",
+    ):
         runs.add_column(name)
     for run in status.runs:
         runs.add_row(*("" if v is None else str(v) for v in run.values()))

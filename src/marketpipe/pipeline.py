@@ -79,9 +79,11 @@ class RunSummary:
         ]
 
     def totals(self) -> ChunkCounts:
+        """Records read by every chunk this run worked on (failed ones too); stored and
+        quarantined by the chunks it committed."""
         done = [r for r in self.results if r.status == "done"]
         return ChunkCounts(
-            sum(r.read for r in done),
+            sum(r.read for r in self.results),
             sum(r.stored for r in done),
             sum(r.quarantined for r in done),
             sum(r.seconds for r in done),
@@ -172,13 +174,28 @@ class Pipeline:
             self.progress.plan(len(plan.chunks))
         self.store.plan_chunks(plan.chunks, self.request.name)
         self.store.start_run(self.run_id, self.request.name)
-        for index, chunk in enumerate(plan.chunks):
+        try:
+            self._run_chunks(source, plan.chunks, summary, force)
+        except KeyboardInterrupt:
+            self._record_quietly(
+                self.store.finish_run, self.run_id, "interrupted", summary.totals(), len(summary.failed)
+            )
+            raise
+        status = "stopped" if summary.stopped else "partial" if summary.failed else "done"
+        self._record_quietly(
+            self.store.finish_run, self.run_id, status, summary.totals(), len(summary.failed)
+        )
+        return summary
+
+    def _run_chunks(self, source: Source, chunks: list[Chunk], summary: RunSummary, force: bool) -> None:
+        """Each planned chunk in order, unless done; a store gone for good stops the run."""
+        for index, chunk in enumerate(chunks):
             try:
                 if not force and self.store.is_done(chunk):
                     result = ChunkResult(chunk, "skipped")
                     self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
                 else:
-                    following = plan.chunks[index + 1 : index + 2]
+                    following = chunks[index + 1 : index + 2]
                     result = self._run_parts(source, chunk, force, following)
             except StoreError as exc:
                 summary.stopped = str(exc)
@@ -190,9 +207,6 @@ class Pipeline:
             summary.results.append(result)
             if self.progress:
                 self.progress.chunk_finished(result)
-        status = "stopped" if summary.stopped else "partial" if summary.failed else "done"
-        self._record_quietly(self.store.finish_run, self.run_id, status, summary.totals())
-        return summary
 
     def _run_parts(self, source: Source, chunk: Chunk, force: bool, following: list[Chunk]) -> ChunkResult:
         """A chunk whose data turns out too large for one transaction runs as its parts.

@@ -330,6 +330,21 @@ class PostgresStore(sql.SqlStore):
             self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
             self.conn.commit()
 
+    def _hold_run(self, key: int) -> None:
+        with self.translated("run lock"):
+            self.conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            self.conn.commit()
+
+    def _run_alive(self, run_id: str) -> bool:
+        # A bigint advisory key shows in pg_locks as classid (high 32 bits) and objid (low).
+        key = sql.chunk_id(f"run:{run_id}") & 0xFFFFFFFFFFFFFFFF
+        rows = self._query(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+            " AND classid::bigint = %s AND objid::bigint = %s",
+            [key >> 32, key & 0xFFFFFFFF],
+        )
+        return bool(rows)
+
     def _writer(self, tx: sql.ChunkTransaction) -> _PgChunkWriter:
         return _PgChunkWriter(self, tx)
 

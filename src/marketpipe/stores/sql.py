@@ -121,7 +121,8 @@ BOOKKEEPING_DDL = (
   status TEXT NOT NULL,
   records_read BIGINT,
   stored BIGINT,
-  quarantined BIGINT
+  quarantined BIGINT,
+  failed BIGINT
 )""",
     f"""CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (
   run_id TEXT NOT NULL,
@@ -160,7 +161,7 @@ INSERT_RUN = f"""INSERT INTO {RUNS_TABLE} (run_id, job, started_at, status)
 VALUES (%s, %s, now(), 'running')"""
 
 FINISH_RUN = f"""UPDATE {RUNS_TABLE} SET finished_at = now(), status = %s,
-  records_read = %s, stored = %s, quarantined = %s WHERE run_id = %s"""
+  records_read = %s, stored = %s, quarantined = %s, failed = %s WHERE run_id = %s"""
 
 DELETE_QUARANTINE = f"DELETE FROM {QUARANTINE_TABLE} WHERE chunk_id = %s"
 
@@ -173,7 +174,7 @@ CHUNK_COUNTS = f"SELECT job, status, count(*) FROM {CHUNKS_TABLE} GROUP BY job, 
 FAILED_CHUNKS = f"""SELECT job, label, coalesce(error, '') FROM {CHUNKS_TABLE}
 WHERE status = 'failed' ORDER BY updated_at DESC LIMIT 20"""
 
-LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_read, stored, quarantined
+LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_read, stored, quarantined, failed
 FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT 5"""
 
 
@@ -332,7 +333,16 @@ class SqlStore:
         """Until ``_release``, no other process writes this chunk (waits while one does)."""
 
     def _release(self, key: int) -> None:
-        """Let other processes write the chunk again."""
+        """Let other processes write the chunk again (or: the run is over)."""
+
+    # A run holds a lock for as long as its process lives, so `status` can tell a run that is
+    # going on from one whose process died. A reader of the embedded file knows no writer
+    # process is there (DuckDB's file lock would have refused it).
+    def _hold_run(self, key: int) -> None:
+        """Held until ``_release`` or the end of the process."""
+
+    def _run_alive(self, run_id: str) -> bool:
+        return False
 
     # Shared logic.
     def check_model(self) -> None:
@@ -401,10 +411,12 @@ class SqlStore:
     def start_run(self, run_id: str, job: str) -> None:
         self._execute(INSERT_RUN, [run_id, job])
         self._commit()
+        self._hold_run(chunk_id(f"run:{run_id}"))
 
-    def finish_run(self, run_id: str, status: str, counts: ChunkCounts) -> None:
-        self._execute(FINISH_RUN, [status, counts.read, counts.stored, counts.quarantined, run_id])
+    def finish_run(self, run_id: str, status: str, counts: ChunkCounts, failed: int) -> None:
+        self._execute(FINISH_RUN, [status, counts.read, counts.stored, counts.quarantined, failed, run_id])
         self._commit()
+        self._release(chunk_id(f"run:{run_id}"))
 
     def _writer(self, tx: ChunkTransaction) -> SqlChunkWriter:
         raise NotImplementedError
@@ -484,6 +496,19 @@ class SqlStore:
             report.tables.append(TableStatus(family.table, family.time_column, int(rows), first, last))
         report.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
         report.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
-        names = ["run_id", "job", "started_at", "finished_at", "status", "read", "stored", "quarantined"]
+        names = [
+            "run_id",
+            "job",
+            "started_at",
+            "finished_at",
+            "status",
+            "read",
+            "stored",
+            "quarantined",
+            "failed",
+        ]
         report.runs = [dict(zip(names, r, strict=True)) for r in self._query(LAST_RUNS)]
+        for run in report.runs:
+            if run["status"] == "running" and not self._run_alive(str(run["run_id"])):
+                run["status"] = "interrupted"  # its process is gone: killed, or the machine stopped
         return report

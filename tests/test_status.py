@@ -1,0 +1,88 @@
+"""status tells the truth: live, interrupted and failed runs, real counts, JSON for monitoring."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from test_postgres import _trades_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _status(cli, db: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    result = cli("status", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
+    pg_url: str, cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _trades_files(tmp_path / "d", 4, 250_000)
+    env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "50000"}
+    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    seen_running = False
+    while time.monotonic() < deadline and victim.poll() is None:
+        try:
+            runs = _status(cli, pg_url)["runs"]
+        except AssertionError:  # the run has not created the tables yet
+            runs = []
+        if runs and runs[0]["status"] == "running":
+            seen_running = True
+            break
+        time.sleep(0.05)
+    assert seen_running, "the run was never seen running"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    [run] = _status(cli, pg_url)["runs"]
+    assert run["status"] == "interrupted"
+
+
+def test_a_killed_duckdb_run_shows_as_interrupted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _trades_files(tmp_path / "d", 3, 300_000)
+    db = str(tmp_path / "k.duckdb")
+    env = {**os.environ, "MARKETPIPE_DB": db, "MARKETPIPE_BATCH_SIZE": "50000"}
+    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "logs" / "marketpipe.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and victim.poll() is None:
+        if log.exists() and '"chunk.start"' in log.read_text():
+            break
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    [run] = _status(cli, db)["runs"]
+    assert run["status"] == "interrupted"
+
+
+def test_a_run_that_failed_its_only_chunk_shows_what_it_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    records = synthetic_trades(10_000, dt.date(2024, 3, 4))
+    records["size"] = 0  # every record breaks trade_size_positive: the chunk fails as a whole
+    start = int(records["ts_event"].min())
+    meta = metadata_bytes("XNAS.ITCH", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+    write_dbn(tmp_path / "zero.dbn", meta, [records.tobytes()])
+    result = cli("ingest", "--from-file", str(tmp_path / "zero.dbn"), "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.output)
+    assert summary["totals"] == {"read": 10_000, "stored": 0, "quarantined": 0}
+    assert summary["schemas"]["trades"]["failed"] == 1 and summary["exit_code"] == 1
+    assert "above the 5% limit" in summary["failed"][0]["error"]
+    [run] = _status(cli, str(tmp_path / "store.duckdb"))["runs"]
+    assert (run["status"], run["read"], run["stored"], run["quarantined"], run["failed"]) == (
+        "partial",
+        10_000,
+        0,
+        0,
+        1,
+    )
