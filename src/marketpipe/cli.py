@@ -65,7 +65,8 @@ def _guarded(action: Callable[[], T]) -> T:
 
 def _settings(**overrides: object) -> Settings:
     settings = load_settings(**overrides)
-    configure(settings.log_file, settings.log_level)
+    key = settings.databento_api_key
+    configure(settings.log_file, settings.log_level, [key.get_secret_value()] if key else [])
     use_transformations(settings.transformation_file)
     return settings
 

@@ -1,14 +1,63 @@
-"""structlog set-up: JSON lines to the log file, readable lines on the console (stderr)."""
+"""structlog set-up: JSON lines to the log file, readable lines on the console (stderr).
+
+Every record, marketpipe's and other libraries' alike, passes the same scrubber, so a secret
+(the API key) never reaches the console or the file, wherever a library put it (a gateway URL).
+Retries and waits are shown on the console as they happen whatever the console level: a user
+watching a quiet terminal should know it is retrying.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import structlog
 
+# Events shown on the console as they happen, whatever the console level.
+ALWAYS_SHOWN = frozenset({"api.retry", "db.retry", "chunk.retry", "chunk.waiting"})
+REDACTED = "***"
 
-def configure(log_file: Path, console_level: str) -> None:
+
+class _FileHandler(logging.FileHandler):
+    """A log file that stops being writable (disk full, removed device) is said once."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        error = sys.exc_info()[1]
+        logging.getLogger().removeHandler(self)
+        with suppress(OSError):  # closing flushes, which fails the same way
+            self.close()
+        print(
+            f"warning: cannot write the log file {self.baseFilename}: {error}; logging to the console only",
+            file=sys.stderr,
+        )
+
+
+def _scrubber(secrets: Sequence[str]) -> structlog.types.Processor:
+    def scrub(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+        for key, value in event.items():
+            if isinstance(value, str):
+                for secret in secrets:
+                    value = value.replace(secret, REDACTED)
+                event[key] = value
+        return event
+
+    return scrub
+
+
+def _console_filter(level: int) -> logging.Filter:
+    class Shown(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            event = record.msg.get("event") if isinstance(record.msg, dict) else None
+            return record.levelno >= level or event in ALWAYS_SHOWN
+
+    return Shown()
+
+
+def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -> None:
+    secrets = [s for s in secrets if s]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -30,14 +79,18 @@ def configure(log_file: Path, console_level: str) -> None:
         event.pop("traceback", None)  # tracebacks belong in the log file, never on the console
         return event
 
+    level = logging.getLevelName(console_level.upper())
+    level = level if isinstance(level, int) else logging.ERROR
     console = logging.StreamHandler()
-    console.setLevel(console_level.upper())
+    console.setLevel(min(level, logging.WARNING))
+    console.addFilter(_console_filter(level))
     console.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 drop_traceback,
+                _scrubber(secrets),
                 structlog.dev.ConsoleRenderer(colors=False),
             ],
         )
@@ -46,9 +99,11 @@ def configure(log_file: Path, console_level: str) -> None:
 
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file)
-    except OSError:
-        return  # an unwritable log location must not stop an ingest; the console still logs
+        file_handler = _FileHandler(log_file)
+    except OSError as exc:
+        # An unwritable log location must not stop an ingest; the console still logs.
+        print(f"warning: cannot write the log file {log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return
     file_handler.setLevel(logging.INFO)
     file_handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -56,6 +111,7 @@ def configure(log_file: Path, console_level: str) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _scrubber(secrets),
                 structlog.processors.JSONRenderer(),
             ],
         )
