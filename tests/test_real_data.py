@@ -61,6 +61,10 @@ def _base(schema: str, count: int) -> np.ndarray:
         "definitions": {"raw_symbol": b"ESM4", "instrument_class": b"F", "security_update_action": b"A"},
         "statistics": {"stat_type": int(dbn.StatType.SETTLEMENT_PRICE.value), "update_action": 1},
     }.get(family.table, {})
+    # Databento's enumerated characters: Side (A, B, N) and Action (A, C, M, R, T, F, N).
+    for name, value in (("side", b"N"), ("action", b"A")):
+        if name in records.dtype.names and records.dtype[name].kind == "S" and name not in valid:
+            records[name] = value
     for name, value in valid.items():
         records[name] = value
     return records

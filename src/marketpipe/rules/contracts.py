@@ -77,7 +77,15 @@ def _known(values: set[Any], what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _printable(value: str) -> str:
+    if not all(" " <= c <= "~" for c in value):
+        raise ValueError("has characters that are not printable")
+    return value
+
+
 INSTRUMENT_CLASSES = {str(v.value) for v in databento_dbn.InstrumentClass.variants()}
+SIDES = {str(v.value) for v in databento_dbn.Side.variants()}
+ACTIONS = {str(v.value) for v in databento_dbn.Action.variants()}
 STAT_TYPES = {int(v.value) for v in databento_dbn.StatType.variants()}
 # Instrument classes whose prices are positive (futures spreads and options may not be).
 POSITIVE_PRICE_CLASSES = {"K", "B", "X"}
@@ -88,18 +96,33 @@ IndexTime = Annotated[DefinedTime, AfterValidator(_in_range), Field(description=
 RecordType = Annotated[int, AfterValidator(_record_type), Field(description="the schema's rtype")]
 DefinedPrice = Annotated[int, AfterValidator(_defined_price), Field(description="fixed-point 1e-9, set")]
 
+Side = Annotated[str, _known(SIDES, "side")]
+Action = Annotated[str, _known(ACTIONS, "action")]
+Printable = Annotated[str, AfterValidator(_printable)]
+_SIDE_AND_ACTION = {"side": Side, "action": Action}
+_DEFINITION_TEXTS = (
+    "group", "exchange", "asset", "cfi", "security_type", "currency", "settl_currency",
+    "underlying", "leg_raw_symbol",
+)  # fmt: skip
+
 # Constraints beyond the type, per layout and field (what the shipped error rules require).
 FIELD_CONSTRAINTS: dict[str, dict[str, Any]] = {
     # The index timestamp (ts_recv; ts_event for bars, which have no ts_recv) is always set.
     "*": {"ts_event": DefinedTime, "ts_recv": IndexTime, "rtype": RecordType},
     "OHLCVMsg": {"ts_event": IndexTime},
     # "Will be UNDEF_TIMESTAMP in cases where there was no last trade in the session."
-    "BBOMsg": {"ts_event": OptionalTime},
-    "CBBOMsg": {"ts_event": OptionalTime},
-    "TradeMsg": {"size": Annotated[int, Field(gt=0)], "price": DefinedPrice},
+    "BBOMsg": {"ts_event": OptionalTime, "side": Side},
+    "CBBOMsg": {"ts_event": OptionalTime, "side": Side},
+    "TradeMsg": {"size": Annotated[int, Field(gt=0)], "price": DefinedPrice, **_SIDE_AND_ACTION},
+    "MBP1Msg": _SIDE_AND_ACTION,
+    "MBP10Msg": _SIDE_AND_ACTION,
+    "MBOMsg": _SIDE_AND_ACTION,
+    "CMBP1Msg": _SIDE_AND_ACTION,
+    "ImbalanceMsg": {"side": Side},
     "InstrumentDefMsg": {
-        "raw_symbol": Annotated[str, Field(min_length=1)],
+        "raw_symbol": Annotated[str, Field(min_length=1), AfterValidator(_printable)],
         "instrument_class": Annotated[str, _known(INSTRUMENT_CLASSES, "instrument class")],
+        **dict.fromkeys(_DEFINITION_TEXTS, Printable),
     },
     "StatMsg": {"stat_type": Annotated[int, _known(STAT_TYPES, "stat_type")]},
 }
@@ -143,7 +166,27 @@ class DefinitionContract(RecordContract):
         return self
 
 
-_BASES: dict[str, type[RecordContract]] = {"OHLCVMsg": OhlcvContract, "InstrumentDefMsg": DefinitionContract}
+class BookContract(RecordContract):
+    """Ten levels: bids fall and asks rise from the top level down; an empty level is UNDEF."""
+
+    @model_validator(mode="after")
+    def _levels_ordered(self) -> BookContract:
+        for side, better in (("bid", max), ("ask", min)):
+            for level in range(1, 10):
+                above = getattr(self, f"{side}_px_{level - 1:02d}")
+                here = getattr(self, f"{side}_px_{level:02d}")
+                if UNDEF_PRICE not in (above, here) and better(above, here) != above:
+                    raise ValueError(
+                        f"{side}_px_{level:02d}={here} is past {side}_px_{level - 1:02d}={above}"
+                    )
+        return self
+
+
+_BASES: dict[str, type[RecordContract]] = {
+    "OHLCVMsg": OhlcvContract,
+    "InstrumentDefMsg": DefinitionContract,
+    "MBP10Msg": BookContract,
+}
 
 
 def _field_type(layout: Layout, name: str) -> Any:

@@ -95,6 +95,8 @@ def _placeholders(family: Family, schema: str, chunk: Chunk | None) -> dict[str,
         "undef_ts": str(databento_dbn.UNDEF_TIMESTAMP),
         "instrument_classes": _sql_list([str(v.value) for v in databento_dbn.InstrumentClass.variants()]),
         "stat_types": _sql_list([int(v.value) for v in databento_dbn.StatType.variants()]),
+        "sides": _sql_list([str(v.value) for v in databento_dbn.Side.variants()]),
+        "actions": _sql_list([str(v.value) for v in databento_dbn.Action.variants()]),
     }
 
 

@@ -100,7 +100,16 @@ class DbnFileSource:
             key = f"dbn:{digest}:{schema}:{first}+{size}"
             self._path_of[key] = path
             chunks.append(
-                Chunk(key, schema, label, dataset=dbn.dataset, first_record=first, record_count=count)
+                Chunk(
+                    key,
+                    schema,
+                    label,
+                    dataset=dbn.dataset,
+                    start_ns=dbn.start_ns,
+                    end_ns=dbn.end_ns,
+                    first_record=first,
+                    record_count=count,
+                )
             )
         return chunks
 

@@ -121,6 +121,9 @@ class DbnFile:
         # Live recordings (several schemas, or ts_out after each record) are decoded record by record.
         self.live = self.schema is None or self.ts_out
         self.dataset: str | None = meta.dataset
+        # The request's range of the index timestamp, [start, end): every record lies inside it.
+        self.start_ns: int = int(meta.start)
+        self.end_ns: int | None = None if meta.end is None else int(meta.end)
         try:
             self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
         except (ValueError, KeyError, TypeError) as exc:
