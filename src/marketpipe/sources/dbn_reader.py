@@ -219,10 +219,18 @@ class DbnFile:
         """A text field of a decoded record; databento-dbn raises on bytes that are not UTF-8."""
         try:
             return str(getattr(record, name))
-        except (databento_dbn.DBNError, ValueError):
-            raise SourceError(
-                f"{self.path}: corrupt: {name} of a {type(record).__name__} is not UTF-8 text"
-            ) from None
+        except BaseException as exc:
+            raise self._corrupt(exc, f"{name} of a {type(record).__name__} is not UTF-8 text") from None
+
+    def _corrupt(self, exc: BaseException, what: str | None = None) -> SourceError:
+        """databento-dbn's refusal of damaged data as this file's error. Its Rust panics reach
+        Python as pyo3's PanicException, a BaseException: caught too, nothing else is."""
+        if (
+            not isinstance(exc, databento_dbn.DBNError | ValueError)
+            and type(exc).__name__ != "PanicException"
+        ):
+            raise exc
+        return SourceError(f"{self.path}: corrupt: {what or ' '.join(str(exc).split())}")
 
     def _schema_of(self, rtype: int) -> str:
         if self.schema is not None and int(RType.from_schema(Schema(self.schema)).value) == rtype:
@@ -279,8 +287,8 @@ class DbnFile:
         while data := self._read(reader, 1 << 20):
             try:
                 records = decoder.write_and_decode(data)
-            except (databento_dbn.DBNError, ValueError) as exc:
-                raise SourceError(f"{self.path}: corrupt: {exc}") from exc
+            except BaseException as exc:
+                raise self._corrupt(exc) from None
             for record in records:
                 if not isinstance(record, databento_dbn.Metadata):
                     yield record
