@@ -7,15 +7,16 @@ Batches go in through DuckDB's Arrow scan: no row-by-row insert.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from marketpipe.errors import StoreRejected
+from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, families
 from marketpipe.rules.validation import Rejection
 from marketpipe.stores import sql
@@ -31,6 +32,11 @@ column_type = sql.column_types(
     "VARCHAR",
     lambda t: ("U" if pa.types.is_unsigned_integer(t) else "") + sql.SIGNED_INTEGERS[t.bit_width],
 )
+
+
+# Below this much free space after a failed write, the failure is the disk being full (DuckDB
+# may report it as the aborted transaction it caused rather than as ENOSPC).
+_NEARLY_FULL = 16 * 2**20
 
 
 def _q(statement: str) -> str:
@@ -53,6 +59,7 @@ class _DuckDBChunkWriter:
     FLUSH_ROWS = 4 * 122_880
 
     def __init__(self, store: DuckDBStore, tx: sql.ChunkTransaction) -> None:
+        self._store = store
         self._con = store.con
         self._tx = tx
         self._pending: list[pa.Table] = []
@@ -77,13 +84,14 @@ class _DuckDBChunkWriter:
         columns = ", ".join(sql.quote(n) for n in table.column_names)
         self._con.register("_marketpipe_batch", table)
         try:
-            self._con.execute(
+            self._store.execute_translated(
                 f"INSERT INTO {sql.quote(self._tx.family.table)} ({columns}, chunk_id) "
                 f"SELECT {columns}, ? FROM _marketpipe_batch",
                 [self._tx.id],
             )
         finally:
-            self._con.unregister("_marketpipe_batch")
+            with suppress(duckdb.Error):  # after a failed insert the transaction is aborted
+                self._con.unregister("_marketpipe_batch")
 
     def quarantine(self, rejections: Sequence[Rejection]) -> None:
         self._tx.quarantine(rejections)
@@ -146,25 +154,47 @@ class DuckDBStore(sql.SqlStore):
     def reconnect(self) -> None:
         """An embedded file has no connection to lose."""
 
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """A full disk as one line naming the store; any other DuckDB error stays a bug."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            folder = Path(self.location).parent
+            free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize if folder.exists() else 0
+            if "No space left on device" in str(exc) or free < _NEARLY_FULL:
+                raise StoreError(
+                    f"no space left on the device of {self.location} ({free:,} bytes free): the chunk"
+                    " was rolled back and nothing of it was kept; free some space"
+                ) from None
+            raise
+
+    def execute_translated(self, statement: str, params: Sequence[Any] = ()) -> None:
+        with self._translated():
+            self.con.execute(statement, list(params))
+
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
-        self.con.execute(_q(statement), list(params))
+        self.execute_translated(_q(statement), params)
 
     def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.con.executemany(_q(statement), [list(r) for r in rows])
+        with self._translated():
+            self.con.executemany(_q(statement), [list(r) for r in rows])
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.con.execute(_q(statement), list(params)).fetchall()
+        with self._translated():
+            return self.con.execute(_q(statement), list(params)).fetchall()
 
     def _begin(self) -> None:
         self.con.begin()
 
     def _commit(self) -> None:
         # Outside an explicit transaction DuckDB autocommits; committing then is an error.
-        with suppress(duckdb.TransactionException):
+        with suppress(duckdb.TransactionException), self._translated():
             self.con.commit()
 
     def _rollback(self) -> None:
-        self.con.rollback()
+        with suppress(duckdb.Error):  # a failed write may have ended the transaction already
+            self.con.rollback()
 
     def _time_ns(self, family: Family) -> str:
         return f"epoch_ns({sql.quote(family.time_column)})"
