@@ -44,6 +44,10 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
     assert seen_running, "the run was never seen running"
     victim.send_signal(signal.SIGKILL)
     victim.wait(30)
+    # The server ends the dead client's session (and its lock) once it sees the socket close.
+    deadline = time.monotonic() + 15
+    while _status(cli, pg_url)["runs"][0]["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
     [run] = _status(cli, pg_url)["runs"]
     assert run["status"] == "interrupted"
 
