@@ -13,8 +13,8 @@ from marketpipe.errors import ConfigError
 from marketpipe.model import LAYOUT_OF_SCHEMA, LAYOUTS, family_of
 from marketpipe.rules.contracts import contract_of, explain
 from marketpipe.rules.validation import Validator, Verdict, rebuild
-from marketpipe.sources.base import Chunk, RawBatch
 from marketpipe.transform import to_table
+from marketpipe.types import Chunk, RawBatch
 
 RULES = Path(__file__).resolve().parents[1] / "configs" / "validation" / "databento.yaml"
 T0 = 1_709_510_400_000_000_000  # 2024-03-04

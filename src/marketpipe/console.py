@@ -15,8 +15,8 @@ from rich.table import Table
 from marketpipe.config import IngestRequest
 from marketpipe.errors import UsageError
 from marketpipe.pipeline import ChunkResult, RunSummary
-from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import QuarantinedRecord, StoreStatus
+from marketpipe.types import Chunk, ChunkStatus
 
 if TYPE_CHECKING:
     from marketpipe.sources.databento_api import Quote
@@ -109,10 +109,10 @@ def summary_document(summary: RunSummary) -> dict[str, object]:
     for r in summary.results:
         row = schemas[r.chunk.schema]
         row["read"] += r.read
-        row["stored"] += r.stored if r.status == "done" else 0
-        row["quarantined"] += r.quarantined if r.status == "done" else 0
-        row["skipped"] += r.status == "skipped"
-        row["failed"] += r.status == "failed"
+        row["stored"] += r.stored if r.status is ChunkStatus.DONE else 0
+        row["quarantined"] += r.quarantined if r.status is ChunkStatus.DONE else 0
+        row["skipped"] += r.status is ChunkStatus.SKIPPED
+        row["failed"] += r.status is ChunkStatus.FAILED
         row["seconds"] += r.seconds
     totals = summary.totals()
     return {
@@ -139,8 +139,8 @@ def render_summary(summary: RunSummary) -> None:
         row[1] += r.stored
         row[2] += r.quarantined
         row[3] += r.seconds
-        row[4] += r.status == "skipped"
-        row[5] += r.status == "failed"
+        row[4] += r.status is ChunkStatus.SKIPPED
+        row[5] += r.status is ChunkStatus.FAILED
     out.print(f"store: {summary.store}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"run {summary.run_id} ({summary.job})")
     for name in ("schema", "read", "stored", "rejected", "seconds", "records/s", "skipped", "failed"):
@@ -168,7 +168,7 @@ def render_summary(summary: RunSummary) -> None:
         out.print(f"quarantined by {rule}: {count:,}")
     for rule, count in sorted(warnings.items()):
         out.print(f"warned by {rule} (stored): {count:,}")
-    skipped = sum(r.status == "skipped" for r in summary.results)
+    skipped = sum(r.status is ChunkStatus.SKIPPED for r in summary.results)
     if skipped:
         out.print(f"skipped {skipped:,} chunks already stored by an earlier run (--force redoes them)")
     for path, same_as in summary.duplicates[:_DUPLICATES_SHOWN]:

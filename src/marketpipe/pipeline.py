@@ -27,10 +27,11 @@ from marketpipe.model import family_of, use_transformations
 from marketpipe.retries import retrying
 from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
-from marketpipe.sources.base import Chunk, RawBatch, Source
+from marketpipe.sources.base import Source
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ChunkAlreadyStored, ChunkCounts, ChunkWriter, Store
+from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Store
 from marketpipe.transform import to_table
+from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, RawBatch, RunStatus
 
 STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
 
@@ -46,7 +47,7 @@ class QuarantineRatioExceeded(SourceError):
 @dataclass
 class ChunkResult:
     chunk: Chunk
-    status: str  # done | failed | skipped
+    status: ChunkStatus
     read: int = 0
     stored: int = 0
     quarantined: int = 0
@@ -75,13 +76,13 @@ class RunSummary:
     def failed(self) -> list[tuple[str, str]]:
         """Every input that did not make it: (label, reason)."""
         return self.plan_failures + [
-            (r.chunk.label, r.error or "") for r in self.results if r.status == "failed"
+            (r.chunk.label, r.error or "") for r in self.results if r.status is ChunkStatus.FAILED
         ]
 
     def totals(self) -> ChunkCounts:
         """Records read by every chunk this run worked on (failed ones too); stored and
         quarantined by the chunks it committed."""
-        done = [r for r in self.results if r.status == "done"]
+        done = [r for r in self.results if r.status is ChunkStatus.DONE]
         return ChunkCounts(
             sum(r.read for r in self.results),
             sum(r.stored for r in done),
@@ -178,10 +179,16 @@ class Pipeline:
             self._run_chunks(source, plan.chunks, summary, force)
         except KeyboardInterrupt:
             self._record_quietly(
-                self.store.finish_run, self.run_id, "interrupted", summary.totals(), len(summary.failed)
+                self.store.finish_run,
+                self.run_id,
+                RunStatus.INTERRUPTED,
+                summary.totals(),
+                len(summary.failed),
             )
             raise
-        status = "stopped" if summary.stopped else "partial" if summary.failed else "done"
+        status = (
+            RunStatus.STOPPED if summary.stopped else RunStatus.PARTIAL if summary.failed else RunStatus.DONE
+        )
         self._record_quietly(
             self.store.finish_run, self.run_id, status, summary.totals(), len(summary.failed)
         )
@@ -192,18 +199,18 @@ class Pipeline:
         for index, chunk in enumerate(chunks):
             try:
                 if not force and self.store.is_done(chunk):
-                    result = ChunkResult(chunk, "skipped")
+                    result = ChunkResult(chunk, ChunkStatus.SKIPPED)
                     self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
                 else:
                     following = chunks[index + 1 : index + 2]
                     result = self._run_parts(source, chunk, force, following)
             except StoreError as exc:
                 summary.stopped = str(exc)
-                summary.results.append(ChunkResult(chunk, "failed", error=str(exc)))
+                summary.results.append(ChunkResult(chunk, ChunkStatus.FAILED, error=str(exc)))
                 self.log.error("run.stopped", chunk=chunk.label, error=str(exc))
                 self._record_quietly(self.store.mark_failed, chunk, self.run_id, self.request.name, str(exc))
                 break
-            source.finish(chunk, result.status == "done")
+            source.finish(chunk, result.status is ChunkStatus.DONE)
             summary.results.append(result)
             if self.progress:
                 self.progress.chunk_finished(result)
@@ -219,14 +226,14 @@ class Pipeline:
             parts = source.parts(chunk)
         except SourceError as exc:
             return self._failed(
-                chunk, ChunkResult(chunk, "running"), str(exc), self.log.bind(chunk=chunk.label)
+                chunk, ChunkResult(chunk, ChunkStatus.RUNNING), str(exc), self.log.bind(chunk=chunk.label)
             )
         if following and (force or not self.store.is_done(following[0])):
             source.prefetch(following[0])
         if parts == [chunk]:
             return self._run_chunk_with_retries(source, chunk, force)
         self.store.plan_chunks(parts, self.request.name)
-        merged = ChunkResult(chunk, "done")
+        merged = ChunkResult(chunk, ChunkStatus.DONE)
         for part in parts:
             if not force and self.store.is_done(part):
                 self.log.info("chunk.skipped", chunk=part.label, reason="done in an earlier run")
@@ -238,10 +245,10 @@ class Pipeline:
             merged.seconds += result.seconds
             merged.rules.update(result.rules)
             merged.warnings.update(result.warnings)
-            if result.status == "failed":
-                merged.status, merged.error = "failed", result.error
+            if result.status is ChunkStatus.FAILED:
+                merged.status, merged.error = ChunkStatus.FAILED, result.error
         counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
-        if merged.status == "done":
+        if merged.status is ChunkStatus.DONE:
             self.store.mark_done(chunk, self.run_id, self.request.name, counts)
         else:
             self.store.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
@@ -277,7 +284,7 @@ class Pipeline:
         if self.progress:
             self.progress.chunk_started(chunk)
         timer = _StageTimer()
-        result = ChunkResult(chunk, "running")
+        result = ChunkResult(chunk, ChunkStatus.RUNNING)
         started = time.perf_counter()
         try:
             # The data is opened (an API chunk is already downloaded) before the transaction.
@@ -296,7 +303,7 @@ class Pipeline:
                 writer.commit(ChunkCounts(result.read, result.stored, result.quarantined, result.seconds))
         except ChunkAlreadyStored:
             log.info("chunk.skipped", reason="stored by another run while this one waited")
-            return ChunkResult(chunk, "skipped")
+            return ChunkResult(chunk, ChunkStatus.SKIPPED)
         except SourceError as exc:
             return self._failed(chunk, result, str(exc), log)
         except StoreError:
@@ -304,7 +311,7 @@ class Pipeline:
         except Exception as exc:  # a bug or a store fault: keep the traceback in the log file
             log.error("chunk.crashed", error=repr(exc), traceback=traceback.format_exc())
             return self._failed(chunk, result, f"{chunk.label}: {exc}", log)
-        result.status = "done"
+        result.status = ChunkStatus.DONE
         for stage in STAGES:
             log.info(
                 "stage.end", stage=stage, records=timer.records[stage], seconds=round(timer.seconds[stage], 6)
@@ -335,7 +342,7 @@ class Pipeline:
     ) -> ChunkResult:
         log.warning("chunk.failed", error=error)
         self.store.mark_failed(chunk, self.run_id, self.request.name, error)
-        return ChunkResult(chunk, "failed", read=result.read, error=error)
+        return ChunkResult(chunk, ChunkStatus.FAILED, read=result.read, error=error)
 
     def _timed_batches(self, batches: Iterator[RawBatch], timer: _StageTimer) -> Iterator[RawBatch]:
         while True:

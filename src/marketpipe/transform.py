@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, Column, Family, Kind
-from marketpipe.sources.base import RawBatch
+from marketpipe.types import RawBatch
 
 
 def decimal_prices(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:

@@ -32,21 +32,13 @@ from marketpipe.config import first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import LAYOUT_OF_SCHEMA, Family, families
 from marketpipe.rules.contracts import explain
-from marketpipe.sources.base import Chunk
 from marketpipe.transform import text_array
+from marketpipe.types import Chunk, Rejection
 
 Stage = Literal["initial", "post"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # v1 OHLCV files may carry the record type used before the per-interval ones existed.
 _LEGACY_RTYPES = {"OHLCVMsg": (17,)}
-
-
-@dataclass(frozen=True)
-class Rejection:
-    stage: str
-    rule: str
-    message: str
-    record: str  # the full record as JSON: every field, exact integers and decimals
 
 
 class RuleSpec(BaseModel):

@@ -3,62 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-import pyarrow as pa
-
-# Records per store transaction: bounds what one transaction holds (DuckDB keeps a
-# transaction's rows in memory) and lets a crashed run resume inside a large input. Part of
-# every part's key: changing it would make old and new parts different chunks.
-PART_RECORDS = 1_000_000
-
-
-def record_parts(records: int, size: int) -> list[tuple[int, int]]:
-    """(first record, record count) of each part of ``records`` records."""
-    return [(first, min(size, records - first)) for first in range(0, max(records, 1), size)]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A unit of work: writing the same ``key`` again replaces what it stored before."""
-
-    key: str
-    schema: str
-    label: str
-    dataset: str | None = None
-    # Event-time window the records must fall in, nanoseconds, [start, end); None: unbounded.
-    start_ns: int | None = None
-    end_ns: int | None = None
-    # For a part of a file: its records first_record .. first_record + record_count.
-    first_record: int = 0
-    record_count: int | None = None
-
-
-@dataclass(frozen=True)
-class RawBatch:
-    """Records in the DBN v3 layout of the chunk's family, with their resolved symbols."""
-
-    records: np.ndarray
-    symbols: pa.Array
-    # Live data recorded with ts_out: the gateway's send time after each record.
-    ts_out: np.ndarray | None = None
-
-
-@dataclass
-class Plan:
-    chunks: list[Chunk] = field(default_factory=list)
-    # Inputs that could not even be planned (bad files): (label, reason).
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    # Inputs that were planned, so an earlier failure of theirs is history.
-    inputs: list[str] = field(default_factory=list)
-    # What the user should know before trusting the result (e.g. symbols found for part of the range).
-    warnings: list[str] = field(default_factory=list)
-    # Inputs not planned because another input of the run holds the same data: (input, same as).
-    duplicates: list[tuple[str, str]] = field(default_factory=list)
-    # Worth saying, not a warning (e.g. a live recording's system messages).
-    notes: list[str] = field(default_factory=list)
+from marketpipe.types import Chunk, Plan, RawBatch
 
 
 class Source(Protocol):

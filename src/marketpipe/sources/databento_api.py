@@ -44,9 +44,9 @@ from tenacity import Retrying
 from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import ApiRejected, SourceError, TransientApiError, UsageError
 from marketpipe.retries import retrying
-from marketpipe.sources.base import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.symbology import EPOCH, day_ns
+from marketpipe.types import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
 ALL_SYMBOLS = "ALL_SYMBOLS"

@@ -10,8 +10,8 @@ from pathlib import Path
 import structlog
 
 from marketpipe.errors import SourceError, UsageError
-from marketpipe.sources.base import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 from marketpipe.sources.dbn_reader import DbnFile, Inspection
+from marketpipe.types import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 
 _SUFFIXES = (".dbn", ".dbn.zst")
 log = structlog.get_logger("marketpipe.files")

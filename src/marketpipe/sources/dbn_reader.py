@@ -36,8 +36,8 @@ from databento_dbn import DBNDecoder, RType, Schema, VersionUpgradePolicy
 
 from marketpipe.errors import SourceError
 from marketpipe.model import family_of
-from marketpipe.sources.base import RawBatch
 from marketpipe.symbology import SymbolMap
+from marketpipe.types import RawBatch
 
 _STRUCTS_BY_VERSION = {1: SCHEMA_STRUCT_MAP_V1, 2: SCHEMA_STRUCT_MAP_V2, 3: SCHEMA_STRUCT_MAP}
 _HEADER = struct.Struct("<3sBI")  # b"DBN", version, metadata length

@@ -11,8 +11,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from marketpipe.model import Family
-from marketpipe.rules.validation import Rejection
-from marketpipe.sources.base import Chunk
+from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
 
 CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
@@ -28,14 +27,6 @@ def chunk_id(chunk_key: str) -> int:
     """A signed 64-bit id for a chunk key, stored on every row the chunk wrote."""
     digest = hashlib.blake2b(chunk_key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
-
-
-@dataclass(frozen=True)
-class ChunkCounts:
-    read: int
-    stored: int
-    quarantined: int
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -135,7 +126,7 @@ class Store(Protocol):
 
     def start_run(self, run_id: str, job: str) -> None: ...
 
-    def finish_run(self, run_id: str, status: str, counts: ChunkCounts, failed: int) -> None: ...
+    def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None: ...
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]: ...
 

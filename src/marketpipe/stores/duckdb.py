@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, families
-from marketpipe.rules.validation import Rejection
 from marketpipe.stores import sql
-from marketpipe.stores.base import ChunkCounts, ExportQuery
+from marketpipe.stores.base import ExportQuery
+from marketpipe.types import ChunkCounts, Rejection
 
 # Rows need no insertion order (reads order by time): without it DuckDB inserts in
 # parallel, about twice as fast here.

@@ -29,10 +29,9 @@ from psycopg.conninfo import conninfo_to_dict
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
 from marketpipe.model import Family, families
 from marketpipe.retries import retrying
-from marketpipe.rules.validation import Rejection
-from marketpipe.sources.base import Chunk
 from marketpipe.stores import sql, timescale
-from marketpipe.stores.base import QUARANTINE_TABLE, ChunkCounts, ExportQuery
+from marketpipe.stores.base import QUARANTINE_TABLE, ExportQuery
+from marketpipe.types import Chunk, ChunkCounts, Rejection
 
 log = structlog.get_logger("marketpipe.postgres")
 

@@ -21,15 +21,12 @@ import pyarrow.compute as pc
 
 from marketpipe.errors import StoreRejected
 from marketpipe.model import Column, Family, Kind, families, family_of
-from marketpipe.rules.validation import Rejection
-from marketpipe.sources.base import Chunk
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
     MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUNS_TABLE,
     ChunkAlreadyStored,
-    ChunkCounts,
     ExportQuery,
     QuarantinedRecord,
     QuarantineQuery,
@@ -37,6 +34,7 @@ from marketpipe.stores.base import (
     TableStatus,
     chunk_id,
 )
+from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
 
 
 def quote(name: str) -> str:
@@ -146,19 +144,21 @@ ON CONFLICT (chunk_key) DO UPDATE SET
   job = excluded.job, label = excluded.label, status = excluded.status,
   records_read = excluded.records_read, stored = excluded.stored,
   quarantined = excluded.quarantined, seconds = excluded.seconds,
-  first_ns = CASE WHEN excluded.status = 'done' THEN excluded.first_ns ELSE {CHUNKS_TABLE}.first_ns END,
-  last_ns = CASE WHEN excluded.status = 'done' THEN excluded.last_ns ELSE {CHUNKS_TABLE}.last_ns END,
+  first_ns = CASE WHEN excluded.status = '{ChunkStatus.DONE}' THEN excluded.first_ns
+    ELSE {CHUNKS_TABLE}.first_ns END,
+  last_ns = CASE WHEN excluded.status = '{ChunkStatus.DONE}' THEN excluded.last_ns
+    ELSE {CHUNKS_TABLE}.last_ns END,
   run_id = excluded.run_id, updated_at = excluded.updated_at, error = excluded.error"""
 
 INSERT_PENDING = f"""INSERT INTO {CHUNKS_TABLE}
   (chunk_key, chunk_id, job, schema, label, status, updated_at)
-VALUES (%s, %s, %s, %s, %s, 'pending', now())
+VALUES (%s, %s, %s, %s, %s, '{ChunkStatus.PENDING}', now())
 ON CONFLICT (chunk_key) DO NOTHING"""
 
 CHUNK_STATE = f"SELECT status, first_ns, last_ns, run_id FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
 
 INSERT_RUN = f"""INSERT INTO {RUNS_TABLE} (run_id, job, started_at, status)
-VALUES (%s, %s, now(), 'running')"""
+VALUES (%s, %s, now(), '{RunStatus.RUNNING}')"""
 
 FINISH_RUN = f"""UPDATE {RUNS_TABLE} SET finished_at = now(), status = %s,
   records_read = %s, stored = %s, quarantined = %s, failed = %s WHERE run_id = %s"""
@@ -172,7 +172,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"""
 CHUNK_COUNTS = f"SELECT job, status, count(*) FROM {CHUNKS_TABLE} GROUP BY job, status ORDER BY job, status"
 
 FAILED_CHUNKS = f"""SELECT job, label, coalesce(error, '') FROM {CHUNKS_TABLE}
-WHERE status = 'failed' ORDER BY updated_at DESC LIMIT 20"""
+WHERE status = '{ChunkStatus.FAILED}' ORDER BY updated_at DESC LIMIT 20"""
 
 LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_read, stored, quarantined, failed
 FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT 5"""
@@ -279,7 +279,9 @@ class ChunkTransaction:
                     for r in self.rejections
                 ],
             )
-        self.store._execute(UPSERT_CHUNK, self.store._chunk_row(self.chunk, self.job, "done", counts, self))
+        self.store._execute(
+            UPSERT_CHUNK, self.store._chunk_row(self.chunk, self.job, ChunkStatus.DONE, counts, self)
+        )
         self.store._commit()
         self.committed = True
 
@@ -372,7 +374,7 @@ class SqlStore:
         self,
         chunk: Chunk,
         job: str,
-        status: str,
+        status: ChunkStatus,
         counts: ChunkCounts | None,
         tx: ChunkTransaction | None = None,
         error: str | None = None,
@@ -380,14 +382,14 @@ class SqlStore:
     ) -> tuple[Any, ...]:
         c = counts
         return (
-            chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status,
+            chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status.value,
             c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
             tx and tx.first_ns, tx and tx.last_ns, tx.run_id if tx else run_id, error,
         )  # fmt: skip
 
     def is_done(self, chunk: Chunk) -> bool:
         rows = self._query(CHUNK_STATE, [chunk.key])
-        return bool(rows) and rows[0][0] == "done"
+        return bool(rows) and rows[0][0] == ChunkStatus.DONE
 
     def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
         if chunks:
@@ -397,15 +399,20 @@ class SqlStore:
             self._commit()
 
     def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None:
-        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "failed", None, error=error, run_id=run_id))
+        self._execute(
+            UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.FAILED, None, error=error, run_id=run_id)
+        )
         self._commit()
 
     def mark_done(self, chunk: Chunk, run_id: str, job: str, counts: ChunkCounts) -> None:
-        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "done", counts, run_id=run_id))
+        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.DONE, counts, run_id=run_id))
         self._commit()
 
     def forget_failure(self, chunk: Chunk) -> None:
-        self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = 'failed'", [chunk.key])
+        self._execute(
+            f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = '{ChunkStatus.FAILED}'",
+            [chunk.key],
+        )
         self._commit()
 
     def start_run(self, run_id: str, job: str) -> None:
@@ -413,8 +420,10 @@ class SqlStore:
         self._commit()
         self._hold_run(chunk_id(f"run:{run_id}"))
 
-    def finish_run(self, run_id: str, status: str, counts: ChunkCounts, failed: int) -> None:
-        self._execute(FINISH_RUN, [status, counts.read, counts.stored, counts.quarantined, failed, run_id])
+    def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None:
+        self._execute(
+            FINISH_RUN, [status.value, counts.read, counts.stored, counts.quarantined, failed, run_id]
+        )
         self._commit()
         self._release(chunk_id(f"run:{run_id}"))
 
@@ -448,13 +457,13 @@ class SqlStore:
         try:
             if not force and self.is_done(chunk):
                 raise ChunkAlreadyStored(chunk.label)
-            self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, "running", None, run_id=run_id))
+            self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id=run_id))
             self._commit()
             self._begin()
             try:
                 rows = self._query(CHUNK_STATE + self.ROW_LOCK, [chunk.key])
                 status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, run_id)
-                if owner != run_id and status == "done" and not force:
+                if owner != run_id and status == ChunkStatus.DONE and not force:
                     raise ChunkAlreadyStored(chunk.label)
                 if first_ns is not None:
                     # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
@@ -509,6 +518,8 @@ class SqlStore:
         ]
         report.runs = [dict(zip(names, r, strict=True)) for r in self._query(LAST_RUNS)]
         for run in report.runs:
-            if run["status"] == "running" and not self._run_alive(str(run["run_id"])):
-                run["status"] = "interrupted"  # its process is gone: killed, or the machine stopped
+            if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
+                run["status"] = (
+                    RunStatus.INTERRUPTED.value
+                )  # its process is gone: killed, or the machine stopped
         return report
