@@ -39,8 +39,9 @@ import pyarrow as pa  # noqa: E402
 
 from marketpipe.config import IngestRequest, Settings, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
-from marketpipe.model import family_of  # noqa: E402
+from marketpipe.model import TRANSFORMATION_FILE  # noqa: E402
 from marketpipe.pipeline import Pipeline  # noqa: E402
+from marketpipe.rules.transformation import load_model  # noqa: E402
 from marketpipe.samples import metadata_bytes, synthetic_trades  # noqa: E402
 from marketpipe.sources.dbn_reader import DbnFile  # noqa: E402
 from marketpipe.stores import open_store  # noqa: E402
@@ -48,6 +49,8 @@ from marketpipe.stores.duckdb import CONFIG as DUCKDB_CONFIG  # noqa: E402
 from marketpipe.stores.duckdb import DuckDBStore  # noqa: E402
 from marketpipe.stores.postgres import copy_table  # noqa: E402
 from marketpipe.transform import to_table  # noqa: E402
+
+MODEL = load_model(TRANSFORMATION_FILE)
 
 BLOCK = 1_000_000
 
@@ -65,7 +68,7 @@ def write_trades(path: Path, records: int) -> None:
 
 
 def standardized_tables(path: Path, batch_size: int) -> list[pa.Table]:
-    family = family_of("trades")
+    family = MODEL.family_of("trades")
     return [to_table(family, "trades", raw) for raw in DbnFile(path).batches("trades", batch_size)]
 
 
@@ -96,7 +99,7 @@ def bare_postgres(url: str, tables: list[pa.Table]) -> float:
 
 
 def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
-    DuckDBStore(str(path)).close()  # the same DDL as the pipeline's store
+    DuckDBStore(str(path), model=MODEL).close()  # the same DDL as the pipeline's store
     con = duckdb.connect(str(path), config=DUCKDB_CONFIG)  # the store's own settings
     table = pa.concat_tables(tables).combine_chunks()  # one contiguous table: the bare best case
     table = table.cast(
@@ -136,7 +139,7 @@ def peak_rss_mb() -> float:
 def child(file: Path, db: str, batch_size: int) -> None:
     settings = load_settings(db=db, batch_size=batch_size, log_file=str(file.with_suffix(".log.jsonl")))
     configure(settings.log_file, "ERROR")
-    store = open_store(settings)  # migrations are set-up, not ingest: outside the timing
+    store = open_store(settings, MODEL)  # migrations are set-up, not ingest: outside the timing
     store.close()
     started = time.perf_counter()
     summary = Pipeline(IngestRequest(from_file=str(file)), settings).run(force=True)
@@ -178,7 +181,7 @@ def main() -> None:
             print(f"generated {n:,} trade records ({file.stat().st_size / 1e6:,.0f} MB DBN) in "
                   f"{time.perf_counter() - started:.1f} s")  # fmt: skip
 
-            open_store(load_settings(db=pg_url)).close()
+            open_store(load_settings(db=pg_url), MODEL).close()
             tables = standardized_tables(file, args.batch_size)
             bare_pg = bare_postgres(pg_url, tables)
             pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)
@@ -205,7 +208,8 @@ def main() -> None:
     print(
         f"\n(b)/(a) = {pg_ratio:.2f} (target >= 0.7)   (c)/bare DuckDB = {duckdb_ratio:.2f} (target >= 0.4)"
     )
-    print(f"trades columns: {len(family_of('trades').columns)} + chunk_id; batch size {args.batch_size:,}")
+    columns = len(MODEL.family_of("trades").columns)
+    print(f"trades columns: {columns} + chunk_id; batch size {args.batch_size:,}")
     print(
         f"RESULT pg_ratio={pg_ratio:.3f} duckdb_ratio={duckdb_ratio:.3f} peak_rss_mb={peak:.0f} records={n}"
     )

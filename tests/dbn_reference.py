@@ -18,9 +18,12 @@ import pyarrow.parquet as pq
 import zstandard
 from databento.common.constants import SCHEMA_STRUCT_MAP
 
-from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, Column, Family, Kind, family_of
+from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, TRANSFORMATION_FILE, Column, Family, Kind
+from marketpipe.rules.transformation import load_model
 from marketpipe.symbology import NS_PER_DAY
 
+# The shipped transformation file, compiled once for the whole test session.
+MODEL = load_model(TRANSFORMATION_FILE)
 UNDEF_PRICE = databento_dbn.UNDEF_PRICE
 UNDEF_TIMESTAMP = databento_dbn.UNDEF_TIMESTAMP
 
@@ -97,7 +100,7 @@ def decoded_records(path: Path) -> tuple[str, np.ndarray]:
 def expected_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
     schema, records = decoded_records(path)
     struct = SCHEMA_STRUCT_MAP[databento_dbn.Schema(schema)]
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     symbols = db.DBNStore.from_file(path).to_df(map_symbols=True)["symbol"].tolist() if len(records) else []
     rows = []
     for i, rec in enumerate(records):

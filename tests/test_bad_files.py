@@ -13,16 +13,17 @@ import zstandard
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.errors import SourceError
-from marketpipe.model import families
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import Interval, make_sample, metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.sources.dbn_reader import DbnFile
+
+from dbn_reference import MODEL
 
 
 def _rows(db: Path) -> dict[str, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in families()}  # type: ignore[index]
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in MODEL.families}  # type: ignore[index]
     finally:
         con.close()
 

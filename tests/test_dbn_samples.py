@@ -7,10 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from marketpipe.model import families, family_of
-
 from conftest import SAMPLES
-from dbn_reference import canonical, distinct_data, expected_rows, exported_rows
+from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
 
 VALID = sorted(p.name for p in SAMPLES.glob("*.dbn*")) if SAMPLES.is_dir() else []
 INVALID = sorted(p.name for p in (SAMPLES / "invalid").iterdir()) if SAMPLES.is_dir() else []
@@ -19,7 +17,7 @@ INVALID = sorted(p.name for p in (SAMPLES / "invalid").iterdir()) if SAMPLES.is_
 def _stored_rows(db: Path) -> int:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in families())  # type: ignore[index]
+        return sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in MODEL.families)  # type: ignore[index]
     finally:
         con.close()
 
@@ -34,7 +32,7 @@ def test_sample_round_trips_exactly(name: str, samples: Path, cli, tmp_path: Pat
     result = cli("export", "--schema", schema, "--out", str(out))
     assert result.exit_code == 0, result.output
     arrow_schema, rows = exported_rows(out)
-    assert arrow_schema.remove_metadata() == family_of(schema).arrow_schema
+    assert arrow_schema.remove_metadata() == MODEL.family_of(schema).arrow_schema
     assert len(rows) == len(expected)
     assert canonical(rows) == canonical(expected)
 

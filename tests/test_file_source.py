@@ -15,7 +15,7 @@ from marketpipe.samples import make_sample
 from marketpipe.sources.databento_files import DbnFileSource
 from marketpipe.stores import open_store
 
-from dbn_reference import canonical, decoded_records, expected_rows, exported_rows
+from dbn_reference import MODEL, canonical, decoded_records, expected_rows, exported_rows
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -44,7 +44,7 @@ def test_upgraded_file_in_parts_round_trips(
     cfg = load_settings(db=str(tmp_path / "p.duckdb"))
     summary = Pipeline(IngestRequest(from_file=str(path)), cfg).run()
     assert [r.stored for r in summary.results] == [1, 1]
-    store = open_store(cfg)
+    store = open_store(cfg, MODEL)
     try:
         export(store, "definition", "parquet", tmp_path / "d.parquet", [], None, None, 10)
     finally:

@@ -23,9 +23,7 @@ import pyarrow as pa
 import pytest
 import zstandard
 
-from marketpipe.model import family_of
-
-from dbn_reference import canonical, decompressed, expected_rows
+from dbn_reference import MODEL, canonical, decompressed, expected_rows
 
 SEED = 20261126
 MUTANTS_PER_FILE = 40
@@ -86,7 +84,7 @@ def _stored_rows(db_path: Path, table: str) -> list[tuple[str, dict[str, Any]]]:
 
 def _impossible(row: dict[str, Any], schema: str, source: Path) -> list[str]:
     """What Databento's field definitions rule out in a stored row (empty: possible)."""
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     meta = db.DBNStore.from_file(source).metadata
     found = []
     index = row[family.time_column]
@@ -136,7 +134,7 @@ def test_mutants_are_rejected_cleanly_or_store_only_possible_records(
         return
     clean_rows = set(canonical(clean))
     impossible = []
-    for label, row in _stored_rows(store, family_of(schema).table):
+    for label, row in _stored_rows(store, MODEL.family_of(schema).table):
         if canonical([row])[0] in clean_rows:
             continue
         source = Path(label.split(" [")[0].split(" (")[0])

@@ -6,10 +6,10 @@ import databento_dbn as dbn
 import numpy as np
 import pyarrow as pa
 
-from marketpipe.model import LAYOUT_OF_SCHEMA, PRICE_TYPE, Kind, families
+from marketpipe.model import LAYOUT_OF_SCHEMA, PRICE_TYPE, Kind
 from marketpipe.transform import decimal_prices
 
-from dbn_reference import SENTINEL_FIELDS, reference_families
+from dbn_reference import MODEL, SENTINEL_FIELDS, reference_families
 
 
 def _fields_at_type_max(record: object) -> set[str]:
@@ -42,7 +42,7 @@ def test_reference_sentinels_are_the_fields_databento_dbn_leaves_undefined() -> 
 
 def test_shipped_transformation_file_reproduces_the_standardized_model() -> None:
     """Same tables, schemas, columns, types, order and NULL sentinels as the reference model."""
-    shipped = families()
+    shipped = MODEL.families
     reference = reference_families()
     assert list(shipped) == list(reference)
     for table, family in shipped.items():
@@ -60,11 +60,11 @@ def test_shipped_transformation_file_reproduces_the_standardized_model() -> None
 
 def test_every_schema_has_a_family_and_every_family_keeps_databento_field_names() -> None:
     assert set(LAYOUT_OF_SCHEMA) == {s.value for s in dbn.Schema.variants()}
-    assert {s for f in families().values() for s in f.schemas} == set(LAYOUT_OF_SCHEMA)
-    mbp10 = families()["mbp10"].column_names
+    assert {s for f in MODEL.families.values() for s in f.schemas} == set(LAYOUT_OF_SCHEMA)
+    mbp10 = MODEL.families["mbp10"].column_names
     assert mbp10[:2] == ["ts_recv", "ts_event"]
     assert "bid_px_00" in mbp10 and "ask_ct_09" in mbp10 and mbp10[-2:] == ["symbol", "ts_out"]
-    for family in families().values():
+    for family in MODEL.families.values():
         assert not any(n.startswith("_") or n == "length" for n in family.column_names)
         assert ("schema" in family.column_names) == (len(family.schemas) > 1)
 

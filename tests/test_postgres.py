@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from marketpipe.config import IngestRequest, load_settings
-from marketpipe.model import SCHEMAS, families
+from marketpipe.model import SCHEMAS
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
@@ -23,7 +23,7 @@ from pg import admin_url, fingerprint, fresh_database
 from tcp_proxy import TcpProxy
 
 from conftest import SAMPLES
-from dbn_reference import canonical, distinct_data, expected_rows, exported_rows
+from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,12 +59,12 @@ def test_every_schema_round_trips_exactly(server_url: str, samples: Path, cli, t
         out = tmp_path / f"{schema}.parquet"
         assert cli("export", "--schema", schema, "--out", str(out), "--db", pg_url).exit_code == 0
         arrow_schema, rows = exported_rows(out)
-        assert arrow_schema.remove_metadata() == families()[_table(schema)].arrow_schema
+        assert arrow_schema.remove_metadata() == MODEL.families[_table(schema)].arrow_schema
         assert canonical(rows) == canonical(expected), schema
 
 
 def _table(schema: str) -> str:
-    return next(name for name, f in families().items() if schema in f.schemas)
+    return next(name for name, f in MODEL.families.items() if schema in f.schemas)
 
 
 def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
 
     def start() -> None:
         try:
-            open_store(cfg).close()
+            open_store(cfg, MODEL).close()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -219,7 +219,7 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
 
 
 def test_plain_postgresql_mode_is_detected_and_said(pg_url: str) -> None:
-    store = open_store(load_settings(db=pg_url))
+    store = open_store(load_settings(db=pg_url), MODEL)
     try:
         assert store.mode == "postgresql"  # no TimescaleDB on this server
     finally:

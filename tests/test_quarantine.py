@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from marketpipe.config import load_settings
-from marketpipe.model import family_of
 from marketpipe.rules.validation import rebuild
 from marketpipe.samples import metadata_bytes, write_dbn
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery
 from pg import fresh_database
 from test_validation_rules import UNDEF_PRICE, UNDEF_TS, record
+
+from dbn_reference import MODEL
 
 BROKEN = {
     "rtype_matches_schema": {"rtype": 160},
@@ -64,12 +65,12 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
     for rule in BROKEN:
         assert f"quarantined by {rule}: 3" in result.output
 
-    store = open_store(load_settings(db=db))
+    store = open_store(load_settings(db=db), MODEL)
     try:
         quarantined = store.quarantined(QuarantineQuery(limit=1000))
     finally:
         store.close()
-    dtype = family_of("trades").record_dtype
+    dtype = MODEL.family_of("trades").record_dtype
     by_rule: dict[str, set[bytes]] = {}
     for q in quarantined:
         by_rule.setdefault(q.rule, set()).add(rebuild(q.record, dtype))
@@ -83,7 +84,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
 
     # Re-running the same file replaces its quarantine rows too: nothing doubles.
     assert cli("ingest", "--from-file", str(tmp_path / "mixed.dbn"), "--db", db, "--force").exit_code == 0
-    store = open_store(load_settings(db=db))
+    store = open_store(load_settings(db=db), MODEL)
     try:
         assert len(store.quarantined(QuarantineQuery(limit=1000))) == 12
     finally:
@@ -95,7 +96,7 @@ def test_too_many_rejections_fail_the_chunk_and_store_nothing(cli, db: str, tmp_
     result = cli("ingest", "--from-file", str(tmp_path / "mixed.dbn"), "--db", db)
     assert result.exit_code == 1
     assert "above the 5% limit (--max-quarantine-ratio): the data or a rule is likely broken" in result.output
-    store = open_store(load_settings(db=db))
+    store = open_store(load_settings(db=db), MODEL)
     try:
         assert store.quarantined(QuarantineQuery(limit=1000)) == []
         assert next(t.rows for t in store.status().tables if t.table == "trades") == 0

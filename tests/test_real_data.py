@@ -30,10 +30,10 @@ import pytest
 import zstandard
 from databento.common.constants import SCHEMA_STRUCT_MAP
 
-from marketpipe.model import SCHEMAS, Kind, family_of
+from marketpipe.model import SCHEMAS, Kind
 from marketpipe.samples import Interval, Mapping, metadata_bytes, synthetic_trades, write_dbn
 
-from dbn_reference import exported_rows
+from dbn_reference import MODEL, exported_rows
 
 T0 = 1_709_510_400_000_000_000  # 2024-03-04
 PX = 5_000 * 10**9
@@ -47,7 +47,7 @@ UNDEFINED_TS_EVENT = {"bbo-1s", "bbo-1m", "cbbo-1s", "cbbo-1m"}
 
 
 def _base(schema: str, count: int) -> np.ndarray:
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     records = np.zeros(count, dtype=family.record_dtype)
     records["length"] = family.record_dtype.itemsize // 4
     records["rtype"] = int(dbn.RType.from_schema(dbn.Schema(schema)).value)
@@ -72,7 +72,7 @@ def _base(schema: str, count: int) -> np.ndarray:
 
 def sentinel_records(schema: str) -> np.ndarray:
     """Two records: an ordinary one, and one with every documented sentinel of the schema."""
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     records = _base(schema, 2)
     struct = SCHEMA_STRUCT_MAP[dbn.Schema(schema)]
     required = REQUIRED.get(family.table, set())
@@ -107,7 +107,7 @@ def _write(path: Path, schema: str, records: np.ndarray) -> Path:
 def _expected(path: Path, schema: str) -> list[dict[str, Any]]:
     """What databento's own client reads, with its sentinels as NULL."""
     frame = db.DBNStore.from_file(path).to_df(price_type="decimal", pretty_ts=False).reset_index()
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     rows = []
     for raw in frame.to_dict("records"):
         row: dict[str, Any] = {}
@@ -143,7 +143,7 @@ def test_documented_sentinels_are_stored_as_null_in_every_store(store: str, cli,
         compared = [{k: v for k, v in r.items() if k not in ("schema", "ts_out")} for r in rows]
         assert sorted(compared, key=repr) == _expected(path, schema), schema
         assert all(r["ts_out"] is None for r in rows)
-        if family_of(schema).table not in ("trades", "ohlcv", "status"):  # these have no sentinels
+        if MODEL.family_of(schema).table not in ("trades", "ohlcv", "status"):  # these have no sentinels
             # the sentinel record really holds NULLs
             assert any(v is None for r in compared for k, v in r.items() if k != "symbol"), schema
 

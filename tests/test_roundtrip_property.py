@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.exporting import export
-from marketpipe.model import SCHEMAS, Kind, family_of
+from marketpipe.model import SCHEMAS, Kind
 from marketpipe.pipeline import Pipeline
 from marketpipe.samples import Interval, metadata_bytes, write_dbn
 from marketpipe.stores import open_store
 
-from dbn_reference import canonical, expected_rows, exported_rows
+from dbn_reference import MODEL, canonical, expected_rows, exported_rows
 
 UNDEF_TS = 2**64 - 1
 MAX_TS = 2**63 - 1
@@ -33,7 +33,7 @@ ASCII = st.characters(min_codepoint=32, max_codepoint=126)
 
 
 def _field(schema: str, name: str, dtype: np.dtype, index_ts: str) -> st.SearchStrategy[Any]:
-    struct_fields = family_of(schema)
+    struct_fields = MODEL.family_of(schema)
     if name == "length":
         return st.just(struct_fields.record_dtype.itemsize // 4)
     if name == "rtype":
@@ -54,7 +54,7 @@ def _field(schema: str, name: str, dtype: np.dtype, index_ts: str) -> st.SearchS
 
 @st.composite
 def records(draw: st.DrawFn, schema: str) -> np.ndarray:
-    dtype = family_of(schema).record_dtype
+    dtype = MODEL.family_of(schema).record_dtype
     index_ts = "ts_recv" if "ts_recv" in dtype.names else "ts_event"
     fields = {n: _field(schema, n, dtype[n], index_ts) for n in dtype.names}
     rows = draw(st.lists(st.fixed_dictionaries(fields), min_size=0, max_size=25))
@@ -98,7 +98,7 @@ def test_random_records_round_trip(schema: str) -> None:
             summary = Pipeline(IngestRequest(from_file=str(path)), cfg).run()
             assert summary.failed == []
             assert summary.totals().stored == len(array)
-            store = open_store(cfg)
+            store = open_store(cfg, MODEL)
             try:
                 export(store, schema, "parquet", Path(tmp) / "o.parquet", [], None, None, 5)
             finally:

@@ -17,10 +17,11 @@ import psycopg
 import pytest
 
 from marketpipe.config import load_settings
-from marketpipe.model import families
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
 from pg import fingerprint
+
+from dbn_reference import MODEL
 
 
 def _trades_file(path: Path, records: int = 2_000) -> Path:
@@ -97,10 +98,11 @@ def test_timescaledb_mode_partitions_on_the_index_timestamp(timescale_url: str, 
         now_functions = conn.execute(
             "SELECT DISTINCT integer_now_func FROM timescaledb_information.dimensions"
         ).fetchall()
-    expected = {f.table: (f.time_column, f.chunk_interval_ns) for f in families().values()}
+    expected = {f.table: (f.time_column, f.chunk_interval_ns) for f in MODEL.families.values()}
     assert dimensions == expected
     assert dimensions["ohlcv"][0] == "ts_event" and dimensions["bbo"][0] == "ts_recv"
-    assert compression == {f.table: ("instrument_id", f"{f.time_column} DESC") for f in families().values()}
+    families = MODEL.families.values()
+    assert compression == {f.table: ("instrument_id", f"{f.time_column} DESC") for f in families}
     assert now_functions == [("marketpipe_now_ns",)]
 
 
@@ -242,8 +244,8 @@ def test_store_opened_read_only_rejects_writes(server_url: str, tmp_path: Path) 
     """The read-only store runs every transaction READ ONLY, whatever a bug might try."""
     data = _trades_file(tmp_path / "t.dbn")
     settings = load_settings(db=server_url)
-    open_store(settings).close()
-    store = open_store(settings, read_only=True)
+    open_store(settings, MODEL).close()
+    store = open_store(settings, MODEL, read_only=True)
     try:
         with pytest.raises(Exception, match="read-only transaction"):
             store._execute("DELETE FROM marketpipe_chunks")  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -13,18 +12,11 @@ import pytest
 import yaml
 
 from marketpipe.errors import ConfigError
-from marketpipe.model import TRANSFORMATION_FILE, use_transformations
+from marketpipe.model import TRANSFORMATION_FILE
 from marketpipe.rules.transformation import load_transformations
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 
 SHIPPED = Path(__file__).resolve().parents[1] / TRANSFORMATION_FILE
-
-
-@pytest.fixture(autouse=True)
-def shipped_model_after() -> Iterator[None]:
-    """A test that configures its own model leaves the shipped one for the next test."""
-    yield
-    use_transformations(SHIPPED)
 
 
 def _shipped() -> dict:  # type: ignore[type-arg]

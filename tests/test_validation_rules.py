@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from marketpipe.errors import ConfigError
-from marketpipe.model import LAYOUT_OF_SCHEMA, LAYOUTS, family_of
+from marketpipe.model import LAYOUT_OF_SCHEMA, LAYOUTS
 from marketpipe.rules.contracts import contract_of, explain
 from marketpipe.rules.validation import Validator, Verdict, rebuild
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, RawBatch
+
+from dbn_reference import MODEL
 
 RULES = Path(__file__).resolve().parents[1] / "configs" / "validation" / "databento.yaml"
 T0 = 1_709_510_400_000_000_000  # 2024-03-04
@@ -27,7 +29,7 @@ EMPTY_LEVELS = {f"{side}_px_{i:02d}": UNDEF_PRICE for side in ("bid", "ask") for
 
 def record(schema: str, **fields: object) -> np.ndarray:
     """One valid record of ``schema`` with ``fields`` changed."""
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     rec = np.zeros(1, dtype=family.record_dtype)
     rec["length"] = family.record_dtype.itemsize // 4
     rec["rtype"] = RTYPE[schema]
@@ -94,14 +96,14 @@ WINDOW = Chunk("k", "trades", "test", start_ns=T0, end_ns=T0 + 86_400 * 10**9)
 
 @pytest.fixture(scope="module")
 def validator() -> Validator:
-    return Validator(RULES)
+    return Validator(RULES, MODEL)
 
 
 def _checked(
     validator: Validator, schema: str, records: np.ndarray, symbol: str | None = None
 ) -> tuple[Verdict, Verdict]:
     """Both stages over ``records`` (all mapped to ``symbol``), as the pipeline runs them."""
-    family = family_of(schema)
+    family = MODEL.family_of(schema)
     chunk = Chunk(WINDOW.key, schema, "test", start_ns=WINDOW.start_ns, end_ns=WINDOW.end_ns)
     first = validator.check("initial", family, schema, chunk, records, None)
     kept = records[first.keep]
@@ -144,7 +146,7 @@ def test_price_positivity_spares_spreads(validator: Validator) -> None:
 
 def test_quarantined_record_rebuilds_exactly(validator: Validator) -> None:
     broken = record("trades", size=0, sequence=123456, ts_in_delta=-5)
-    family = family_of("trades")
+    family = MODEL.family_of("trades")
     table = to_table(family, "trades", RawBatch(broken, pa.nulls(1, "string")))
     verdict = validator.check("post", family, "trades", WINDOW, broken, table)
     assert rebuild(verdict.rejections[0].record, family.record_dtype) == broken.tobytes()
@@ -187,7 +189,7 @@ def test_broken_rule_file_fails_at_start(tmp_path: Path, text: str, message: str
     path = tmp_path / "rules.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as error:
-        Validator(path)
+        Validator(path, MODEL)
     assert str(error.value).startswith(str(path)) and message in str(error.value)
 
 
@@ -253,8 +255,8 @@ def test_rule_outside_the_contract_shows_the_values_it_checked(tmp_path: Path) -
         "rules:\n  - {name: small_trades, stage: initial, severity: error, check: 'size < 100',"
         " message: trade too large, tables: [trades]}\n"
     )
-    verdict = Validator(path).check(
-        "initial", family_of("trades"), "trades", WINDOW, record("trades", size=500), None
+    verdict = Validator(path, MODEL).check(
+        "initial", MODEL.family_of("trades"), "trades", WINDOW, record("trades", size=500), None
     )
     assert [r.message for r in verdict.rejections] == ["trade too large: size=500"]
 
@@ -284,7 +286,7 @@ def test_a_check_is_one_expression_and_nothing_else(tmp_path: Path, name: str) -
     rule = {"name": "x", "stage": "post", "severity": "error", "tables": ["trades"], "message": "m"}
     path.write_text(yaml.safe_dump({"rules": [{**rule, "check": check.format(out=out)}]}))
     with pytest.raises(ConfigError) as error:
-        Validator(path)
+        Validator(path, MODEL)
     message = str(error.value)
     assert message.startswith(f"{path}: rule x: ") and found in message, message
     assert not out.exists()

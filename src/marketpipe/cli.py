@@ -17,8 +17,9 @@ from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.exporting import FORMATS, check_output
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
-from marketpipe.model import family_of, use_transformations
+from marketpipe.model import check_schema
 from marketpipe.pipeline import Pipeline
+from marketpipe.rules.transformation import load_model
 from marketpipe.samples import make_sample
 from marketpipe.sources import make_source
 from marketpipe.stores import open_store
@@ -67,7 +68,6 @@ def _settings(**overrides: object) -> Settings:
     settings = load_settings(**overrides)
     key = settings.databento_api_key
     configure(settings.log_file, settings.log_level, [key.get_secret_value()] if key else [])
-    use_transformations(settings.transformation_file)
     return settings
 
 
@@ -146,11 +146,15 @@ def ingest(
         if dry_run:
             return _dry_run(request, settings)
         if as_json:
-            summary = Pipeline(request, settings).run(force=force)
+            summary = Pipeline(request, settings, model=load_model(settings.transformation_file)).run(
+                force=force
+            )
             console.print_json(console.summary_document(summary))
             return summary.exit_code
         with console.RichProgress() as progress:
-            summary = Pipeline(request, settings, progress).run(force=force)
+            summary = Pipeline(request, settings, progress, load_model(settings.transformation_file)).run(
+                force=force
+            )
         console.render_summary(summary)
         return summary.exit_code
 
@@ -217,14 +221,14 @@ def export(
         start, end = _date("--start-date", start_date), _date("--end-date", end_date)
         if start and end and end < start:
             raise UsageError(f"end date {end} is before start date {start}")
-        family_of(schema)  # bad arguments fail before the store is opened
+        check_schema(schema)  # bad arguments fail before the store is opened
         if format not in FORMATS:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
         store_files = [] if "://" in settings.db else [Path(settings.db).expanduser()]
         check_output(
             out, overwrite, [p.with_name(p.name + suffix) for p in store_files for suffix in ("", ".wal")]
         )
-        store = open_store(settings, read_only=True)
+        store = open_store(settings, load_model(settings.transformation_file), read_only=True)
         try:
             rows = export_records(
                 store, schema, format, out, _symbols(symbols), start, end, settings.batch_size
@@ -253,7 +257,7 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
 
     def run() -> None:
         settings = _settings(db=db)
-        store = open_store(settings, read_only=True)
+        store = open_store(settings, load_model(settings.transformation_file), read_only=True)
         try:
             report = store.status()
         finally:
@@ -280,8 +284,8 @@ def quarantine_command(
     def run_command() -> None:
         settings = _settings(db=db)
         if schema is not None:
-            family_of(schema)
-        store = open_store(settings, read_only=True)
+            check_schema(schema)
+        store = open_store(settings, load_model(settings.transformation_file), read_only=True)
         try:
             records = store.quarantined(QuarantineQuery(run, schema, rule, limit))
         finally:

@@ -15,7 +15,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from marketpipe.errors import UsageError
-from marketpipe.model import family_of
 from marketpipe.stores.base import ExportQuery, Store
 from marketpipe.symbology import NS_PER_DAY, day_ns
 
@@ -53,7 +52,7 @@ def export(
     batch_size: int,
 ) -> int:
     """Rows written; ``end_date`` is inclusive."""
-    family = family_of(schema)
+    family = store.model.family_of(schema)
     query = ExportQuery(
         family,
         schema,

@@ -16,6 +16,7 @@ Exactness rules (the operations of the transformation file):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -25,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 from databento.common.constants import SCHEMA_STRUCT_MAP
 from databento_dbn import Schema
+
+from marketpipe.errors import UsageError
 
 PRICE_SCALE = 9
 PRICE_TYPE = pa.decimal128(19, PRICE_SCALE)
@@ -140,28 +143,21 @@ LAYOUT_OF_SCHEMA: dict[str, Layout] = {s: layout for layout in LAYOUTS.values() 
 SCHEMAS: tuple[str, ...] = tuple(sorted(LAYOUT_OF_SCHEMA))
 TRANSFORMATION_FILE = Path("configs/transformations/databento.yaml")
 
-_families: dict[str, Family] | None = None
 
-
-def use_transformations(path: Path) -> dict[str, Family]:
-    """Compile the transformation file into the model; a broken file fails here, naming it."""
-    from marketpipe.config import config_file
-    from marketpipe.rules.transformation import load_transformations
-
-    global _families
-    _families = load_transformations(config_file(path))
-    return _families
-
-
-def families() -> dict[str, Family]:
-    """The standardized tables by name (the shipped transformation file unless set)."""
-    return _families if _families is not None else use_transformations(TRANSFORMATION_FILE)
-
-
-def family_of(schema: str) -> Family:
-    """The family storing ``schema``; a clear error for names Databento does not publish."""
-    from marketpipe.errors import UsageError
-
+def check_schema(schema: str) -> None:
+    """A clear error for a schema name Databento does not publish."""
     if schema not in LAYOUT_OF_SCHEMA:
         raise UsageError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)}")
-    return next(f for f in families().values() if schema in f.schemas)
+
+
+@dataclass(frozen=True)
+class Model:
+    """The standardized tables, compiled from the transformation file once and handed to every
+    stage that needs it (``marketpipe.rules.transformation.load_model``)."""
+
+    families: Mapping[str, Family]
+
+    def family_of(self, schema: str) -> Family:
+        """The family storing ``schema``."""
+        check_schema(schema)
+        return next(f for f in self.families.values() if schema in f.schemas)

@@ -23,8 +23,9 @@ import structlog
 
 from marketpipe.config import IngestRequest, Settings, config_file
 from marketpipe.errors import MarketpipeError, SourceError, StoreError
-from marketpipe.model import family_of, use_transformations
+from marketpipe.model import Model
 from marketpipe.retries import retrying
+from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Source
@@ -127,13 +128,20 @@ class _StageTimer:
 class Pipeline:
     store: Store
 
-    def __init__(self, request: IngestRequest, settings: Settings, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        request: IngestRequest,
+        settings: Settings,
+        progress: Progress | None = None,
+        model: Model | None = None,
+    ) -> None:
+        """``model``: the compiled transformation file, else compiled here from the settings."""
         self.request = request
         self.settings = settings
         self.progress = progress
         # Rules load first: a broken rule file fails before any data is read.
-        use_transformations(settings.transformation_file)
-        self.validator = Validator(config_file(settings.validation_file))
+        self.model = model or load_model(settings.transformation_file)
+        self.validator = Validator(config_file(settings.validation_file), self.model)
         self.run_id = uuid.uuid4().hex[:12]
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
 
@@ -142,7 +150,7 @@ class Pipeline:
         self.log.info("stage.start", stage="init_source", api=self.request.api)
         source = make_source(self.request, self.settings)
         try:
-            self.store = open_store(self.settings)
+            self.store = open_store(self.settings, self.model)
             try:
                 return self._run(source, force)
             finally:
@@ -356,7 +364,7 @@ class Pipeline:
     def _process(
         self, chunk: Chunk, raw: RawBatch, writer: ChunkWriter, timer: _StageTimer, result: ChunkResult
     ) -> None:
-        family = family_of(chunk.schema)
+        family = self.model.family_of(chunk.schema)
         count = len(raw.records)
         result.read += count
         with timer("validate_initial"):

@@ -16,7 +16,7 @@ import databento_dbn as dbn
 import numpy as np
 import zstandard
 
-from marketpipe.model import family_of
+from marketpipe.model import LAYOUT_OF_SCHEMA
 from marketpipe.symbology import NS_PER_DAY, day_ns
 
 PRICE_SCALE = 10**9
@@ -150,7 +150,7 @@ def make_sample(directory: Path) -> list[Path]:
 def synthetic_trades(count: int, start: dt.date, instruments: int = 4, seed: int = 7) -> np.ndarray:
     """``count`` trade records in the DBN v3 layout, one day, ids 1..instruments."""
     rng = np.random.default_rng(seed)
-    records = np.zeros(count, dtype=family_of("trades").record_dtype)
+    records = np.zeros(count, dtype=LAYOUT_OF_SCHEMA["trades"].dtype)
     ts = day_ns(start) + np.sort(rng.integers(0, NS_PER_DAY - 10**9, count, dtype=np.int64))
     records["length"] = records.dtype.itemsize // 4
     records["rtype"] = int(dbn.RType.MBP_0.value)

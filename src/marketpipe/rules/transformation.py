@@ -18,7 +18,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from marketpipe.config import first_error, read_yaml
+from marketpipe.config import config_file, first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import (
     LAYOUT_OF_SCHEMA,
@@ -29,6 +29,7 @@ from marketpipe.model import (
     Family,
     Kind,
     Layout,
+    Model,
 )
 from marketpipe.symbology import NS_PER_DAY
 
@@ -81,6 +82,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def load_model(path: Path) -> Model:
+    """The model of a transformation file (relative paths as ``config_file`` finds them)."""
+    return Model(load_transformations(config_file(path)))
 
 
 def load_transformations(path: Path) -> dict[str, Family]:

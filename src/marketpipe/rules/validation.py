@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from marketpipe.config import first_error, read_yaml
 from marketpipe.errors import ConfigError
-from marketpipe.model import LAYOUT_OF_SCHEMA, Family, families
+from marketpipe.model import LAYOUT_OF_SCHEMA, Family, Model
 from marketpipe.rules.contracts import explain
 from marketpipe.transform import text_array
 from marketpipe.types import Chunk, Rejection
@@ -136,8 +136,9 @@ def rebuild(record: str, dtype: np.dtype) -> bytes:
 class Validator:
     """The rules of one file, checked against every table they name, ready to run."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, model: Model) -> None:
         self.path = path
+        self.model = model
         self.rules = self._load(path)
         self._con = duckdb.connect()
         for rule in self.rules:
@@ -154,10 +155,11 @@ class Validator:
         for rule in rules:
             if names[rule.name] > 1:
                 raise ConfigError(f"{path}: rule {rule.name}: the name is used twice")
-            unknown = [t for t in rule.tables or () if t not in families()]
+            unknown = [t for t in rule.tables or () if t not in self.model.families]
             if unknown:
                 raise ConfigError(
-                    f"{path}: rule {rule.name}: unknown table {unknown[0]!r}; known: {', '.join(families())}"
+                    f"{path}: rule {rule.name}: unknown table {unknown[0]!r};"
+                    f" known: {', '.join(self.model.families)}"
                 )
         return rules
 
@@ -165,7 +167,8 @@ class Validator:
         """A check is one scalar expression over the batch's columns, nothing else: no second
         statement, no clause that reaches past the batch, no subquery, no function that reads
         the environment or has side effects. The rule file is configuration, not a script."""
-        family = families()[rule.tables[0]] if rule.tables else next(iter(families().values()))
+        families = self.model.families
+        family = families[rule.tables[0]] if rule.tables else next(iter(families.values()))
         try:
             query = (
                 f"SELECT ({rule.check.format(**_placeholders(family, family.schemas[0], None))}) FROM batch"
@@ -194,7 +197,7 @@ class Validator:
         When one does not, each (table, stage) is bound alone to name the culprit rule.
         """
         selects = []
-        for family in families().values():
+        for family in self.model.families.values():
             for stage in ("initial", "post"):
                 rules = self.rules_for(stage, family)
                 if rules:
@@ -209,7 +212,7 @@ class Validator:
             return
         except (duckdb.Error, KeyError, IndexError, ValueError):
             pass
-        for family in families().values():
+        for family in self.model.families.values():
             for stage in ("initial", "post"):
                 for rule in self.rules_for(stage, family):
                     try:

@@ -35,7 +35,7 @@ from databento.common.error import BentoError
 from databento_dbn import DBNDecoder, RType, Schema, VersionUpgradePolicy
 
 from marketpipe.errors import SourceError
-from marketpipe.model import family_of
+from marketpipe.model import LAYOUT_OF_SCHEMA, check_schema
 from marketpipe.symbology import SymbolMap
 from marketpipe.types import RawBatch
 
@@ -132,7 +132,8 @@ class DbnFile:
         if self.schema is not None:
             # The layout records have in this file's DBN version; read as is when it is v3's.
             self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(self.schema)]._dtypes)
-            self._decode = self.live or self._native != family_of(self.schema).record_dtype
+            check_schema(self.schema)
+            self._decode = self.live or self._native != LAYOUT_OF_SCHEMA[self.schema].dtype
 
     def _check_metadata_length(self) -> None:
         """Read only the header before databento reads the metadata it declares."""
@@ -302,7 +303,7 @@ class DbnFile:
         to the records after it in the stream, as Databento's live clients apply them
         (databento-cpp's PitSymbolMap: instrument_id -> stype_out_symbol), whatever the records'
         own timestamps say; other files map symbols by the metadata's mappings."""
-        dtype = family_of(schema).record_dtype
+        dtype = LAYOUT_OF_SCHEMA[schema].dtype
         last = None if count is None else first + count
         seen = 0
         current: dict[int, str] = {}

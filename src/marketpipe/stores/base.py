@@ -10,7 +10,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from marketpipe.model import Family
+from marketpipe.model import Family, Model
 from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
 
 CHUNKS_TABLE = "marketpipe_chunks"
@@ -92,6 +92,7 @@ class ChunkWriter(Protocol):
 class Store(Protocol):
     location: str
     mode: str
+    model: Model
 
     def close(self) -> None: ...
 

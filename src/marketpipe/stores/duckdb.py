@@ -16,9 +16,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+import marketpipe.stores.sql as sql
 from marketpipe.errors import StoreError, StoreRejected
-from marketpipe.model import Family, families
-from marketpipe.stores import sql
+from marketpipe.model import Family, Model
 from marketpipe.stores.base import ExportQuery
 from marketpipe.types import ChunkCounts, Rejection
 
@@ -110,8 +110,11 @@ class DuckDBStore(sql.SqlStore):
 
     mode = "duckdb"
 
-    def __init__(self, path: str, memory_limit: str = "256MB", read_only: bool = False) -> None:
+    def __init__(
+        self, path: str, memory_limit: str = "256MB", read_only: bool = False, *, model: Model
+    ) -> None:
         """``read_only``: the file must hold a store already; nothing is created or changed."""
+        self.model = model
         self.location = path
         file = Path(path).expanduser()
         if read_only and not file.is_file():
@@ -141,7 +144,7 @@ class DuckDBStore(sql.SqlStore):
             if not applied:
                 raise StoreRejected(f"{self.location} is not a marketpipe store")
         else:
-            for family in families().values():
+            for family in self.model.families.values():
                 self.con.execute(sql.create_family_table(family, column_type))
             for statement in (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL):
                 self.con.execute(statement)

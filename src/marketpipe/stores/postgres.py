@@ -26,10 +26,11 @@ import structlog
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
+import marketpipe.stores.sql as sql
+import marketpipe.stores.timescale as timescale
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
-from marketpipe.model import Family, families
+from marketpipe.model import Family, Model
 from marketpipe.retries import retrying
-from marketpipe.stores import sql, timescale
 from marketpipe.stores.base import QUARANTINE_TABLE, ExportQuery
 from marketpipe.types import Chunk, ChunkCounts, Rejection
 
@@ -114,7 +115,7 @@ def translate(exc: psycopg.Error, where: str) -> StoreError | StoreRejected:
     return StoreError(f"{where}: {reason}")
 
 
-def _model_statements() -> list[str]:
+def _model_statements(model: Model) -> list[str]:
     tables = [*sql.BOOKKEEPING_DDL]
     tables.append(f"CREATE INDEX IF NOT EXISTS marketpipe_quarantine_chunk ON {QUARANTINE_TABLE} (chunk_id)")
     tables.append(
@@ -125,7 +126,7 @@ def _model_statements() -> list[str]:
         "CREATE OR REPLACE FUNCTION marketpipe_ns(t timestamptz) RETURNS BIGINT LANGUAGE SQL IMMUTABLE"
         " PARALLEL SAFE AS $$ SELECT (extract(epoch FROM t) * 1000000000)::BIGINT $$"
     )
-    for family in families().values():
+    for family in model.families.values():
         name, time = sql.quote(family.table), sql.quote(family.time_column)
         tables.append(sql.create_family_table(family, column_type))
         # One B-tree for "this instrument over this time", BRIN for time alone: each index
@@ -145,22 +146,28 @@ def _model_statements() -> list[str]:
     return tables
 
 
-def _create_model(conn: psycopg.Connection[Any]) -> None:
-    for statement in _model_statements():
-        conn.execute(statement)
-
-
 Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
 
 
 TIMESCALE_VERSION = sql.MODEL_VERSION + 1
 
 
-def _migrations(mode_timescale: bool) -> list[Migration]:
+def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
     """Versioned schema steps; the TimescaleDB one only where the extension is usable."""
-    migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, _create_model)]
+
+    def create_model(conn: psycopg.Connection[Any]) -> None:
+        for statement in _model_statements(model):
+            conn.execute(statement)
+
+    migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, create_model)]
     if mode_timescale:
-        migrations.append((TIMESCALE_VERSION, "timescaledb hypertables", timescale.create_hypertables))
+        migrations.append(
+            (
+                TIMESCALE_VERSION,
+                "timescaledb hypertables",
+                lambda conn: timescale.create_hypertables(conn, model),
+            )
+        )
     return migrations
 
 
@@ -208,9 +215,12 @@ class PostgresStore(sql.SqlStore):
         retry_wait: float = 0.5,
         compress_after_days: int | None = None,
         read_only: bool = False,
+        *,
+        model: Model,
     ):
         """``read_only``: every transaction is READ ONLY; nothing is created, migrated or converted,
         so a role with SELECT rights alone can read."""
+        self.model = model
         self.url = url
         self.location = safe_location(url)
         self.retries = retries
@@ -251,14 +261,14 @@ class PostgresStore(sql.SqlStore):
             self.conn.execute(sql.MIGRATIONS_DDL)
             applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
             sql.check_release(self.location, applied)
-            for version, name, apply in _migrations(use_timescale):
+            for version, name, apply in _migrations(self.model, use_timescale):
                 if version in applied:
                     continue
                 apply(self.conn)
                 self.conn.execute(sql.RECORD_MIGRATION, (version, name))
                 log.info("db.migrated", version=version, name=name)
             if use_timescale and compress_after_days is not None:
-                timescale.add_compression_policies(self.conn, compress_after_days)
+                timescale.add_compression_policies(self.conn, compress_after_days, self.model)
         mode = "timescaledb" if use_timescale else "postgresql"
         log.info("store.mode", mode=mode, reason=why, location=self.location)
         return mode

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketpipe.errors import StoreRejected
-from marketpipe.model import Column, Family, Kind, families, family_of
+from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
     MIGRATIONS_TABLE,
@@ -244,7 +244,7 @@ class ChunkTransaction:
         self.run_id = run_id
         self.job = job
         self.id = chunk_id(chunk.key)
-        self.family = family_of(chunk.schema)
+        self.family = store.model.family_of(chunk.schema)
         self.first_ns: int | None = None
         self.last_ns: int | None = None
         self.rejections: list[Rejection] = []
@@ -303,6 +303,7 @@ class SqlStore:
 
     location: str
     mode: str
+    model: Model
 
     # The store-specific parts.
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
@@ -359,7 +360,7 @@ class SqlStore:
             " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
         ):
             found.setdefault(str(table), []).append(str(column))
-        for family in families().values():
+        for family in self.model.families.values():
             expected = [*family.column_names, "chunk_id"]
             if found.get(family.table) != expected:
                 have = ", ".join(found.get(family.table, [])) or "no such table"
@@ -497,7 +498,7 @@ class SqlStore:
 
     def status(self) -> StoreStatus:
         report = StoreStatus(self.location, self.mode)
-        for family in families().values():
+        for family in self.model.families.values():
             time_ns = self._time_ns(family)
             rows, first, last = self._query(
                 f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {quote(family.table)}"

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from marketpipe.model import Family, families
+from marketpipe.model import Family, Model
 from marketpipe.symbology import NS_PER_DAY
 
 MIN_VERSION = (2, 13)
@@ -97,16 +97,16 @@ def hypertable_statements(family: Family) -> list[tuple[str, tuple[Any, ...]]]:
     ]
 
 
-def create_hypertables(conn: Any) -> None:
+def create_hypertables(conn: Any, model: Model) -> None:
     conn.execute(NOW_FUNCTION)
-    for family in families().values():
+    for family in model.families.values():
         for statement, params in hypertable_statements(family):
             conn.execute(statement, params)
 
 
-def add_compression_policies(conn: Any, after_days: int) -> None:
+def add_compression_policies(conn: Any, after_days: int, model: Model) -> None:
     """Compress chunks whose data is older than ``after_days`` (an integer age, in ns)."""
-    for family in families().values():
+    for family in model.families.values():
         conn.execute(
             "SELECT add_compression_policy(%s::regclass, %s::BIGINT, if_not_exists => TRUE)",
             (family.table, after_days * NS_PER_DAY),

@@ -1,0 +1,83 @@
+"""Imports run one way: cli -> pipeline -> stages -> model and types, with no cycle.
+
+Read from the source with the standard library's ast, so a new module is checked the day it
+is added."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "marketpipe"
+
+# Layers, lowest first. A module may import its own layer's package and any lower layer.
+LAYERS = [
+    {"marketpipe", "marketpipe.types", "marketpipe.errors", "marketpipe.symbology", "marketpipe.logs"},
+    {"marketpipe.model"},
+    {"marketpipe.config", "marketpipe.retries", "marketpipe.transform", "marketpipe.samples"},
+    {"marketpipe.sources", "marketpipe.rules", "marketpipe.stores"},  # the stages, by package
+    {"marketpipe.pipeline", "marketpipe.exporting"},
+    {"marketpipe.console"},
+    {"marketpipe.cli"},
+    {"marketpipe.__main__"},
+]
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(("marketpipe", *parts)).removesuffix(".__init__")
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("marketpipe"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("marketpipe")}
+    return found
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """(layer, unit): a stage package is one unit, every other module its own."""
+    for depth, names in enumerate(LAYERS):
+        for name in sorted(names, key=len, reverse=True):
+            if module == name or (depth == 3 and module.startswith(name + ".")):
+                return depth, name
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+GRAPH = {_module(p): _imports(p) for p in SRC.rglob("*.py")}
+
+
+def test_every_import_goes_down_or_stays_in_its_stage() -> None:
+    wrong = []
+    for module, imports in GRAPH.items():
+        depth, unit = _layer(module)
+        for imported in imports:
+            their_depth, their_unit = _layer(imported)
+            if their_depth > depth or (
+                their_depth == depth and their_unit != unit and imported != "marketpipe"
+            ):
+                wrong.append(f"{module} -> {imported}")
+    assert wrong == []
+
+
+def test_no_import_cycle() -> None:
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for imported in sorted(GRAPH.get(module, ())):
+            if imported == module:
+                continue
+            if state.get(imported) == "open":
+                return [*path, imported]
+            if imported not in state and (cycle := visit(imported, [*path, imported])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            assert visit(module, [module]) is None
