@@ -75,8 +75,6 @@ class Layout:
     schemas: tuple[str, ...]
     # numpy dtype of the DBN v3 record, the layout every file is read (or upgraded) into.
     dtype: np.dtype
-    price_fields: frozenset[str]
-    timestamp_fields: frozenset[str]
 
     @property
     def fields(self) -> list[str]:
@@ -113,12 +111,6 @@ class Family:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    def column(self, name: str) -> Column:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise KeyError(name)
-
 
 def _build_layouts() -> dict[str, Layout]:
     schemas_of: dict[str, list[str]] = {}
@@ -131,8 +123,6 @@ def _build_layouts() -> dict[str, Layout]:
             name,
             tuple(sorted(schemas_of[name])),
             np.dtype(struct._dtypes),  # type: ignore[attr-defined]
-            frozenset(struct._price_fields),  # type: ignore[attr-defined]
-            frozenset(struct._timestamp_fields),  # type: ignore[attr-defined]
         )
         for name, struct in sorted(structs.items())
     }

@@ -47,7 +47,6 @@ class Chunk:
     key: str
     schema: str
     label: str
-    dataset: str | None = None
     # Event-time window the records must fall in, nanoseconds, [start, end); None: unbounded.
     start_ns: int | None = None
     end_ns: int | None = None

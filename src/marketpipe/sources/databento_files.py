@@ -104,7 +104,6 @@ class DbnFileSource:
                     key,
                     schema,
                     label,
-                    dataset=dbn.dataset,
                     start_ns=dbn.start_ns,
                     end_ns=dbn.end_ns,
                     first_record=first,

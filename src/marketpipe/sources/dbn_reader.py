@@ -120,7 +120,6 @@ class DbnFile:
         self.ts_out = bool(meta.ts_out)
         # Live recordings (several schemas, or ts_out after each record) are decoded record by record.
         self.live = self.schema is None or self.ts_out
-        self.dataset: str | None = meta.dataset
         # The request's range of the index timestamp, [start, end): every record lies inside it.
         self.start_ns: int = int(meta.start)
         self.end_ns: int | None = None if meta.end is None else int(meta.end)
