@@ -15,7 +15,7 @@ from rich.table import Table
 from marketpipe.config import IngestRequest
 from marketpipe.errors import UsageError
 from marketpipe.pipeline import ChunkResult, RunSummary
-from marketpipe.stores.base import QuarantinedRecord, StoreStatus
+from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus
 from marketpipe.types import Chunk, ChunkStatus
 
 if TYPE_CHECKING:
@@ -255,17 +255,7 @@ def render_status(status: StoreStatus) -> None:
     for job, label, error in status.failed:
         out.print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False, soft_wrap=True)
     runs = Table(title="last runs")
-    for name in (
-        "run_id",
-        "job",
-        "started_at",
-        "finished_at",
-        "status",
-        "read",
-        "stored",
-        "quarantined",
-        "failed",
-    ):
+    for name in RUN_FIELDS:
         runs.add_column(name)
     for run in status.runs:
         runs.add_row(*("" if v is None else str(v) for v in run.values()))

@@ -177,9 +177,7 @@ class DatabentoApiSource:
             )
             if len(self._symbol_batches) > 1:
                 label += f" [{part.symbols[0]}..{part.symbols[-1]}]"
-            plan.chunks.append(
-                Chunk(key, part.schema, label, day_ns(part.start), day_ns(part.end))
-            )
+            plan.chunks.append(Chunk(key, part.schema, label, day_ns(part.start), day_ns(part.end)))
         plan.inputs.append(f"{self.dataset} {','.join(self.request.schemas)}")
         return plan
 

@@ -69,6 +69,20 @@ class TableStatus:
     last_ns: int | None
 
 
+# A run as status reports it, in the order of the ledger's query.
+RUN_FIELDS = (
+    "run_id",
+    "job",
+    "started_at",
+    "finished_at",
+    "status",
+    "read",
+    "stored",
+    "quarantined",
+    "failed",
+)
+
+
 @dataclass
 class StoreStatus:
     location: str

@@ -25,6 +25,7 @@ from marketpipe.stores.base import (
     CHUNKS_TABLE,
     MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
+    RUN_FIELDS,
     RUNS_TABLE,
     ChunkAlreadyStored,
     ExportQuery,
@@ -506,18 +507,7 @@ class SqlStore:
             report.tables.append(TableStatus(family.table, family.time_column, int(rows), first, last))
         report.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
         report.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
-        names = [
-            "run_id",
-            "job",
-            "started_at",
-            "finished_at",
-            "status",
-            "read",
-            "stored",
-            "quarantined",
-            "failed",
-        ]
-        report.runs = [dict(zip(names, r, strict=True)) for r in self._query(LAST_RUNS)]
+        report.runs = [dict(zip(RUN_FIELDS, r, strict=True)) for r in self._query(LAST_RUNS)]
         for run in report.runs:
             if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
                 run["status"] = (
