@@ -257,3 +257,15 @@ def test_job_with_files_and_api_selection_names_the_job(cli, tmp_path: Path, mon
     jobs.write_text("jobs:\n  mixed:\n    from_file: data\n    symbols: [ESM4]\n")
     monkeypatch.setenv("MARKETPIPE_JOBS_FILE", str(jobs))
     _one_error_line(cli("ingest", "--job", "mixed"), f"{jobs}: jobs.mixed.")
+
+
+def test_quickstart_sample_job_ingests(cli, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What scripts/quickstart.sh runs: make-sample, then the sample job (files), then status."""
+    assert cli("make-sample", "--out", str(tmp_path / "data" / "sample")).exit_code == 0
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs:\n  sample:\n    api: databento\n    from_file: data/sample\n")
+    monkeypatch.setenv("MARKETPIPE_JOBS_FILE", str(jobs))
+    result = cli("ingest", "--job", "sample")
+    assert result.exit_code == 0, result.output
+    assert cli("ingest", "--job", "sample", "--keep-raw", "raw").exit_code == 2  # files take no --keep-raw
+    assert "trades" in cli("status").output

@@ -196,7 +196,7 @@ def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequ
             flag = "--schema" if selectors[0] == "schemas" else "--" + selectors[0].replace("_", "-")
             raise UsageError(f"--job {job} takes what to ingest from {settings.jobs_file}; drop {flag}")
         options = {k: v for k, v in given.items() if k in _RUN_OPTIONS}
-        return make_request(**{**jobs[job].model_dump(), **options})
+        return make_request(**{**jobs[job].model_dump(exclude_unset=True), **options})
     request = make_request(**flags)
     if not request.from_file and not (request.dataset and request.schemas):
         raise UsageError("nothing to ingest: give --from-file PATH, --job NAME, or --dataset and --schema")
