@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,11 @@ def _guarded(action: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         console.err.print("interrupted: finished chunks are kept; run again to resume")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # The reader went away (`status --json | head`): nothing left to tell it. Point stdout
+        # at /dev/null so the interpreter's own flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except Exception as exc:
         structlog.get_logger("marketpipe").error("crash", error=repr(exc), traceback=traceback.format_exc())
         console.err.print(
