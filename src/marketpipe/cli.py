@@ -24,6 +24,7 @@ from marketpipe.pipeline import Pipeline
 from marketpipe.rules.transformation import load_model
 from marketpipe.samples import make_sample
 from marketpipe.sources import make_source
+from marketpipe.sources.base import Quoting
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery
 
@@ -173,15 +174,11 @@ def _dry_run(request: IngestRequest, settings: Settings) -> int:
     """What an API plan would download and cost, from the free metadata calls only."""
     if request.from_file:
         raise UsageError("--dry-run quotes API downloads; it does not apply to --from-file")
-    from marketpipe.sources.databento_api import DatabentoApiSource
-
     source = make_source(request, settings)
     try:
-        if not isinstance(source, DatabentoApiSource):
+        if not isinstance(source, Quoting):
             raise UsageError(f"--dry-run is not available for api type {request.api!r}")
-        source.check_request()
-        warnings = source.resolve_symbols()
-        console.render_quote(request, source.quote(), len(source.downloads()), warnings)
+        console.render_quote(request, source.estimate())
     finally:
         source.close()
     return 0

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import json
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,10 +15,7 @@ from marketpipe.config import IngestRequest
 from marketpipe.errors import UsageError
 from marketpipe.pipeline import ChunkResult, RunSummary
 from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus
-from marketpipe.types import Chunk, ChunkStatus
-
-if TYPE_CHECKING:
-    from marketpipe.sources.databento_api import Quote
+from marketpipe.types import Chunk, ChunkStatus, Estimate
 
 out = Console()
 err = Console(stderr=True)
@@ -66,10 +62,12 @@ class RichProgress:
         self._progress.advance(self._task)
 
 
-def render_quote(request: IngestRequest, quotes: list[Quote], chunks: int, warnings: list[str]) -> None:
+def render_quote(request: IngestRequest, estimate: Estimate) -> None:
     days = f"{request.start_date} to {request.end_date}"
+    quotes = estimate.quotes
     table = Table(
-        title=f"dry run: {request.dataset} {days}, {len(request.symbols)} symbol(s), {chunks} chunk(s)"
+        title=f"dry run: {request.dataset} {days}, {len(request.symbols)} symbol(s),"
+        f" {estimate.requests} chunk(s)"
     )
     for name in ("schema", "records", "billable size", "cost (USD)"):
         table.add_column(name, justify="left" if name == "schema" else "right")
@@ -82,7 +80,7 @@ def render_quote(request: IngestRequest, quotes: list[Quote], chunks: int, warni
         f"{sum(q.cost_usd for q in quotes):,.2f}",
     )
     out.print(table)
-    for warning in warnings:
+    for warning in estimate.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     out.print("dry run: nothing was downloaded")
 

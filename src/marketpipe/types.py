@@ -94,3 +94,22 @@ class ChunkCounts:
     stored: int
     quarantined: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a source's provider says a plan would cost, per schema."""
+
+    schema: str
+    records: int
+    billable_bytes: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A plan priced before anything is fetched: quotes, requests, and what to warn about."""
+
+    quotes: list[Quote]
+    requests: int
+    warnings: list[str]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from marketpipe.types import Chunk, Plan, RawBatch
+from marketpipe.types import Chunk, Estimate, Plan, RawBatch
 
 
 class Source(Protocol):
@@ -29,3 +29,10 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Quoting(Protocol):
+    """A source that can price its plan before fetching anything (``ingest --dry-run``)."""
+
+    def estimate(self) -> Estimate: ...

@@ -46,7 +46,7 @@ from marketpipe.errors import ApiRejected, SourceError, TransientApiError, Usage
 from marketpipe.retries import retrying
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.symbology import EPOCH, day_ns
-from marketpipe.types import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
+from marketpipe.types import PART_RECORDS, Chunk, Estimate, Plan, Quote, RawBatch, record_parts
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
 ALL_SYMBOLS = "ALL_SYMBOLS"
@@ -67,16 +67,6 @@ class Download:
     @property
     def file_name(self) -> str:
         return f"{self.schema}_{self.start}_{self.end}_{_digest(self.symbols)}.dbn.zst"
-
-
-@dataclass(frozen=True)
-class Quote:
-    """What the metadata API says a plan would cost, per schema."""
-
-    schema: str
-    records: int
-    billable_bytes: int
-    cost_usd: float
 
 
 class _TruncatedStream(TransientApiError):
@@ -245,6 +235,12 @@ class DatabentoApiSource:
             log.warning("symbols.partial", symbols=partly)
             return [message]
         return []
+
+    def estimate(self) -> Estimate:
+        """Checks, symbol resolution and the quote: the free metadata calls, nothing billed."""
+        self.check_request()
+        warnings = self.resolve_symbols()
+        return Estimate(self.quote(), len(self.downloads()), warnings)
 
     def quote(self) -> list[Quote]:
         """Records, billable bytes and cost of the whole request, per schema (free calls)."""
