@@ -154,20 +154,22 @@ class DatabentoApiSource:
                     " nothing was downloaded"
                 )
         plan = Plan(warnings=warnings)
-        for part in self.downloads():
+        for download in self.downloads():
             key = (
-                f"api:{self.dataset}:{part.schema}:{self.request.stype_in}:{part.start}:{part.end}"
-                f":{_digest(part.symbols)}"
+                f"api:{self.dataset}:{download.schema}:{self.request.stype_in}:{download.start}:{download.end}"
+                f":{_digest(download.symbols)}"
             )
-            self._downloads[key] = part
-            label = f"{self.dataset} {part.schema} {part.start}" + (
+            self._downloads[key] = download
+            label = f"{self.dataset} {download.schema} {download.start}" + (
                 ""
-                if part.end == part.start + dt.timedelta(days=1)
-                else f"..{part.end - dt.timedelta(days=1)}"
+                if download.end == download.start + dt.timedelta(days=1)
+                else f"..{download.end - dt.timedelta(days=1)}"
             )
             if len(self._symbol_batches) > 1:
-                label += f" [{part.symbols[0]}..{part.symbols[-1]}]"
-            plan.chunks.append(Chunk(key, part.schema, label, day_ns(part.start), day_ns(part.end)))
+                label += f" [{download.symbols[0]}..{download.symbols[-1]}]"
+            plan.chunks.append(
+                Chunk(key, download.schema, label, day_ns(download.start), day_ns(download.end))
+            )
         plan.inputs.append(f"{self.dataset} {','.join(self.request.schemas)}")
         return plan
 
@@ -250,7 +252,7 @@ class DatabentoApiSource:
             cost = 0.0
             metadata = self.client.metadata
             for batch in self._symbol_batches:
-                query = self._query(schema, self.start, self.end, batch)
+                query = self._request_params(schema, self.start, self.end, batch)
                 records += int(self._call("record count", partial(metadata.get_record_count, **query)))
                 size += int(self._call("billable size", partial(metadata.get_billable_size, **query)))
                 cost += float(self._call("cost", partial(metadata.get_cost, **query)))
@@ -269,7 +271,9 @@ class DatabentoApiSource:
                 day = end
         return parts
 
-    def _query(self, schema: str, start: dt.date, end: dt.date, symbols: tuple[str, ...]) -> dict[str, Any]:
+    def _request_params(
+        self, schema: str, start: dt.date, end: dt.date, symbols: tuple[str, ...]
+    ) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "schema": schema,
@@ -327,12 +331,12 @@ class DatabentoApiSource:
 
     def _fetch(self, chunk: Chunk) -> Path:
         """The chunk's DBN file, complete: re-used within the run once it has been checked."""
-        part = self._downloads[chunk.key]
-        path = self._raw_dir / part.file_name
+        request = self._downloads[chunk.key]
+        path = self._raw_dir / request.file_name
         if path.exists():
             return path
         unfinished = path.with_name(path.name + ".part")
-        query = self._query(part.schema, part.start, part.end, part.symbols)
+        query = self._request_params(request.schema, request.start, request.end, request.symbols)
         expected: list[int] = []  # the quoted count, asked once: it does not change between attempts
 
         def download() -> None:

@@ -81,11 +81,11 @@ class _DuckDBChunkWriter:
         self._background.submit(self._insert, table)
 
     def _insert(self, table: pa.Table) -> None:
-        columns = ", ".join(sql.quote(n) for n in table.column_names)
+        columns = ", ".join(sql.identifier(n) for n in table.column_names)
         self._con.register("_marketpipe_batch", table)
         try:
             self._store.execute_translated(
-                f"INSERT INTO {sql.quote(self._tx.family.table)} ({columns}, chunk_id) "
+                f"INSERT INTO {sql.identifier(self._tx.family.table)} ({columns}, chunk_id) "
                 f"SELECT {columns}, ? FROM _marketpipe_batch",
                 [self._tx.id],
             )
@@ -200,7 +200,7 @@ class DuckDBStore(sql.SqlStore):
             self.con.rollback()
 
     def _time_ns(self, family: Family) -> str:
-        return f"epoch_ns({sql.quote(family.time_column)})"
+        return f"epoch_ns({sql.identifier(family.time_column)})"
 
     def _writer(self, tx: sql.ChunkTransaction) -> _DuckDBChunkWriter:
         return _DuckDBChunkWriter(self, tx)

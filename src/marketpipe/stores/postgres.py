@@ -127,7 +127,7 @@ def _model_statements(model: Model) -> list[str]:
         " PARALLEL SAFE AS $$ SELECT (extract(epoch FROM t) * 1000000000)::BIGINT $$"
     )
     for family in model.families.values():
-        name, time = sql.quote(family.table), sql.quote(family.time_column)
+        name, time = sql.identifier(family.table), sql.identifier(family.time_column)
         tables.append(sql.create_family_table(family, column_type))
         # One B-tree for "this instrument over this time", BRIN for time alone: each index
         # is paid on every COPY, so no more than these.
@@ -136,13 +136,12 @@ def _model_statements(model: Model) -> list[str]:
         )
         tables.append(f"CREATE INDEX IF NOT EXISTS {family.table}_time_brin ON {name} USING brin ({time})")
         readable = ", ".join(
-            f"marketpipe_ts({sql.quote(c.name)}) AS {sql.quote(c.name + '_time')}"
+            f"marketpipe_ts({sql.identifier(c.name)}) AS {sql.identifier(c.name + '_time')}"
             for c in family.columns
             if c.is_timestamp
         )
-        tables.append(
-            f"CREATE OR REPLACE VIEW {sql.quote(family.table + '_v')} AS SELECT *, {readable} FROM {name}"
-        )
+        view = sql.identifier(family.table + "_v")
+        tables.append(f"CREATE OR REPLACE VIEW {view} AS SELECT *, {readable} FROM {name}")
     return tables
 
 
@@ -178,7 +177,7 @@ class _PgChunkWriter:
         self._background = sql.Background()
         columns = [*tx.family.column_names, "chunk_id"]
         self._copy = (
-            f"COPY {sql.quote(tx.family.table)} ({', '.join(sql.quote(c) for c in columns)})"
+            f"COPY {sql.identifier(tx.family.table)} ({', '.join(sql.identifier(c) for c in columns)})"
             " FROM STDIN WITH (FORMAT BINARY)"
         )
 
@@ -320,7 +319,7 @@ class PostgresStore(sql.SqlStore):
             self.conn.rollback()
 
     def _time_ns(self, family: Family) -> str:
-        return sql.quote(family.time_column)
+        return sql.identifier(family.time_column)
 
     ROW_LOCK = " FOR UPDATE"
 

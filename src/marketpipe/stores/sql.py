@@ -38,7 +38,8 @@ from marketpipe.stores.base import (
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
 
 
-def quote(name: str) -> str:
+def identifier(name: str) -> str:
+    """A SQL identifier, quoted (names come from the model, never from user input)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -66,9 +67,9 @@ def create_family_table(family: Family, type_of: Callable[[Column], str]) -> str
     columns = []
     for c in family.columns:
         null = " NOT NULL" if c.name == family.time_column else ""
-        columns.append(f"{quote(c.name)} {type_of(c)}{null}")
+        columns.append(f"{identifier(c.name)} {type_of(c)}{null}")
     columns.append("chunk_id BIGINT NOT NULL")
-    return f"CREATE TABLE IF NOT EXISTS {quote(family.table)} (\n  " + ",\n  ".join(columns) + "\n)"
+    return f"CREATE TABLE IF NOT EXISTS {identifier(family.table)} (\n  " + ",\n  ".join(columns) + "\n)"
 
 
 # The layout this release writes. Version 1 (and 2, its TimescaleDB step) were the first
@@ -200,8 +201,10 @@ def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
         where.append(f"{time_ns} < %s")
         params.append(query.end_ns)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
-    columns = ", ".join(quote(n) for n in family.column_names)
-    statement = f"SELECT {columns} FROM {quote(family.table)}{clause} ORDER BY {quote(family.time_column)}"
+    columns = ", ".join(identifier(n) for n in family.column_names)
+    statement = (
+        f"SELECT {columns} FROM {identifier(family.table)}{clause} ORDER BY {identifier(family.time_column)}"
+    )
     return statement, params
 
 
@@ -471,7 +474,7 @@ class SqlStore:
                     # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
                     time_ns = self._time_ns(tx.family)
                     self._execute(
-                        f"DELETE FROM {quote(tx.family.table)} WHERE chunk_id = %s"
+                        f"DELETE FROM {identifier(tx.family.table)} WHERE chunk_id = %s"
                         f" AND {time_ns} BETWEEN %s AND %s",
                         [tx.id, first_ns, last_ns],
                     )
@@ -502,7 +505,7 @@ class SqlStore:
         for family in self.model.families.values():
             time_ns = self._time_ns(family)
             rows, first, last = self._query(
-                f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {quote(family.table)}"
+                f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {identifier(family.table)}"
             )[0]
             report.tables.append(TableStatus(family.table, family.time_column, int(rows), first, last))
         report.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
