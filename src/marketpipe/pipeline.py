@@ -58,6 +58,17 @@ class ChunkResult:
     warnings: Counter[str] = field(default_factory=Counter)  # stored but warned, by rule
     attempts: int = 1
 
+    def absorb(self, part: ChunkResult) -> None:
+        """A part's result into its chunk's: counts add up, one failed part fails the chunk."""
+        self.read += part.read
+        self.stored += part.stored
+        self.quarantined += part.quarantined
+        self.seconds += part.seconds
+        self.rules.update(part.rules)
+        self.warnings.update(part.warnings)
+        if part.status is ChunkStatus.FAILED:
+            self.status, self.error = ChunkStatus.FAILED, part.error
+
 
 @dataclass
 class RunSummary:
@@ -247,14 +258,7 @@ class Pipeline:
                 self.log.info("chunk.skipped", chunk=part.label, reason="done in an earlier run")
                 continue
             result = self._run_chunk_with_retries(source, part, force)
-            merged.read += result.read
-            merged.stored += result.stored
-            merged.quarantined += result.quarantined
-            merged.seconds += result.seconds
-            merged.rules.update(result.rules)
-            merged.warnings.update(result.warnings)
-            if result.status is ChunkStatus.FAILED:
-                merged.status, merged.error = ChunkStatus.FAILED, result.error
+            merged.absorb(result)
         counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
         if merged.status is ChunkStatus.DONE:
             self.store.mark_done(chunk, self.run_id, self.request.name, counts)
