@@ -14,10 +14,8 @@ streams on a background thread while this one is validated and stored.
 Dates: ``start_date`` and ``end_date`` are both inclusive UTC days for the user; the API's
 ``end`` is exclusive, so a chunk of day D asks for ``[D, D + chunk_days)``.
 
-The client retries nothing; every call here goes through one tenacity policy: 408, 429
-(honouring Retry-After), 5xx, connection resets, timeouts and truncated streams are retried
-with capped exponential back-off and jitter; other HTTP errors fail at once in one line. The
-API key is only ever handed to the client: messages are scrubbed of it.
+Calls go through ``ApiCalls`` (``databento_client.py``): one retry policy, errors translated,
+messages scrubbed of the key.
 """
 
 from __future__ import annotations
@@ -28,31 +26,25 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import databento as db
-import requests
 import structlog
-from databento.common.error import BentoError, BentoHttpError
-from tenacity import Retrying
 
 from marketpipe.config import IngestRequest, Settings
-from marketpipe.errors import ApiRejected, SourceError, TransientApiError, UsageError
-from marketpipe.retries import retrying
+from marketpipe.errors import SourceError, UsageError
+from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.symbology import EPOCH, day_ns
 from marketpipe.types import PART_RECORDS, Chunk, Estimate, Plan, Quote, RawBatch, record_parts
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
 ALL_SYMBOLS = "ALL_SYMBOLS"
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 log = structlog.get_logger("marketpipe.databento_api")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,20 +61,8 @@ class Download:
         return f"{self.schema}_{self.start}_{self.end}_{_digest(self.symbols)}.dbn.zst"
 
 
-class _TruncatedStream(TransientApiError):
-    """The download ended early but cleanly: only the quoted record count tells."""
-
-
-class _Exhausted(SourceError):
-    """Retries of one call ran out: the chunk fails (the policy of an enclosing call must not retry)."""
-
-
 def _digest(symbols: tuple[str, ...]) -> str:
     return hashlib.sha256(",".join(symbols).encode()).hexdigest()[:12]
-
-
-def _retry_after(error: BaseException) -> float | None:
-    return error.retry_after if isinstance(error, TransientApiError) else None
 
 
 class DatabentoApiSource:
@@ -104,8 +84,6 @@ class DatabentoApiSource:
             raise UsageError(
                 f"an API download needs {', '.join(missing)} (--symbols {ALL_SYMBOLS} for a whole dataset)"
             )
-        if settings.databento_api_key is None or not settings.databento_api_key.get_secret_value().strip():
-            raise UsageError("no Databento API key: set DATABENTO_API_KEY (environment or .env)")
         self.request = request
         self.settings = settings
         self.dataset: str = request.dataset or ""
@@ -115,18 +93,8 @@ class DatabentoApiSource:
         self._symbol_batches = [
             tuple(symbols[i : i + MAX_SYMBOLS]) for i in range(0, len(symbols), MAX_SYMBOLS)
         ]
-        self._key = settings.databento_api_key.get_secret_value()
-        # The client misparses a gateway without a scheme (host:port) and only speaks https.
-        gateway = settings.databento_gateway.strip()
-        gateway = gateway if "://" in gateway else f"https://{gateway}"
-        try:
-            self.client = db.Historical(key=self._key, gateway=gateway)
-        except ValueError as exc:
-            raise UsageError(
-                f"bad Databento gateway {settings.databento_gateway!r}: {self._scrub(exc)}"
-            ) from None
-        for api in (self.client.metadata, self.client.symbology, self.client.timeseries):
-            api.TIMEOUT = settings.api_timeout
+        self.api = ApiCalls(settings, self.dataset)
+        self.client = self.api.client
         keep = request.keep_raw
         self._raw_dir = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="marketpipe-"))
         self._keep = keep is not None
@@ -175,12 +143,12 @@ class DatabentoApiSource:
 
     def check_request(self) -> None:
         """Dataset, schemas and dates against the metadata API, before anything is billed."""
-        ranges: dict[str, Any] = self._call(
+        ranges: dict[str, Any] = self.api.call(
             f"dataset range of {self.dataset}", lambda: self.client.metadata.get_dataset_range(self.dataset)
         )
         # The per-schema ranges name the dataset's schemas; list_schemas where they are absent.
         per_schema: dict[str, Any] = ranges.get("schema") or {}
-        available = list(per_schema) or self._call(
+        available = list(per_schema) or self.api.call(
             f"schemas of {self.dataset}", lambda: self.client.metadata.list_schemas(self.dataset)
         )
         unknown = [s for s in self.request.schemas if s not in available]
@@ -224,7 +192,7 @@ class DatabentoApiSource:
                 start_date=self.start,
                 end_date=self.end,
             )
-            result = self._call(f"symbology of {self.dataset}", resolve)
+            result = self.api.call(f"symbology of {self.dataset}", resolve)
             not_found += result.get("not_found", [])
             partly += result.get("partial", [])
         if not_found:
@@ -253,9 +221,9 @@ class DatabentoApiSource:
             metadata = self.client.metadata
             for batch in self._symbol_batches:
                 query = self._request_params(schema, self.start, self.end, batch)
-                records += int(self._call("record count", partial(metadata.get_record_count, **query)))
-                size += int(self._call("billable size", partial(metadata.get_billable_size, **query)))
-                cost += float(self._call("cost", partial(metadata.get_cost, **query)))
+                records += int(self.api.call("record count", partial(metadata.get_record_count, **query)))
+                size += int(self.api.call("billable size", partial(metadata.get_billable_size, **query)))
+                cost += float(self.api.call("cost", partial(metadata.get_cost, **query)))
             quotes.append(Quote(schema, records, size, cost))
         return quotes
 
@@ -349,16 +317,16 @@ class DatabentoApiSource:
         started = time.perf_counter()
         # Each call retries its own transport faults; a complete-looking but short download
         # (the client accepts a cleanly cut stream) is downloaded again.
-        for attempt in self._policy(f"download {chunk.label}", _TruncatedStream):
+        for attempt in self.api.policy(f"download {chunk.label}", TruncatedStream):
             with attempt:
-                self._call(f"download {chunk.label}", download)
-                expected = expected or [self._call(f"record count of {chunk.label}", count)]
+                self.api.call(f"download {chunk.label}", download)
+                expected = expected or [self.api.call(f"record count of {chunk.label}", count)]
                 try:
                     got = DbnFile(unfinished).inspect().total
                 except SourceError as exc:
-                    raise _TruncatedStream(f"truncated stream: {exc}") from None
+                    raise TruncatedStream(f"truncated stream: {exc}") from None
                 if got != expected[0]:
-                    raise _TruncatedStream(f"truncated stream: {got:,} of {expected[0]:,} records")
+                    raise TruncatedStream(f"truncated stream: {got:,} of {expected[0]:,} records")
         unfinished.rename(path)
         self._records[chunk.key] = expected[0]
         log.info(
@@ -370,87 +338,6 @@ class DatabentoApiSource:
             thread=threading.current_thread().name,
         )
         return path
-
-    def _policy(self, what: str, retry_on: type[TransientApiError]) -> Retrying:
-        def log_retry(attempt: int, reason: str, wait: float) -> None:
-            log.warning("api.retry", call=what, attempt=attempt, reason=reason, wait=wait)
-
-        return retrying(
-            self.settings.api_retries,
-            self.settings.api_retry_wait,
-            log_retry,
-            retry_on=retry_on,
-            max_wait=self.settings.api_retry_max_wait,
-            asked_wait=_retry_after,
-        )
-
-    def _call(self, what: str, action: Callable[[], T]) -> T:
-        """One API call under the retry policy; errors translated and scrubbed of the key."""
-        try:
-            for attempt in self._policy(what, TransientApiError):
-                with attempt:
-                    try:
-                        return action()
-                    except (BentoError, requests.RequestException, OSError) as exc:
-                        raise self._translate(exc) from None
-        except TransientApiError as exc:
-            raise _Exhausted(
-                f"{what}: Databento API still failing after {self.settings.api_retries} attempts: {exc}"
-            ) from None
-        except ApiRejected as exc:
-            raise ApiRejected(f"{what}: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _translate(self, exc: BaseException) -> SourceError:
-        if isinstance(exc, BentoHttpError):
-            status = exc.http_status
-            detail = self._scrub(getattr(exc, "message", None) or exc.http_body or "")
-            if status in TRANSIENT_STATUS:
-                return TransientApiError(f"HTTP {status}: {detail}", _seconds(exc.headers, status))
-            return ApiRejected(_rejection(status, self.dataset, detail))
-        if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            # An untrusted certificate will not be trusted on the next attempt either; a TLS
-            # session cut short (EOF, reset) is a transport fault like any other.
-            return ApiRejected(
-                f"TLS to {self.settings.databento_gateway} failed: the server's certificate is not"
-                " trusted (REQUESTS_CA_BUNDLE names the CA file requests trusts)"
-            )
-        if isinstance(exc, requests.RequestException):
-            return TransientApiError(f"{type(exc).__name__}: {self._scrub(_root_reason(exc))}")
-        if isinstance(exc, BentoError):
-            return TransientApiError(f"{type(exc).__name__}: {self._scrub(exc)}")
-        return SourceError(f"cannot write the download: {exc}")
-
-    def _scrub(self, value: object) -> str:
-        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-        return text.replace(self._key, "***").splitlines()[0] if text else ""
-
-
-def _root_reason(exc: requests.RequestException) -> str:
-    """What went wrong, without urllib3's pool, URL and retry wrapping around it."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # urllib3's MaxRetryError
-    return str(reason or exc).split("): ", 1)[-1]
-
-
-def _seconds(headers: Any, status: int | None) -> float | None:
-    if status != 429 or headers is None:
-        return None
-    try:
-        return float(headers.get("Retry-After"))
-    except (TypeError, ValueError):
-        return None
-
-
-def _rejection(status: int | None, dataset: str, detail: str) -> str:
-    if status == 401:
-        return "authentication failed: check DATABENTO_API_KEY"
-    if status == 402:
-        return f"payment required (402): {detail}"
-    if status == 403:
-        return f"access denied (403): {detail}"
-    if status == 404:
-        return f"not found (404): {detail or f'dataset {dataset}'}"
-    return f"request rejected ({status}): {detail}"
 
 
 def _iso_ns(value: str) -> int:
