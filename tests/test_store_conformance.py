@@ -1,0 +1,134 @@
+"""The Store contract, written once and run against every store: DuckDB, plain PostgreSQL and
+TimescaleDB. A new store passes these before anything else uses it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from marketpipe.config import load_settings
+from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.sources.dbn_reader import DbnFile
+from marketpipe.stores import open_store
+from marketpipe.stores.base import ChunkAlreadyStored, ExportQuery, QuarantineQuery, Store
+from marketpipe.transform import to_table
+from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
+
+from dbn_reference import MODEL
+
+DAY = dt.date(2024, 3, 4)
+FAMILY = MODEL.family_of("trades")
+
+
+@pytest.fixture(params=["duckdb", "postgresql", "timescaledb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "duckdb":
+        url = str(tmp_path / "conformance.duckdb")
+    else:
+        url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+    opened = open_store(load_settings(db=url), MODEL)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def trades(tmp_path: Path) -> pa.Table:
+    """400 standardized trades, symbols ESM4 and CLM4 by instrument."""
+    records = synthetic_trades(400, DAY, seed=9)
+    start = int(records["ts_event"].min())
+    mappings = {
+        "ESM4": [Interval(DAY, DAY + dt.timedelta(days=1), str(int(records["instrument_id"].min())))],
+        "CLM4": [Interval(DAY, DAY + dt.timedelta(days=1), str(int(records["instrument_id"].max())))],
+    }
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", mappings)
+    path = write_dbn(tmp_path / "t.dbn", meta, [records.tobytes()])
+    return pa.concat_tables(to_table(FAMILY, "trades", raw) for raw in DbnFile(path).batches("trades", 150))
+
+
+def _chunk(key: str = "conformance:1") -> Chunk:
+    return Chunk(key, "trades", f"chunk {key}")
+
+
+def _write(store: Store, chunk: Chunk, table: pa.Table, run_id: str = "run1", force: bool = False) -> None:
+    store.plan_chunks([chunk], "conformance")
+    with store.write_chunk(chunk, run_id, "conformance", force) as writer:
+        for batch in table.to_batches(max_chunksize=128):
+            writer.write(pa.Table.from_batches([batch]))
+        writer.quarantine([Rejection("post", "rule_x", "a message", '{"size": 0}')])
+        writer.commit(ChunkCounts(table.num_rows + 1, table.num_rows, 1, 0.1))
+
+
+def _exported(store: Store, **filters: object) -> pa.Table:
+    query = ExportQuery(FAMILY, "trades", **filters)  # type: ignore[arg-type]
+    return pa.Table.from_batches(list(store.export(query, 100)), schema=FAMILY.arrow_schema)
+
+
+def test_a_committed_chunk_reads_back_exactly_and_is_done(store: Store, trades: pa.Table) -> None:
+    chunk = _chunk()
+    assert not store.is_done(chunk)
+    _write(store, chunk, trades)
+    assert store.is_done(chunk)
+    exported = _exported(store)
+    assert exported.sort_by("sequence").equals(trades.sort_by("sequence"))
+    [record] = store.quarantined(QuarantineQuery())
+    assert (record.rule, record.message, record.chunk_key) == ("rule_x", "a message", chunk.key)
+
+
+def test_writing_a_chunk_again_replaces_it(store: Store, trades: pa.Table) -> None:
+    chunk = _chunk()
+    _write(store, chunk, trades)
+    _write(store, chunk, trades.slice(0, 100), run_id="run2", force=True)
+    assert _exported(store).num_rows == 100
+    assert len(store.quarantined(QuarantineQuery())) == 1
+
+
+def test_a_chunk_done_by_another_run_is_not_written_twice(store: Store, trades: pa.Table) -> None:
+    chunk = _chunk()
+    _write(store, chunk, trades)
+    with pytest.raises(ChunkAlreadyStored):
+        _write(store, chunk, trades, run_id="run2")
+    assert _exported(store).num_rows == trades.num_rows
+
+
+def test_an_uncommitted_chunk_leaves_nothing(store: Store, trades: pa.Table) -> None:
+    chunk = _chunk()
+    store.plan_chunks([chunk], "conformance")
+    with pytest.raises(RuntimeError), store.write_chunk(chunk, "run1", "conformance") as writer:
+        writer.write(trades)
+        raise RuntimeError("the pipeline failed mid-chunk")
+    assert not store.is_done(chunk)
+    assert _exported(store).num_rows == 0
+
+
+def test_export_filters_by_symbol_and_index_time(store: Store, trades: pa.Table) -> None:
+    _write(store, _chunk(), trades)
+    es = _exported(store, symbols=["ESM4"])
+    assert es.num_rows == sum(s == "ESM4" for s in trades["symbol"].to_pylist()) > 0
+    times = sorted(trades[FAMILY.time_column].cast(pa.int64()).to_pylist())
+    middle = times[len(times) // 2]
+    later = _exported(store, start_ns=middle)
+    assert later.num_rows == sum(t >= middle for t in times)
+    assert later[FAMILY.time_column].cast(pa.int64()).to_pylist() == sorted(t for t in times if t >= middle)
+
+
+def test_ledger_failures_runs_and_status(store: Store, trades: pa.Table) -> None:
+    done, failed = _chunk("conformance:done"), _chunk("conformance:failed")
+    store.start_run("run1", "conformance")
+    _write(store, done, trades)
+    store.plan_chunks([failed], "conformance")
+    store.mark_failed(failed, "run1", "conformance", "bad input")
+    store.finish_run("run1", RunStatus.PARTIAL, ChunkCounts(500, trades.num_rows, 1, 0.2), 1)
+    status = store.status()
+    assert {t.table: t.rows for t in status.tables}["trades"] == trades.num_rows
+    assert sorted(status.chunks) == [("conformance", "done", 1), ("conformance", "failed", 1)]
+    assert status.failed == [("conformance", "chunk conformance:failed", "bad input")]
+    [run] = status.runs
+    assert (run["status"], run["read"], run["stored"], run["failed"]) == ("partial", 500, trades.num_rows, 1)
+    store.forget_failure(failed)
+    assert [c for c in store.status().chunks if c[1] == "failed"] == []
