@@ -26,7 +26,7 @@ from marketpipe.samples import make_sample
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Quoting
 from marketpipe.stores import open_store
-from marketpipe.stores.base import QuarantineQuery
+from marketpipe.stores.base import QuarantineQuery, Store
 
 app = typer.Typer(
     add_completion=False,
@@ -77,6 +77,11 @@ def _settings(**overrides: object) -> Settings:
     key = settings.databento_api_key
     configure(settings.log_file, settings.log_level, [key.get_secret_value()] if key else [])
     return settings
+
+
+def _read_only_store(settings: Settings) -> Store:
+    """The store for a command that only reads: nothing is created, migrated or converted."""
+    return open_store(settings, load_model(settings.transformation_file), read_only=True)
 
 
 def _date(flag: str, value: str | None) -> dt.date | None:
@@ -153,16 +158,13 @@ def ingest(
         )
         if dry_run:
             return _dry_run(request, settings)
+        model = load_model(settings.transformation_file)
         if as_json:
-            summary = Pipeline(request, settings, model=load_model(settings.transformation_file)).run(
-                force=force
-            )
+            summary = Pipeline(request, settings, model=model).run(force=force)
             console.print_json(console.summary_document(summary))
             return summary.exit_code
         with console.RichProgress() as progress:
-            summary = Pipeline(request, settings, progress, load_model(settings.transformation_file)).run(
-                force=force
-            )
+            summary = Pipeline(request, settings, progress, model).run(force=force)
         console.render_summary(summary)
         return summary.exit_code
 
@@ -232,7 +234,7 @@ def export(
         check_output(
             out, overwrite, [p.with_name(p.name + suffix) for p in store_files for suffix in ("", ".wal")]
         )
-        store = open_store(settings, load_model(settings.transformation_file), read_only=True)
+        store = _read_only_store(settings)
         try:
             rows = export_records(
                 store, schema, format, out, _symbols(symbols), start, end, settings.batch_size
@@ -261,7 +263,7 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
 
     def run() -> None:
         settings = _settings(db=db)
-        store = open_store(settings, load_model(settings.transformation_file), read_only=True)
+        store = _read_only_store(settings)
         try:
             report = store.status()
         finally:
@@ -289,7 +291,7 @@ def quarantine_command(
         settings = _settings(db=db)
         if schema is not None:
             check_schema(schema)
-        store = open_store(settings, load_model(settings.transformation_file), read_only=True)
+        store = _read_only_store(settings)
         try:
             records = store.quarantined(QuarantineQuery(run, schema, rule, limit))
         finally:

@@ -99,19 +99,24 @@ def print_json(document: object) -> None:
     print(json.dumps(document, default=str, indent=2))
 
 
-def summary_document(summary: RunSummary) -> dict[str, object]:
-    """The run summary as data: per schema and in total, what failed and why."""
+def _per_schema(summary: RunSummary) -> dict[str, dict[str, float]]:
+    """Read, stored, quarantined, seconds, skipped and failed chunks of a run, per schema."""
     schemas: dict[str, dict[str, float]] = defaultdict(
-        lambda: dict.fromkeys(("read", "stored", "quarantined", "skipped", "failed", "seconds"), 0)
+        lambda: dict.fromkeys(("read", "stored", "quarantined", "seconds", "skipped", "failed"), 0)
     )
     for r in summary.results:
         row = schemas[r.chunk.schema]
         row["read"] += r.read
-        row["stored"] += r.stored if r.status is ChunkStatus.DONE else 0
-        row["quarantined"] += r.quarantined if r.status is ChunkStatus.DONE else 0
+        row["stored"] += r.stored
+        row["quarantined"] += r.quarantined
+        row["seconds"] += r.seconds
         row["skipped"] += r.status is ChunkStatus.SKIPPED
         row["failed"] += r.status is ChunkStatus.FAILED
-        row["seconds"] += r.seconds
+    return dict(sorted(schemas.items()))
+
+
+def summary_document(summary: RunSummary) -> dict[str, object]:
+    """The run summary as data: per schema and in total, what failed and why."""
     totals = summary.totals()
     return {
         "run_id": summary.run_id,
@@ -119,7 +124,7 @@ def summary_document(summary: RunSummary) -> dict[str, object]:
         "store": summary.store,
         "exit_code": summary.exit_code,
         "totals": {"read": totals.read, "stored": totals.stored, "quarantined": totals.quarantined},
-        "schemas": dict(sorted(schemas.items())),
+        "schemas": _per_schema(summary),
         "quarantined_by_rule": dict(sum((r.rules for r in summary.results), Counter())),
         "failed": [{"input": label, "error": error} for label, error in summary.failed],
         "stopped": summary.stopped,
@@ -130,30 +135,21 @@ def summary_document(summary: RunSummary) -> dict[str, object]:
 
 
 def render_summary(summary: RunSummary) -> None:
-    rows: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0])
-    for r in summary.results:
-        row = rows[r.chunk.schema]
-        row[0] += r.read
-        row[1] += r.stored
-        row[2] += r.quarantined
-        row[3] += r.seconds
-        row[4] += r.status is ChunkStatus.SKIPPED
-        row[5] += r.status is ChunkStatus.FAILED
     out.print(f"store: {summary.store}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"run {summary.run_id} ({summary.job})")
     for name in ("schema", "read", "stored", "rejected", "seconds", "records/s", "skipped", "failed"):
         table.add_column(name, justify="left" if name == "schema" else "right")
-    for schema, (read, stored, rejected, seconds, skipped, failed) in sorted(rows.items()):
-        rate = f"{read / seconds:,.0f}" if seconds > 0 else "-"
+    for schema, row in _per_schema(summary).items():
+        rate = f"{row['read'] / row['seconds']:,.0f}" if row["seconds"] > 0 else "-"
         table.add_row(
             schema,
-            f"{read:,.0f}",
-            f"{stored:,.0f}",
-            f"{rejected:,.0f}",
-            f"{seconds:.2f}",
+            f"{row['read']:,.0f}",
+            f"{row['stored']:,.0f}",
+            f"{row['quarantined']:,.0f}",
+            f"{row['seconds']:.2f}",
             rate,
-            f"{skipped:.0f}",
-            f"{failed:.0f}",
+            f"{row['skipped']:.0f}",
+            f"{row['failed']:.0f}",
         )
     out.print(table)
     rules: Counter[str] = Counter()

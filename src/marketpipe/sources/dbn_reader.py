@@ -128,7 +128,10 @@ class DbnFile:
         except (ValueError, KeyError, TypeError) as exc:
             raise SourceError(f"{path}: corrupt symbol mappings in the metadata: {exc}") from None
         self._decode = self.live
+        # The rtype of the metadata's schema: its records keep that schema (TBBO stays TBBO).
+        self._own_rtype: int | None = None
         if self.schema is not None:
+            self._own_rtype = int(RType.from_schema(Schema(self.schema)).value)
             # The layout records have in this file's DBN version; read as is when it is v3's.
             self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(self.schema)]._dtypes)
             check_schema(self.schema)
@@ -233,7 +236,7 @@ class DbnFile:
         return SourceError(f"{self.path}: corrupt: {what or ' '.join(str(exc).split())}")
 
     def _schema_of(self, rtype: int) -> str:
-        if self.schema is not None and int(RType.from_schema(Schema(self.schema)).value) == rtype:
+        if rtype == self._own_rtype and self.schema is not None:
             return self.schema
         schema = _SCHEMA_BY_RTYPE.get(rtype)
         if schema is None:

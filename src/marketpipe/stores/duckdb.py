@@ -164,7 +164,10 @@ class DuckDBStore(sql.SqlStore):
             yield
         except duckdb.Error as exc:
             folder = Path(self.location).parent
-            free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize if folder.exists() else 0
+            free = 0
+            if folder.exists():
+                space = os.statvfs(folder)
+                free = space.f_bavail * space.f_frsize
             if "No space left on device" in str(exc) or free < _NEARLY_FULL:
                 raise StoreError(
                     f"no space left on the device of {self.location} ({free:,} bytes free): the chunk"

@@ -345,7 +345,7 @@ class PostgresStore(sql.SqlStore):
 
     def _run_alive(self, run_id: str) -> bool:
         # A bigint advisory key shows in pg_locks as classid (high 32 bits) and objid (low).
-        key = sql.chunk_id(f"run:{run_id}") & 0xFFFFFFFFFFFFFFFF
+        key = sql.run_lock_key(run_id) & 0xFFFFFFFFFFFFFFFF
         rows = self._query(
             "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
             " AND classid::bigint = %s AND objid::bigint = %s",

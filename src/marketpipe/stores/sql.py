@@ -84,6 +84,11 @@ MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 RECORD_MIGRATION = f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 
 
+def run_lock_key(run_id: str) -> int:
+    """The 64-bit key of the lock a run holds while its process lives."""
+    return chunk_id(f"run:{run_id}")
+
+
 def check_release(location: str, applied: set[int]) -> None:
     """Refuse a database an earlier release made: its tables have another time axis."""
     if applied and MODEL_VERSION not in applied:
@@ -423,14 +428,14 @@ class SqlStore:
     def start_run(self, run_id: str, job: str) -> None:
         self._execute(INSERT_RUN, [run_id, job])
         self._commit()
-        self._hold_run(chunk_id(f"run:{run_id}"))
+        self._hold_run(run_lock_key(run_id))
 
     def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None:
         self._execute(
             FINISH_RUN, [status.value, counts.read, counts.stored, counts.quarantined, failed, run_id]
         )
         self._commit()
-        self._release(chunk_id(f"run:{run_id}"))
+        self._release(run_lock_key(run_id))
 
     def _writer(self, tx: ChunkTransaction) -> SqlChunkWriter:
         raise NotImplementedError
