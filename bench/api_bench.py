@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from databento_server import DatabentoServer  # noqa: E402
 from marketpipe.config import IngestRequest, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
-from marketpipe.pipeline import Pipeline  # noqa: E402
+from marketpipe.pipeline import ingest  # noqa: E402
 
 KEY = "db-BENCHKEY0123456789abcdefghijkl"
 
@@ -82,7 +82,7 @@ def main() -> None:
             end_date=start + dt.timedelta(days=args.days - 1),
         )
         started = time.perf_counter()
-        summary = Pipeline(request, settings).run(force=True)
+        summary = ingest(request, settings, force=True)
         wall = time.perf_counter() - started
         server.terminate()
         if summary.exit_code != 0:

@@ -40,7 +40,7 @@ import pyarrow as pa  # noqa: E402
 from marketpipe.config import IngestRequest, Settings, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
 from marketpipe.model import TRANSFORMATION_FILE  # noqa: E402
-from marketpipe.pipeline import Pipeline  # noqa: E402
+from marketpipe.pipeline import ingest  # noqa: E402
 from marketpipe.rules.transformation import load_model  # noqa: E402
 from marketpipe.samples import metadata_bytes, synthetic_trades  # noqa: E402
 from marketpipe.sources.dbn_reader import DbnFile  # noqa: E402
@@ -119,7 +119,7 @@ def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
 
 
 def run_child(kind: str, file: Path, db: str, batch_size: int) -> tuple[float, float]:
-    """Seconds of Pipeline.run in a fresh process, and that process's peak RSS in MB."""
+    """Seconds of an ingest in a fresh process, and that process's peak RSS in MB."""
     command = [sys.executable, __file__, "--child", str(file), "--db", db, "--batch-size", str(batch_size)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
@@ -142,7 +142,7 @@ def child(file: Path, db: str, batch_size: int) -> None:
     store = open_store(settings, MODEL)  # migrations are set-up, not ingest: outside the timing
     store.close()
     started = time.perf_counter()
-    summary = Pipeline(IngestRequest(from_file=str(file)), settings).run(force=True)
+    summary = ingest(IngestRequest(from_file=str(file)), settings, force=True)
     seconds = time.perf_counter() - started
     if summary.exit_code != 0 or summary.totals().stored == 0:
         raise SystemExit(f"pipeline did not store the records: {summary.failed} {summary.stopped}")

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from marketpipe.cli import app
+
 from pg import TIMESCALE_ADMIN_URL, fresh_database
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "databento-samples"

@@ -13,7 +13,7 @@ import zstandard
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.errors import SourceError
-from marketpipe.pipeline import Pipeline
+from marketpipe.pipeline import ingest
 from marketpipe.samples import Interval, make_sample, metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.sources.dbn_reader import DbnFile
 
@@ -96,9 +96,9 @@ def test_failed_chunk_is_recorded_and_rerun_resumes(cli, mbo: bytes, tmp_path: P
 def test_reingest_same_file_is_skipped_then_forced_without_duplicates(tmp_path: Path) -> None:
     paths = make_sample(tmp_path / "s")
     cfg = load_settings(db=str(tmp_path / "x.duckdb"))
-    first = Pipeline(IngestRequest(from_file=str(paths[1])), cfg).run()
-    second = Pipeline(IngestRequest(from_file=str(paths[1])), cfg).run()
-    forced = Pipeline(IngestRequest(from_file=str(paths[1])), cfg).run(force=True)
+    first = ingest(IngestRequest(from_file=str(paths[1])), cfg)
+    second = ingest(IngestRequest(from_file=str(paths[1])), cfg)
+    forced = ingest(IngestRequest(from_file=str(paths[1])), cfg, force=True)
     assert [r.status for r in first.results] == ["done"]
     assert [r.status for r in second.results] == ["skipped"]
     assert [r.status for r in forced.results] == ["done"]
@@ -106,7 +106,7 @@ def test_reingest_same_file_is_skipped_then_forced_without_duplicates(tmp_path: 
     # Same content under another name is the same chunk: still no duplicates.
     copy = tmp_path / "copy.dbn.zst"
     copy.write_bytes(paths[1].read_bytes())
-    Pipeline(IngestRequest(from_file=str(copy)), cfg).run(force=True)
+    ingest(IngestRequest(from_file=str(copy)), cfg, force=True)
     assert _rows(tmp_path / "x.duckdb")["trades"] == 2560
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import duckdb
 import psycopg
 
-from pg import fingerprint
 from test_postgres import _statuses, _trades_files
+
+from pg import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import zstandard
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.exporting import export
-from marketpipe.pipeline import Pipeline
+from marketpipe.pipeline import ingest
 from marketpipe.samples import make_sample
 from marketpipe.sources.databento_files import DbnFileSource
 from marketpipe.stores import open_store
@@ -42,7 +42,7 @@ def test_upgraded_file_in_parts_round_trips(
     monkeypatch.setattr(DbnFileSource, "PART_RECORDS", 1)
     path = samples / "test_data.definition.v1.dbn.zst"
     cfg = load_settings(db=str(tmp_path / "p.duckdb"))
-    summary = Pipeline(IngestRequest(from_file=str(path)), cfg).run()
+    summary = ingest(IngestRequest(from_file=str(path)), cfg)
     assert [r.stored for r in summary.results] == [1, 1]
     store = open_store(cfg, MODEL)
     try:

@@ -33,6 +33,11 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("marketpipe"):
             found.add(node.module)
+            # `from marketpipe import pipeline` imports the module marketpipe.pipeline.
+            package = SRC.joinpath(*node.module.split(".")[1:])
+            for alias in node.names:
+                if (package / f"{alias.name}.py").exists() or (package / alias.name).is_dir():
+                    found.add(f"{node.module}.{alias.name}")
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("marketpipe")}
     return found
@@ -81,3 +86,12 @@ def test_no_import_cycle() -> None:
     for module in sorted(GRAPH):
         if module not in state:
             assert visit(module, [module]) is None
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (SRC.parents[1] / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    missing = [
+        str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "__init__.py" and p.name not in layout
+    ]
+    assert missing == [], f"README's layout section does not name: {missing}"

@@ -16,14 +16,14 @@ import pytest
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.model import SCHEMAS
-from marketpipe.pipeline import Pipeline
+from marketpipe.pipeline import ingest
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
-from pg import admin_url, fingerprint, fresh_database
 from tcp_proxy import TcpProxy
 
 from conftest import SAMPLES
 from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
+from pg import admin_url, fingerprint, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,12 +72,12 @@ def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path)
     _trades_files(tmp_path / "d", 2, 20_000)
     cfg = load_settings(db=pg_url)
     request = IngestRequest(from_file=str(tmp_path / "d"))
-    Pipeline(request, cfg).run()
+    ingest(request, cfg)
     first = fingerprint(pg_url, "trades")
     assert first[0] == 40_000
-    again = Pipeline(request, cfg).run()
+    again = ingest(request, cfg)
     assert [r.status for r in again.results] == ["skipped", "skipped"]
-    Pipeline(request, cfg).run(force=True)
+    ingest(request, cfg, force=True)
     assert fingerprint(pg_url, "trades") == first
 
 
@@ -118,7 +118,7 @@ def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path
     outcome: dict[str, object] = {}
 
     def load() -> None:
-        outcome["summary"] = Pipeline(IngestRequest(from_file=str(tmp_path / "d")), cfg).run()
+        outcome["summary"] = ingest(IngestRequest(from_file=str(tmp_path / "d")), cfg)
 
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
@@ -145,9 +145,7 @@ def test_database_gone_mid_run_stops_cleanly_and_resumes(pg_url: str, tmp_path: 
     cfg = load_settings(db=via_proxy, batch_size=10_000, db_retries=3, db_retry_wait=0.05)
     request = IngestRequest(from_file=str(tmp_path / "d"))
     outcome: dict[str, object] = {}
-    worker = threading.Thread(
-        target=lambda: outcome.setdefault("summary", Pipeline(request, cfg).run()), daemon=True
-    )
+    worker = threading.Thread(target=lambda: outcome.setdefault("summary", ingest(request, cfg)), daemon=True)
     worker.start()
     while worker.is_alive() and _statuses(pg_url).get("done", 0) < 1:
         time.sleep(0.01)
@@ -160,7 +158,7 @@ def test_database_gone_mid_run_stops_cleanly_and_resumes(pg_url: str, tmp_path: 
     assert statuses.get("done", 0) < 5
 
     proxy = TcpProxy(int(port), listen_port=proxy.port)
-    resumed = Pipeline(request, cfg).run()
+    resumed = ingest(request, cfg)
     assert resumed.exit_code == 0
     assert _statuses(pg_url) == {"done": 5}
     assert fingerprint(pg_url, "trades")[0] == 500_000

@@ -14,10 +14,10 @@ from marketpipe.rules.validation import rebuild
 from marketpipe.samples import metadata_bytes, write_dbn
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery
-from pg import fresh_database
 from test_validation_rules import UNDEF_PRICE, UNDEF_TS, record
 
 from dbn_reference import MODEL
+from pg import fresh_database
 
 BROKEN = {
     "rtype_matches_schema": {"rtype": 160},
@@ -67,7 +67,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
 
     store = open_store(load_settings(db=db), MODEL)
     try:
-        quarantined = store.quarantined(QuarantineQuery(limit=1000))
+        quarantined = store.ledger.quarantined(QuarantineQuery(limit=1000))
     finally:
         store.close()
     dtype = MODEL.family_of("trades").record_dtype
@@ -86,7 +86,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
     assert cli("ingest", "--from-file", str(tmp_path / "mixed.dbn"), "--db", db, "--force").exit_code == 0
     store = open_store(load_settings(db=db), MODEL)
     try:
-        assert len(store.quarantined(QuarantineQuery(limit=1000))) == 12
+        assert len(store.ledger.quarantined(QuarantineQuery(limit=1000))) == 12
     finally:
         store.close()
 
@@ -98,7 +98,7 @@ def test_too_many_rejections_fail_the_chunk_and_store_nothing(cli, db: str, tmp_
     assert "above the 5% limit (--max-quarantine-ratio): the data or a rule is likely broken" in result.output
     store = open_store(load_settings(db=db), MODEL)
     try:
-        assert store.quarantined(QuarantineQuery(limit=1000)) == []
+        assert store.ledger.quarantined(QuarantineQuery(limit=1000)) == []
         assert next(t.rows for t in store.status().tables if t.table == "trades") == 0
         assert ("adhoc", "failed", 1) in store.status().chunks
     finally:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.exporting import export
 from marketpipe.model import SCHEMAS, Kind
-from marketpipe.pipeline import Pipeline
+from marketpipe.pipeline import ingest
 from marketpipe.samples import Interval, metadata_bytes, write_dbn
 from marketpipe.stores import open_store
 
@@ -95,7 +95,7 @@ def test_random_records_round_trip(schema: str) -> None:
             cfg = load_settings(
                 db=str(Path(tmp) / "s.duckdb"), batch_size=7, validation_file=str(Path(tmp) / "rules.yaml")
             )
-            summary = Pipeline(IngestRequest(from_file=str(path)), cfg).run()
+            summary = ingest(IngestRequest(from_file=str(path)), cfg)
             assert summary.failed == []
             assert summary.totals().stored == len(array)
             store = open_store(cfg, MODEL)

@@ -19,9 +19,9 @@ import pytest
 from marketpipe.config import load_settings
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
-from pg import fingerprint
 
 from dbn_reference import MODEL
+from pg import fingerprint
 
 
 def _trades_file(path: Path, records: int = 2_000) -> Path:
@@ -248,7 +248,7 @@ def test_store_opened_read_only_rejects_writes(server_url: str, tmp_path: Path) 
     store = open_store(settings, MODEL, read_only=True)
     try:
         with pytest.raises(Exception, match="read-only transaction"):
-            store._execute("DELETE FROM marketpipe_chunks")  # type: ignore[attr-defined]
+            store.ledger._execute("DELETE FROM marketpipe_chunks")  # type: ignore[attr-defined]
     finally:
         store.close()
     assert data.exists()

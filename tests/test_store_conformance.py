@@ -1,5 +1,6 @@
-"""The Store contract, written once and run against every store: DuckDB, plain PostgreSQL and
-TimescaleDB. A new store passes these before anything else uses it."""
+"""The Store contract, written once and run against every store: DuckDB, plain PostgreSQL,
+TimescaleDB, and an in-memory Arrow data side with the SQL ledger in a DuckDB file (the shape of
+a new store). A new store passes these before anything else uses it."""
 
 from __future__ import annotations
 
@@ -15,22 +16,27 @@ from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ChunkAlreadyStored, ExportQuery, QuarantineQuery, Store
+from marketpipe.stores.duckdb import DuckDBLedger
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
 
+from arrow_store import ArrowStore
 from dbn_reference import MODEL
 
 DAY = dt.date(2024, 3, 4)
 FAMILY = MODEL.family_of("trades")
 
 
-@pytest.fixture(params=["duckdb", "postgresql", "timescaledb"])
+@pytest.fixture(params=["duckdb", "postgresql", "timescaledb", "arrow"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "duckdb":
-        url = str(tmp_path / "conformance.duckdb")
+    if request.param == "arrow":
+        opened = Store(ArrowStore(MODEL), DuckDBLedger(str(tmp_path / "ledger.duckdb")))
     else:
-        url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
-    opened = open_store(load_settings(db=url), MODEL)
+        if request.param == "duckdb":
+            url = str(tmp_path / "conformance.duckdb")
+        else:
+            url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+        opened = open_store(load_settings(db=url), MODEL)
     try:
         yield opened
     finally:
@@ -56,7 +62,7 @@ def _chunk(key: str = "conformance:1") -> Chunk:
 
 
 def _write(store: Store, chunk: Chunk, table: pa.Table, run_id: str = "run1", force: bool = False) -> None:
-    store.plan_chunks([chunk], "conformance")
+    store.ledger.plan_chunks([chunk], "conformance")
     with store.write_chunk(chunk, run_id, "conformance", force) as writer:
         for batch in table.to_batches(max_chunksize=128):
             writer.write(pa.Table.from_batches([batch]))
@@ -71,12 +77,12 @@ def _exported(store: Store, **filters: object) -> pa.Table:
 
 def test_a_committed_chunk_reads_back_exactly_and_is_done(store: Store, trades: pa.Table) -> None:
     chunk = _chunk()
-    assert not store.is_done(chunk)
+    assert not store.ledger.is_done(chunk)
     _write(store, chunk, trades)
-    assert store.is_done(chunk)
+    assert store.ledger.is_done(chunk)
     exported = _exported(store)
     assert exported.sort_by("sequence").equals(trades.sort_by("sequence"))
-    [record] = store.quarantined(QuarantineQuery())
+    [record] = store.ledger.quarantined(QuarantineQuery())
     assert (record.rule, record.message, record.chunk_key) == ("rule_x", "a message", chunk.key)
 
 
@@ -85,7 +91,7 @@ def test_writing_a_chunk_again_replaces_it(store: Store, trades: pa.Table) -> No
     _write(store, chunk, trades)
     _write(store, chunk, trades.slice(0, 100), run_id="run2", force=True)
     assert _exported(store).num_rows == 100
-    assert len(store.quarantined(QuarantineQuery())) == 1
+    assert len(store.ledger.quarantined(QuarantineQuery())) == 1
 
 
 def test_a_chunk_done_by_another_run_is_not_written_twice(store: Store, trades: pa.Table) -> None:
@@ -98,12 +104,29 @@ def test_a_chunk_done_by_another_run_is_not_written_twice(store: Store, trades: 
 
 def test_an_uncommitted_chunk_leaves_nothing(store: Store, trades: pa.Table) -> None:
     chunk = _chunk()
-    store.plan_chunks([chunk], "conformance")
+    store.ledger.plan_chunks([chunk], "conformance")
     with pytest.raises(RuntimeError), store.write_chunk(chunk, "run1", "conformance") as writer:
         writer.write(trades)
         raise RuntimeError("the pipeline failed mid-chunk")
-    assert not store.is_done(chunk)
+    assert not store.ledger.is_done(chunk)
     assert _exported(store).num_rows == 0
+
+
+def test_a_stop_between_rows_and_done_mark_keeps_no_second_copy(store: Store, trades: pa.Table) -> None:
+    """What a store declares: atomic chunks roll their rows back with the ledger; the others
+    keep the published rows until the chunk is written again, which replaces them."""
+    chunk = _chunk()
+    store.ledger.plan_chunks([chunk], "conformance")
+    with store.ledger.chunk_transaction(chunk, "run1", "conformance", False) as tx:
+        sink = store.data.open_chunk(FAMILY, tx.id, tx.earlier)
+        sink.write(trades)
+        sink.commit()
+        sink.close()  # the process stops here, before the ledger's done mark
+    assert not store.ledger.is_done(chunk)
+    assert _exported(store).num_rows == (0 if store.data.capabilities.atomic_chunks else trades.num_rows)
+    _write(store, chunk, trades, run_id="run2")
+    assert store.ledger.is_done(chunk)
+    assert _exported(store).sort_by("sequence").equals(trades.sort_by("sequence"))
 
 
 def test_export_filters_by_symbol_and_index_time(store: Store, trades: pa.Table) -> None:
@@ -119,16 +142,16 @@ def test_export_filters_by_symbol_and_index_time(store: Store, trades: pa.Table)
 
 def test_ledger_failures_runs_and_status(store: Store, trades: pa.Table) -> None:
     done, failed = _chunk("conformance:done"), _chunk("conformance:failed")
-    store.start_run("run1", "conformance")
+    store.ledger.start_run("run1", "conformance")
     _write(store, done, trades)
-    store.plan_chunks([failed], "conformance")
-    store.mark_failed(failed, "run1", "conformance", "bad input")
-    store.finish_run("run1", RunStatus.PARTIAL, ChunkCounts(500, trades.num_rows, 1, 0.2), 1)
+    store.ledger.plan_chunks([failed], "conformance")
+    store.ledger.mark_failed(failed, "run1", "conformance", "bad input")
+    store.ledger.finish_run("run1", RunStatus.PARTIAL, ChunkCounts(500, trades.num_rows, 1, 0.2), 1)
     status = store.status()
     assert {t.table: t.rows for t in status.tables}["trades"] == trades.num_rows
     assert sorted(status.chunks) == [("conformance", "done", 1), ("conformance", "failed", 1)]
     assert status.failed == [("conformance", "chunk conformance:failed", "bad input")]
     [run] = status.runs
     assert (run["status"], run["read"], run["stored"], run["failed"]) == ("partial", 500, trades.num_rows, 1)
-    store.forget_failure(failed)
+    store.ledger.forget_failure(failed)
     assert [c for c in store.status().chunks if c[1] == "failed"] == []

@@ -13,14 +13,13 @@ from typing import Annotated, TypeVar
 import structlog
 import typer
 
-from marketpipe import __version__, console
+from marketpipe import __version__, console, pipeline
 from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request
 from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.exporting import FORMATS, check_output
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
 from marketpipe.model import check_schema
-from marketpipe.pipeline import Pipeline
 from marketpipe.rules.transformation import load_model
 from marketpipe.samples import make_sample
 from marketpipe.sources import make_source
@@ -160,11 +159,11 @@ def ingest(
             return _dry_run(request, settings)
         model = load_model(settings.transformation_file)
         if as_json:
-            summary = Pipeline(request, settings, model=model).run(force=force)
+            summary = pipeline.ingest(request, settings, model=model, force=force)
             console.print_json(console.summary_document(summary))
             return summary.exit_code
         with console.RichProgress() as progress:
-            summary = Pipeline(request, settings, progress, model).run(force=force)
+            summary = pipeline.ingest(request, settings, progress, model, force=force)
         console.render_summary(summary)
         return summary.exit_code
 
@@ -293,7 +292,7 @@ def quarantine_command(
             check_schema(schema)
         store = _read_only_store(settings)
         try:
-            records = store.quarantined(QuarantineQuery(run, schema, rule, limit))
+            records = store.ledger.quarantined(QuarantineQuery(run, schema, rule, limit))
         finally:
             store.close()
         console.render_quarantine(records, show)

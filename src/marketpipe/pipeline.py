@@ -14,7 +14,7 @@ import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from marketpipe.retries import retrying
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
-from marketpipe.sources.base import Source
+from marketpipe.sources.base import Fetched, Source
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Store
 from marketpipe.transform import to_table
@@ -136,44 +136,50 @@ class _StageTimer:
             self.seconds[stage] += time.perf_counter() - start
 
 
-class Pipeline:
-    store: Store
+def ingest(
+    request: IngestRequest,
+    settings: Settings,
+    progress: Progress | None = None,
+    model: Model | None = None,
+    force: bool = False,
+) -> RunSummary:
+    """One ingest: rules, then arguments, then the store, each failing before the next is
+    touched, so bad rules or bad arguments never open (or create) a store.
 
+    ``model``: the compiled transformation file, else compiled here from the settings."""
+    model = model or load_model(settings.transformation_file)
+    validator = Validator(config_file(settings.validation_file), model)
+    structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
+    with closing(make_source(request, settings)) as source, closing(open_store(settings, model)) as store:
+        return Pipeline(request, settings, source, store, validator, progress).run(force)
+
+
+class Pipeline:
     def __init__(
         self,
         request: IngestRequest,
         settings: Settings,
+        source: Source,
+        store: Store,
+        validator: Validator,
         progress: Progress | None = None,
-        model: Model | None = None,
     ) -> None:
-        """``model``: the compiled transformation file, else compiled here from the settings."""
         self.request = request
         self.settings = settings
+        self.source = source
+        self.store = store
+        self.ledger = store.ledger
+        self.model = store.model
+        self.validator = validator
         self.progress = progress
-        # Rules load first: a broken rule file fails before any data is read.
-        self.model = model or load_model(settings.transformation_file)
-        self.validator = Validator(config_file(settings.validation_file), self.model)
         self.run_id = uuid.uuid4().hex[:12]
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
 
     def run(self, force: bool = False) -> RunSummary:
-        """Bad arguments fail here, before the store is opened or anything is read."""
-        self.log.info("stage.start", stage="init_source", api=self.request.api)
-        source = make_source(self.request, self.settings)
-        try:
-            self.store = open_store(self.settings, self.model)
-            try:
-                return self._run(source, force)
-            finally:
-                self.store.close()
-        finally:
-            source.close()
-
-    def _run(self, source: Source, force: bool) -> RunSummary:
         summary = RunSummary(self.run_id, self.request.name, f"{self.store.location} ({self.store.mode})")
         self.log.info("stage.start", stage="plan")
         started = time.perf_counter()
-        plan = source.plan()
+        plan = self.source.plan()
         self.log.info(
             "stage.end",
             stage="plan",
@@ -187,18 +193,18 @@ class Pipeline:
         summary.duplicates = plan.duplicates
         for label, reason in plan.failures:
             self.log.warning("input.rejected", input=label, reason=reason)
-            self.store.mark_failed(input_chunk(label), self.run_id, self.request.name, reason)
+            self.ledger.mark_failed(input_chunk(label), self.run_id, self.request.name, reason)
         for label in plan.inputs:
-            self.store.forget_failure(input_chunk(label))
+            self.ledger.forget_failure(input_chunk(label))
         if self.progress:
             self.progress.plan(len(plan.chunks))
-        self.store.plan_chunks(plan.chunks, self.request.name)
-        self.store.start_run(self.run_id, self.request.name)
+        self.ledger.plan_chunks(plan.chunks, self.request.name)
+        self.ledger.start_run(self.run_id, self.request.name)
         try:
-            self._run_chunks(source, plan.chunks, summary, force)
+            self._run_chunks(plan.chunks, summary, force)
         except KeyboardInterrupt:
             self._record_quietly(
-                self.store.finish_run,
+                self.ledger.finish_run,
                 self.run_id,
                 RunStatus.INTERRUPTED,
                 summary.totals(),
@@ -209,61 +215,63 @@ class Pipeline:
             RunStatus.STOPPED if summary.stopped else RunStatus.PARTIAL if summary.failed else RunStatus.DONE
         )
         self._record_quietly(
-            self.store.finish_run, self.run_id, status, summary.totals(), len(summary.failed)
+            self.ledger.finish_run, self.run_id, status, summary.totals(), len(summary.failed)
         )
         return summary
 
-    def _run_chunks(self, source: Source, chunks: list[Chunk], summary: RunSummary, force: bool) -> None:
-        """Each planned chunk in order, unless done; a store gone for good stops the run."""
-        for index, chunk in enumerate(chunks):
-            try:
-                if not force and self.store.is_done(chunk):
-                    result = ChunkResult(chunk, ChunkStatus.SKIPPED)
-                    self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
-                else:
-                    following = chunks[index + 1 : index + 2]
-                    result = self._run_parts(source, chunk, force, following)
-            except StoreError as exc:
-                summary.stopped = str(exc)
-                summary.results.append(ChunkResult(chunk, ChunkStatus.FAILED, error=str(exc)))
-                self.log.error("run.stopped", chunk=chunk.label, error=str(exc))
-                self._record_quietly(self.store.mark_failed, chunk, self.run_id, self.request.name, str(exc))
-                break
-            source.finish(chunk, result.status is ChunkStatus.DONE)
-            summary.results.append(result)
+    def _run_chunks(self, chunks: list[Chunk], summary: RunSummary, force: bool) -> None:
+        """Every planned chunk not done yet, in plan order; a store gone for good stops the run."""
+        results: dict[str, ChunkResult] = {}
+        current: list[Chunk] = []  # the chunk the run is at, for the error that stops it
+
+        def finished(result: ChunkResult) -> None:
+            results[result.chunk.key] = result
             if self.progress:
                 self.progress.chunk_finished(result)
 
-    def _run_parts(self, source: Source, chunk: Chunk, force: bool, following: list[Chunk]) -> ChunkResult:
-        """A chunk whose data turns out too large for one transaction runs as its parts.
+        def wanted() -> Iterator[Chunk]:
+            for chunk in chunks:
+                current[:] = [chunk]
+                if force or not self.ledger.is_done(chunk):
+                    yield chunk
+                else:
+                    self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
+                    finished(ChunkResult(chunk, ChunkStatus.SKIPPED))
 
-        The chunk is done once every part is; a re-run skips the parts already done. Once the
-        chunk's data is at hand, the source may fetch the following chunk while this one is
-        stored (after, not during, this chunk's own fetch: requests stay in plan order).
-        """
         try:
-            parts = source.parts(chunk)
-        except SourceError as exc:
-            return self._failed(
-                chunk, ChunkResult(chunk, ChunkStatus.RUNNING), str(exc), self.log.bind(chunk=chunk.label)
-            )
-        if following and (force or not self.store.is_done(following[0])):
-            source.prefetch(following[0])
-        if parts == [chunk]:
-            return self._run_chunk_with_retries(source, chunk, force)
-        self.store.plan_chunks(parts, self.request.name)
+            for fetched in self.source.fetch(wanted()):
+                current[:] = [fetched.chunk]
+                result = self._run_fetched(fetched, force)
+                self.source.finish(fetched.chunk, result.status is ChunkStatus.DONE)
+                finished(result)
+        except StoreError as exc:
+            [chunk] = current
+            summary.stopped = str(exc)
+            results[chunk.key] = ChunkResult(chunk, ChunkStatus.FAILED, error=str(exc))
+            self.log.error("run.stopped", chunk=chunk.label, error=str(exc))
+            self._record_quietly(self.ledger.mark_failed, chunk, self.run_id, self.request.name, str(exc))
+        summary.results = [results[c.key] for c in chunks if c.key in results]
+
+    def _run_fetched(self, fetched: Fetched, force: bool) -> ChunkResult:
+        """A chunk, or the parts its data turned out to hold: it is done once every part is,
+        and a re-run skips the parts already done."""
+        chunk = fetched.chunk
+        if fetched.error is not None:
+            return self._failed(chunk, ChunkResult(chunk, ChunkStatus.RUNNING), fetched.error, self.log)
+        if fetched.parts == [chunk]:
+            return self._run_chunk_with_retries(chunk, force)
+        self.ledger.plan_chunks(fetched.parts, self.request.name)
         merged = ChunkResult(chunk, ChunkStatus.DONE)
-        for part in parts:
-            if not force and self.store.is_done(part):
+        for part in fetched.parts:
+            if not force and self.ledger.is_done(part):
                 self.log.info("chunk.skipped", chunk=part.label, reason="done in an earlier run")
                 continue
-            result = self._run_chunk_with_retries(source, part, force)
-            merged.absorb(result)
+            merged.absorb(self._run_chunk_with_retries(part, force))
         counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
         if merged.status is ChunkStatus.DONE:
-            self.store.mark_done(chunk, self.run_id, self.request.name, counts)
+            self.ledger.mark_done(chunk, self.run_id, self.request.name, counts)
         else:
-            self.store.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
+            self.ledger.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
         return merged
 
     def _record_quietly(self, action: Callable[..., None], *args: object) -> None:
@@ -273,7 +281,7 @@ class Pipeline:
         except StoreError as exc:
             self.log.warning("bookkeeping.skipped", error=str(exc))
 
-    def _run_chunk_with_retries(self, source: Source, chunk: Chunk, force: bool) -> ChunkResult:
+    def _run_chunk_with_retries(self, chunk: Chunk, force: bool) -> ChunkResult:
         """A transient store fault re-runs the whole chunk: its transaction is gone."""
 
         def log_retry(attempt: int, reason: str, wait: float) -> None:
@@ -285,12 +293,12 @@ class Pipeline:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
                     self.store.reconnect()
-                result = self._run_chunk(source, chunk, force)
+                result = self._run_chunk(chunk, force)
                 result.attempts = number
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_chunk(self, source: Source, chunk: Chunk, force: bool) -> ChunkResult:
+    def _run_chunk(self, chunk: Chunk, force: bool) -> ChunkResult:
         log = self.log.bind(chunk=chunk.label, schema=chunk.schema)
         log.info("chunk.start")
         if self.progress:
@@ -301,7 +309,7 @@ class Pipeline:
         try:
             # The data is opened (an API chunk is already downloaded) before the transaction.
             with timer("read"):
-                batches = source.read(chunk, self.settings.batch_size)
+                batches = self.source.read(chunk, self.settings.batch_size)
             with self.store.write_chunk(chunk, self.run_id, self.request.name, force) as writer:
                 for raw in self._timed_batches(batches, timer):
                     self._process(chunk, raw, writer, timer, result)
@@ -353,7 +361,7 @@ class Pipeline:
         self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger
     ) -> ChunkResult:
         log.warning("chunk.failed", error=error)
-        self.store.mark_failed(chunk, self.run_id, self.request.name, error)
+        self.ledger.mark_failed(chunk, self.run_id, self.request.name, error)
         return ChunkResult(chunk, ChunkStatus.FAILED, read=result.read, error=error)
 
     def _timed_batches(self, batches: Iterator[RawBatch], timer: _StageTimer) -> Iterator[RawBatch]:

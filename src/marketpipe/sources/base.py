@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from marketpipe.types import Chunk, Estimate, Plan, RawBatch
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A chunk whose data is at hand: ``[chunk]``, or the parts it turned out to hold (each
+    stored in its own transaction); or, with no parts, why its data cannot be had."""
+
+    chunk: Chunk
+    parts: list[Chunk]
+    error: str | None = None
+
+
 class Source(Protocol):
     def plan(self) -> Plan: ...
 
+    def fetch(self, chunks: Iterable[Chunk]) -> Iterator[Fetched]:
+        """Each chunk in order once its data is at hand. ``chunks`` is drawn lazily (the caller
+        leaves out chunks already stored as it goes): a source may draw the next one and fetch
+        it while the caller stores the one just yielded."""
+        ...
+
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         """Raw batches of at most ``batch_size`` records; raises SourceError on bad input."""
-        ...
-
-    def prefetch(self, chunk: Chunk) -> None:
-        """A hint: ``chunk`` comes next and is not done; a source may start fetching it now."""
-        ...
-
-    def parts(self, chunk: Chunk) -> list[Chunk]:
-        """``[chunk]``, or the parts it turns out to hold once its data is at hand (each its own
-        transaction); raises SourceError when the data cannot be had."""
         ...
 
     def finish(self, chunk: Chunk, committed: bool) -> None:

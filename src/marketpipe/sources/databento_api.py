@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -37,6 +37,7 @@ import structlog
 
 from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import SourceError, UsageError
+from marketpipe.sources.base import Fetched
 from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.symbology import EPOCH, day_ns
@@ -252,11 +253,23 @@ class DatabentoApiSource:
         }
 
     # Downloading: the billable part.
-    def prefetch(self, chunk: Chunk) -> None:
-        if chunk.key in self._downloads and chunk.key not in self._pending:
-            self._pending[chunk.key] = self._ahead.submit(self._fetch, chunk)
+    def fetch(self, chunks: Iterable[Chunk]) -> Iterator[Fetched]:
+        """Once a chunk's download is at hand, the next wanted chunk downloads while the caller
+        stores this one (after, not during, this one's download: requests stay in plan order)."""
+        upcoming = iter(chunks)
+        chunk = next(upcoming, None)
+        while chunk is not None:
+            try:
+                fetched = Fetched(chunk, self._parts(chunk))
+            except SourceError as exc:
+                fetched = Fetched(chunk, [], str(exc))
+            following = next(upcoming, None)
+            if following is not None and following.key not in self._pending:
+                self._pending[following.key] = self._ahead.submit(self._fetch, following)
+            yield fetched
+            chunk = following
 
-    def parts(self, chunk: Chunk) -> list[Chunk]:
+    def _parts(self, chunk: Chunk) -> list[Chunk]:
         """Downloads the chunk; more than ``PART_RECORDS`` records become parts of that many."""
         path = self._download(chunk)
         records = self._records.get(chunk.key)

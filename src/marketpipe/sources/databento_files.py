@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import glob
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import structlog
 
 from marketpipe.errors import SourceError, UsageError
+from marketpipe.sources.base import Fetched
 from marketpipe.sources.dbn_reader import DbnFile, Inspection
 from marketpipe.types import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
 
@@ -116,12 +117,11 @@ class DbnFileSource:
         dbn = DbnFile(self._path_of[chunk.key])
         return dbn.batches(chunk.schema, batch_size, chunk.first_record, chunk.record_count)
 
-    def prefetch(self, chunk: Chunk) -> None:
-        """Local files need no fetching."""
-
-    def parts(self, chunk: Chunk) -> list[Chunk]:
-        """Planned as parts already: the file's record count is known before anything runs."""
-        return [chunk]
+    def fetch(self, chunks: Iterable[Chunk]) -> Iterator[Fetched]:
+        """Local files are at hand, and planned as parts already (their record counts are known
+        before anything runs)."""
+        for chunk in chunks:
+            yield Fetched(chunk, [chunk])
 
     def finish(self, chunk: Chunk, committed: bool) -> None:
         """The user's files stay as they are."""

@@ -1,14 +1,20 @@
-"""The store interface every backend implements (DuckDB, PostgreSQL), and its shared types."""
+"""A store is a data side (the tables) and a ledger (chunk and run bookkeeping, quarantine).
+
+The SQL stores are both in one database, so a chunk's rows and its done mark commit in one
+transaction; another data side (files, memory) pairs with a SQL ledger and declares what it
+guarantees in its ``Capabilities``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from marketpipe.model import Family, Model
 from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
@@ -17,6 +23,9 @@ CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
 QUARANTINE_TABLE = "marketpipe_quarantine"
 MIGRATIONS_TABLE = "marketpipe_migrations"
+
+
+TimeRange = tuple[int, int]  # first and last index timestamp, nanoseconds since the epoch
 
 
 class ChunkAlreadyStored(Exception):
@@ -93,20 +102,48 @@ class StoreStatus:
     runs: list[dict[str, object]] = field(default_factory=list)
 
 
-class ChunkWriter(Protocol):
+@dataclass(frozen=True)
+class Capabilities:
+    """What a data side guarantees, so the ledger and the orchestrator need not guess."""
+
+    # The chunk's rows commit in the ledger's transaction with its done mark (same database).
+    # Otherwise the rows are published first and the done mark follows: a stop in between
+    # leaves rows the ledger calls unfinished, and the next write of the chunk replaces them.
+    atomic_chunks: bool
+    # Several processes may write chunks at the same time (a server); else one at a time.
+    concurrent_writers: bool
+
+
+class ChunkSink(Protocol):
+    """Where one chunk's rows go on the data side."""
+
     def write(self, table: pa.Table) -> None: ...
 
-    def quarantine(self, rejections: Sequence[Rejection]) -> None: ...
+    def commit(self) -> None:
+        """Every row is handed over; a non-atomic store publishes them here."""
+        ...
 
-    def commit(self, counts: ChunkCounts) -> None:
-        """Make the chunk's rows visible and mark it done, atomically."""
+    def close(self) -> None:
+        """End of the chunk: rows not committed are dropped."""
         ...
 
 
-class Store(Protocol):
+class DataStore(Protocol):
+    """The tables: write a chunk's rows, read them back, count them."""
+
     location: str
     mode: str
     model: Model
+    capabilities: Capabilities
+
+    def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> ChunkSink:
+        """A sink that replaces the rows an earlier write of the chunk stored (``earlier``:
+        their index-time range, where the ledger knows it)."""
+        ...
+
+    def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]: ...
+
+    def table_status(self, family: Family) -> TableStatus: ...
 
     def close(self) -> None: ...
 
@@ -114,19 +151,34 @@ class Store(Protocol):
         """Drop a connection a transient fault broke and open a new one."""
         ...
 
+
+class LedgerTransaction(Protocol):
+    """A chunk being written, as the ledger holds it until ``finish``."""
+
+    id: int
+    earlier: TimeRange | None
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None: ...
+
+    def finish(self, counts: ChunkCounts, stored: TimeRange | None) -> None:
+        """Quarantined records and the done mark, committed together."""
+        ...
+
+
+class Ledger(Protocol):
+    """Chunk and run bookkeeping, quarantine and reports."""
+
     def is_done(self, chunk: Chunk) -> bool: ...
 
     def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
         """Record planned chunks as pending (chunks already known keep their state)."""
         ...
 
-    def write_chunk(
-        self, chunk: Chunk, run_id: str, job: str, force: bool = False
-    ) -> AbstractContextManager[ChunkWriter]:
-        """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is rolled back.
-
-        One writer at a time per chunk, across processes: a run that finds the chunk stored by
-        another once it has it raises ChunkAlreadyStored (unless ``force``)."""
+    def chunk_transaction(
+        self, chunk: Chunk, run_id: str, job: str, force: bool
+    ) -> AbstractContextManager[LedgerTransaction]:
+        """One writer at a time per chunk, across processes: a run that finds the chunk stored
+        by another once it has it raises ChunkAlreadyStored (unless ``force``)."""
         ...
 
     def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None: ...
@@ -143,10 +195,92 @@ class Store(Protocol):
 
     def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None: ...
 
-    def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]: ...
-
-    def status(self) -> StoreStatus: ...
-
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
         """Quarantined records, oldest first."""
         ...
+
+    def report(self, status: StoreStatus) -> None:
+        """Fill in chunks, failures and last runs."""
+        ...
+
+    def close(self) -> None: ...
+
+    def reconnect(self) -> None: ...
+
+
+class ChunkWriter:
+    """A chunk's rows to the data side; its rejections, range and done mark to the ledger."""
+
+    def __init__(self, family: Family, sink: ChunkSink, tx: LedgerTransaction) -> None:
+        self._time_column = family.time_column
+        self._sink = sink
+        self._tx = tx
+        self._range: TimeRange | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            bounds = pc.min_max(table[self._time_column].cast(pa.int64()))
+            low, high = int(bounds["min"].as_py()), int(bounds["max"].as_py())
+            if self._range is not None:
+                low, high = min(low, self._range[0]), max(high, self._range[1])
+            self._range = (low, high)
+        self._sink.write(table)
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None:
+        self._tx.quarantine(rejections)
+
+    def commit(self, counts: ChunkCounts) -> None:
+        """Make the chunk's rows visible and mark it done (atomically where the store can)."""
+        self._sink.commit()
+        self._tx.finish(counts, self._range)
+
+
+@dataclass
+class Store:
+    """A data side and its ledger; for the SQL stores one object in one database is both."""
+
+    data: DataStore
+    ledger: Ledger
+
+    @property
+    def location(self) -> str:
+        return self.data.location
+
+    @property
+    def mode(self) -> str:
+        return self.data.mode
+
+    @property
+    def model(self) -> Model:
+        return self.data.model
+
+    @contextmanager
+    def write_chunk(self, chunk: Chunk, run_id: str, job: str, force: bool = False) -> Iterator[ChunkWriter]:
+        """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is dropped."""
+        family = self.model.family_of(chunk.schema)
+        with self.ledger.chunk_transaction(chunk, run_id, job, force) as tx:
+            sink = self.data.open_chunk(family, tx.id, tx.earlier)
+            try:
+                yield ChunkWriter(family, sink, tx)
+            finally:
+                sink.close()
+
+    def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
+        return self.data.export(query, batch_size)
+
+    def status(self) -> StoreStatus:
+        report = StoreStatus(self.location, self.mode)
+        report.tables = [self.data.table_status(f) for f in self.model.families.values()]
+        self.ledger.report(report)
+        return report
+
+    def _parts(self) -> list[DataStore | Ledger]:
+        return [self.data] if self.ledger is self.data else [self.data, self.ledger]
+
+    def reconnect(self) -> None:
+        for part in self._parts():
+            part.reconnect()
+
+    def close(self) -> None:
+        for part in self._parts():
+            part.close()

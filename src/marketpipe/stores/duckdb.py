@@ -17,10 +17,10 @@ import duckdb
 import pyarrow as pa
 
 import marketpipe.stores.sql as sql
+from marketpipe.config import Settings
 from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, Model
-from marketpipe.stores.base import ExportQuery
-from marketpipe.types import ChunkCounts, Rejection
+from marketpipe.stores.base import Capabilities, ExportQuery, Store
 
 # Rows need no insertion order (reads order by time): without it DuckDB inserts in
 # parallel, about twice as fast here.
@@ -51,23 +51,23 @@ def _naive(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-class _DuckDBChunkWriter:
+class _DuckDBSink:
     """Buffers batches into inserts of several row groups (DuckDB parallelizes an insert by
     row group of 122,880 rows), each run on a background thread while the pipeline reads and
     checks the next rows (DuckDB releases the GIL while it inserts)."""
 
     FLUSH_ROWS = 4 * 122_880
 
-    def __init__(self, store: DuckDBStore, tx: sql.ChunkTransaction) -> None:
+    def __init__(self, store: DuckDBStore, family: Family, chunk_id: int) -> None:
         self._store = store
         self._con = store.con
-        self._tx = tx
+        self._table = sql.identifier(family.table)
+        self._chunk_id = chunk_id
         self._pending: list[pa.Table] = []
         self._rows = 0
         self._background = sql.Background()
 
     def write(self, table: pa.Table) -> None:
-        self._tx.note_range(table)
         self._pending.append(_naive(table))
         self._rows += table.num_rows
         if self._rows >= self.FLUSH_ROWS:
@@ -85,36 +85,26 @@ class _DuckDBChunkWriter:
         self._con.register("_marketpipe_batch", table)
         try:
             self._store.execute_translated(
-                f"INSERT INTO {sql.identifier(self._tx.family.table)} ({columns}, chunk_id) "
-                f"SELECT {columns}, ? FROM _marketpipe_batch",
-                [self._tx.id],
+                f"INSERT INTO {self._table} ({columns}, chunk_id) SELECT {columns}, ? FROM _marketpipe_batch",
+                [self._chunk_id],
             )
         finally:
             with suppress(duckdb.Error):  # after a failed insert the transaction is aborted
                 self._con.unregister("_marketpipe_batch")
 
-    def quarantine(self, rejections: Sequence[Rejection]) -> None:
-        self._tx.quarantine(rejections)
-
-    def commit(self, counts: ChunkCounts) -> None:
+    def commit(self) -> None:
         self._flush()
         self._background.wait()
-        self._tx.finish(counts)
 
     def close(self) -> None:
         self._background.close()
 
 
-class DuckDBStore(sql.SqlStore):
-    """A DuckDB database file, created with its tables on first use."""
+class DuckDBLedger(sql.SqlLedger):
+    """A DuckDB file holding the ledger; a store's tables too when it is a ``DuckDBStore``."""
 
-    mode = "duckdb"
-
-    def __init__(
-        self, path: str, memory_limit: str = "256MB", read_only: bool = False, *, model: Model
-    ) -> None:
+    def __init__(self, path: str, memory_limit: str = "256MB", read_only: bool = False) -> None:
         """``read_only``: the file must hold a store already; nothing is created or changed."""
-        self.model = model
         self.location = path
         file = Path(path).expanduser()
         if read_only and not file.is_file():
@@ -144,12 +134,9 @@ class DuckDBStore(sql.SqlStore):
             if not applied:
                 raise StoreRejected(f"{self.location} is not a marketpipe store")
         else:
-            for family in self.model.families.values():
-                self.con.execute(sql.create_family_table(family, column_type))
             for statement in (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL):
                 self.con.execute(statement)
             self._execute(sql.RECORD_MIGRATION, [sql.MODEL_VERSION, sql.MODEL_NAME])
-        self.check_model()
 
     def close(self) -> None:
         self.con.close()
@@ -202,11 +189,32 @@ class DuckDBStore(sql.SqlStore):
         with suppress(duckdb.Error):  # a failed write may have ended the transaction already
             self.con.rollback()
 
+
+class DuckDBStore(DuckDBLedger, sql.SqlStore):
+    """A DuckDB database file, created with its tables on first use."""
+
+    mode = "duckdb"
+    # One writer process at a time: DuckDB locks the file.
+    capabilities = Capabilities(atomic_chunks=True, concurrent_writers=False)
+
+    def __init__(
+        self, path: str, memory_limit: str = "256MB", read_only: bool = False, *, model: Model
+    ) -> None:
+        self.model = model
+        super().__init__(path, memory_limit, read_only)
+
+    def _prepare(self, read_only: bool) -> None:
+        super()._prepare(read_only)
+        if not read_only:
+            for family in self.model.families.values():
+                self.con.execute(sql.create_family_table(family, column_type))
+        self.check_model()
+
     def _time_ns(self, family: Family) -> str:
         return f"epoch_ns({sql.identifier(family.time_column)})"
 
-    def _writer(self, tx: sql.ChunkTransaction) -> _DuckDBChunkWriter:
-        return _DuckDBChunkWriter(self, tx)
+    def _sink(self, family: Family, chunk_id: int) -> _DuckDBSink:
+        return _DuckDBSink(self, family, chunk_id)
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
@@ -214,3 +222,8 @@ class DuckDBStore(sql.SqlStore):
         reader = self.con.sql(_q(statement), params=params).to_arrow_reader(batch_size)
         for batch in reader:
             yield batch.cast(family.arrow_schema)
+
+
+def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
+    store = DuckDBStore(settings.db, settings.duckdb_memory_limit, read_only, model=model)
+    return Store(store, store)

@@ -28,11 +28,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
+from marketpipe.config import Settings
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
 from marketpipe.model import Family, Model
 from marketpipe.retries import retrying
-from marketpipe.stores.base import QUARANTINE_TABLE, ExportQuery
-from marketpipe.types import Chunk, ChunkCounts, Rejection
+from marketpipe.stores.base import QUARANTINE_TABLE, Capabilities, ExportQuery, Store
+from marketpipe.types import Chunk
 
 log = structlog.get_logger("marketpipe.postgres")
 
@@ -170,22 +171,21 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
     return migrations
 
 
-class _PgChunkWriter:
-    def __init__(self, store: PostgresStore, tx: sql.ChunkTransaction) -> None:
+class _PgSink:
+    def __init__(self, store: PostgresStore, family: Family, chunk_id: int) -> None:
         self._store = store
-        self._tx = tx
+        self._chunk_id = chunk_id
         self._background = sql.Background()
-        columns = [*tx.family.column_names, "chunk_id"]
+        columns = [*family.column_names, "chunk_id"]
         self._copy = (
-            f"COPY {sql.identifier(tx.family.table)} ({', '.join(sql.identifier(c) for c in columns)})"
+            f"COPY {sql.identifier(family.table)} ({', '.join(sql.identifier(c) for c in columns)})"
             " FROM STDIN WITH (FORMAT BINARY)"
         )
 
     def write(self, table: pa.Table) -> None:
-        self._tx.note_range(table)
         # COPY runs on a background thread (psycopg waits on the socket without the GIL), so
         # the server loads this batch while the pipeline reads and checks the next one.
-        self._background.submit(self._copy_rows, copy_table(table, self._tx.id))
+        self._background.submit(self._copy_rows, copy_table(table, self._chunk_id))
 
     def _copy_rows(self, data: pa.Table) -> None:
         encoder = pgpq.ArrowToPostgresBinaryEncoder(data.schema)
@@ -195,18 +195,17 @@ class _PgChunkWriter:
                 copy.write(encoder.write_batch(batch))
             copy.write(encoder.finish())
 
-    def quarantine(self, rejections: Sequence[Rejection]) -> None:
-        self._tx.quarantine(rejections)
-
-    def commit(self, counts: ChunkCounts) -> None:
+    def commit(self) -> None:
         self._background.wait()
-        self._tx.finish(counts)
 
     def close(self) -> None:
         self._background.close()
 
 
 class PostgresStore(sql.SqlStore):
+    # Chunks of other processes wait on an advisory lock, not on the whole database.
+    capabilities = Capabilities(atomic_chunks=True, concurrent_writers=True)
+
     def __init__(
         self,
         url: str,
@@ -294,7 +293,7 @@ class PostgresStore(sql.SqlStore):
         except psycopg.Error as exc:
             raise translate(exc, f"{where} on {self.location}") from None
 
-    # SqlStore's primitives.
+    # SqlLedger's primitives.
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         with self.translated("query"):
             self.conn.execute(statement, params)
@@ -353,8 +352,8 @@ class PostgresStore(sql.SqlStore):
         )
         return bool(rows)
 
-    def _writer(self, tx: sql.ChunkTransaction) -> _PgChunkWriter:
-        return _PgChunkWriter(self, tx)
+    def _sink(self, family: Family, chunk_id: int) -> _PgSink:
+        return _PgSink(self, family, chunk_id)
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
@@ -376,3 +375,15 @@ class PostgresStore(sql.SqlStore):
                     arrays.append(array.cast(column.arrow_type))
                 yield pa.RecordBatch.from_arrays(arrays, schema=family.arrow_schema)
         self.conn.commit()
+
+
+def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
+    store = PostgresStore(
+        settings.db,
+        settings.db_retries,
+        settings.db_retry_wait,
+        settings.compress_after_days,
+        read_only,
+        model=model,
+    )
+    return Store(store, store)

@@ -1,4 +1,5 @@
-"""What the SQL stores share: bookkeeping tables and statements, and the logic around them.
+"""The SQL ledger (bookkeeping tables, statements and chunk transactions) and the data side
+of a store whose tables live in the ledger's database.
 
 Statements are written once in the dialect PostgreSQL and DuckDB share, with ``%s``
 placeholders (psycopg's); DuckDB's store swaps them for ``?``. Identifiers only ever come
@@ -14,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketpipe.errors import StoreRejected
 from marketpipe.model import Column, Family, Kind, Model
@@ -27,12 +27,15 @@ from marketpipe.stores.base import (
     QUARANTINE_TABLE,
     RUN_FIELDS,
     RUNS_TABLE,
+    Capabilities,
     ChunkAlreadyStored,
+    ChunkSink,
     ExportQuery,
     QuarantinedRecord,
     QuarantineQuery,
     StoreStatus,
     TableStatus,
+    TimeRange,
     chunk_id,
 )
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
@@ -213,13 +216,6 @@ def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
     return statement, params
 
 
-def time_range_ns(table: pa.Table, column: str) -> tuple[int, int] | None:
-    if table.num_rows == 0:
-        return None
-    bounds = pc.min_max(table[column].cast(pa.int64()))
-    return int(bounds["min"].as_py()), int(bounds["max"].as_py())
-
-
 class Background:
     """One write at a time on a worker thread, so the caller prepares the next meanwhile."""
 
@@ -245,34 +241,24 @@ class Background:
 
 
 class ChunkTransaction:
-    """Collects a chunk's quarantine rows and time range; the store's writer does the I/O."""
+    """A chunk's ledger side inside the database transaction its rows are written in."""
 
-    def __init__(self, store: SqlStore, chunk: Chunk, run_id: str, job: str) -> None:
-        self.store = store
+    def __init__(self, ledger: SqlLedger, chunk: Chunk, run_id: str, job: str) -> None:
+        self.ledger = ledger
         self.chunk = chunk
         self.run_id = run_id
         self.job = job
         self.id = chunk_id(chunk.key)
-        self.family = store.model.family_of(chunk.schema)
-        self.first_ns: int | None = None
-        self.last_ns: int | None = None
+        self.earlier: TimeRange | None = None
         self.rejections: list[Rejection] = []
         self.committed = False
-
-    def note_range(self, table: pa.Table) -> None:
-        bounds = time_range_ns(table, self.family.time_column)
-        if bounds is None:
-            return
-        self.first_ns = bounds[0] if self.first_ns is None else min(self.first_ns, bounds[0])
-        self.last_ns = bounds[1] if self.last_ns is None else max(self.last_ns, bounds[1])
 
     def quarantine(self, rejections: Sequence[Rejection]) -> None:
         self.rejections.extend(rejections)
 
-    def finish(self, counts: ChunkCounts) -> None:
-        """Quarantine rows and the done mark, inside the chunk's transaction."""
+    def finish(self, counts: ChunkCounts, stored: TimeRange | None) -> None:
         if self.rejections:
-            self.store._executemany(
+            self.ledger._executemany(
                 INSERT_QUARANTINE,
                 [
                     (
@@ -288,33 +274,20 @@ class ChunkTransaction:
                     for r in self.rejections
                 ],
             )
-        self.store._execute(
-            UPSERT_CHUNK, self.store._chunk_row(self.chunk, self.job, ChunkStatus.DONE, counts, self)
+        self.ledger._execute(
+            UPSERT_CHUNK,
+            self.ledger._chunk_row(self.chunk, self.job, ChunkStatus.DONE, counts, self.run_id, stored),
         )
-        self.store._commit()
+        self.ledger._commit()
         self.committed = True
 
 
-class SqlChunkWriter(Protocol):
-    """A store's ChunkWriter, plus the end of its background writes."""
-
-    def write(self, table: pa.Table) -> None: ...
-
-    def quarantine(self, rejections: Sequence[Rejection]) -> None: ...
-
-    def commit(self, counts: ChunkCounts) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class SqlStore:
+class SqlLedger:
     """Bookkeeping and chunk transactions over a DB-API-like connection (DuckDB, psycopg)."""
 
     location: str
-    mode: str
-    model: Model
 
-    # The store-specific parts.
+    # The database-specific parts.
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         raise NotImplementedError
 
@@ -333,12 +306,8 @@ class SqlStore:
     def _begin(self) -> None:
         raise NotImplementedError
 
-    def _time_ns(self, family: Family) -> str:
-        """Expression for a family's event time in nanoseconds since the epoch."""
-        raise NotImplementedError
-
     # Holding a chunk against other processes. The embedded file has one writer process at a
-    # time (DuckDB's file lock), so only a server store needs these.
+    # time (DuckDB's file lock), so only a server needs these.
     ROW_LOCK = ""
 
     def _claim(self, chunk: Chunk, key: int) -> None:
@@ -356,7 +325,137 @@ class SqlStore:
     def _run_alive(self, run_id: str) -> bool:
         return False
 
-    # Shared logic.
+    def _chunk_row(
+        self,
+        chunk: Chunk,
+        job: str,
+        status: ChunkStatus,
+        counts: ChunkCounts | None,
+        run_id: str,
+        stored: TimeRange | None = None,
+        error: str | None = None,
+    ) -> tuple[Any, ...]:
+        c = counts
+        first, last = stored or (None, None)
+        return (
+            chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status.value,
+            c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
+            first, last, run_id, error,
+        )  # fmt: skip
+
+    def is_done(self, chunk: Chunk) -> bool:
+        rows = self._query(CHUNK_STATE, [chunk.key])
+        return bool(rows) and rows[0][0] == ChunkStatus.DONE
+
+    def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
+        if chunks:
+            self._executemany(
+                INSERT_PENDING, [(c.key, chunk_id(c.key), job, c.schema, c.label) for c in chunks]
+            )
+            self._commit()
+
+    def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None:
+        self._execute(
+            UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.FAILED, None, run_id, error=error)
+        )
+        self._commit()
+
+    def mark_done(self, chunk: Chunk, run_id: str, job: str, counts: ChunkCounts) -> None:
+        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.DONE, counts, run_id))
+        self._commit()
+
+    def forget_failure(self, chunk: Chunk) -> None:
+        self._execute(
+            f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = '{ChunkStatus.FAILED}'",
+            [chunk.key],
+        )
+        self._commit()
+
+    def start_run(self, run_id: str, job: str) -> None:
+        self._execute(INSERT_RUN, [run_id, job])
+        self._commit()
+        self._hold_run(run_lock_key(run_id))
+
+    def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None:
+        self._execute(
+            FINISH_RUN, [status.value, counts.read, counts.stored, counts.quarantined, failed, run_id]
+        )
+        self._commit()
+        self._release(run_lock_key(run_id))
+
+    @contextmanager
+    def chunk_transaction(
+        self, chunk: Chunk, run_id: str, job: str, force: bool
+    ) -> Iterator[ChunkTransaction]:
+        """Claim the chunk, mark it running, then yield inside one transaction that holds its
+        ledger row and has dropped its earlier quarantined records.
+
+        The claim spares a second writer the work; the row lock makes a second copy impossible
+        even without it: a writer that got this far waits for the first to commit, then reads
+        the range the first stored, which its data side deletes before writing its own.
+        """
+        tx = ChunkTransaction(self, chunk, run_id, job)
+        self._claim(chunk, tx.id)
+        try:
+            if not force and self.is_done(chunk):
+                raise ChunkAlreadyStored(chunk.label)
+            self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id))
+            self._commit()
+            self._begin()
+            try:
+                rows = self._query(CHUNK_STATE + self.ROW_LOCK, [chunk.key])
+                status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, run_id)
+                if owner != run_id and status == ChunkStatus.DONE and not force:
+                    raise ChunkAlreadyStored(chunk.label)
+                if first_ns is not None:
+                    tx.earlier = (int(first_ns), int(last_ns))
+                self._execute(DELETE_QUARANTINE, [tx.id])
+                yield tx
+            finally:
+                if not tx.committed:
+                    self._rollback()
+        finally:
+            self._release(tx.id)
+
+    def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
+        where, params = [], []
+        for column, value in (("run_id", query.run_id), ("schema", query.schema), ("rule", query.rule)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self._query(
+            "SELECT run_id, chunk_key, schema, stage, rule, message, record, quarantined_at"
+            f" FROM {QUARANTINE_TABLE}{clause} ORDER BY quarantined_at, chunk_key, rule, record LIMIT %s",
+            [*params, query.limit],
+        )
+        return [QuarantinedRecord(*row) for row in rows]
+
+    def report(self, status: StoreStatus) -> None:
+        status.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
+        status.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
+        status.runs = [dict(zip(RUN_FIELDS, r, strict=True)) for r in self._query(LAST_RUNS)]
+        for run in status.runs:
+            if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
+                # Its process is gone: killed, or the machine stopped.
+                run["status"] = RunStatus.INTERRUPTED.value
+
+
+class SqlStore(SqlLedger):
+    """A SQL database holding both the tables and their ledger: a chunk's rows are written in
+    the ledger's transaction, so they exist exactly when its progress row says ``done``."""
+
+    mode: str
+    model: Model
+    capabilities: Capabilities
+
+    def _time_ns(self, family: Family) -> str:
+        """Expression for a family's index time in nanoseconds since the epoch."""
+        raise NotImplementedError
+
+    def _sink(self, family: Family, chunk_id: int) -> ChunkSink:
+        raise NotImplementedError
+
     def check_model(self) -> None:
         """The tables found must be the ones the transformation file declares, column for column.
 
@@ -380,145 +479,19 @@ class SqlStore:
                 )
         self._commit()
 
-    def _chunk_row(
-        self,
-        chunk: Chunk,
-        job: str,
-        status: ChunkStatus,
-        counts: ChunkCounts | None,
-        tx: ChunkTransaction | None = None,
-        error: str | None = None,
-        run_id: str | None = None,
-    ) -> tuple[Any, ...]:
-        c = counts
-        return (
-            chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status.value,
-            c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
-            tx and tx.first_ns, tx and tx.last_ns, tx.run_id if tx else run_id, error,
-        )  # fmt: skip
-
-    def is_done(self, chunk: Chunk) -> bool:
-        rows = self._query(CHUNK_STATE, [chunk.key])
-        return bool(rows) and rows[0][0] == ChunkStatus.DONE
-
-    def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
-        if chunks:
-            self._executemany(
-                INSERT_PENDING, [(c.key, chunk_id(c.key), job, c.schema, c.label) for c in chunks]
+    def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> ChunkSink:
+        if earlier is not None:
+            # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
+            self._execute(
+                f"DELETE FROM {identifier(family.table)} WHERE chunk_id = %s"
+                f" AND {self._time_ns(family)} BETWEEN %s AND %s",
+                [chunk_id, *earlier],
             )
-            self._commit()
+        return self._sink(family, chunk_id)
 
-    def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None:
-        self._execute(
-            UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.FAILED, None, error=error, run_id=run_id)
-        )
-        self._commit()
-
-    def mark_done(self, chunk: Chunk, run_id: str, job: str, counts: ChunkCounts) -> None:
-        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.DONE, counts, run_id=run_id))
-        self._commit()
-
-    def forget_failure(self, chunk: Chunk) -> None:
-        self._execute(
-            f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = '{ChunkStatus.FAILED}'",
-            [chunk.key],
-        )
-        self._commit()
-
-    def start_run(self, run_id: str, job: str) -> None:
-        self._execute(INSERT_RUN, [run_id, job])
-        self._commit()
-        self._hold_run(run_lock_key(run_id))
-
-    def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None:
-        self._execute(
-            FINISH_RUN, [status.value, counts.read, counts.stored, counts.quarantined, failed, run_id]
-        )
-        self._commit()
-        self._release(run_lock_key(run_id))
-
-    def _writer(self, tx: ChunkTransaction) -> SqlChunkWriter:
-        raise NotImplementedError
-
-    @contextmanager
-    def write_chunk(
-        self, chunk: Chunk, run_id: str, job: str, force: bool = False
-    ) -> Iterator[SqlChunkWriter]:
-        with self._chunk_transaction(chunk, run_id, job, force) as tx:
-            writer = self._writer(tx)
-            try:
-                yield writer
-            finally:
-                writer.close()
-
-    @contextmanager
-    def _chunk_transaction(
-        self, chunk: Chunk, run_id: str, job: str, force: bool
-    ) -> Iterator[ChunkTransaction]:
-        """Claim the chunk, mark it running, then in one transaction that holds its ledger row
-        remove the chunk's earlier rows and yield.
-
-        The claim spares a second writer the work; the row lock makes a second copy impossible
-        even without it: a writer that got this far waits for the first to commit, then reads
-        the range the first stored and deletes those rows before writing its own.
-        """
-        tx = ChunkTransaction(self, chunk, run_id, job)
-        self._claim(chunk, tx.id)
-        try:
-            if not force and self.is_done(chunk):
-                raise ChunkAlreadyStored(chunk.label)
-            self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id=run_id))
-            self._commit()
-            self._begin()
-            try:
-                rows = self._query(CHUNK_STATE + self.ROW_LOCK, [chunk.key])
-                status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, run_id)
-                if owner != run_id and status == ChunkStatus.DONE and not force:
-                    raise ChunkAlreadyStored(chunk.label)
-                if first_ns is not None:
-                    # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
-                    time_ns = self._time_ns(tx.family)
-                    self._execute(
-                        f"DELETE FROM {identifier(tx.family.table)} WHERE chunk_id = %s"
-                        f" AND {time_ns} BETWEEN %s AND %s",
-                        [tx.id, first_ns, last_ns],
-                    )
-                self._execute(DELETE_QUARANTINE, [tx.id])
-                yield tx
-            finally:
-                if not tx.committed:
-                    self._rollback()
-        finally:
-            self._release(tx.id)
-
-    def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
-        where, params = [], []
-        for column, value in (("run_id", query.run_id), ("schema", query.schema), ("rule", query.rule)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        rows = self._query(
-            "SELECT run_id, chunk_key, schema, stage, rule, message, record, quarantined_at"
-            f" FROM {QUARANTINE_TABLE}{clause} ORDER BY quarantined_at, chunk_key, rule, record LIMIT %s",
-            [*params, query.limit],
-        )
-        return [QuarantinedRecord(*row) for row in rows]
-
-    def status(self) -> StoreStatus:
-        report = StoreStatus(self.location, self.mode)
-        for family in self.model.families.values():
-            time_ns = self._time_ns(family)
-            rows, first, last = self._query(
-                f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {identifier(family.table)}"
-            )[0]
-            report.tables.append(TableStatus(family.table, family.time_column, int(rows), first, last))
-        report.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
-        report.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
-        report.runs = [dict(zip(RUN_FIELDS, r, strict=True)) for r in self._query(LAST_RUNS)]
-        for run in report.runs:
-            if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
-                run["status"] = (
-                    RunStatus.INTERRUPTED.value
-                )  # its process is gone: killed, or the machine stopped
-        return report
+    def table_status(self, family: Family) -> TableStatus:
+        time_ns = self._time_ns(family)
+        rows, first, last = self._query(
+            f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {identifier(family.table)}"
+        )[0]
+        return TableStatus(family.table, family.time_column, int(rows), first, last)
