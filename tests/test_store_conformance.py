@@ -5,7 +5,8 @@ a new store). A new store passes these before anything else uses it."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,15 +29,21 @@ FAMILY = MODEL.family_of("trades")
 
 
 @pytest.fixture(params=["duckdb", "postgresql", "timescaledb", "arrow"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Opens the store under test; called again, a second store on the same location."""
     if request.param == "arrow":
-        opened = Store(ArrowStore(MODEL), DuckDBLedger(str(tmp_path / "ledger.duckdb")))
+        data = ArrowStore(MODEL)
+        return lambda: Store(data, DuckDBLedger(str(tmp_path / "ledger.duckdb")))
+    if request.param == "duckdb":
+        url = str(tmp_path / "conformance.duckdb")
     else:
-        if request.param == "duckdb":
-            url = str(tmp_path / "conformance.duckdb")
-        else:
-            url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
-        opened = open_store(load_settings(db=url), MODEL)
+        url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+    return lambda: open_store(load_settings(db=url), MODEL)
+
+
+@pytest.fixture
+def store(opener: Callable[[], Store]) -> Iterator[Store]:
+    opened = opener()
     try:
         yield opened
     finally:
@@ -155,3 +162,27 @@ def test_ledger_failures_runs_and_status(store: Store, trades: pa.Table) -> None
     assert (run["status"], run["read"], run["stored"], run["failed"]) == ("partial", 500, trades.num_rows, 1)
     store.ledger.forget_failure(failed)
     assert [c for c in store.status().chunks if c[1] == "failed"] == []
+
+
+def test_a_store_for_concurrent_writers_takes_two_at_once(
+    store: Store, opener: Callable[[], Store], trades: pa.Table
+) -> None:
+    """What ``concurrent_writers`` promises: a second writer on the same location starts its own
+    chunk while the first holds one open (it may wait on the database, e.g. for a TimescaleDB
+    chunk the first is creating, but not on the first chunk's end); both are stored, each once."""
+    if not store.data.capabilities.concurrent_writers:
+        pytest.skip(f"{store.mode} declares one writer at a time")
+    first, second = _chunk("conformance:first"), _chunk("conformance:second")
+    other = opener()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            store.ledger.plan_chunks([first], "conformance")
+            with store.write_chunk(first, "run1", "conformance") as writer:
+                writer.write(trades)
+                started = pool.submit(_write, other, second, trades.slice(0, 100), "run2")
+                writer.commit(ChunkCounts(trades.num_rows, trades.num_rows, 0, 0.1))
+            started.result(timeout=60)
+        assert other.ledger.is_done(first) and store.ledger.is_done(second)
+        assert _exported(other).num_rows == trades.num_rows + 100
+    finally:
+        other.close()

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import databento_dbn
 import duckdb
@@ -31,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from marketpipe.config import first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import LAYOUT_OF_SCHEMA, Family, Model
-from marketpipe.rules.contracts import explain
 from marketpipe.transform import text_array
 from marketpipe.types import Chunk, Rejection
 
@@ -39,6 +40,14 @@ Stage = Literal["initial", "post"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # v1 OHLCV files may carry the record type used before the per-interval ones existed.
 _LEGACY_RTYPES = {"OHLCVMsg": (17,)}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One AND term of a rule's check: what a broken record's message names."""
+
+    sql: str
+    columns: tuple[str, ...]
 
 
 class RuleSpec(BaseModel):
@@ -141,6 +150,7 @@ class Validator:
         self.model = model
         self.rules = self._load(path)
         self._con = duckdb.connect()
+        self._term_cache: dict[str, list[Term]] = {}
         for rule in self.rules:
             self._check_expression_only(rule)
         self._check_all_bind()
@@ -276,13 +286,58 @@ class Validator:
                 verdict.warnings[rule.name] += count
                 continue
             verdict.keep &= ~broken
-            layout = LAYOUT_OF_SCHEMA[schema].name
-            context = {"rtypes": _rtypes(schema), "start_ns": chunk.start_ns, "end_ns": chunk.end_ns}
-            for row in record_fields(records[np.flatnonzero(broken)]):
-                details = explain(layout, row, context) or _mentioned(rule.check.format(**values), row)
-                message = f"{rule.message}: {'; '.join(details)}" if details else rule.message
+            rows = np.flatnonzero(broken)
+            details = self._failed_terms(rule.check.format(**values), view, rows)
+            for row, detail in zip(record_fields(records[rows]), details, strict=True):
+                message = f"{rule.message}: {detail}" if detail else rule.message
                 verdict.rejections.append(Rejection(stage, rule.name, message, json.dumps(row)))
         return verdict
+
+    def _failed_terms(self, check: str, view: pa.Table, rows: np.ndarray) -> list[str]:
+        """For each broken row, the terms of the check it fails and the values they read.
+
+        The message comes from the rule itself, so an edited rule explains itself: there is no
+        second statement of the rule to drift from it. Only broken rows are looked at again.
+        """
+        terms = self._terms(check)
+        columns = list(dict.fromkeys(c for t in terms for c in t.columns if c in view.column_names))
+        selected = [f"coalesce(({t.sql}), false)" for t in terms] + [
+            '"' + c.replace('"', '""') + '"' for c in columns
+        ]
+        self._con.register("batch", view.take(pa.array(rows)))
+        try:
+            result = self._con.sql(f"SELECT {', '.join(selected)} FROM batch").fetchall()
+        finally:
+            self._con.unregister("batch")
+        details = []
+        for values in result:
+            seen = dict(zip(columns, values[len(terms) :], strict=True))
+            failed = []
+            for term, holds in zip(terms, values, strict=False):
+                if not holds:
+                    read = ", ".join(f"{c}={_shown(seen[c])}" for c in term.columns if c in seen)
+                    failed.append(f"{term.sql} fails for {read}" if read else f"{term.sql} fails")
+            details.append("; ".join(failed))
+        return details
+
+    def _terms(self, check: str) -> list[Term]:
+        """The check's top-level AND terms, each with the columns it reads (from DuckDB's own
+        parse of it, not a guess)."""
+        if check not in self._term_cache:
+            tree = _parsed(self._con, f"SELECT ({check}) FROM batch")
+            node = tree["statements"][0]["node"]
+            expression = node["select_list"][0]
+            parts = expression["children"] if expression.get("type") == "CONJUNCTION_AND" else [expression]
+            terms = []
+            for part in parts:
+                node["select_list"] = [part]
+                text = self._con.sql("SELECT json_deserialize_sql(?::JSON)", params=[json.dumps(tree)])
+                sql = _unwrapped(
+                    str(text.fetchall()[0][0]).removeprefix("SELECT ").removesuffix(" FROM batch")
+                )
+                terms.append(Term(sql, tuple(dict.fromkeys(_column_refs(part)))))
+            self._term_cache[check] = terms
+        return self._term_cache[check]
 
 
 # Functions that read the environment or change state: never part of a record's check.
@@ -294,7 +349,7 @@ _EXPECTED_FROM = {"type": "BASE_TABLE", "table_name": "batch", "schema_name": ""
 
 def _outside_expression(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
     """What in ``SELECT (<check>) FROM batch`` is more than one expression, or None."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    tree = _parsed(con, query)
     if tree.get("error"):
         return tree.get("error_message", "a statement that is not a SELECT")
     node = tree["statements"][0]["node"]
@@ -324,7 +379,39 @@ def _forbidden(expression: object) -> str | None:
     return next((f for f in map(_forbidden, expression.values()) if f), None)
 
 
-def _mentioned(check: str, row: dict[str, int | str]) -> list[str]:
-    """The values a rule the contract does not express looked at, for its message."""
-    names = dict.fromkeys(_IDENTIFIER.findall(check))
-    return [f"{name}={row[name]!r}" for name in names if name in row]
+def _parsed(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
+    """DuckDB's syntax tree of a query, as JSON."""
+    text = con.sql("SELECT json_serialize_sql(?)", params=[query]).fetchall()[0][0]
+    tree: dict[str, Any] = json.loads(text)
+    return tree
+
+
+def _column_refs(expression: object) -> Iterator[str]:
+    if isinstance(expression, list):
+        for item in expression:
+            yield from _column_refs(item)
+    elif isinstance(expression, dict):
+        if expression.get("class") == "COLUMN_REF":
+            yield str(expression["column_names"][-1])
+        for value in expression.values():
+            yield from _column_refs(value)
+
+
+def _unwrapped(sql: str) -> str:
+    """``sql`` without the parentheses DuckDB puts around a whole expression."""
+    while sql.startswith("(") and sql.endswith(")"):
+        depth = 0
+        for position, char in enumerate(sql):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0 and position < len(sql) - 1:
+                return sql  # the first parenthesis closes before the end: not around the whole
+        sql = sql[1:-1]
+    return sql
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, Decimal):
+        return format(value, "f")  # 0.000000000, not 0E-9
+    return repr(value) if isinstance(value, str) else str(value)
