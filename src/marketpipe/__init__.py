@@ -1,3 +1,23 @@
-"""marketpipe: Databento market data into exact, queryable tables."""
+"""marketpipe: Databento market data into exact, queryable tables.
 
-__version__ = "0.1.0"
+Read what is stored: ``with marketpipe.open("marketpipe.duckdb") as db: db.read("trades")``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from marketpipe.version import __version__
+
+if TYPE_CHECKING:
+    from marketpipe.reading import Reader
+
+__all__ = ["__version__", "open"]
+
+
+def open(db: str | None = None) -> Reader:
+    """The store at ``db`` (a DuckDB file or a postgresql:// URL; default: the settings' db,
+    MARKETPIPE_DB) opened read-only: nothing is created, migrated or changed."""
+    from marketpipe.reading import open_reader  # the heavy libraries only when reading
+
+    return open_reader(db)

@@ -13,7 +13,7 @@ from typing import Annotated, TypeVar
 import structlog
 import typer
 
-from marketpipe import __version__, console, pipeline
+from marketpipe import console, pipeline
 from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request
 from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.exporting import FORMATS, check_output
@@ -26,6 +26,7 @@ from marketpipe.sources import make_source
 from marketpipe.sources.base import Quoting
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery, Store
+from marketpipe.version import __version__
 
 app = typer.Typer(
     add_completion=False,

@@ -15,8 +15,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from marketpipe.errors import UsageError
-from marketpipe.stores.base import ExportQuery, Store
-from marketpipe.symbology import NS_PER_DAY, day_ns
+from marketpipe.reading import Reader
+from marketpipe.stores.base import Store
 
 WRITERS = {"parquet": pq.ParquetWriter, "csv": pacsv.CSVWriter}
 FORMATS = tuple(WRITERS)
@@ -51,21 +51,21 @@ def export(
     end_date: dt.date | None,
     batch_size: int,
 ) -> int:
-    """Rows written; ``end_date`` is inclusive."""
+    """Rows written; ``end_date`` is inclusive. Read as ``marketpipe.open(...).batches`` reads."""
     family = store.model.family_of(schema)
-    query = ExportQuery(
-        family,
+    batches = Reader(store).batches(
         schema,
         symbols,
-        None if start_date is None else day_ns(start_date),
-        None if end_date is None else day_ns(end_date) + NS_PER_DAY,
+        start_date,
+        None if end_date is None else end_date + dt.timedelta(days=1),
+        batch_size=batch_size,
     )
     partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = 0
         with WRITERS[fmt](partial, family.arrow_schema) as writer:
-            for batch in store.export(query, batch_size):
+            for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
         os.replace(partial, out)

@@ -40,7 +40,7 @@ from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import Fetched
 from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
 from marketpipe.sources.dbn_reader import DbnFile
-from marketpipe.symbology import EPOCH, day_ns
+from marketpipe.symbology import EPOCH, day_ns, iso_ns
 from marketpipe.types import PART_RECORDS, Chunk, Estimate, Plan, Quote, RawBatch, record_parts
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
@@ -165,7 +165,7 @@ class DatabentoApiSource:
                 window.get("end", window.get("end_date")),
             )
             try:
-                first_ns, end_ns = _iso_ns(str(first)), _iso_ns(str(end))
+                first_ns, end_ns = iso_ns(str(first)), iso_ns(str(end))
             except ValueError:
                 log.warning(
                     "dataset.range_unreadable", dataset=self.dataset, schema=schema, answer=str(window)
@@ -351,13 +351,3 @@ class DatabentoApiSource:
             thread=threading.current_thread().name,
         )
         return path
-
-
-def _iso_ns(value: str) -> int:
-    """An ISO 8601 UTC timestamp with up to nanoseconds, as ns since the epoch."""
-    text = value.strip().replace(" ", "T").replace("Z", "").split("+")[0]
-    date, _, clock = text.partition("T")
-    seconds, _, fraction = clock.partition(".")
-    hours, minutes, secs = (int(x) for x in (seconds or "0:0:0").split(":"))
-    base = day_ns(dt.date.fromisoformat(date)) + ((hours * 60 + minutes) * 60 + secs) * 10**9
-    return base + int((fraction + "000000000")[:9])

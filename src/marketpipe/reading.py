@@ -1,0 +1,160 @@
+"""Stored records back in Python: exact by default, streamed in bounded batches.
+
+Timestamps come as ``timestamp[ns, tz=UTC]`` and prices, as Databento's client names it
+(``price_type``), as ``"decimal"`` (``decimal128(19, 9)``, exact; the default), ``"float"``
+(float64) or ``"fixed"`` (int64 units of 1e-9, DBN's own encoding); undefined values are
+NULL in every form. ``start`` is inclusive and ``end`` exclusive, as in Databento's API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from marketpipe.config import load_settings
+from marketpipe.errors import UsageError
+from marketpipe.model import PRICE_SCALE, Family, Kind, check_schema
+from marketpipe.rules.transformation import load_model
+from marketpipe.stores import open_store
+from marketpipe.stores.base import ExportQuery, Store
+from marketpipe.symbology import day_ns, iso_ns
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
+
+PriceType = Literal["decimal", "float", "fixed"]
+TimeBound = dt.datetime | dt.date | str | int | None
+BATCH_ROWS = 65_536
+
+
+def time_ns(value: TimeBound, name: str) -> int | None:
+    """A bound as ns since the epoch. Naive datetimes are UTC; pandas Timestamps keep their ns."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise UsageError(f"{name}: {value!r} is not a time")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dt.datetime):
+        nanos = getattr(value, "value", None)  # pandas.Timestamp: exact nanoseconds
+        if isinstance(nanos, int):
+            return nanos
+        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        return (utc - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
+    if isinstance(value, dt.date):
+        return day_ns(value)
+    if isinstance(value, str):
+        try:
+            return iso_ns(value)
+        except ValueError:
+            raise UsageError(
+                f"{name}: {value!r} is not a date or UTC time"
+                " (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fffffffff][Z])"
+            ) from None
+    raise UsageError(f"{name}: {value!r} is not a date, datetime, ISO string or ns integer")
+
+
+def _priced(batch: pa.RecordBatch, family: Family, price_type: PriceType) -> pa.RecordBatch:
+    if price_type == "decimal":
+        return batch
+    prices = {c.name for c in family.columns if c.kind is Kind.PRICE}
+    columns = []
+    for column, name in zip(batch.columns, batch.schema.names, strict=True):
+        if name in prices:
+            # The integer DBN stored, by exact decimal arithmetic: 18 integer digits hold any
+            # int64 price, and times a 10-digit factor it still fits Arrow's 38.
+            wide = column.cast(pa.decimal128(27, PRICE_SCALE))
+            column = pc.multiply(wide, pa.scalar(10**PRICE_SCALE, pa.decimal128(10, 0))).cast(pa.int64())
+            if price_type == "float":  # the nearest double (Arrow's decimal cast is not rounded so)
+                column = pc.divide(column.cast(pa.float64()), float(10**PRICE_SCALE))
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+class Reader:
+    """A store opened for reading; close it (or use ``with``) when done."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def batches(
+        self,
+        schema: str,
+        symbols: Sequence[str] | str = (),
+        start: TimeBound = None,
+        end: TimeBound = None,
+        columns: Sequence[str] | None = None,
+        price_type: PriceType = "decimal",
+        batch_size: int = BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches in index-time order; memory stays bounded by ``batch_size`` rows."""
+        check_schema(schema)
+        family = self.store.model.family_of(schema)
+        if price_type not in get_args(PriceType):
+            raise UsageError(f"price_type {price_type!r}: expected one of {', '.join(get_args(PriceType))}")
+        wanted = list(columns) if columns is not None else family.column_names
+        unknown = [c for c in wanted if c not in family.column_names]
+        if unknown:
+            raise UsageError(
+                f"{family.table} has no column {unknown[0]!r}; columns: {', '.join(family.column_names)}"
+            )
+        query = ExportQuery(
+            family,
+            schema,
+            [symbols] if isinstance(symbols, str) else list(symbols),
+            time_ns(start, "start"),
+            time_ns(end, "end"),
+        )
+        for batch in self.store.export(query, batch_size):
+            yield _priced(batch.select(wanted), family, price_type)
+
+    def schema(
+        self, schema: str, columns: Sequence[str] | None = None, price_type: PriceType = "decimal"
+    ) -> pa.Schema:
+        """The Arrow schema ``read`` returns for these arguments (also when no row matches)."""
+        family = self.store.model.family_of(schema)
+        empty = pa.RecordBatch.from_pylist([], family.arrow_schema)
+        wanted = list(columns) if columns is not None else family.column_names
+        return _priced(empty.select(wanted), family, price_type).schema
+
+    def read(self, schema: str, **filters: Any) -> pa.Table:
+        """All matching rows as one Arrow table (``batches`` for ranges larger than memory)."""
+        batches = list(self.batches(schema, **filters))
+        known = {k: filters[k] for k in ("columns", "price_type") if k in filters}
+        return pa.Table.from_batches(batches, schema=self.schema(schema, **known))
+
+    def to_pandas(self, schema: str, **filters: Any) -> pandas.DataFrame:
+        """As pandas: timestamps ``datetime64[ns, UTC]``, decimal prices as Python Decimals."""
+        return self.read(schema, **filters).to_pandas()
+
+    def to_polars(self, schema: str, **filters: Any) -> polars.DataFrame:
+        try:
+            import polars
+        except ImportError:
+            raise UsageError("to_polars needs Polars: pip install 'marketpipe[polars]'") from None
+        frame = polars.from_arrow(self.read(schema, **filters))
+        assert isinstance(frame, polars.DataFrame)
+        return frame
+
+
+def open_reader(db: str | None = None) -> Reader:
+    overrides = {} if db is None else {"db": db}
+    settings = load_settings(**overrides)
+    return Reader(open_store(settings, load_model(settings.transformation_file), read_only=True))

@@ -1,0 +1,137 @@
+"""The Python read API (``marketpipe.open``): exact values back from every store, in batches."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars
+import pyarrow as pa
+import pytest
+
+import marketpipe
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.errors import StoreRejected, UsageError
+from marketpipe.pipeline import ingest
+from marketpipe.reading import Reader
+from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn
+
+from dbn_reference import MODEL
+
+DAY = dt.date(2024, 3, 4)
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "duckdb":
+        return str(tmp_path / "store.duckdb")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def records(tmp_path: Path, db: str) -> np.ndarray:
+    """500 trades of two instruments (ESM4, CLM4), ingested into ``db``."""
+    trades = synthetic_trades(500, DAY, seed=4)
+    start = int(trades["ts_event"].min())
+    ids = sorted({int(i) for i in trades["instrument_id"]})
+    mappings = {
+        "ESM4": [Interval(DAY, DAY + dt.timedelta(days=1), str(ids[0]))],
+        "CLM4": [Interval(DAY, DAY + dt.timedelta(days=1), str(ids[-1]))],
+    }
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", mappings)
+    path = write_dbn(tmp_path / "t.dbn", meta, [trades.tobytes()])
+    summary = ingest(IngestRequest(from_file=str(path)), load_settings(db=db), model=MODEL)
+    assert summary.totals().stored == len(trades)
+    return trades
+
+
+@pytest.fixture
+def reader(db: str, records: np.ndarray) -> Iterator[Reader]:
+    with marketpipe.open(db) as opened:
+        yield opened
+
+
+def _by_sequence(table: pa.Table) -> pa.Table:
+    return table.sort_by("sequence")
+
+
+def test_read_gives_exact_nanoseconds_and_prices(reader: Reader, records: np.ndarray) -> None:
+    table = _by_sequence(reader.read("trades"))
+    order = np.argsort(records["sequence"], kind="stable")
+    assert table.schema.field("ts_recv").type == pa.timestamp("ns", tz="UTC")
+    assert table.schema.field("price").type == pa.decimal128(19, 9)
+    assert table["ts_recv"].cast(pa.int64()).to_pylist() == [int(t) for t in records["ts_recv"][order]]
+    # Exact: the decimal's unscaled integer is DBN's fixed-point price, digit for digit.
+    prices = [int(p.scaleb(9)) for p in table["price"].to_pylist()]
+    assert prices == [int(p) for p in records["price"][order]]
+
+
+def test_price_types_mirror_the_databento_client(reader: Reader, records: np.ndarray) -> None:
+    order = np.argsort(records["sequence"], kind="stable")
+    fixed = _by_sequence(reader.read("trades", price_type="fixed"))
+    assert fixed.schema.field("price").type == pa.int64()
+    assert fixed["price"].to_pylist() == [int(p) for p in records["price"][order]]
+    floats = _by_sequence(reader.read("trades", price_type="float"))
+    assert floats["price"].to_pylist() == [int(p) / 1e9 for p in records["price"][order]]
+    with pytest.raises(UsageError, match="price_type 'cents'"):
+        reader.read("trades", price_type="cents")
+
+
+def test_filters_by_symbol_time_and_columns(reader: Reader, records: np.ndarray) -> None:
+    times = np.sort(records["ts_recv"].astype(np.int64))
+    middle, later = int(times[100]), int(times[300])
+    # start inclusive, end exclusive, as Databento's API; every form of a bound gives the same rows.
+    seconds, nanos = divmod(middle, 10**9)
+    iso = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+    for start in (middle, iso, pd.Timestamp(middle, tz="UTC")):
+        window = reader.read("trades", start=start, end=later, columns=["ts_recv", "symbol", "size"])
+        assert window.column_names == ["ts_recv", "symbol", "size"]
+        got = window["ts_recv"].cast(pa.int64()).to_pylist()
+        assert got == [int(t) for t in times if middle <= t < later]
+    es = reader.read("trades", symbols="ESM4")
+    assert set(es["symbol"].to_pylist()) == {"ESM4"}
+    assert es.num_rows == int(np.count_nonzero(records["instrument_id"] == records["instrument_id"].min()))
+    assert reader.read("trades", start=DAY + dt.timedelta(days=1)).num_rows == 0
+    assert reader.read("trades", end=DAY).schema == reader.schema("trades")
+
+
+def test_batches_stay_bounded(reader: Reader, records: np.ndarray) -> None:
+    sizes = [b.num_rows for b in reader.batches("trades", batch_size=64)]
+    assert max(sizes) <= 64 and sum(sizes) == len(records)
+
+
+def test_pandas_and_polars(reader: Reader, records: np.ndarray) -> None:
+    frame = reader.to_pandas("trades", columns=["ts_recv", "price"], price_type="float")
+    assert str(frame["ts_recv"].dtype) == "datetime64[ns, UTC]" and len(frame) == len(records)
+    lazy = reader.to_polars("trades", columns=["ts_recv", "price"])
+    assert lazy.schema["ts_recv"] == polars.Datetime("ns", "UTC")
+    assert lazy.schema["price"] == polars.Decimal(19, 9)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"columns": ["prize"]}, "trades has no column 'prize'"),
+        (
+            {"start": "2024-03-04T09:30:00-05:00"},
+            "start: '2024-03-04T09:30:00-05:00' is not a date or UTC time",
+        ),
+        ({"end": "yesterday"}, "end: 'yesterday' is not a date or UTC time"),
+        ({"end": 1.5}, "end: 1.5 is not a date, datetime, ISO string or ns integer"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line(reader: Reader, arguments: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        reader.read("trades", **arguments)
+    with pytest.raises(UsageError, match="unknown schema"):
+        reader.read("tradez")
+
+
+def test_opening_nothing_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "none.duckdb"
+    with pytest.raises(StoreRejected, match="nothing has been ingested there"):
+        marketpipe.open(str(missing))
+    assert not missing.exists()
