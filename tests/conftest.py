@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from marketpipe.cli import app
 
+from databento_server import DatabentoServer
 from pg import TIMESCALE_ADMIN_URL, fresh_database
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "databento-samples"
@@ -92,3 +93,27 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+KEY = "db-TESTKEY0123456789abcdefghijklm"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabentoServer]:
+    """A local HTTPS server speaking Databento's Historical API (tests/databento_server.py)."""
+    api = DatabentoServer(tmp_path_factory.mktemp("api"), KEY)
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def api(server: DatabentoServer, monkeypatch: pytest.MonkeyPatch) -> DatabentoServer:
+    """The server with no faults queued; the client pointed at it and trusting its test CA."""
+    server.reset()
+    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
+    monkeypatch.setenv("DATABENTO_GATEWAY", server.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
+    monkeypatch.setenv("MARKETPIPE_API_RETRY_WAIT", "0.01")
+    monkeypatch.setenv("MARKETPIPE_API_RETRY_MAX_WAIT", "2")
+    monkeypatch.setenv("MARKETPIPE_API_TIMEOUT", "1")
+    return server

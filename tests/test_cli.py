@@ -133,7 +133,9 @@ def test_main_py_runs_the_cli(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: --end-date: '2024-99-01' is not a date (expected YYYY-MM-DD)"
+    assert result.stderr.strip() == (
+        "error: --end-date: '2024-99-01' is not a date (expected YYYY-MM-DD, today, yesterday, -Nd or last)"
+    )
 
 
 @pytest.mark.parametrize(

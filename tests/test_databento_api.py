@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +15,14 @@ import numpy as np
 import psycopg
 import pytest
 
-from databento_server import COST_PER_RECORD, DatabentoServer
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.sources.databento_api import DatabentoApiSource
 
-KEY = "db-TESTKEY0123456789abcdefghijklm"
+from conftest import KEY
+from databento_server import COST_PER_RECORD, DatabentoServer
+
 START, END = "2024-01-02", "2024-01-04"  # inclusive: three days
 DAYS = [dt.date(2024, 1, 2) + dt.timedelta(days=i) for i in range(3)]
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabentoServer]:
-    api = DatabentoServer(tmp_path_factory.mktemp("api"), KEY)
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def api(server: DatabentoServer, monkeypatch: pytest.MonkeyPatch) -> DatabentoServer:
-    """The server with no faults queued; the client pointed at it and trusting its test CA."""
-    server.reset()
-    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
-    monkeypatch.setenv("DATABENTO_GATEWAY", server.url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
-    monkeypatch.setenv("MARKETPIPE_API_RETRY_WAIT", "0.01")
-    monkeypatch.setenv("MARKETPIPE_API_RETRY_MAX_WAIT", "2")
-    monkeypatch.setenv("MARKETPIPE_API_TIMEOUT", "1")
-    return server
 
 
 def _ingest(cli, *extra: str, schema: str = "trades,ohlcv-1d", symbols: str = "CL.FUT,ES.FUT"):  # type: ignore[no-untyped-def]

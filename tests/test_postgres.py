@@ -19,11 +19,11 @@ from marketpipe.model import SCHEMAS
 from marketpipe.pipeline import ingest
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
-from tcp_proxy import TcpProxy
 
 from conftest import SAMPLES
 from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
 from pg import admin_url, fingerprint, fresh_database
+from tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 

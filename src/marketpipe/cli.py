@@ -14,7 +14,7 @@ import structlog
 import typer
 
 from marketpipe import console, pipeline
-from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request
+from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request, parse_day
 from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.exporting import FORMATS, check_output
 from marketpipe.exporting import export as export_records
@@ -93,6 +93,16 @@ def _date(flag: str, value: str | None) -> dt.date | None:
         raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
+def _day(flag: str, value: str | None) -> dt.date | str | None:
+    """A date or a relative day (today, yesterday, -Nd, last), resolved when the run starts."""
+    if value is None:
+        return None
+    try:
+        return parse_day(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
 def _symbols(value: str | None) -> list[str]:
     return [s.strip() for s in (value or "").split(",") if s.strip()]
 
@@ -150,15 +160,19 @@ def ingest(
             schemas=schema,
             symbols=symbols,
             stype_in=stype_in,
-            start_date=_date("--start-date", start_date),
-            end_date=_date("--end-date", end_date),
+            start_date=_day("--start-date", start_date),
+            end_date=_day("--end-date", end_date),
             chunk_days=chunk_days,
             keep_raw=keep_raw,
             max_cost=max_cost,
         )
-        if dry_run:
-            return _dry_run(request, settings)
         model = load_model(settings.transformation_file)
+        if dry_run:
+            resolved, current = pipeline.resolve_days(request, settings, model, pipeline.utc_today())
+            if current is not None:
+                console.out.print(current)
+                return 0
+            return _dry_run(resolved, settings)
         if as_json:
             summary = pipeline.ingest(request, settings, model=model, force=force)
             console.print_json(console.summary_document(summary))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,6 +24,39 @@ from marketpipe.errors import ConfigError, UsageError
 from marketpipe.model import SCHEMAS, TRANSFORMATION_FILE
 
 STYPES = ("raw_symbol", "instrument_id", "parent", "continuous", "smart")
+
+# Days a daily job can name without editing its file: today, yesterday, N days ago (UTC), and
+# for the start, ``last``: the day after the last day the job has fully stored.
+LAST = "last"
+_RELATIVE = re.compile(r"today|yesterday|last|-(\d{1,5})d")
+DAY_FORMS = "YYYY-MM-DD, today, yesterday, -Nd or last"
+
+
+def parse_day(value: str | dt.date) -> dt.date | str:
+    """A date, or a relative day kept as its word until the run resolves it."""
+    if isinstance(value, dt.date):
+        return value
+    text = value.strip().lower()
+    if _RELATIVE.fullmatch(text):
+        return text
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (expected {DAY_FORMS})") from None
+
+
+def resolve_day(day: dt.date | str, today: dt.date) -> dt.date:
+    """A relative day against ``today`` (UTC); ``last`` needs the store: see the pipeline."""
+    if isinstance(day, dt.date):
+        return day
+    if day == "today":
+        return today
+    if day == "yesterday":
+        return today - dt.timedelta(days=1)
+    match = _RELATIVE.fullmatch(day)
+    if match is None or match.group(1) is None:
+        raise ValueError(f"{day!r} cannot be resolved without the store")
+    return today - dt.timedelta(days=int(match.group(1)))
 
 
 class Settings(BaseSettings):
@@ -108,8 +143,11 @@ class IngestRequest(BaseModel):
     schemas: list[str] = Field(default_factory=list)
     symbols: list[str] = Field(default_factory=list)
     stype_in: str = "raw_symbol"
-    start_date: dt.date | None = None
-    end_date: dt.date | None = None
+    # A date, or a relative day (DAY_FORMS) that ``resolve_day`` turns into one at run time.
+    start_date: dt.date | str | None = None
+    end_date: dt.date | str | None = None
+    # Where ``start_date: last`` starts while the job has stored nothing yet.
+    first_start_date: dt.date | str | None = None
     # API downloads: days per chunk, where to keep the downloaded DBN files, cost ceiling (USD).
     chunk_days: int = Field(1, ge=1)
     keep_raw: Path | None = None
@@ -121,6 +159,16 @@ class IngestRequest(BaseModel):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("start_date", "end_date", "first_start_date", mode="before")
+    @classmethod
+    def _day(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or not isinstance(value, str | dt.date):
+            return value
+        day = parse_day(value)
+        if day == LAST and info.field_name != "start_date":
+            raise ValueError("last names a start: the day after the last day the job stored")
+        return day
 
     @field_validator("schemas")
     @classmethod
@@ -139,7 +187,8 @@ class IngestRequest(BaseModel):
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> IngestRequest:
-        if self.start_date and self.end_date and self.end_date < self.start_date:
+        start, end = self.start_date, self.end_date
+        if isinstance(start, dt.date) and isinstance(end, dt.date) and end < start:
             raise ValueError(f"end date {self.end_date} is before start date {self.start_date}")
         return self
 

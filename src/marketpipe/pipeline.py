@@ -9,6 +9,7 @@ half-written.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import traceback
 import uuid
@@ -21,8 +22,8 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from marketpipe.config import IngestRequest, Settings, config_file
-from marketpipe.errors import MarketpipeError, SourceError, StoreError
+from marketpipe.config import LAST, IngestRequest, Settings, config_file, resolve_day
+from marketpipe.errors import MarketpipeError, SourceError, StoreError, StoreRejected, UsageError
 from marketpipe.model import Model
 from marketpipe.retries import retrying
 from marketpipe.rules.transformation import load_model
@@ -136,19 +137,71 @@ class _StageTimer:
             self.seconds[stage] += time.perf_counter() - start
 
 
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _stored_through(request: IngestRequest, settings: Settings, model: Model) -> dt.date | None:
+    """The last day the job fully stored; None for a store that does not exist yet either."""
+    try:
+        store = open_store(settings, model, read_only=True)
+    except StoreRejected:
+        if request.first_start_date is None:
+            raise
+        return None
+    with closing(store):
+        return store.ledger.stored_through(request.name)
+
+
+def resolve_days(
+    request: IngestRequest, settings: Settings, model: Model, today: dt.date
+) -> tuple[IngestRequest, str | None]:
+    """Relative days as dates: today, yesterday and -Nd against ``today`` (UTC), ``last`` as the
+    day after the last day the job has fully stored (read from the store, which must exist).
+
+    With ``last``, a job already stored through its end is current: the note says so and there
+    is nothing to fetch."""
+    start, end = request.start_date, request.end_date
+    through = None
+    if start == LAST:
+        through = _stored_through(request, settings, model)
+        if through is not None:
+            start = through + dt.timedelta(days=1)
+        elif request.first_start_date is not None:
+            start = request.first_start_date
+        else:
+            raise UsageError(
+                f"start date last: job {request.name} has no fully stored day in {settings.db} yet;"
+                " give the job a first_start_date for its first run"
+            )
+    first = None if start is None else resolve_day(start, today)
+    last = None if end is None else resolve_day(end, today)
+    resolved = request.model_copy(update={"start_date": first, "end_date": last})
+    if first is None or last is None or last >= first:
+        return resolved, None
+    if through is not None:
+        return resolved, f"job {request.name} is stored through {through}: nothing to ingest up to {last}"
+    raise UsageError(f"end date {last} is before start date {first}")
+
+
 def ingest(
     request: IngestRequest,
     settings: Settings,
     progress: Progress | None = None,
     model: Model | None = None,
     force: bool = False,
+    today: dt.date | None = None,
 ) -> RunSummary:
     """One ingest: rules, then arguments, then the store, each failing before the next is
     touched, so bad rules or bad arguments never open (or create) a store.
 
-    ``model``: the compiled transformation file, else compiled here from the settings."""
+    ``model``: the compiled transformation file, else compiled here from the settings.
+    ``today``: what relative days count from (default: the UTC date now)."""
     model = model or load_model(settings.transformation_file)
     validator = Validator(config_file(settings.validation_file), model)
+    request, current = resolve_days(request, settings, model, today or utc_today())
+    if current is not None:
+        return RunSummary("", request.name, settings.db, notes=[current])
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
     with closing(make_source(request, settings)) as source, closing(open_store(settings, model)) as store:
         return Pipeline(request, settings, source, store, validator, progress).run(force)

@@ -47,6 +47,7 @@ class Chunk:
     key: str
     schema: str
     label: str
+    dataset: str = ""  # Databento's dataset code, for coverage against its exchange calendar
     # Event-time window the records must fall in, nanoseconds, [start, end); None: unbounded.
     start_ns: int | None = None
     end_ns: int | None = None

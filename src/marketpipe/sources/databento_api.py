@@ -40,7 +40,7 @@ from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import Fetched
 from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
 from marketpipe.sources.dbn_reader import DbnFile
-from marketpipe.symbology import EPOCH, day_ns, iso_ns
+from marketpipe.symbology import day_ns, iso_ns
 from marketpipe.types import PART_RECORDS, Chunk, Estimate, Plan, Quote, RawBatch, record_parts
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
@@ -88,8 +88,9 @@ class DatabentoApiSource:
         self.request = request
         self.settings = settings
         self.dataset: str = request.dataset or ""
-        self.start: dt.date = request.start_date or EPOCH
-        self.end: dt.date = (request.end_date or EPOCH) + dt.timedelta(days=1)  # exclusive
+        # Relative days were resolved by the pipeline before the source was made.
+        self.start: dt.date = _day(request.start_date)
+        self.end: dt.date = _day(request.end_date) + dt.timedelta(days=1)  # exclusive
         symbols = list(dict.fromkeys(request.symbols))  # each once, in the user's order
         self._symbol_batches = [
             tuple(symbols[i : i + MAX_SYMBOLS]) for i in range(0, len(symbols), MAX_SYMBOLS)
@@ -137,7 +138,7 @@ class DatabentoApiSource:
             if len(self._symbol_batches) > 1:
                 label += f" [{download.symbols[0]}..{download.symbols[-1]}]"
             plan.chunks.append(
-                Chunk(key, download.schema, label, day_ns(download.start), day_ns(download.end))
+                Chunk(key, download.schema, label, self.dataset, day_ns(download.start), day_ns(download.end))
             )
         plan.inputs.append(f"{self.dataset} {','.join(self.request.schemas)}")
         return plan
@@ -351,3 +352,9 @@ class DatabentoApiSource:
             thread=threading.current_thread().name,
         )
         return path
+
+
+def _day(value: dt.date | str | None) -> dt.date:
+    if not isinstance(value, dt.date):
+        raise TypeError(f"unresolved day {value!r}: resolve relative days before making the source")
+    return value

@@ -105,6 +105,7 @@ class DbnFileSource:
                     key,
                     schema,
                     label,
+                    dataset=dbn.dataset,
                     start_ns=dbn.start_ns,
                     end_ns=dbn.end_ns,
                     first_record=first,

@@ -117,6 +117,7 @@ class DbnFile:
         if self.version not in _STRUCTS_BY_VERSION:
             raise SourceError(f"{path}: DBN version {self.version} is not supported")
         self.schema: str | None = _plain(meta.schema)
+        self.dataset = str(meta.dataset or "")
         self.ts_out = bool(meta.ts_out)
         # Live recordings (several schemas, or ts_out after each record) are decoded record by record.
         self.live = self.schema is None or self.ts_out

@@ -7,6 +7,7 @@ guarantees in its ``Capabilities``.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -197,6 +198,10 @@ class Ledger(Protocol):
 
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
         """Quarantined records, oldest first."""
+        ...
+
+    def stored_through(self, job: str) -> dt.date | None:
+        """The last UTC day every chunk of ``job`` covering it is done, if any."""
         ...
 
     def report(self, status: StoreStatus) -> None:

@@ -134,9 +134,10 @@ class DuckDBLedger(sql.SqlLedger):
             if not applied:
                 raise StoreRejected(f"{self.location} is not a marketpipe store")
         else:
-            for statement in (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL):
+            for statement in (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL, *sql.CHUNK_RANGES_DDL):
                 self.con.execute(statement)
             self._execute(sql.RECORD_MIGRATION, [sql.MODEL_VERSION, sql.MODEL_NAME])
+            self._execute(sql.RECORD_MIGRATION, [sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME])
 
     def close(self) -> None:
         self.con.close()

@@ -159,6 +159,10 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
         for statement in _model_statements(model):
             conn.execute(statement)
 
+    def add_chunk_ranges(conn: psycopg.Connection[Any]) -> None:
+        for statement in sql.CHUNK_RANGES_DDL:
+            conn.execute(statement)
+
     migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, create_model)]
     if mode_timescale:
         migrations.append(
@@ -168,6 +172,7 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
                 lambda conn: timescale.create_hypertables(conn, model),
             )
         )
+    migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, add_chunk_ranges))
     return migrations
 
 

@@ -12,6 +12,7 @@ later attempt failed and rolled back, leaving the earlier rows and their range i
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -38,6 +39,7 @@ from marketpipe.stores.base import (
     TimeRange,
     chunk_id,
 )
+from marketpipe.symbology import EPOCH, NS_PER_DAY
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
 
 
@@ -85,6 +87,14 @@ MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
   applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )"""
 RECORD_MIGRATION = f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+
+# Additive steps after MODEL_VERSION (TimescaleDB's hypertables are MODEL_VERSION + 1).
+CHUNK_RANGES_VERSION = MODEL_VERSION + 2
+CHUNK_RANGES_NAME = "chunk dataset and requested range, for coverage"
+CHUNK_RANGES_DDL = tuple(
+    f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS {column}"
+    for column in ("dataset TEXT", "start_ns BIGINT", "end_ns BIGINT")
+)
 
 
 def run_lock_key(run_id: str) -> int:
@@ -148,10 +158,11 @@ BOOKKEEPING_DDL = (
 # first_ns/last_ns: event-time range of the chunk's stored rows; only a commit sets them.
 UPSERT_CHUNK = f"""INSERT INTO {CHUNKS_TABLE}
   (chunk_key, chunk_id, job, schema, label, status, records_read, stored, quarantined,
-   seconds, first_ns, last_ns, run_id, updated_at, error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
+   seconds, first_ns, last_ns, run_id, updated_at, error, dataset, start_ns, end_ns)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s)
 ON CONFLICT (chunk_key) DO UPDATE SET
   job = excluded.job, label = excluded.label, status = excluded.status,
+  dataset = excluded.dataset, start_ns = excluded.start_ns, end_ns = excluded.end_ns,
   records_read = excluded.records_read, stored = excluded.stored,
   quarantined = excluded.quarantined, seconds = excluded.seconds,
   first_ns = CASE WHEN excluded.status = '{ChunkStatus.DONE}' THEN excluded.first_ns
@@ -161,8 +172,8 @@ ON CONFLICT (chunk_key) DO UPDATE SET
   run_id = excluded.run_id, updated_at = excluded.updated_at, error = excluded.error"""
 
 INSERT_PENDING = f"""INSERT INTO {CHUNKS_TABLE}
-  (chunk_key, chunk_id, job, schema, label, status, updated_at)
-VALUES (%s, %s, %s, %s, %s, '{ChunkStatus.PENDING}', now())
+  (chunk_key, chunk_id, job, schema, label, status, updated_at, dataset, start_ns, end_ns)
+VALUES (%s, %s, %s, %s, %s, '{ChunkStatus.PENDING}', now(), %s, %s, %s)
 ON CONFLICT (chunk_key) DO NOTHING"""
 
 CHUNK_STATE = f"SELECT status, first_ns, last_ns, run_id FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
@@ -340,7 +351,7 @@ class SqlLedger:
         return (
             chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status.value,
             c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
-            first, last, run_id, error,
+            first, last, run_id, error, chunk.dataset, chunk.start_ns, chunk.end_ns,
         )  # fmt: skip
 
     def is_done(self, chunk: Chunk) -> bool:
@@ -350,7 +361,11 @@ class SqlLedger:
     def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
         if chunks:
             self._executemany(
-                INSERT_PENDING, [(c.key, chunk_id(c.key), job, c.schema, c.label) for c in chunks]
+                INSERT_PENDING,
+                [
+                    (c.key, chunk_id(c.key), job, c.schema, c.label, c.dataset, c.start_ns, c.end_ns)
+                    for c in chunks
+                ],
             )
             self._commit()
 
@@ -430,6 +445,19 @@ class SqlLedger:
             [*params, query.limit],
         )
         return [QuarantinedRecord(*row) for row in rows]
+
+    def stored_through(self, job: str) -> dt.date | None:
+        done: set[int] = set()
+        unfinished: set[int] = set()
+        for start, end, status in self._query(
+            f"SELECT start_ns, end_ns, status FROM {CHUNKS_TABLE}"
+            " WHERE job = %s AND start_ns IS NOT NULL AND end_ns IS NOT NULL",
+            [job],
+        ):
+            days = range(int(start) // NS_PER_DAY, (int(end) - 1) // NS_PER_DAY + 1)
+            (done if status == ChunkStatus.DONE else unfinished).update(days)
+        full = done - unfinished
+        return EPOCH + dt.timedelta(days=max(full)) if full else None
 
     def report(self, status: StoreStatus) -> None:
         status.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
