@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import traceback
@@ -10,13 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import structlog
 import typer
 
 from marketpipe import console, pipeline
 from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request, parse_day
 from marketpipe.errors import MarketpipeError, UsageError
-from marketpipe.exporting import FORMATS, check_output
+from marketpipe.exporting import FORMATS, as_text, check_output, write_file
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
 from marketpipe.model import check_schema
@@ -25,7 +28,7 @@ from marketpipe.samples import make_sample
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Quoting
 from marketpipe.stores import open_store
-from marketpipe.stores.base import QuarantineQuery, Store
+from marketpipe.stores.base import QuarantineQuery, Querying, Store
 from marketpipe.version import __version__
 
 app = typer.Typer(
@@ -223,6 +226,77 @@ def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequ
     return request
 
 
+QUERY_FORMATS = ("table", "csv", "json", "parquet")
+
+
+@app.command()
+def query(
+    statement: Annotated[
+        str, typer.Argument(help="SQL to run read-only, e.g. 'SELECT count(*) FROM trades'")
+    ],
+    db: DbOption = None,
+    format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write to this file (needed for parquet)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it is an existing file")] = False,
+    limit: Annotated[int, typer.Option(help="Rows shown by --format table")] = 50,
+) -> None:
+    """Run your own read-only SQL against the store (the <table>_v views included)."""
+
+    def run() -> None:
+        settings = _settings(db=db)
+        if format not in QUERY_FORMATS:
+            raise UsageError(f"unknown format {format!r}; known: {', '.join(QUERY_FORMATS)}")
+        if out is None and format == "parquet":
+            raise UsageError("--format parquet writes a file: give --out")
+        if out is not None:
+            if format == "table":
+                raise UsageError("--out takes --format csv, json or parquet")
+            check_output(out, overwrite, _store_files(settings))
+        store = _read_only_store(settings)
+        try:
+            if not isinstance(store.data, Querying):
+                raise UsageError(f"{store.mode} stores do not run SQL")
+            reader = store.data.query(statement, settings.batch_size)
+            if format == "table":
+                console.render_rows(reader, limit)
+            elif out is not None and format != "json":
+                rows = write_file(reader, reader.schema, format, out)
+                console.err.print(f"wrote {rows:,} rows to {out}")
+            else:
+                _write_stream(reader, format, out)
+        finally:
+            store.close()
+
+    _guarded(run)
+
+
+def _write_stream(reader: pa.RecordBatchReader, format: str, out: Path | None) -> None:
+    """CSV or JSON to standard output, or JSON to ``out`` (written whole, then renamed)."""
+    if format == "csv":
+        with pacsv.CSVWriter(sys.stdout.buffer, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+        return
+    rows = [row for batch in reader for row in as_text(batch)]
+    text = json.dumps(rows, indent=1) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    partial = out.with_name(out.name + ".partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _store_files(settings: Settings) -> list[Path]:
+    """The embedded store's own files: an output must never be one of them."""
+    files = [] if "://" in settings.db else [Path(settings.db).expanduser()]
+    return [p.with_name(p.name + suffix) for p in files for suffix in ("", ".wal")]
+
+
 @app.command()
 def export(
     schema: Annotated[str, typer.Option(help="Schema to export, e.g. trades")],
@@ -244,10 +318,7 @@ def export(
         check_schema(schema)  # bad arguments fail before the store is opened
         if format not in FORMATS:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
-        store_files = [] if "://" in settings.db else [Path(settings.db).expanduser()]
-        check_output(
-            out, overwrite, [p.with_name(p.name + suffix) for p in store_files for suffix in ("", ".wal")]
-        )
+        check_output(out, overwrite, _store_files(settings))
         store = _read_only_store(settings)
         try:
             rows = export_records(

@@ -7,12 +7,14 @@ import datetime as dt
 import json
 from collections import Counter, defaultdict
 
+import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from marketpipe.config import IngestRequest
 from marketpipe.errors import UsageError
+from marketpipe.exporting import as_text
 from marketpipe.pipeline import ChunkResult, RunSummary
 from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus
 from marketpipe.types import Chunk, ChunkStatus, Estimate
@@ -254,3 +256,17 @@ def render_status(status: StoreStatus) -> None:
     for run in status.runs:
         runs.add_row(*("" if v is None else str(v) for v in run.values()))
     out.print(runs)
+
+
+def render_rows(reader: pa.RecordBatchReader, limit: int) -> None:
+    """The first ``limit`` rows of a query as a table, and how many there were in all."""
+    table = Table(*reader.schema.names, show_lines=False)
+    total = 0
+    for batch in reader:
+        if total < limit:
+            for row in as_text(batch.slice(0, limit - total)):
+                table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+        total += batch.num_rows
+    out.print(table)
+    shown = f"first {limit:,} of " if total > limit else ""
+    out.print(f"{shown}{total:,} row{'s' if total != 1 else ''}")

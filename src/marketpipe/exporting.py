@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -41,30 +43,13 @@ def check_output(out: Path, overwrite: bool, protected: list[Path]) -> None:
         raise UsageError(f"--out {out} exists: give --overwrite to replace it")
 
 
-def export(
-    store: Store,
-    schema: str,
-    fmt: str,
-    out: Path,
-    symbols: list[str],
-    start_date: dt.date | None,
-    end_date: dt.date | None,
-    batch_size: int,
-) -> int:
-    """Rows written; ``end_date`` is inclusive. Read as ``marketpipe.open(...).batches`` reads."""
-    family = store.model.family_of(schema)
-    batches = Reader(store).batches(
-        schema,
-        symbols,
-        start_date,
-        None if end_date is None else end_date + dt.timedelta(days=1),
-        batch_size=batch_size,
-    )
+def write_file(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str, out: Path) -> int:
+    """Rows written to ``out``, which appears only once complete."""
     partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = 0
-        with WRITERS[fmt](partial, family.arrow_schema) as writer:
+        with WRITERS[fmt](partial, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
@@ -76,3 +61,35 @@ def export(
         partial.unlink(missing_ok=True)
         raise
     return rows
+
+
+def as_text(batch: pa.RecordBatch) -> list[dict[str, object]]:
+    """Rows for JSON or a terminal, exact: timestamps (with their nanoseconds) and decimals as
+    text, integers as integers (JSON's own numbers hold them whole), NULL as None."""
+    columns = [
+        c.cast(pa.string()) if pa.types.is_timestamp(c.type) or pa.types.is_decimal(c.type) else c
+        for c in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names).to_pylist()
+
+
+def export(
+    store: Store,
+    schema: str,
+    fmt: str,
+    out: Path,
+    symbols: list[str],
+    start_date: dt.date | None,
+    end_date: dt.date | None,
+    batch_size: int,
+) -> int:
+    """Rows written; ``end_date`` is inclusive. Read as ``marketpipe.open(...).batches`` reads."""
+    reader = Reader(store)
+    batches = reader.batches(
+        schema,
+        symbols,
+        start_date,
+        None if end_date is None else end_date + dt.timedelta(days=1),
+        batch_size=batch_size,
+    )
+    return write_file(batches, reader.schema(schema), fmt, out)

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -101,6 +101,15 @@ class StoreStatus:
     chunks: list[tuple[str, str, int]] = field(default_factory=list)  # (job, status, count)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (job, label, error)
     runs: list[dict[str, object]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Querying(Protocol):
+    """A data side that runs the user's own read-only SQL (``marketpipe query``)."""
+
+    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+        """The statement's rows; a statement that fails or changes anything is a UsageError."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 import marketpipe.stores.sql as sql
 from marketpipe.config import Settings
-from marketpipe.errors import StoreError, StoreRejected
+from marketpipe.errors import StoreError, StoreRejected, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import Capabilities, ExportQuery, Store
 
@@ -216,6 +216,34 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
 
     def _sink(self, family: Family, chunk_id: int) -> _DuckDBSink:
         return _DuckDBSink(self, family, chunk_id)
+
+    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+        """The user's SQL on a read-only connection, with the ``<table>_v`` views PostgreSQL
+        has (here as temporary views), so one query runs on either store."""
+        for family in self.model.families.values():
+            readable = ", ".join(
+                f"{sql.identifier(c.name)} AS {sql.identifier(c.name + '_time')}"
+                for c in family.columns
+                if c.is_timestamp
+            )
+            view, table = sql.identifier(family.table + "_v"), sql.identifier(family.table)
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *, {readable} FROM {table}")
+        try:
+            relation = self.con.sql(statement)
+            reader = None if relation is None else relation.to_arrow_reader(batch_size)
+        except duckdb.Error as exc:
+            raise sql.query_error(exc) from None
+        if reader is None:
+            raise UsageError("query: the statement returns no rows: query runs SELECT statements")
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    yield sql.utc_timestamps(batch)
+            except duckdb.Error as exc:
+                raise sql.query_error(exc) from None
+
+        return pa.RecordBatchReader.from_batches(sql.utc_schema(reader.schema), batches())
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family

@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
 from marketpipe.config import Settings
-from marketpipe.errors import StoreError, StoreRejected, TransientStoreError
+from marketpipe.errors import StoreError, StoreRejected, TransientStoreError, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.retries import retrying
 from marketpipe.stores.base import QUARANTINE_TABLE, Capabilities, ExportQuery, Store
@@ -359,6 +359,26 @@ class PostgresStore(sql.SqlStore):
 
     def _sink(self, family: Family, chunk_id: int) -> _PgSink:
         return _PgSink(self, family, chunk_id)
+
+    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+        """The user's SQL in a READ ONLY transaction. Column types are inferred from the values
+        (NUMERIC as exact decimals), so the result is gathered before it is returned."""
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(statement)
+                if cur.description is None:
+                    raise UsageError("query: the statement returns no rows: query runs SELECT statements")
+                names = [d.name for d in cur.description]
+                rows = cur.fetchall()
+        except psycopg.Error as exc:
+            self._rollback()
+            if is_transient(exc) or isinstance(exc, psycopg.OperationalError):
+                raise translate(exc, f"query on {self.location}") from None
+            raise sql.query_error(exc) from None
+        self.conn.commit()
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+        table = pa.table([pa.array(list(c)) for c in columns], names=names)
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch_size))
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from marketpipe.errors import StoreRejected
+from marketpipe.errors import StoreRejected, UsageError
 from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
@@ -225,6 +225,27 @@ def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
         f"SELECT {columns} FROM {identifier(family.table)}{clause} ORDER BY {identifier(family.time_column)}"
     )
     return statement, params
+
+
+def utc_schema(schema: pa.Schema) -> pa.Schema:
+    """Naive timestamps (a DuckDB store's, UTC by convention) marked as UTC."""
+    return pa.schema(
+        [
+            pa.field(f.name, pa.timestamp(f.type.unit, tz="UTC"))
+            if pa.types.is_timestamp(f.type) and f.type.tz is None
+            else f
+            for f in schema
+        ]
+    )
+
+
+def utc_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
+    return batch.cast(utc_schema(batch.schema))
+
+
+def query_error(exc: Exception) -> UsageError:
+    """A failed query as one line: it is the user's SQL, not a fault of the store."""
+    return UsageError(f"query: {str(exc).strip().splitlines()[0]}")
 
 
 class Background:
