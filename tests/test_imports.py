@@ -22,8 +22,8 @@ LAYERS = [
     {"marketpipe.model"},
     {"marketpipe.config", "marketpipe.retries", "marketpipe.transform", "marketpipe.samples"},
     {"marketpipe.sources", "marketpipe.rules", "marketpipe.stores"},  # the stages, by package
-    {"marketpipe.pipeline", "marketpipe.reading"},
-    {"marketpipe.exporting"},
+    {"marketpipe.reading", "marketpipe.coverage"},
+    {"marketpipe.pipeline", "marketpipe.exporting"},
     {"marketpipe.console"},
     {"marketpipe.cli"},
     {"marketpipe.__main__"},

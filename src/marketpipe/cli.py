@@ -17,7 +17,18 @@ import structlog
 import typer
 
 from marketpipe import console, pipeline
-from marketpipe.config import IngestRequest, Settings, load_jobs, load_settings, make_request, parse_day
+from marketpipe.config import (
+    LAST,
+    IngestRequest,
+    Settings,
+    load_calendars,
+    load_jobs,
+    load_settings,
+    make_request,
+    parse_day,
+    resolve_day,
+)
+from marketpipe.coverage import coverage
 from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.exporting import FORMATS, as_text, check_output, write_file
 from marketpipe.exporting import export as export_records
@@ -143,6 +154,9 @@ def ingest(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Quote records, size and cost of an API plan; download nothing")
     ] = False,
+    fill_gaps: Annotated[
+        bool, typer.Option("--fill-gaps", help="Only the sessions `coverage` finds not done (API)")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Ingest DBN files or API data through every pipeline stage into the store."""
@@ -168,10 +182,11 @@ def ingest(
             chunk_days=chunk_days,
             keep_raw=keep_raw,
             max_cost=max_cost,
+            fill_gaps=fill_gaps or None,
         )
         model = load_model(settings.transformation_file)
         if dry_run:
-            resolved, current = pipeline.resolve_days(request, settings, model, pipeline.utc_today())
+            resolved, current = pipeline.prepare(request, settings, model, pipeline.utc_today())
             if current is not None:
                 console.out.print(current)
                 return 0
@@ -203,7 +218,7 @@ def _dry_run(request: IngestRequest, settings: Settings) -> int:
     return 0
 
 
-_RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days")
+_RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days", "fill_gaps")
 
 
 def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
@@ -340,6 +355,52 @@ def list_jobs() -> None:
         console.render_jobs(load_jobs(settings.jobs_file))
 
     _guarded(run)
+
+
+@app.command("coverage")
+def coverage_command(
+    schema: Annotated[str, typer.Option(help="Schema, e.g. trades")],
+    db: DbOption = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset, when the schema comes from several")] = None,
+    symbols: SymbolsOption = None,
+    start_date: Annotated[
+        str | None, typer.Option("--start-date", help="First day (default: first requested)")
+    ] = None,
+    end_date: Annotated[
+        str | None, typer.Option("--end-date", help="Last day (default: last requested)")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stored rows and chunk states per symbol and session, against the exchange calendar."""
+
+    def run() -> None:
+        settings = _settings(db=db)
+        today = pipeline.utc_today()
+        start, end = (
+            None if value is None else resolve_day(_relative(flag, value), today)
+            for flag, value in (("--start-date", start_date), ("--end-date", end_date))
+        )
+        check_schema(schema)
+        calendars = load_calendars(settings.calendars_file)
+        store = _read_only_store(settings)
+        try:
+            report = coverage(store, calendars, schema, dataset, _symbols(symbols) or None, start, end)
+        finally:
+            store.close()
+        if as_json:
+            console.print_json(report.document())
+        else:
+            console.render_coverage(report)
+
+    _guarded(run)
+
+
+def _relative(flag: str, value: str) -> dt.date | str:
+    day = _day(flag, value)
+    if day == LAST:
+        raise UsageError(f"{flag}: last names where a job's next ingest starts, not a day to report")
+    assert day is not None
+    return day
 
 
 @app.command()

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(250_000, gt=0)
     jobs_file: Path = Path("configs/databento.yaml")
     validation_file: Path = Path("configs/validation/databento.yaml")
+    calendars_file: Path = Path("configs/calendars.yaml")
     transformation_file: Path = TRANSFORMATION_FILE
     # A chunk whose share of quarantined records is above this fails: nothing of it is stored.
     max_quarantine_ratio: float = Field(0.05, ge=0, le=1)
@@ -125,6 +126,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 _API_ONLY = (
+    "fill_gaps",
     "dataset", "schemas", "symbols", "stype_in", "start_date", "end_date",
     "chunk_days", "keep_raw", "max_cost",
 )  # fmt: skip
@@ -148,6 +150,9 @@ class IngestRequest(BaseModel):
     end_date: dt.date | str | None = None
     # Where ``start_date: last`` starts while the job has stored nothing yet.
     first_start_date: dt.date | str | None = None
+    # Only the sessions coverage finds not done (``--fill-gaps``); the pipeline sets gap_days.
+    fill_gaps: bool = False
+    gap_days: dict[str, list[dt.date]] | None = None
     # API downloads: days per chunk, where to keep the downloaded DBN files, cost ceiling (USD).
     chunk_days: int = Field(1, ge=1)
     keep_raw: Path | None = None
@@ -244,6 +249,16 @@ def read_yaml(path: Path, what: str, loader: type[yaml.SafeLoader] = yaml.SafeLo
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def load_calendars(path: Path) -> dict[str, str]:
+    """Dataset -> exchange calendar name; a malformed file names the file."""
+    path = config_file(path)
+    document = read_yaml(path, "calendars file") or {}
+    calendars = document.get("calendars") if isinstance(document, dict) else None
+    if not isinstance(calendars, dict) or not all(isinstance(v, str) for v in calendars.values()):
+        raise ConfigError(f"{path}: calendars: expected a mapping of dataset to calendar name")
+    return {str(k): v for k, v in calendars.items()}
 
 
 def load_jobs(path: Path) -> dict[str, IngestRequest]:

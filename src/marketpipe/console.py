@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from marketpipe.config import IngestRequest
+from marketpipe.coverage import Coverage
 from marketpipe.errors import UsageError
 from marketpipe.exporting import as_text
 from marketpipe.pipeline import ChunkResult, RunSummary
@@ -270,3 +271,68 @@ def render_rows(reader: pa.RecordBatchReader, limit: int) -> None:
     out.print(table)
     shown = f"first {limit:,} of " if total > limit else ""
     out.print(f"{shown}{total:,} row{'s' if total != 1 else ''}")
+
+
+_CELL = {"stored": ("█", "green"), "empty": ("·", "dim"), "pending": ("?", "yellow"),
+         "failed": ("x", "red"), "never": ("-", "red")}  # fmt: skip
+_WORST = ("never", "failed", "pending", "empty", "stored")
+_GRID_WIDTH = 100
+
+
+def _ranges(days: list[dt.date], sessions: list[dt.date]) -> str:
+    """Runs of consecutive sessions as first..last."""
+    index = {day: i for i, day in enumerate(sessions)}
+    runs: list[list[dt.date]] = []
+    for day in days:
+        if runs and index[day] == index[runs[-1][-1]] + 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
+
+
+def render_coverage(report: Coverage) -> None:
+    """One line per symbol, one cell per session (or per group of sessions on a long range),
+    then totals and the gaps."""
+    sessions = report.sessions
+    per_cell = max(1, -(-len(sessions) // _GRID_WIDTH))
+    out.print(
+        f"{report.schema} · {report.dataset or 'no dataset'} · calendar {report.calendar} ·"
+        f" {report.start}..{report.end}: {len(sessions):,} sessions"
+        + (f" ({per_cell} per cell)" if per_cell > 1 else "")
+    )
+    width = max([len(s) for s in report.rows] + [6])
+    for symbol, days in sorted(report.rows.items()):
+        cells = []
+        for i in range(0, len(sessions), per_cell):
+            kinds = []
+            for session in sessions[i : i + per_cell]:
+                state = report.states[session]
+                kinds.append(("stored" if days.get(session) else "empty") if state == "done" else state)
+            char, style = _CELL[min(kinds, key=_WORST.index)]
+            cells.append(f"[{style}]{char}[/]")
+        out.print(f"{symbol:<{width}} " + "".join(cells), highlight=False)
+    out.print(
+        "[green]█[/] rows  [dim]·[/] done, no rows  [yellow]?[/] pending  [red]x[/] failed"
+        "  [red]-[/] never requested"
+    )
+    table = Table("symbol", "sessions with rows", "rows", "done, no rows")
+    for symbol, days in sorted(report.rows.items()):
+        with_rows = sum(1 for s in sessions if days.get(s))
+        table.add_row(
+            symbol,
+            f"{with_rows:,} / {len(sessions):,}",
+            f"{sum(days.values()):,}",
+            f"{len(report.empty(symbol)):,}",
+        )
+    out.print(table)
+    gaps = report.gaps()
+    if not gaps:
+        out.print("complete: every session's chunks are done")
+        return
+    words = {"failed": "failed", "pending": "pending or interrupted", "never": "never requested"}
+    for state, word in words.items():
+        missing = [s for s in gaps if report.states[s] == state]
+        if missing:
+            out.print(f"{len(missing):,} sessions {word}: {_ranges(missing, sessions)}")
+    out.print(f"{len(gaps):,} sessions to fetch: ingest ... --fill-gaps")

@@ -22,7 +22,8 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from marketpipe.config import LAST, IngestRequest, Settings, config_file, resolve_day
+from marketpipe.config import LAST, IngestRequest, Settings, config_file, load_calendars, resolve_day
+from marketpipe.coverage import coverage, sessions
 from marketpipe.errors import MarketpipeError, SourceError, StoreError, StoreRejected, UsageError
 from marketpipe.model import Model
 from marketpipe.retries import retrying
@@ -153,6 +154,36 @@ def _stored_through(request: IngestRequest, settings: Settings, model: Model) ->
         return store.ledger.stored_through(request.name)
 
 
+def prepare(
+    request: IngestRequest, settings: Settings, model: Model, today: dt.date
+) -> tuple[IngestRequest, str | None]:
+    """The request as the source takes it: relative days resolved, and with ``--fill-gaps`` the
+    sessions to fetch per schema. The note says why there is nothing to fetch, if so."""
+    request, current = resolve_days(request, settings, model, today)
+    if current is None and request.fill_gaps:
+        request = request.model_copy(update={"gap_days": gap_days(request, settings, model)})
+    return request, current
+
+
+def gap_days(request: IngestRequest, settings: Settings, model: Model) -> dict[str, list[dt.date]]:
+    """Per schema, the sessions of the request's range that coverage finds not done (all of
+    them where nothing has been stored yet)."""
+    start, end = request.start_date, request.end_date
+    if not isinstance(start, dt.date) or not isinstance(end, dt.date) or not request.dataset:
+        raise UsageError("--fill-gaps needs --dataset, --start-date and --end-date")
+    calendars = load_calendars(settings.calendars_file)
+    try:
+        store = open_store(settings, model, read_only=True)
+    except StoreRejected:
+        calendar = calendars.get(request.dataset)
+        return dict.fromkeys(request.schemas, sessions(calendar, start, end))
+    with closing(store):
+        return {
+            schema: coverage(store, calendars, schema, request.dataset, None, start, end).gaps()
+            for schema in request.schemas
+        }
+
+
 def resolve_days(
     request: IngestRequest, settings: Settings, model: Model, today: dt.date
 ) -> tuple[IngestRequest, str | None]:
@@ -199,7 +230,7 @@ def ingest(
     ``today``: what relative days count from (default: the UTC date now)."""
     model = model or load_model(settings.transformation_file)
     validator = Validator(config_file(settings.validation_file), model)
-    request, current = resolve_days(request, settings, model, today or utc_today())
+    request, current = prepare(request, settings, model, today or utc_today())
     if current is not None:
         return RunSummary("", request.name, settings.db, notes=[current])
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)

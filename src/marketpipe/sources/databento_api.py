@@ -231,15 +231,28 @@ class DatabentoApiSource:
 
     def downloads(self) -> list[Download]:
         """The plan's requests: schema x ``chunk_days`` days x at most 2,000 symbols."""
-        days = self.request.chunk_days
         parts: list[Download] = []
         for schema in self.request.schemas:
-            day = self.start
-            while day < self.end:
-                end = min(day + dt.timedelta(days=days), self.end)
-                parts.extend(Download(schema, day, end, batch) for batch in self._symbol_batches)
-                day = end
+            for start, end in self._spans(schema):
+                parts.extend(Download(schema, start, end, batch) for batch in self._symbol_batches)
         return parts
+
+    def _spans(self, schema: str) -> list[tuple[dt.date, dt.date]]:
+        """[start, end) runs of consecutive days, at most ``chunk_days`` long: every day of the
+        range, or with ``--fill-gaps`` only the sessions coverage found not done."""
+        gaps = self.request.gap_days
+        count = (self.end - self.start).days
+        every = (self.start + dt.timedelta(days=i) for i in range(count))
+        days = (
+            every if gaps is None else sorted(d for d in gaps.get(schema, []) if self.start <= d < self.end)
+        )
+        spans: list[tuple[dt.date, dt.date]] = []
+        for day in days:
+            if spans and spans[-1][1] == day and (day - spans[-1][0]).days < self.request.chunk_days:
+                spans[-1] = (spans[-1][0], day + dt.timedelta(days=1))
+            else:
+                spans.append((day, day + dt.timedelta(days=1)))
+        return spans
 
     def _request_params(
         self, schema: str, start: dt.date, end: dt.date, symbols: tuple[str, ...]

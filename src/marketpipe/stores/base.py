@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketpipe.model import Family, Model
-from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
+from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
 
 CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
@@ -155,6 +155,10 @@ class DataStore(Protocol):
 
     def table_status(self, family: Family) -> TableStatus: ...
 
+    def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
+        """(symbol, UTC day as days since the epoch, rows) of the rows ``query`` selects."""
+        ...
+
     def close(self) -> None: ...
 
     def reconnect(self) -> None:
@@ -211,6 +215,11 @@ class Ledger(Protocol):
 
     def stored_through(self, job: str) -> dt.date | None:
         """The last UTC day every chunk of ``job`` covering it is done, if any."""
+        ...
+
+    def chunk_ranges(self, schema: str) -> list[tuple[str, int, int, ChunkStatus]]:
+        """(dataset, requested start, end in ns, state) of the schema's chunks, least recently
+        updated first: where chunks overlap, the later word on a day is the one that holds."""
         ...
 
     def report(self, status: StoreStatus) -> None:

@@ -199,10 +199,10 @@ LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_rea
 FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT 5"""
 
 
-def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
-    """SELECT of an export filtered by schema, symbols and time, and its parameters.
+def filters(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
+    """The WHERE clause of a query's schema, symbols and time range, and its parameters.
 
-    ``time_ns`` is the store's expression for event time in nanoseconds since the epoch.
+    ``time_ns`` is the store's expression for the index time in nanoseconds since the epoch.
     """
     family = query.family
     where: list[str] = []
@@ -219,7 +219,13 @@ def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
     if query.end_ns is not None:
         where.append(f"{time_ns} < %s")
         params.append(query.end_ns)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    return ((" WHERE " + " AND ".join(where)) if where else ""), params
+
+
+def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
+    """SELECT of an export, in index-time order, and its parameters."""
+    family = query.family
+    clause, params = filters(query, time_ns)
     columns = ", ".join(identifier(n) for n in family.column_names)
     statement = (
         f"SELECT {columns} FROM {identifier(family.table)}{clause} ORDER BY {identifier(family.time_column)}"
@@ -467,6 +473,16 @@ class SqlLedger:
         )
         return [QuarantinedRecord(*row) for row in rows]
 
+    def chunk_ranges(self, schema: str) -> list[tuple[str, int, int, ChunkStatus]]:
+        return [
+            (str(dataset or ""), int(start), int(end), ChunkStatus(status))
+            for dataset, start, end, status in self._query(
+                f"SELECT dataset, start_ns, end_ns, status FROM {CHUNKS_TABLE} WHERE schema = %s"
+                " AND start_ns IS NOT NULL AND end_ns IS NOT NULL ORDER BY updated_at, chunk_key",
+                [schema],
+            )
+        ]
+
     def stored_through(self, job: str) -> dt.date | None:
         done: set[int] = set()
         unfinished: set[int] = set()
@@ -537,6 +553,17 @@ class SqlStore(SqlLedger):
                 [chunk_id, *earlier],
             )
         return self._sink(family, chunk_id)
+
+    def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
+        time_ns = self._time_ns(query.family)
+        clause, params = filters(query, time_ns)
+        day = f"CAST(({time_ns} - {time_ns} % {NS_PER_DAY}) / {NS_PER_DAY} AS BIGINT)"
+        rows = self._query(
+            f"SELECT symbol, {day} AS day, count(*) FROM {identifier(query.family.table)}{clause}"
+            " GROUP BY 1, 2",
+            params,
+        )
+        return [(None if s is None else str(s), int(d), int(n)) for s, d, n in rows]
 
     def table_status(self, family: Family) -> TableStatus:
         time_ns = self._time_ns(family)

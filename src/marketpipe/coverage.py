@@ -1,0 +1,137 @@
+"""What is stored against what the exchange traded: per symbol and session, the rows stored
+and the state of the chunks that cover the session's day.
+
+Sessions come from the dataset's exchange calendar (``exchange_calendars``; the mapping from
+Databento dataset to calendar is configuration, ``configs/calendars.yaml``), else every
+weekday. A session is counted by its UTC day, the unit of Databento's requests and daily bars.
+A day's state is the latest word of the ledger on the chunks covering it: done, failed,
+pending (planned or running, not finished) or never requested. The sessions ``--fill-gaps``
+fetches are the ones not done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from dataclasses import dataclass, field
+
+from marketpipe.errors import UsageError
+from marketpipe.model import check_schema
+from marketpipe.stores.base import ExportQuery, Store
+from marketpipe.symbology import EPOCH, NS_PER_DAY, day_ns
+from marketpipe.types import ChunkStatus
+
+NEVER = "never"  # no chunk of the schema covers the day
+WEEKDAYS = "weekdays"
+
+
+def sessions(calendar: str | None, start: dt.date, end: dt.date) -> list[dt.date]:
+    """Trading sessions in [start, end] by the calendar (``None``: every weekday)."""
+    if calendar is None:
+        days = (start + dt.timedelta(days=i) for i in range((end - start).days + 1))
+        return [d for d in days if d.weekday() < 5]
+    import exchange_calendars  # about half a second: only where a calendar is asked for
+
+    with warnings.catch_warnings():  # its pandas deprecation notices are not the user's business
+        warnings.simplefilter("ignore")
+        try:
+            exchange = exchange_calendars.get_calendar(calendar, start=start.isoformat(), end=end.isoformat())
+        except (exchange_calendars.errors.CalendarError, ValueError) as exc:
+            raise UsageError(f"calendar {calendar}: {str(exc).splitlines()[0]}") from None
+        return [s.date() for s in exchange.sessions]
+
+
+@dataclass
+class Coverage:
+    schema: str
+    dataset: str
+    calendar: str
+    start: dt.date
+    end: dt.date
+    sessions: list[dt.date]
+    states: dict[dt.date, str]  # session -> done, failed, pending or never
+    rows: dict[str, dict[dt.date, int]] = field(default_factory=dict)  # symbol -> session -> rows
+
+    def gaps(self) -> list[dt.date]:
+        """Sessions whose chunks are not done: what ``--fill-gaps`` fetches."""
+        return [s for s in self.sessions if self.states[s] != ChunkStatus.DONE]
+
+    def empty(self, symbol: str) -> list[dt.date]:
+        """Sessions done with no row of ``symbol`` (nothing to fetch again: nothing was there)."""
+        days = self.rows.get(symbol, {})
+        return [s for s in self.sessions if self.states[s] == ChunkStatus.DONE and not days.get(s)]
+
+    def document(self) -> dict[str, object]:
+        """The report as JSON-ready values."""
+        return {
+            "schema": self.schema,
+            "dataset": self.dataset,
+            "calendar": self.calendar,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "sessions": len(self.sessions),
+            "gaps": [s.isoformat() for s in self.gaps()],
+            "states": {s.isoformat(): self.states[s] for s in self.sessions},
+            "symbols": {
+                symbol: {
+                    "rows": sum(days.values()),
+                    "sessions_with_rows": sum(1 for s in self.sessions if days.get(s)),
+                    "empty": [s.isoformat() for s in self.empty(symbol)],
+                    "rows_by_session": {s.isoformat(): days.get(s, 0) for s in self.sessions},
+                }
+                for symbol, days in sorted(self.rows.items())
+            },
+        }
+
+
+def _day(ns: int) -> dt.date:
+    return EPOCH + dt.timedelta(days=ns // NS_PER_DAY)
+
+
+def coverage(
+    store: Store,
+    calendars: dict[str, str],
+    schema: str,
+    dataset: str | None = None,
+    symbols: list[str] | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> Coverage:
+    """``start``/``end`` (inclusive) default to the days the schema's chunks were requested for."""
+    check_schema(schema)
+    ranges = store.ledger.chunk_ranges(schema)
+    known = sorted({d for d, *_ in ranges if d})
+    if dataset is None:
+        if len(known) > 1:
+            raise UsageError(f"{schema} is stored from several datasets ({', '.join(known)}): give --dataset")
+        dataset = known[0] if known else ""
+    ranges = [r for r in ranges if r[0] == dataset]
+    if start is None or end is None:
+        if not ranges:
+            raise UsageError(
+                f"no {schema} chunk of {dataset or 'any dataset'} in {store.location}: give the days"
+            )
+        start = start or _day(min(r[1] for r in ranges))
+        end = end or _day(max(r[2] for r in ranges) - 1)
+    if end < start:
+        raise UsageError(f"end date {end} is before start date {start}")
+    calendar = calendars.get(dataset)
+    days = sessions(calendar, start, end)
+    states = dict.fromkeys(days, NEVER)
+    for _, first_ns, end_ns, status in ranges:  # least recently updated first: the last word holds
+        state = ChunkStatus.PENDING if status is ChunkStatus.RUNNING else status
+        day = _day(first_ns)
+        while day_ns(day) < end_ns:
+            if day in states:
+                states[day] = str(state)
+            day += dt.timedelta(days=1)
+    report = Coverage(schema, dataset, calendar or WEEKDAYS, start, end, days, states)
+    family = store.model.family_of(schema)
+    query = ExportQuery(family, schema, symbols or [], day_ns(start), day_ns(end) + NS_PER_DAY)
+    for symbol in symbols or []:
+        report.rows[symbol] = {}
+    for found, day_number, count in store.data.day_counts(query):
+        session = EPOCH + dt.timedelta(days=day_number)
+        if session in states:
+            report.rows.setdefault(found or "(no symbol)", {})[session] = count
+    return report
