@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import shutil
 import tempfile
 import threading
@@ -215,14 +216,15 @@ class DatabentoApiSource:
         return Estimate(self.quote(), len(self.downloads()), warnings)
 
     def quote(self) -> list[Quote]:
-        """Records, billable bytes and cost of the whole request, per schema (free calls)."""
+        """Records, billable bytes and cost of the whole request (or of its gaps), per schema:
+        free calls, one per run of consecutive days and symbol batch."""
         quotes = []
         for schema in self.request.schemas:
             records = size = 0
             cost = 0.0
             metadata = self.client.metadata
-            for batch in self._symbol_batches:
-                query = self._request_params(schema, self.start, self.end, batch)
+            for (start, end), batch in itertools.product(self._runs(schema), self._symbol_batches):
+                query = self._request_params(schema, start, end, batch)
                 records += int(self.api.call("record count", partial(metadata.get_record_count, **query)))
                 size += int(self.api.call("billable size", partial(metadata.get_billable_size, **query)))
                 cost += float(self.api.call("cost", partial(metadata.get_cost, **query)))
@@ -237,21 +239,27 @@ class DatabentoApiSource:
                 parts.extend(Download(schema, start, end, batch) for batch in self._symbol_batches)
         return parts
 
+    def _runs(self, schema: str) -> list[tuple[dt.date, dt.date]]:
+        """[start, end) runs of consecutive days to fetch: the whole range, or with
+        ``--fill-gaps`` the sessions coverage found not done."""
+        if self.request.gap_days is None:
+            return [(self.start, self.end)]
+        runs: list[tuple[dt.date, dt.date]] = []
+        for day in sorted(d for d in self.request.gap_days.get(schema, []) if self.start <= d < self.end):
+            following = day + dt.timedelta(days=1)
+            runs[-1:] = (
+                [(runs[-1][0], following)] if runs and runs[-1][1] == day else [*runs[-1:], (day, following)]
+            )
+        return runs
+
     def _spans(self, schema: str) -> list[tuple[dt.date, dt.date]]:
-        """[start, end) runs of consecutive days, at most ``chunk_days`` long: every day of the
-        range, or with ``--fill-gaps`` only the sessions coverage found not done."""
-        gaps = self.request.gap_days
-        count = (self.end - self.start).days
-        every = (self.start + dt.timedelta(days=i) for i in range(count))
-        days = (
-            every if gaps is None else sorted(d for d in gaps.get(schema, []) if self.start <= d < self.end)
-        )
-        spans: list[tuple[dt.date, dt.date]] = []
-        for day in days:
-            if spans and spans[-1][1] == day and (day - spans[-1][0]).days < self.request.chunk_days:
-                spans[-1] = (spans[-1][0], day + dt.timedelta(days=1))
-            else:
-                spans.append((day, day + dt.timedelta(days=1)))
+        """The runs cut into requests of at most ``chunk_days`` days."""
+        step = dt.timedelta(days=self.request.chunk_days)
+        spans = []
+        for start, end in self._runs(schema):
+            while start < end:
+                spans.append((start, min(start + step, end)))
+                start = spans[-1][1]
         return spans
 
     def _request_params(

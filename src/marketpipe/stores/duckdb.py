@@ -40,7 +40,8 @@ _NEARLY_FULL = 16 * 2**20
 
 
 def _q(statement: str) -> str:
-    return statement.replace("%s", "?")
+    """psycopg's placeholders in DuckDB's terms: ``%s`` a parameter, ``%%`` a percent sign."""
+    return statement.replace("%s", "?").replace("%%", "%")
 
 
 def _naive(table: pa.Table) -> pa.Table:

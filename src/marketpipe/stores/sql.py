@@ -2,8 +2,8 @@
 of a store whose tables live in the ledger's database.
 
 Statements are written once in the dialect PostgreSQL and DuckDB share, with ``%s``
-placeholders (psycopg's); DuckDB's store swaps them for ``?``. Identifiers only ever come
-from the model, never from user input.
+placeholders and ``%%`` for a percent sign (psycopg's); DuckDB's store swaps them back.
+Identifiers only ever come from the model, never from user input.
 
 A chunk's rows, its quarantined records and its ``done`` mark are written in one
 transaction, so rows of a chunk exist exactly when its progress row says ``done`` (or a
@@ -557,7 +557,7 @@ class SqlStore(SqlLedger):
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
         time_ns = self._time_ns(query.family)
         clause, params = filters(query, time_ns)
-        day = f"CAST(({time_ns} - {time_ns} % {NS_PER_DAY}) / {NS_PER_DAY} AS BIGINT)"
+        day = f"CAST(({time_ns} - {time_ns} %% {NS_PER_DAY}) / {NS_PER_DAY} AS BIGINT)"
         rows = self._query(
             f"SELECT symbol, {day} AS day, count(*) FROM {identifier(query.family.table)}{clause}"
             " GROUP BY 1, 2",

@@ -1,0 +1,158 @@
+"""Coverage against the exchange calendar, and --fill-gaps fetching exactly the gaps.
+
+CME Globex (GLBX.MDP3 -> CMES in configs/calendars.yaml) trades on 2024-01-02..05 (Tue-Fri)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marketpipe.config import IngestRequest, load_calendars, load_settings
+from marketpipe.coverage import coverage, sessions
+from marketpipe.pipeline import ingest
+from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.stores import open_store
+from marketpipe.symbology import day_ns
+
+from databento_server import DatabentoServer
+from dbn_reference import MODEL
+
+DAYS = [dt.date(2024, 1, 2) + dt.timedelta(days=i) for i in range(4)]
+LEFT_OUT, FAILED = DAYS[1], DAYS[2]
+
+
+def test_the_cme_calendar_has_no_session_on_new_years_day_or_the_weekend() -> None:
+    week = sessions("CMES", dt.date(2024, 1, 1), dt.date(2024, 1, 7))
+    assert week == DAYS
+    assert sessions(None, dt.date(2024, 1, 1), dt.date(2024, 1, 7)) == [
+        dt.date(2024, 1, d) for d in range(1, 6)
+    ]
+
+
+def _day_file(directory: Path, day: dt.date, broken: bool = False) -> Path:
+    """One day of ES and CL trades as Databento would send it for that UTC day."""
+    records = synthetic_trades(200, day, instruments=2, seed=day.day)
+    if broken:
+        records["size"] = 0  # every record breaks trade_size_positive: the chunk fails whole
+    mappings = {
+        "ESH4": [Interval(day, day + dt.timedelta(days=1), "1")],
+        "CLG4": [Interval(day, day + dt.timedelta(days=1), "2")],
+    }
+    meta = metadata_bytes(
+        "GLBX.MDP3", "trades", day_ns(day), day_ns(day + dt.timedelta(days=1)), "raw_symbol", mappings
+    )
+    return write_dbn(directory / f"{day}.trades.dbn", meta, [records.tobytes()])
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "duckdb":
+        return str(tmp_path / "store.duckdb")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_coverage_reports_exactly_the_session_left_out_and_the_one_that_failed(
+    cli,
+    db: str,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    for day in DAYS:
+        if day != LEFT_OUT:
+            _day_file(tmp_path / "files", day, broken=day == FAILED)
+    result = cli("ingest", "--from-file", str(tmp_path / "files"), "--db", db)
+    assert result.exit_code == 1  # the broken day failed, the others are stored
+    report = cli(
+        "coverage",
+        "--schema",
+        "trades",
+        "--db",
+        db,
+        "--start-date",
+        "2024-01-01",
+        "--end-date",
+        "2024-01-07",
+        "--json",
+    )
+    assert report.exit_code == 0, report.output
+    document = json.loads(report.stdout)
+    assert document["calendar"] == "CMES" and document["sessions"] == 4
+    assert document["gaps"] == [str(LEFT_OUT), str(FAILED)]
+    assert document["states"] == {
+        str(DAYS[0]): "done",
+        str(LEFT_OUT): "never",
+        str(FAILED): "failed",
+        str(DAYS[3]): "done",
+    }
+    for symbol in ("ESH4", "CLG4"):
+        rows = document["symbols"][symbol]["rows_by_session"]
+        assert rows[str(LEFT_OUT)] == rows[str(FAILED)] == 0
+        assert rows[str(DAYS[0])] > 0 and rows[str(DAYS[3])] > 0
+    assert sum(document["symbols"][s]["rows"] for s in ("ESH4", "CLG4")) == 400
+    text = cli("coverage", "--schema", "trades", "--db", db)
+    assert (
+        "1 sessions failed: 2024-01-04" in text.stdout
+        and "1 sessions never requested: 2024-01-03" in text.stdout
+    )
+
+
+def _job(start: str, end: str, fill: bool = False) -> IngestRequest:
+    return IngestRequest(
+        dataset="GLBX.MDP3", schemas=["trades"], symbols=["ES.FUT"], stype_in="parent",
+        start_date=start, end_date=end, fill_gaps=fill,
+    )  # fmt: skip
+
+
+def _fetched(api: DatabentoServer, endpoint: str = "timeseries.get_range") -> list[str]:
+    return [params["start"][:10] for name, params in api.calls if name == endpoint]
+
+
+def test_fill_gaps_fetches_only_the_gaps_then_coverage_is_complete(
+    api: DatabentoServer, tmp_path: Path
+) -> None:
+    settings = load_settings(db=str(tmp_path / "store.duckdb"))
+    assert ingest(_job("2024-01-02", "2024-01-02"), settings, model=MODEL).exit_code == 0
+    api.inject("timeseries.get_range", None, "422")  # 2024-01-05 is refused
+    assert ingest(_job("2024-01-04", "2024-01-05"), settings, model=MODEL).exit_code == 1
+    api.calls.clear()
+    # The weekend and New Year's Day are not sessions: only the two gaps are fetched.
+    filled = ingest(_job("2024-01-01", "2024-01-07", fill=True), settings, model=MODEL)
+    assert filled.exit_code == 0 and _fetched(api) == ["2024-01-03", "2024-01-05"]
+    store = open_store(settings, MODEL, read_only=True)
+    try:
+        report = coverage(store, load_calendars(Path("configs/calendars.yaml")), "trades")
+    finally:
+        store.close()
+    assert report.sessions == DAYS and report.gaps() == []
+    assert all(report.rows["ES.FUT"][day] > 0 for day in DAYS)
+
+
+def test_fill_gaps_dry_run_quotes_only_the_gaps(api: DatabentoServer, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "store.duckdb")
+    assert ingest(_job("2024-01-02", "2024-01-02"), load_settings(db=db), model=MODEL).exit_code == 0
+    api.calls.clear()
+    result = cli(
+        "ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--symbols", "ES.FUT",
+        "--stype-in", "parent", "--start-date", "2024-01-01", "--end-date", "2024-01-03",
+        "--fill-gaps", "--dry-run", "--db", db,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(set(_fetched(api, "metadata.get_record_count"))) == ["2024-01-03"]
+    assert _fetched(api) == []
+
+
+def test_fill_gaps_is_refused_with_files(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("ingest", "--from-file", str(tmp_path), "--fill-gaps", "--db", str(tmp_path / "s.duckdb"))
+    assert result.exit_code == 2 and "--fill-gaps (fill_gaps) selects API downloads" in result.output
+
+
+def test_calendars_file_maps_datasets_to_known_calendars() -> None:
+    import exchange_calendars
+
+    calendars = load_calendars(Path("configs/calendars.yaml"))
+    assert calendars["GLBX.MDP3"] == "CMES"
+    assert set(calendars.values()) <= set(exchange_calendars.get_calendar_names())
+    assert np.all([isinstance(k, str) for k in calendars])
