@@ -6,7 +6,7 @@ chunk's earlier rows when published, whatever the ledger recorded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,12 +54,30 @@ class ArrowStore:
         if "schema" in table.column_names:
             keep = pc.and_(keep, pc.equal(table["schema"], query.schema))
         if query.symbols:
-            keep = pc.and_(keep, pc.is_in(table["symbol"], pa.array(list(query.symbols))))
+            named = pc.is_in(table["symbol"], pa.array(list(query.symbols)))
+            for instrument_id, first_ns, end_ns in query.instruments:
+                during = pc.and_(pc.greater_equal(time, first_ns), pc.less(time, end_ns))
+                named = pc.or_(named, pc.and_(pc.equal(table["instrument_id"], instrument_id), during))
+            keep = pc.and_(keep, named)
         if query.start_ns is not None:
             keep = pc.and_(keep, pc.greater_equal(time, query.start_ns))
         if query.end_ns is not None:
             keep = pc.and_(keep, pc.less(time, query.end_ns))
         yield from table.filter(keep).sort_by(query.family.time_column).to_batches(batch_size)
+
+    def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
+        rows = pa.Table.from_batches(list(self.export(query, 1 << 20)), schema=query.family.arrow_schema)
+        days = pc.divide(rows[query.family.time_column].cast(pa.int64()), 86_400 * 10**9)
+        counts = (
+            pa.table({"symbol": rows["symbol"], "day": days})
+            .group_by(["symbol", "day"])
+            .aggregate([("day", "count")])
+        )
+        return [(r["symbol"], r["day"], r["day_count"]) for r in counts.to_pylist()]
+
+    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+        """No definitions table and no symbology of its own: the ledger's alone would do."""
+        return []
 
     def table_status(self, family: Family) -> TableStatus:
         time = self._rows(family)[family.time_column].cast(pa.int64())

@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ class Universe:
         if stype_in == "instrument_id":
             return {symbol: int(symbol)} if symbol.isdigit() and int(symbol) in self.raw.values() else {}
         return {symbol: self.raw[symbol]} if symbol in self.raw else {}
+
+    def raw_names(self, instrument_ids: Iterable[int]) -> list[str]:
+        names = {iid: raw for raw, iid in self.raw.items()}
+        return [names[i] for i in instrument_ids]
 
     def first_day(self, symbol: str) -> dt.date:
         return self.listed_from.get(symbol, EPOCH)
@@ -194,7 +199,10 @@ class DatabentoServer:
                 continue
             if first > start:
                 partial.append(symbol)
-            result[symbol] = [{"d0": str(first), "d1": str(end), "s": str(i)} for i in instruments.values()]
+            # stype_out raw_symbol (from instrument_id): the contract's own name.
+            named = params.get("stype_out") == "raw_symbol"
+            outputs = self.universe.raw_names(instruments.values()) if named else instruments.values()
+            result[symbol] = [{"d0": str(first), "d1": str(end), "s": str(o)} for o in outputs]
         return {
             "result": result,
             "symbols": symbols,

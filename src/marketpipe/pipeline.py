@@ -283,6 +283,7 @@ class Pipeline:
         if self.progress:
             self.progress.plan(len(plan.chunks))
         self.ledger.plan_chunks(plan.chunks, self.request.name)
+        self.ledger.record_instruments(plan.instruments)
         self.ledger.start_run(self.run_id, self.request.name)
         try:
             self._run_chunks(plan.chunks, summary, force)

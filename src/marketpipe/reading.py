@@ -115,12 +115,15 @@ class Reader:
             raise UsageError(
                 f"{family.table} has no column {unknown[0]!r}; columns: {', '.join(family.column_names)}"
             )
+        wanted_symbols = [symbols] if isinstance(symbols, str) else list(symbols)
         query = ExportQuery(
             family,
             schema,
-            [symbols] if isinstance(symbols, str) else list(symbols),
+            wanted_symbols,
             time_ns(start, "start"),
             time_ns(end, "end"),
+            # A contract's raw symbol finds its rows whatever symbol they were stored under.
+            self.store.data.instrument_ranges(wanted_symbols) if wanted_symbols else (),
         )
         for batch in self.store.export(query, batch_size):
             yield _priced(batch.select(wanted), family, price_type)

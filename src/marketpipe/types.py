@@ -66,6 +66,17 @@ class RawBatch:
     ts_out: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Instrument:
+    """A contract's own (raw) symbol for an instrument id of a dataset, over [start, end)."""
+
+    dataset: str
+    instrument_id: int
+    raw_symbol: str
+    start_ns: int
+    end_ns: int
+
+
 @dataclass
 class Plan:
     chunks: list[Chunk] = field(default_factory=list)
@@ -79,6 +90,8 @@ class Plan:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     # Worth saying, not a warning (e.g. a live recording's system messages).
     notes: list[str] = field(default_factory=list)
+    # Contracts behind the requested symbols (parent, continuous), from symbology resolution.
+    instruments: list[Instrument] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from marketpipe.sources.base import Fetched
 from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.symbology import day_ns, iso_ns
-from marketpipe.types import PART_RECORDS, Chunk, Estimate, Plan, Quote, RawBatch, record_parts
+from marketpipe.types import PART_RECORDS, Chunk, Estimate, Instrument, Plan, Quote, RawBatch, record_parts
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
 ALL_SYMBOLS = "ALL_SYMBOLS"
@@ -109,6 +109,7 @@ class DatabentoApiSource:
         # A part of a download too large for one transaction: part key -> (chunk key, first, count).
         self._slices: dict[str, tuple[str, int, int]] = {}
         self._records: dict[str, int] = {}
+        self._instrument_ids: set[str] = set()
         # One download ahead of the pipeline: the next chunk streams while this one is stored.
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
         self._pending: dict[str, Future[Path]] = {}
@@ -124,7 +125,7 @@ class DatabentoApiSource:
                     f"the plan is quoted at ${cost:,.2f}, above --max-cost ${self.request.max_cost:,.2f}:"
                     " nothing was downloaded"
                 )
-        plan = Plan(warnings=warnings)
+        plan = Plan(warnings=warnings, instruments=self.instruments())
         for download in self.downloads():
             key = (
                 f"api:{self.dataset}:{download.schema}:{self.request.stype_in}:{download.start}:{download.end}"
@@ -180,7 +181,8 @@ class DatabentoApiSource:
                 )
 
     def resolve_symbols(self) -> list[str]:
-        """Symbols not found fail the plan; symbols found for part of the range are reported."""
+        """Symbols not found fail the plan; symbols found for part of the range are reported.
+        The instrument ids they resolve to are kept for ``instruments``."""
         if list(self.request.symbols) == [ALL_SYMBOLS]:
             return []
         not_found: list[str] = []
@@ -198,6 +200,8 @@ class DatabentoApiSource:
             result = self.api.call(f"symbology of {self.dataset}", resolve)
             not_found += result.get("not_found", [])
             partly += result.get("partial", [])
+            for intervals in (result.get("result") or {}).values():
+                self._instrument_ids.update(str(i["s"]) for i in intervals if str(i.get("s", "")).isdigit())
         if not_found:
             raise UsageError(
                 f"symbols not found in {self.dataset} ({self.request.stype_in}) from {self.start} to"
@@ -208,6 +212,39 @@ class DatabentoApiSource:
             log.warning("symbols.partial", symbols=partly)
             return [message]
         return []
+
+    def instruments(self) -> list[Instrument]:
+        """The contracts behind the requested symbols: their instrument ids resolved to raw
+        symbols over the range (Databento's ``instrument_id`` -> ``raw_symbol`` combination).
+        Raw symbols requested as such are stored under their own name: nothing to add."""
+        if self.request.stype_in == "raw_symbol" or not self._instrument_ids:
+            return []
+        ids = sorted(self._instrument_ids, key=int)
+        found: list[Instrument] = []
+        for first in range(0, len(ids), MAX_SYMBOLS):
+            resolve = partial(
+                self.client.symbology.resolve,
+                dataset=self.dataset,
+                symbols=ids[first : first + MAX_SYMBOLS],
+                stype_in="instrument_id",
+                stype_out="raw_symbol",
+                start_date=self.start,
+                end_date=self.end,
+            )
+            result = self.api.call(f"raw symbols of {self.dataset}", resolve)
+            for instrument_id, intervals in (result.get("result") or {}).items():
+                for interval in intervals:
+                    if interval.get("s"):
+                        found.append(
+                            Instrument(
+                                self.dataset,
+                                int(instrument_id),
+                                str(interval["s"]),
+                                day_ns(dt.date.fromisoformat(str(interval["d0"]))),
+                                day_ns(dt.date.fromisoformat(str(interval["d1"]))),
+                            )
+                        )
+        return found
 
     def estimate(self) -> Estimate:
         """Checks, symbol resolution and the quote: the free metadata calls, nothing billed."""

@@ -18,12 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketpipe.model import Family, Model
-from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
+from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Instrument, Rejection, RunStatus
 
 CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
 QUARANTINE_TABLE = "marketpipe_quarantine"
 MIGRATIONS_TABLE = "marketpipe_migrations"
+INSTRUMENTS_TABLE = "marketpipe_instruments"
 
 
 TimeRange = tuple[int, int]  # first and last index timestamp, nanoseconds since the epoch
@@ -48,6 +49,9 @@ class ExportQuery:
     symbols: Sequence[str] = ()
     start_ns: int | None = None
     end_ns: int | None = None
+    # Rows of these instruments within [start, end) match too: the contracts a symbol names
+    # (``instrument_ranges``), whatever symbol the rows were stored under.
+    instruments: Sequence[tuple[int, int, int]] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,11 @@ class DataStore(Protocol):
         """(symbol, UTC day as days since the epoch, rows) of the rows ``query`` selects."""
         ...
 
+    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(instrument_id, start, end in ns) of the contracts with these raw symbols, from the
+        ledger's symbology and the stored definitions."""
+        ...
+
     def close(self) -> None: ...
 
     def reconnect(self) -> None:
@@ -220,6 +229,10 @@ class Ledger(Protocol):
     def chunk_ranges(self, schema: str) -> list[tuple[str, int, int, ChunkStatus]]:
         """(dataset, requested start, end in ns, state) of the schema's chunks, least recently
         updated first: where chunks overlap, the later word on a day is the one that holds."""
+        ...
+
+    def record_instruments(self, instruments: Sequence[Instrument]) -> None:
+        """Remember which contracts stand behind the requested symbols, and when."""
         ...
 
     def report(self, status: StoreStatus) -> None:

@@ -135,10 +135,15 @@ class DuckDBLedger(sql.SqlLedger):
             if not applied:
                 raise StoreRejected(f"{self.location} is not a marketpipe store")
         else:
-            for statement in (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL, *sql.CHUNK_RANGES_DDL):
+            ddl = (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL, *sql.CHUNK_RANGES_DDL, sql.INSTRUMENTS_DDL)
+            for statement in ddl:
                 self.con.execute(statement)
-            self._execute(sql.RECORD_MIGRATION, [sql.MODEL_VERSION, sql.MODEL_NAME])
-            self._execute(sql.RECORD_MIGRATION, [sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME])
+            for version, name in (
+                (sql.MODEL_VERSION, sql.MODEL_NAME),
+                (sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME),
+                (sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME),
+            ):
+                self._execute(sql.RECORD_MIGRATION, [version, name])
 
     def close(self) -> None:
         self.con.close()
@@ -212,8 +217,8 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
                 self.con.execute(sql.create_family_table(family, column_type))
         self.check_model()
 
-    def _time_ns(self, family: Family) -> str:
-        return f"epoch_ns({sql.identifier(family.time_column)})"
+    def _ns(self, column: str) -> str:
+        return f"epoch_ns({sql.identifier(column)})"
 
     def _sink(self, family: Family, chunk_id: int) -> _DuckDBSink:
         return _DuckDBSink(self, family, chunk_id)

@@ -154,16 +154,7 @@ TIMESCALE_VERSION = sql.MODEL_VERSION + 1
 
 def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
     """Versioned schema steps; the TimescaleDB one only where the extension is usable."""
-
-    def create_model(conn: psycopg.Connection[Any]) -> None:
-        for statement in _model_statements(model):
-            conn.execute(statement)
-
-    def add_chunk_ranges(conn: psycopg.Connection[Any]) -> None:
-        for statement in sql.CHUNK_RANGES_DDL:
-            conn.execute(statement)
-
-    migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, create_model)]
+    migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, _run(*_model_statements(model)))]
     if mode_timescale:
         migrations.append(
             (
@@ -172,8 +163,19 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
                 lambda conn: timescale.create_hypertables(conn, model),
             )
         )
-    migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, add_chunk_ranges))
+    migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, _run(*sql.CHUNK_RANGES_DDL)))
+    migrations.append((sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME, _run(sql.INSTRUMENTS_DDL)))
     return migrations
+
+
+def _run(*statements: str) -> Callable[[psycopg.Connection[Any]], None]:
+    """A migration step that executes these statements."""
+
+    def apply(conn: psycopg.Connection[Any]) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return apply
 
 
 class _PgSink:
@@ -322,8 +324,8 @@ class PostgresStore(sql.SqlStore):
         with suppress(psycopg.Error):  # the connection is gone; so is the transaction
             self.conn.rollback()
 
-    def _time_ns(self, family: Family) -> str:
-        return sql.identifier(family.time_column)
+    def _ns(self, column: str) -> str:
+        return sql.identifier(column)
 
     ROW_LOCK = " FOR UPDATE"
 

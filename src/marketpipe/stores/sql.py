@@ -24,6 +24,7 @@ from marketpipe.errors import StoreRejected, UsageError
 from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
+    INSTRUMENTS_TABLE,
     MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUN_FIELDS,
@@ -40,7 +41,7 @@ from marketpipe.stores.base import (
     chunk_id,
 )
 from marketpipe.symbology import EPOCH, NS_PER_DAY
-from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Rejection, RunStatus
+from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Instrument, Rejection, RunStatus
 
 
 def identifier(name: str) -> str:
@@ -95,6 +96,20 @@ CHUNK_RANGES_DDL = tuple(
     f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS {column}"
     for column in ("dataset TEXT", "start_ns BIGINT", "end_ns BIGINT")
 )
+INSTRUMENTS_VERSION = MODEL_VERSION + 3
+INSTRUMENTS_NAME = "instruments: raw symbols behind requested symbols"
+INSTRUMENTS_DDL = f"""CREATE TABLE IF NOT EXISTS {INSTRUMENTS_TABLE} (
+  dataset TEXT NOT NULL,
+  instrument_id BIGINT NOT NULL,
+  raw_symbol TEXT NOT NULL,
+  start_ns BIGINT NOT NULL,
+  end_ns BIGINT NOT NULL,
+  PRIMARY KEY (dataset, instrument_id, raw_symbol, start_ns)
+)"""
+UPSERT_INSTRUMENT = f"""INSERT INTO {INSTRUMENTS_TABLE} (dataset, instrument_id, raw_symbol, start_ns, end_ns)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (dataset, instrument_id, raw_symbol, start_ns) DO UPDATE SET
+  end_ns = greatest({INSTRUMENTS_TABLE}.end_ns, excluded.end_ns)"""
 
 
 def run_lock_key(run_id: str) -> int:
@@ -211,8 +226,12 @@ def filters(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
         where.append("schema = %s")
         params.append(query.schema)
     if query.symbols:
-        where.append("symbol = ANY(%s)")
+        matches = ["symbol = ANY(%s)"]
         params.append(list(query.symbols))
+        for instrument_id, first_ns, end_ns in query.instruments:
+            matches.append(f"(instrument_id = %s AND {time_ns} >= %s AND {time_ns} < %s)")
+            params.extend([instrument_id, first_ns, end_ns])
+        where.append("(" + " OR ".join(matches) + ")")
     if query.start_ns is not None:
         where.append(f"{time_ns} >= %s")
         params.append(query.start_ns)
@@ -483,6 +502,14 @@ class SqlLedger:
             )
         ]
 
+    def record_instruments(self, instruments: Sequence[Instrument]) -> None:
+        if instruments:
+            self._executemany(
+                UPSERT_INSTRUMENT,
+                [(i.dataset, i.instrument_id, i.raw_symbol, i.start_ns, i.end_ns) for i in instruments],
+            )
+            self._commit()
+
     def stored_through(self, job: str) -> dt.date | None:
         done: set[int] = set()
         unfinished: set[int] = set()
@@ -514,9 +541,13 @@ class SqlStore(SqlLedger):
     model: Model
     capabilities: Capabilities
 
+    def _ns(self, column: str) -> str:
+        """Expression for a timestamp column in nanoseconds since the epoch."""
+        raise NotImplementedError
+
     def _time_ns(self, family: Family) -> str:
         """Expression for a family's index time in nanoseconds since the epoch."""
-        raise NotImplementedError
+        return self._ns(family.time_column)
 
     def _sink(self, family: Family, chunk_id: int) -> ChunkSink:
         raise NotImplementedError
@@ -564,6 +595,26 @@ class SqlStore(SqlLedger):
             params,
         )
         return [(None if s is None else str(s), int(d), int(n)) for s, d, n in rows]
+
+    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+        statement = (
+            f"SELECT instrument_id, start_ns, end_ns FROM {INSTRUMENTS_TABLE} WHERE raw_symbol = ANY(%s)"
+        )
+        definitions = next((f for f in self.model.families.values() if "definition" in f.schemas), None)
+        params: list[Any] = [list(raw_symbols)]
+        if definitions is not None and {"raw_symbol", "activation", "expiration"} <= set(
+            definitions.column_names
+        ):
+            # A definition names its contract from activation (else when it was received) to
+            # expiration (else for good).
+            since = f"coalesce({self._ns('activation')}, {self._ns(definitions.time_column)})"
+            until = f"coalesce({self._ns('expiration')}, {2**63 - 1})"
+            statement += (
+                f" UNION SELECT instrument_id, min({since}), max({until})"
+                f" FROM {identifier(definitions.table)} WHERE raw_symbol = ANY(%s) GROUP BY instrument_id"
+            )
+            params.append(list(raw_symbols))
+        return sorted({(int(i), int(s), int(e)) for i, s, e in self._query(statement, params)})
 
     def table_status(self, family: Family) -> TableStatus:
         time_ns = self._time_ns(family)
