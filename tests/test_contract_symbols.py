@@ -8,6 +8,7 @@ definitions")."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import databento_dbn as dbn
@@ -51,6 +52,11 @@ def test_read_and_export_by_contract_after_a_parent_ingest(api: DatabentoServer,
     # The requested symbol still finds every contract it stands for.
     with marketpipe.open(db) as reader:
         assert reader.read("trades", symbols=["ES.FUT"]).num_rows == everything.num_rows
+    # Coverage by contract counts the contract's rows under its own name.
+    report = cli("coverage", "--schema", "trades", "--symbols", "ESH4,ES.FUT", "--db", db, "--json")
+    assert report.exit_code == 0, report.output
+    rows = {s: v["rows"] for s, v in json.loads(report.stdout)["symbols"].items()}
+    assert rows == {"ESH4": esh4.num_rows, "ES.FUT": everything.num_rows}
 
 
 @pytest.mark.parametrize("on_postgres", [False, True], ids=["duckdb", "postgresql"])

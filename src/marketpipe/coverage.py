@@ -127,11 +127,21 @@ def coverage(
             day += dt.timedelta(days=1)
     report = Coverage(schema, dataset, calendar or WEEKDAYS, start, end, days, states)
     family = store.model.family_of(schema)
-    query = ExportQuery(family, schema, symbols or [], day_ns(start), day_ns(end) + NS_PER_DAY)
-    for symbol in symbols or []:
-        report.rows[symbol] = {}
-    for found, day_number, count in store.data.day_counts(query):
+    window = (day_ns(start), day_ns(end) + NS_PER_DAY)
+    if not symbols:
+        counts = store.data.day_counts(ExportQuery(family, schema, (), *window))
+    else:
+        # Each asked-for symbol on its own, so a contract's raw symbol counts the rows of its
+        # instruments under its own name, whatever symbol they were stored under.
+        counts = []
+        for symbol in symbols:
+            report.rows[symbol] = {}
+            contracts = store.data.instrument_ranges([symbol])
+            query = ExportQuery(family, schema, [symbol], *window, contracts)
+            counts += [(symbol, day, n) for _, day, n in store.data.day_counts(query)]
+    for found, day_number, count in counts:
         session = EPOCH + dt.timedelta(days=day_number)
         if session in states:
-            report.rows.setdefault(found or "(no symbol)", {})[session] = count
+            per_session = report.rows.setdefault(found or "(no symbol)", {})
+            per_session[session] = per_session.get(session, 0) + count
     return report
