@@ -55,28 +55,19 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
-def test_coverage_reports_exactly_the_session_left_out_and_the_one_that_failed(
-    cli,
+def test_coverage_reports_the_session_left_out_and_the_one_that_failed_and_fill_gaps_fetches_them(
+    cli,  # type: ignore[no-untyped-def]
     db: str,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    api: DatabentoServer,
 ) -> None:
     for day in DAYS:
         if day != LEFT_OUT:
             _day_file(tmp_path / "files", day, broken=day == FAILED)
     result = cli("ingest", "--from-file", str(tmp_path / "files"), "--db", db)
     assert result.exit_code == 1  # the broken day failed, the others are stored
-    report = cli(
-        "coverage",
-        "--schema",
-        "trades",
-        "--db",
-        db,
-        "--start-date",
-        "2024-01-01",
-        "--end-date",
-        "2024-01-07",
-        "--json",
-    )
+    week = ("--start-date", "2024-01-01", "--end-date", "2024-01-07")
+    report = cli("coverage", "--schema", "trades", "--db", db, *week, "--json")
     assert report.exit_code == 0, report.output
     document = json.loads(report.stdout)
     assert document["calendar"] == "CMES" and document["sessions"] == 4
@@ -97,6 +88,16 @@ def test_coverage_reports_exactly_the_session_left_out_and_the_one_that_failed(
         "1 sessions failed: 2024-01-04" in text.stdout
         and "1 sessions never requested: 2024-01-03" in text.stdout
     )
+    # --fill-gaps against the local Historical API server: exactly those two sessions.
+    filled = cli(
+        "ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--symbols", "ES.FUT",
+        "--stype-in", "parent", *week, "--fill-gaps", "--db", db,
+    )  # fmt: skip
+    assert filled.exit_code == 0, filled.output
+    assert _fetched(api) == [str(LEFT_OUT), str(FAILED)]
+    after = json.loads(cli("coverage", "--schema", "trades", "--db", db, *week, "--json").stdout)
+    assert after["gaps"] == [] and set(after["states"].values()) == {"done"}
+    assert after["symbols"]["ES.FUT"]["sessions_with_rows"] == 2  # the two fetched sessions
 
 
 def _job(start: str, end: str, fill: bool = False) -> IngestRequest:
