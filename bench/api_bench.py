@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from databento_server import DatabentoServer  # noqa: E402
 from marketpipe.config import IngestRequest, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
 from marketpipe.pipeline import ingest  # noqa: E402
+
+from databento_server import DatabentoServer  # noqa: E402
 
 KEY = "db-BENCHKEY0123456789abcdefghijkl"
 
