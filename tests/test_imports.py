@@ -25,6 +25,7 @@ LAYERS = [
     {"marketpipe.reading", "marketpipe.coverage"},
     {"marketpipe.pipeline", "marketpipe.exporting"},
     {"marketpipe.console"},
+    {"marketpipe.commands"},
     {"marketpipe.cli"},
     {"marketpipe.__main__"},
     {"marketpipe"},  # the package: the Python API's front door (marketpipe.open)

@@ -78,3 +78,12 @@ def test_decimal_prices_are_exact_for_extremes() -> None:
         pa.scalar(int(v)).cast(pa.decimal128(38, 0)).as_py().scaleb(-9) for v in values[:-1]
     ]
     assert array.to_pylist()[-1] is None
+
+
+def test_the_record_of_each_schema_is_databentos_own_table() -> None:
+    """model.RECORD_OF_SCHEMA restates the client's SCHEMA_STRUCT_MAP (to spare its imports)."""
+    from databento.common.constants import SCHEMA_STRUCT_MAP
+
+    from marketpipe.model import RECORD_OF_SCHEMA
+
+    assert {schema.value: struct for schema, struct in SCHEMA_STRUCT_MAP.items()} == RECORD_OF_SCHEMA

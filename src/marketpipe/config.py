@@ -45,6 +45,11 @@ def parse_day(value: str | dt.date) -> dt.date | str:
         raise ValueError(f"{value!r} is not a date (expected {DAY_FORMS})") from None
 
 
+def utc_today() -> dt.date:
+    """What relative days count from."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 def resolve_day(day: dt.date | str, today: dt.date) -> dt.date:
     """A relative day against ``today`` (UTC); ``last`` needs the store: see the pipeline."""
     if isinstance(day, dt.date):

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from rich.console import Console
@@ -13,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from marketpipe.config import IngestRequest
-from marketpipe.coverage import Coverage
 from marketpipe.errors import UsageError
 from marketpipe.exporting import as_text
-from marketpipe.pipeline import ChunkResult, RunSummary
 from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus
 from marketpipe.types import Chunk, ChunkStatus, Estimate
+
+if TYPE_CHECKING:  # types only: the pipeline is imported by the commands that run it
+    from marketpipe.coverage import Coverage
+    from marketpipe.pipeline import ChunkResult, RunSummary
 
 out = Console()
 err = Console(stderr=True)

@@ -22,10 +22,9 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
+import databento_dbn as dbn
 import numpy as np
 import pyarrow as pa
-from databento.common.constants import SCHEMA_STRUCT_MAP
-from databento_dbn import Schema
 
 from marketpipe.errors import UsageError
 
@@ -112,11 +111,38 @@ class Family:
         return [c.name for c in self.columns]
 
 
+# The DBN v3 record each schema is sent as (Databento's schema pages). The databento client
+# keeps the same table (SCHEMA_STRUCT_MAP, which a test compares this with), but importing it
+# costs half a second (pandas, the HTTP client) that every command would pay.
+RECORD_OF_SCHEMA: dict[str, type] = {
+    "mbo": dbn.MBOMsg,
+    "mbp-1": dbn.MBP1Msg,
+    "tbbo": dbn.MBP1Msg,
+    "mbp-10": dbn.MBP10Msg,
+    "trades": dbn.TradeMsg,
+    "ohlcv-1s": dbn.OHLCVMsg,
+    "ohlcv-1m": dbn.OHLCVMsg,
+    "ohlcv-1h": dbn.OHLCVMsg,
+    "ohlcv-1d": dbn.OHLCVMsg,
+    "ohlcv-eod": dbn.OHLCVMsg,
+    "definition": dbn.InstrumentDefMsg,
+    "statistics": dbn.StatMsg,
+    "status": dbn.StatusMsg,
+    "imbalance": dbn.ImbalanceMsg,
+    "cmbp-1": dbn.CMBP1Msg,
+    "cbbo-1s": dbn.CBBOMsg,
+    "cbbo-1m": dbn.CBBOMsg,
+    "tcbbo": dbn.CBBOMsg,
+    "bbo-1s": dbn.BBOMsg,
+    "bbo-1m": dbn.BBOMsg,
+}
+
+
 def _build_layouts() -> dict[str, Layout]:
     schemas_of: dict[str, list[str]] = {}
     structs: dict[str, type] = {}
-    for schema, struct in SCHEMA_STRUCT_MAP.items():
-        schemas_of.setdefault(struct.__name__, []).append(Schema(schema).value)
+    for schema, struct in RECORD_OF_SCHEMA.items():
+        schemas_of.setdefault(struct.__name__, []).append(schema)
         structs[struct.__name__] = struct
     return {
         name: Layout(

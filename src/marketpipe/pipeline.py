@@ -22,7 +22,15 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from marketpipe.config import LAST, IngestRequest, Settings, config_file, load_calendars, resolve_day
+from marketpipe.config import (
+    LAST,
+    IngestRequest,
+    Settings,
+    config_file,
+    load_calendars,
+    resolve_day,
+    utc_today,
+)
 from marketpipe.coverage import coverage, sessions
 from marketpipe.errors import MarketpipeError, SourceError, StoreError, StoreRejected, UsageError
 from marketpipe.model import Model
@@ -136,10 +144,6 @@ class _StageTimer:
             yield
         finally:
             self.seconds[stage] += time.perf_counter() - start
-
-
-def utc_today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
 
 
 def _stored_through(request: IngestRequest, settings: Settings, model: Model) -> dt.date | None:

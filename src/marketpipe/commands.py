@@ -1,0 +1,336 @@
+"""What each CLI command does, once ``cli`` has parsed its flags: kept apart so that parsing
+(and ``--help``, ``version``) never imports the pipeline, Arrow or the database drivers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from marketpipe import console
+from marketpipe.config import (
+    LAST,
+    IngestRequest,
+    Settings,
+    load_calendars,
+    load_jobs,
+    load_settings,
+    make_request,
+    parse_day,
+    resolve_day,
+    utc_today,
+)
+from marketpipe.coverage import coverage as coverage_report
+from marketpipe.errors import UsageError
+from marketpipe.exporting import FORMATS, as_text, check_output, write_file
+from marketpipe.exporting import export as export_records
+from marketpipe.logs import configure
+from marketpipe.model import check_schema
+from marketpipe.rules.transformation import load_model
+from marketpipe.samples import make_sample as write_sample
+from marketpipe.stores import open_store
+from marketpipe.stores.base import QuarantineQuery, Querying, Store
+
+QUERY_FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _settings(**overrides: object) -> Settings:
+    settings = load_settings(**overrides)
+    key = settings.databento_api_key
+    configure(settings.log_file, settings.log_level, [key.get_secret_value()] if key else [])
+    return settings
+
+
+def _read_only_store(settings: Settings) -> Store:
+    """The store for a command that only reads: nothing is created, migrated or converted."""
+    return open_store(settings, load_model(settings.transformation_file), read_only=True)
+
+
+def _date(flag: str, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def _day(flag: str, value: str | None) -> dt.date | str | None:
+    """A date or a relative day (today, yesterday, -Nd, last), resolved when the run starts."""
+    if value is None:
+        return None
+    try:
+        return parse_day(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _symbols(value: str | None) -> list[str]:
+    return [s.strip() for s in (value or "").split(",") if s.strip()]
+
+
+def ingest(
+    *,
+    api: str,
+    from_file: str | None,
+    job: str | None,
+    dataset: str | None,
+    schema: str | None,
+    symbols: str | None,
+    stype_in: str | None,
+    start_date: str | None,
+    end_date: str | None,
+    db: str | None,
+    force: bool,
+    batch_size: int | None,
+    max_quarantine_ratio: float | None,
+    gateway: str | None,
+    chunk_days: int | None,
+    keep_raw: Path | None,
+    max_cost: float | None,
+    dry_run: bool,
+    fill_gaps: bool,
+    as_json: bool,
+) -> int:
+    """The exit code: 1 when an input or a chunk failed."""
+    settings = _settings(
+        db=db,
+        batch_size=batch_size,
+        max_quarantine_ratio=max_quarantine_ratio,
+        DATABENTO_GATEWAY=gateway,
+    )
+    request = _request(
+        settings,
+        job,
+        api=api,
+        from_file=from_file,
+        dataset=dataset,
+        schemas=schema,
+        symbols=symbols,
+        stype_in=stype_in,
+        start_date=_day("--start-date", start_date),
+        end_date=_day("--end-date", end_date),
+        chunk_days=chunk_days,
+        keep_raw=keep_raw,
+        max_cost=max_cost,
+        fill_gaps=fill_gaps or None,
+    )
+    model = load_model(settings.transformation_file)
+    from marketpipe import pipeline  # the sources and their clients: only for an ingest
+
+    if dry_run:
+        resolved, current = pipeline.prepare(request, settings, model, utc_today())
+        if current is not None:
+            console.out.print(current)
+            return 0
+        return _dry_run(resolved, settings)
+    if as_json:
+        summary = pipeline.ingest(request, settings, model=model, force=force)
+        console.print_json(console.summary_document(summary))
+        return summary.exit_code
+    with console.RichProgress() as progress:
+        summary = pipeline.ingest(request, settings, progress, model, force=force)
+    console.render_summary(summary)
+    return summary.exit_code
+
+
+def _dry_run(request: IngestRequest, settings: Settings) -> int:
+    """What an API plan would download and cost, from the free metadata calls only."""
+    if request.from_file:
+        raise UsageError("--dry-run quotes API downloads; it does not apply to --from-file")
+    from marketpipe.sources import make_source
+    from marketpipe.sources.base import Quoting
+
+    source = make_source(request, settings)
+    try:
+        if not isinstance(source, Quoting):
+            raise UsageError(f"--dry-run is not available for api type {request.api!r}")
+        console.render_quote(request, source.estimate())
+    finally:
+        source.close()
+    return 0
+
+
+_RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days", "fill_gaps")
+
+
+def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
+    if job is not None:
+        jobs = load_jobs(settings.jobs_file)
+        if job not in jobs:
+            known = ", ".join(jobs) or "none"
+            raise UsageError(f"unknown job {job!r} in {settings.jobs_file}; known jobs: {known}")
+        # Run options given with --job apply to it; what to fetch comes from the job alone.
+        given = {k: v for k, v in flags.items() if v is not None and k != "api"}
+        selectors = [k for k in given if k not in _RUN_OPTIONS]
+        if selectors:
+            flag = "--schema" if selectors[0] == "schemas" else "--" + selectors[0].replace("_", "-")
+            raise UsageError(f"--job {job} takes what to ingest from {settings.jobs_file}; drop {flag}")
+        options = {k: v for k, v in given.items() if k in _RUN_OPTIONS}
+        return make_request(**{**jobs[job].model_dump(exclude_unset=True), **options})
+    request = make_request(**flags)
+    if not request.from_file and not (request.dataset and request.schemas):
+        raise UsageError("nothing to ingest: give --from-file PATH, --job NAME, or --dataset and --schema")
+    return request
+
+
+def query(statement: str, db: str | None, format: str, out: Path | None, overwrite: bool, limit: int) -> None:
+    settings = _settings(db=db)
+    if format not in QUERY_FORMATS:
+        raise UsageError(f"unknown format {format!r}; known: {', '.join(QUERY_FORMATS)}")
+    if out is None and format == "parquet":
+        raise UsageError("--format parquet writes a file: give --out")
+    if out is not None:
+        if format == "table":
+            raise UsageError("--out takes --format csv, json or parquet")
+        check_output(out, overwrite, _store_files(settings))
+    store = _read_only_store(settings)
+    try:
+        if not isinstance(store.data, Querying):
+            raise UsageError(f"{store.mode} stores do not run SQL")
+        reader = store.data.query(statement, settings.batch_size)
+        if format == "table":
+            console.render_rows(reader, limit)
+        elif out is not None and format != "json":
+            rows = write_file(reader, reader.schema, format, out)
+            console.err.print(f"wrote {rows:,} rows to {out}")
+        else:
+            _write_stream(reader, format, out)
+    finally:
+        store.close()
+
+
+def _write_stream(reader: pa.RecordBatchReader, format: str, out: Path | None) -> None:
+    """CSV or JSON to standard output, or JSON to ``out`` (written whole, then renamed)."""
+    if format == "csv":
+        with pacsv.CSVWriter(sys.stdout.buffer, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+        return
+    rows = [row for batch in reader for row in as_text(batch)]
+    text = json.dumps(rows, indent=1) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    partial = out.with_name(out.name + ".partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _store_files(settings: Settings) -> list[Path]:
+    """The embedded store's own files: an output must never be one of them."""
+    files = [] if "://" in settings.db else [Path(settings.db).expanduser()]
+    return [p.with_name(p.name + suffix) for p in files for suffix in ("", ".wal")]
+
+
+def export(
+    schema: str,
+    out: Path,
+    format: str,
+    db: str | None,
+    symbols: str | None,
+    start_date: str | None,
+    end_date: str | None,
+    overwrite: bool,
+) -> None:
+    settings = _settings(db=db)
+    start, end = _date("--start-date", start_date), _date("--end-date", end_date)
+    if start and end and end < start:
+        raise UsageError(f"end date {end} is before start date {start}")
+    check_schema(schema)  # bad arguments fail before the store is opened
+    if format not in FORMATS:
+        raise UsageError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+    check_output(out, overwrite, _store_files(settings))
+    store = _read_only_store(settings)
+    try:
+        rows = export_records(store, schema, format, out, _symbols(symbols), start, end, settings.batch_size)
+    finally:
+        store.close()
+    console.out.print(f"wrote {rows:,} {schema} records to {out}")
+
+
+def list_jobs() -> None:
+    settings = _settings()
+    console.render_jobs(load_jobs(settings.jobs_file))
+
+
+def coverage(
+    schema: str,
+    db: str | None,
+    dataset: str | None,
+    symbols: str | None,
+    start_date: str | None,
+    end_date: str | None,
+    as_json: bool,
+) -> None:
+    settings = _settings(db=db)
+    today = utc_today()
+    start, end = (
+        None if value is None else resolve_day(_relative(flag, value), today)
+        for flag, value in (("--start-date", start_date), ("--end-date", end_date))
+    )
+    check_schema(schema)
+    calendars = load_calendars(settings.calendars_file)
+    store = _read_only_store(settings)
+    try:
+        report = coverage_report(store, calendars, schema, dataset, _symbols(symbols) or None, start, end)
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(report.document())
+    else:
+        console.render_coverage(report)
+
+
+def _relative(flag: str, value: str) -> dt.date | str:
+    day = _day(flag, value)
+    if day == LAST:
+        raise UsageError(f"{flag}: last names where a job's next ingest starts, not a day to report")
+    assert day is not None
+    return day
+
+
+def status(db: str | None, as_json: bool) -> None:
+    settings = _settings(db=db)
+    store = _read_only_store(settings)
+    try:
+        report = store.status()
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(report)
+    else:
+        console.render_status(report)
+
+
+def quarantine(
+    db: str | None, run: str | None, schema: str | None, rule: str | None, limit: int, show: int | None
+) -> None:
+    settings = _settings(db=db)
+    if schema is not None:
+        check_schema(schema)
+    store = _read_only_store(settings)
+    try:
+        records = store.ledger.quarantined(QuarantineQuery(run, schema, rule, limit))
+    finally:
+        store.close()
+    console.render_quarantine(records, show)
+
+
+def make_sample(out: Path) -> None:
+    _settings()  # logging as every command has it
+    try:
+        paths = write_sample(out)
+    except OSError as exc:
+        raise UsageError(f"cannot write the sample to {out}: {exc.strerror or exc}") from None
+    for path in paths:
+        console.out.print(f"wrote {path}")
