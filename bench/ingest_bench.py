@@ -5,9 +5,14 @@ Generates N trade records as a DBN file (metadata by databento-dbn), then measur
       identical empty PostgreSQL table with the same indexes (the physical limit);
   (b) the full pipeline, DBN file -> PostgreSQL, in a child process (its peak RSS);
   (c) the full pipeline, DBN file -> DuckDB, in a child process, and a bare Arrow
-      insert of the same rows into an identical DuckDB table.
-Prints rows/s, the ratios (b)/(a) and (c)/(bare DuckDB), peak RSS, and last one line:
-  RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n>
+      insert of the same rows into an identical DuckDB table;
+  (d) what a user would write instead, lossy: the databento client decodes the file to 9
+      columns (float prices, microsecond timestamps), pgpq binary COPY into a plain table
+      with no index, in a fresh process; compared with (b) as a fresh process too, both wall
+      time end to end including interpreter start-up;
+  and the start-up of `marketpipe version` (a fresh process, best of three).
+Prints rows/s, the ratios (b)/(a), (c)/(bare DuckDB) and (b)/(d), peak RSS, and last one line:
+  RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n> pg_vs_lossy=<v> startup_s=<s>
 
     python bench/ingest_bench.py [--records N] [--db postgresql://user@host:port/admin_db]
 
@@ -33,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import duckdb  # noqa: E402
+import numpy as np  # noqa: E402
 import pgpq  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -118,16 +124,81 @@ def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
     return seconds
 
 
-def run_child(kind: str, file: Path, db: str, batch_size: int) -> tuple[float, float]:
-    """Seconds of an ingest in a fresh process, and that process's peak RSS in MB."""
-    command = [sys.executable, __file__, "--child", str(file), "--db", db, "--batch-size", str(batch_size)]
+def run_child(
+    kind: str, file: Path, db: str, batch_size: int, mode: str = "--child"
+) -> tuple[float, float, float]:
+    """Seconds of the work in a fresh process, its peak RSS in MB, and the process's whole wall
+    time (interpreter start-up and imports included)."""
+    command = [sys.executable, __file__, mode, str(file), "--db", db, "--batch-size", str(batch_size)]
+    started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     output = child.stdout.read()
     if child.wait() != 0:
-        raise SystemExit(f"{kind} pipeline run failed")
+        raise SystemExit(f"{kind} run failed")
+    wall = time.perf_counter() - started
     figures = json.loads(output.strip().splitlines()[-1])
-    return float(figures["seconds"]), float(figures["peak_rss_mb"])
+    return float(figures["seconds"]), float(figures["peak_rss_mb"]), wall
+
+
+def _lossy_table(records: np.ndarray) -> pa.Table:
+    """9 columns the quick way: float prices, microsecond timestamps, the rest as DBN has them."""
+    return pa.table(
+        {
+            "ts_recv": pa.array(records["ts_recv"] // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "ts_event": pa.array(records["ts_event"] // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "instrument_id": pa.array(records["instrument_id"].astype(np.int64)),
+            "price": pa.array(records["price"] * 1e-9),
+            "size": pa.array(records["size"].astype(np.int64)),
+            "action": pa.array(records["action"].astype("U1")),
+            "side": pa.array(records["side"].astype("U1")),
+            "flags": pa.array(records["flags"].astype(np.int16)),
+            "sequence": pa.array(records["sequence"].astype(np.int64)),
+        }
+    )
+
+
+LOSSY_DDL = """CREATE TABLE bench_lossy (ts_recv TIMESTAMPTZ, ts_event TIMESTAMPTZ, instrument_id BIGINT,
+  price DOUBLE PRECISION, size BIGINT, action TEXT, side TEXT, flags SMALLINT, sequence BIGINT)"""
+
+
+def lossy(file: Path, db: str, batch_size: int) -> None:
+    """(d): the databento client decodes the records (numpy), 9 lossy columns, pgpq COPY into
+    a table with no index: what a user in a hurry would write."""
+    import databento
+
+    started = time.perf_counter()
+    blocks = databento.DBNStore.from_file(file).to_ndarray(count=batch_size)
+    encoder = None
+    with psycopg.connect(db) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_lossy")
+        conn.execute(LOSSY_DDL)
+        with conn.cursor() as cur, cur.copy("COPY bench_lossy FROM STDIN WITH (FORMAT BINARY)") as copy:
+            for records in blocks:
+                table = _lossy_table(records)
+                if encoder is None:
+                    encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
+                    copy.write(encoder.write_header())
+                for batch in table.to_batches():
+                    copy.write(encoder.write_batch(batch))
+            if encoder is not None:
+                copy.write(encoder.finish())
+        conn.commit()
+        (rows,) = conn.execute("SELECT count(*) FROM bench_lossy").fetchone()  # type: ignore[misc]
+        conn.execute("DROP TABLE bench_lossy")
+        conn.commit()
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "stored": rows, "peak_rss_mb": peak_rss_mb()}))
+
+
+def startup_seconds() -> float:
+    """Best of three wall times of `marketpipe version` in a fresh process."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "main.py"), "version"], check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def peak_rss_mb() -> float:
@@ -161,9 +232,13 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--lossy", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.db, args.batch_size)
+        return
+    if args.lossy:
+        lossy(args.lossy, args.db, args.batch_size)
         return
 
     n = args.records
@@ -184,10 +259,12 @@ def main() -> None:
             open_store(load_settings(db=pg_url), MODEL).close()
             tables = standardized_tables(file, args.batch_size)
             bare_pg = bare_postgres(pg_url, tables)
-            pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)
+            pipe_pg, rss_pg, wall_pg = run_child("postgres", file, pg_url, args.batch_size)
             bare_dd = bare_duckdb(work / "bare.duckdb", tables)
             del tables
-            pipe_dd, rss_dd = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
+            pipe_dd, rss_dd, _ = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
+            _, rss_lossy, wall_lossy = run_child("lossy", file, pg_url, args.batch_size, "--lossy")
+            startup = startup_seconds()
     finally:
         with psycopg.connect(args.db, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
@@ -197,6 +274,8 @@ def main() -> None:
         ("(b) pipeline DBN -> PostgreSQL", pipe_pg, rss_pg),
         ("    bare Arrow insert, DuckDB", bare_dd, None),
         ("(c) pipeline DBN -> DuckDB", pipe_dd, rss_dd),
+        ("(b) as a whole process", wall_pg, None),
+        ("(d) lossy client + COPY, whole process", wall_lossy, rss_lossy),
     ]
     print(f"\n{'':38} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")
     for name, seconds, rss in rows:
@@ -209,9 +288,12 @@ def main() -> None:
         f"\n(b)/(a) = {pg_ratio:.2f} (target >= 0.7)   (c)/bare DuckDB = {duckdb_ratio:.2f} (target >= 0.4)"
     )
     columns = len(MODEL.family_of("trades").columns)
+    pg_vs_lossy = wall_lossy / wall_pg
+    print(f"(b)/(d) = {pg_vs_lossy:.2f} (target >= 0.65)   marketpipe version starts in {startup:.2f} s")
     print(f"trades columns: {columns} + chunk_id; batch size {args.batch_size:,}")
     print(
         f"RESULT pg_ratio={pg_ratio:.3f} duckdb_ratio={duckdb_ratio:.3f} peak_rss_mb={peak:.0f} records={n}"
+        f" pg_vs_lossy={pg_vs_lossy:.3f} startup_s={startup:.3f}"
     )
 
 
