@@ -150,6 +150,7 @@ Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
 
 
 TIMESCALE_VERSION = sql.MODEL_VERSION + 1
+NO_BRIN_VERSION = sql.MODEL_VERSION + 4  # TimescaleDB only, like TIMESCALE_VERSION
 
 
 def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
@@ -165,6 +166,14 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
         )
     migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, _run(*sql.CHUNK_RANGES_DDL)))
     migrations.append((sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME, _run(sql.INSTRUMENTS_DDL)))
+    if mode_timescale:
+        migrations.append(
+            (
+                NO_BRIN_VERSION,
+                "hypertables prune by chunk: no BRIN on the time column",
+                lambda conn: timescale.drop_time_brin(conn, model),
+            )
+        )
     return migrations
 
 
@@ -182,6 +191,7 @@ class _PgSink:
     def __init__(self, store: PostgresStore, family: Family, chunk_id: int) -> None:
         self._store = store
         self._chunk_id = chunk_id
+        self._time_column = family.time_column
         self._background = sql.Background()
         columns = [*family.column_names, "chunk_id"]
         self._copy = (
@@ -195,6 +205,9 @@ class _PgSink:
         self._background.submit(self._copy_rows, copy_table(table, self._chunk_id))
 
     def _copy_rows(self, data: pa.Table) -> None:
+        # Rows in (instrument, time) order reach the B-tree on (instrument_id, time) in its own
+        # order: about 7% faster COPY into a hypertable (2M trades, bare COPY, one run each).
+        data = data.sort_by([("instrument_id", "ascending"), (self._time_column, "ascending")])
         encoder = pgpq.ArrowToPostgresBinaryEncoder(data.schema)
         with self._store.translated("COPY"), self._store.conn.cursor() as cur, cur.copy(self._copy) as copy:
             copy.write(encoder.write_header())
