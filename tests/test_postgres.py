@@ -40,6 +40,18 @@ def _trades_files(directory: Path, files: int, records: int) -> list[Path]:
     return paths
 
 
+def _ingest_command(db: str, directory: Path) -> tuple[list[str], dict[str, str]]:
+    """The CLI ingest of ``directory`` as its own process, in small batches, and its environment."""
+    env = {**os.environ, "MARKETPIPE_DB": db, "MARKETPIPE_BATCH_SIZE": "50000"}
+    return [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(directory)], env
+
+
+def _ingest_in_background(db: str, directory: Path) -> subprocess.Popen[bytes]:
+    """That ingest started, for a test to kill mid-run."""
+    command, env = _ingest_command(db, directory)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _statuses(url: str) -> dict[str, int]:
     """Chunks by status; empty before the store's first migration has created the table."""
     with psycopg.connect(url) as conn:
@@ -85,9 +97,8 @@ def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path)
 def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: Path) -> None:
     pg_url = server_url
     _trades_files(tmp_path / "d", 6, 250_000)
-    env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "50000"}
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
-    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = _ingest_in_background(pg_url, tmp_path / "d")
+    command, env = _ingest_command(pg_url, tmp_path / "d")  # the rerun, and the clean run
     deadline = time.monotonic() + 60
     killed_while = None
     while time.monotonic() < deadline and victim.poll() is None:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
-from test_postgres import _trades_files
+from test_postgres import _ingest_in_background, _trades_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +24,7 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
     pg_url: str, cli, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     _trades_files(tmp_path / "d", 4, 250_000)
-    env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "50000"}
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
-    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = _ingest_in_background(pg_url, tmp_path / "d")
     deadline = time.monotonic() + 60
     seen_running = False
     while time.monotonic() < deadline and victim.poll() is None:
@@ -55,9 +50,7 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
 def test_a_killed_duckdb_run_shows_as_interrupted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _trades_files(tmp_path / "d", 3, 300_000)
     db = str(tmp_path / "k.duckdb")
-    env = {**os.environ, "MARKETPIPE_DB": db, "MARKETPIPE_BATCH_SIZE": "50000"}
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
-    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = _ingest_in_background(db, tmp_path / "d")
     log = tmp_path / "logs" / "marketpipe.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and victim.poll() is None:
