@@ -108,3 +108,10 @@ def test_cli_refuses_a_bad_relative_day(cli, tmp_path: Path) -> None:  # type: i
     assert result.stderr.strip() == (
         "error: --start-date: 'tomorrow' is not a date (expected YYYY-MM-DD, today, yesterday, -Nd or last)"
     )
+
+
+def test_relative_days_that_end_before_they_start_are_refused(api: DatabentoServer, tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    with pytest.raises(UsageError, match="end date 2024-01-02 is before start date 2024-01-05"):
+        ingest(_job("today", end="-3d"), load_settings(db=str(store)), model=MODEL, today=TODAY)
+    assert not store.exists() and api.calls == []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from marketpipe.errors import UsageError
 from marketpipe.model import check_schema
 from marketpipe.stores.base import ExportQuery, Store
-from marketpipe.symbology import EPOCH, NS_PER_DAY, day_ns
+from marketpipe.symbology import EPOCH, NS_PER_DAY, day_ns, day_of, days_touched
 from marketpipe.types import ChunkStatus
 
 NEVER = "never"  # no chunk of the schema covers the day
@@ -84,10 +84,6 @@ class Coverage:
         }
 
 
-def _day(ns: int) -> dt.date:
-    return EPOCH + dt.timedelta(days=ns // NS_PER_DAY)
-
-
 def coverage(
     store: Store,
     calendars: dict[str, str],
@@ -111,8 +107,8 @@ def coverage(
             raise UsageError(
                 f"no {schema} chunk of {dataset or 'any dataset'} in {store.location}: give the days"
             )
-        start = start or _day(min(r[1] for r in ranges))
-        end = end or _day(max(r[2] for r in ranges) - 1)
+        start = start or day_of(min(r[1] for r in ranges))
+        end = end or day_of(max(r[2] for r in ranges) - 1)
     if end < start:
         raise UsageError(f"end date {end} is before start date {start}")
     calendar = calendars.get(dataset)
@@ -120,11 +116,9 @@ def coverage(
     states = dict.fromkeys(days, NEVER)
     for _, first_ns, end_ns, status in ranges:  # least recently updated first: the last word holds
         state = ChunkStatus.PENDING if status is ChunkStatus.RUNNING else status
-        day = _day(first_ns)
-        while day_ns(day) < end_ns:
+        for day in days_touched(first_ns, end_ns):
             if day in states:
                 states[day] = str(state)
-            day += dt.timedelta(days=1)
     report = Coverage(schema, dataset, calendar or WEEKDAYS, start, end, days, states)
     family = store.model.family_of(schema)
     window = (day_ns(start), day_ns(end) + NS_PER_DAY)

@@ -28,6 +28,7 @@ from marketpipe.config import (
     Settings,
     config_file,
     load_calendars,
+    make_request,
     resolve_day,
     utc_today,
 )
@@ -207,16 +208,16 @@ def resolve_days(
         else:
             raise UsageError(
                 f"start date last: job {request.name} has no fully stored day in {settings.db} yet;"
-                " give the job a first_start_date for its first run"
+                " give a date for its first run (in a job: first_start_date)"
             )
     first = None if start is None else resolve_day(start, today)
     last = None if end is None else resolve_day(end, today)
-    resolved = request.model_copy(update={"start_date": first, "end_date": last})
-    if first is None or last is None or last >= first:
-        return resolved, None
-    if through is not None:
-        return resolved, f"job {request.name} is stored through {through}: nothing to ingest up to {last}"
-    raise UsageError(f"end date {last} is before start date {first}")
+    days = {"start_date": first, "end_date": last}
+    if through is not None and first is not None and last is not None and last < first:
+        note = f"job {request.name} is stored through {through}: nothing to ingest up to {last}"
+        return request.model_copy(update=days), note
+    # The request's own checks (an end before the start) on the days as resolved.
+    return make_request(**{**request.model_dump(exclude_unset=True), **days}), None
 
 
 def ingest(

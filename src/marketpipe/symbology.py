@@ -55,6 +55,17 @@ def day_ns(day: dt.date) -> int:
     return _days(day) * NS_PER_DAY
 
 
+def day_of(ns: int) -> dt.date:
+    """The UTC day a nanosecond timestamp falls on."""
+    return EPOCH + dt.timedelta(days=ns // NS_PER_DAY)
+
+
+def days_touched(start_ns: int, end_ns: int) -> list[dt.date]:
+    """The UTC days a [start, end) nanosecond range touches, in order."""
+    first, last = day_of(start_ns), day_of(end_ns - 1)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
 class SymbolMap:
     """Resolves ``(instrument_id, day)`` pairs to symbols without a Python loop per record."""
 

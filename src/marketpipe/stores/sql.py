@@ -40,7 +40,7 @@ from marketpipe.stores.base import (
     TimeRange,
     chunk_id,
 )
-from marketpipe.symbology import EPOCH, NS_PER_DAY
+from marketpipe.symbology import NS_PER_DAY, days_touched
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Instrument, Rejection, RunStatus
 
 
@@ -511,17 +511,17 @@ class SqlLedger:
             self._commit()
 
     def stored_through(self, job: str) -> dt.date | None:
-        done: set[int] = set()
-        unfinished: set[int] = set()
+        done: set[dt.date] = set()
+        unfinished: set[dt.date] = set()
         for start, end, status in self._query(
             f"SELECT start_ns, end_ns, status FROM {CHUNKS_TABLE}"
             " WHERE job = %s AND start_ns IS NOT NULL AND end_ns IS NOT NULL",
             [job],
         ):
-            days = range(int(start) // NS_PER_DAY, (int(end) - 1) // NS_PER_DAY + 1)
+            days = days_touched(int(start), int(end))
             (done if status == ChunkStatus.DONE else unfinished).update(days)
         full = done - unfinished
-        return EPOCH + dt.timedelta(days=max(full)) if full else None
+        return max(full) if full else None
 
     def report(self, status: StoreStatus) -> None:
         status.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
