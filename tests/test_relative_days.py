@@ -11,6 +11,7 @@ import pytest
 from marketpipe.config import IngestRequest, load_settings, parse_day, resolve_day
 from marketpipe.errors import UsageError
 from marketpipe.pipeline import ingest
+from marketpipe.samples import make_sample
 
 from databento_server import DatabentoServer
 from dbn_reference import MODEL
@@ -115,3 +116,16 @@ def test_relative_days_that_end_before_they_start_are_refused(api: DatabentoServ
     with pytest.raises(UsageError, match="end date 2024-01-02 is before start date 2024-01-05"):
         ingest(_job("today", end="-3d"), load_settings(db=str(store)), model=MODEL, today=TODAY)
     assert not store.exists() and api.calls == []
+
+
+def test_export_and_coverage_take_relative_days_but_not_last(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    make_sample(tmp_path / "sample")
+    db = str(tmp_path / "store.duckdb")
+    assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
+    out = tmp_path / "recent.parquet"
+    recent = cli("export", "--schema", "trades", "--out", str(out), "--start-date", "-7d", "--db", db)
+    assert recent.exit_code == 0 and "wrote 0 trades records" in recent.output  # the sample is 2024
+    for command in (["export", "--out", str(tmp_path / "x.parquet")], ["coverage"]):
+        result = cli(*command, "--schema", "trades", "--end-date", "last", "--db", db)
+        assert result.exit_code == 2
+        assert "--end-date: last names where a job's next ingest starts" in result.output

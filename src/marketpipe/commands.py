@@ -51,15 +51,6 @@ def _read_only_store(settings: Settings) -> Store:
     return open_store(settings, load_model(settings.transformation_file), read_only=True)
 
 
-def _date(flag: str, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
-
-
 def _day(flag: str, value: str | None) -> dt.date | str | None:
     """A date or a relative day (today, yesterday, -Nd, last), resolved when the run starts."""
     if value is None:
@@ -243,7 +234,7 @@ def export(
     overwrite: bool,
 ) -> None:
     settings = _settings(db=db)
-    start, end = _date("--start-date", start_date), _date("--end-date", end_date)
+    start, end = _report_days(start_date, end_date)
     if start and end and end < start:
         raise UsageError(f"end date {end} is before start date {start}")
     check_schema(schema)  # bad arguments fail before the store is opened
@@ -273,11 +264,7 @@ def coverage(
     as_json: bool,
 ) -> None:
     settings = _settings(db=db)
-    today = utc_today()
-    start, end = (
-        None if value is None else resolve_day(_relative(flag, value), today)
-        for flag, value in (("--start-date", start_date), ("--end-date", end_date))
-    )
+    start, end = _report_days(start_date, end_date)
     check_schema(schema)
     calendars = load_calendars(settings.calendars_file)
     store = _read_only_store(settings)
@@ -291,12 +278,15 @@ def coverage(
         console.render_coverage(report)
 
 
-def _relative(flag: str, value: str) -> dt.date | str:
-    day = _day(flag, value)
-    if day == LAST:
-        raise UsageError(f"{flag}: last names where a job's next ingest starts, not a day to report")
-    assert day is not None
-    return day
+def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date | None, dt.date | None]:
+    """The days a report or an export covers: dates or relative days, resolved now (UTC)."""
+    days = []
+    for flag, value in (("--start-date", start_date), ("--end-date", end_date)):
+        day = _day(flag, value)
+        if day == LAST:
+            raise UsageError(f"{flag}: last names where a job's next ingest starts, not a day to read")
+        days.append(None if day is None else resolve_day(day, utc_today()))
+    return days[0], days[1]
 
 
 def status(db: str | None, as_json: bool) -> None:
