@@ -322,11 +322,10 @@ class Pipeline:
         def wanted() -> Iterator[Chunk]:
             for chunk in chunks:
                 current[:] = [chunk]
-                if force or not self.ledger.is_done(chunk):
-                    yield chunk
-                else:
-                    self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
+                if self._done_before(chunk, force):
                     finished(ChunkResult(chunk, ChunkStatus.SKIPPED))
+                else:
+                    yield chunk
 
         try:
             for fetched in self.source.fetch(wanted()):
@@ -342,6 +341,13 @@ class Pipeline:
             self._record_quietly(self.ledger.mark_failed, chunk, self.run_id, self.request.name, str(exc))
         summary.results = [results[c.key] for c in chunks if c.key in results]
 
+    def _done_before(self, chunk: Chunk, force: bool) -> bool:
+        """Stored by an earlier run (and not forced again): skipped, and logged so."""
+        if force or not self.ledger.is_done(chunk):
+            return False
+        self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
+        return True
+
     def _run_fetched(self, fetched: Fetched, force: bool) -> ChunkResult:
         """A chunk, or the parts its data turned out to hold: it is done once every part is,
         and a re-run skips the parts already done."""
@@ -353,10 +359,8 @@ class Pipeline:
         self.ledger.plan_chunks(fetched.parts, self.request.name)
         merged = ChunkResult(chunk, ChunkStatus.DONE)
         for part in fetched.parts:
-            if not force and self.ledger.is_done(part):
-                self.log.info("chunk.skipped", chunk=part.label, reason="done in an earlier run")
-                continue
-            merged.absorb(self._run_chunk_with_retries(part, force))
+            if not self._done_before(part, force):
+                merged.absorb(self._run_chunk_with_retries(part, force))
         counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
         if merged.status is ChunkStatus.DONE:
             self.ledger.mark_done(chunk, self.run_id, self.request.name, counts)
