@@ -187,17 +187,8 @@ class DatabentoApiSource:
             return []
         not_found: list[str] = []
         partly: list[str] = []
-        for batch in self._symbol_batches:
-            resolve = partial(
-                self.client.symbology.resolve,
-                dataset=self.dataset,
-                symbols=list(batch),
-                stype_in=self.request.stype_in,
-                stype_out="instrument_id",
-                start_date=self.start,
-                end_date=self.end,
-            )
-            result = self.api.call(f"symbology of {self.dataset}", resolve)
+        symbols = [symbol for batch in self._symbol_batches for symbol in batch]
+        for result in self._resolve("symbology", symbols, self.request.stype_in, "instrument_id"):
             not_found += result.get("not_found", [])
             partly += result.get("partial", [])
             for intervals in (result.get("result") or {}).values():
@@ -221,17 +212,7 @@ class DatabentoApiSource:
             return []
         ids = sorted(self._instrument_ids, key=int)
         found: list[Instrument] = []
-        for first in range(0, len(ids), MAX_SYMBOLS):
-            resolve = partial(
-                self.client.symbology.resolve,
-                dataset=self.dataset,
-                symbols=ids[first : first + MAX_SYMBOLS],
-                stype_in="instrument_id",
-                stype_out="raw_symbol",
-                start_date=self.start,
-                end_date=self.end,
-            )
-            result = self.api.call(f"raw symbols of {self.dataset}", resolve)
+        for result in self._resolve("raw symbols", ids, "instrument_id", "raw_symbol"):
             for instrument_id, intervals in (result.get("result") or {}).items():
                 for interval in intervals:
                     if interval.get("s"):
@@ -245,6 +226,23 @@ class DatabentoApiSource:
                             )
                         )
         return found
+
+    def _resolve(
+        self, what: str, symbols: list[str], stype_in: str, stype_out: str
+    ) -> Iterator[dict[str, Any]]:
+        """symbology.resolve over the plan's range, at most MAX_SYMBOLS symbols a call."""
+        for first in range(0, len(symbols), MAX_SYMBOLS):
+            resolve = partial(
+                self.client.symbology.resolve,
+                dataset=self.dataset,
+                symbols=symbols[first : first + MAX_SYMBOLS],
+                stype_in=stype_in,
+                stype_out=stype_out,
+                start_date=self.start,
+                end_date=self.end,
+            )
+            result: dict[str, Any] = self.api.call(f"{what} of {self.dataset}", resolve)
+            yield result
 
     def estimate(self) -> Estimate:
         """Checks, symbol resolution and the quote: the free metadata calls, nothing billed."""
