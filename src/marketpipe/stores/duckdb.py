@@ -227,13 +227,7 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
         """The user's SQL on a read-only connection, with the ``<table>_v`` views PostgreSQL
         has (here as temporary views), so one query runs on either store."""
         for family in self.model.families.values():
-            readable = ", ".join(
-                f"{sql.identifier(c.name)} AS {sql.identifier(c.name + '_time')}"
-                for c in family.columns
-                if c.is_timestamp
-            )
-            view, table = sql.identifier(family.table + "_v"), sql.identifier(family.table)
-            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *, {readable} FROM {table}")
+            self.con.execute(sql.readable_view(family, lambda column: column, "TEMP VIEW"))
         try:
             relation = self.con.sql(statement)
             reader = None if relation is None else relation.to_arrow_reader(batch_size)

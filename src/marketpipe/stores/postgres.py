@@ -136,13 +136,7 @@ def _model_statements(model: Model) -> list[str]:
             f"CREATE INDEX IF NOT EXISTS {family.table}_instrument_time ON {name} (instrument_id, {time})"
         )
         tables.append(f"CREATE INDEX IF NOT EXISTS {family.table}_time_brin ON {name} USING brin ({time})")
-        readable = ", ".join(
-            f"marketpipe_ts({sql.identifier(c.name)}) AS {sql.identifier(c.name + '_time')}"
-            for c in family.columns
-            if c.is_timestamp
-        )
-        view = sql.identifier(family.table + "_v")
-        tables.append(f"CREATE OR REPLACE VIEW {view} AS SELECT *, {readable} FROM {name}")
+        tables.append(sql.readable_view(family, lambda column: f"marketpipe_ts({column})"))
     return tables
 
 

@@ -69,6 +69,18 @@ def column_types(
     return type_of
 
 
+def readable_view(family: Family, as_time: Callable[[str], str], kind: str = "VIEW") -> str:
+    """``<table>_v``: every column, plus ``<column>_time`` as ``as_time`` reads each timestamp
+    column, so a query reads times the same way in every SQL store."""
+    readable = ", ".join(
+        f"{as_time(identifier(c.name))} AS {identifier(c.name + '_time')}"
+        for c in family.columns
+        if c.is_timestamp
+    )
+    view, table = identifier(family.table + "_v"), identifier(family.table)
+    return f"CREATE OR REPLACE {kind} {view} AS SELECT *, {readable} FROM {table}"
+
+
 def create_family_table(family: Family, type_of: Callable[[Column], str]) -> str:
     columns = []
     for c in family.columns:
