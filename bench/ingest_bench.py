@@ -6,10 +6,10 @@ Generates N trade records as a DBN file (metadata by databento-dbn), then measur
   (b) the full pipeline, DBN file -> PostgreSQL, in a child process (its peak RSS);
   (c) the full pipeline, DBN file -> DuckDB, in a child process, and a bare Arrow
       insert of the same rows into an identical DuckDB table;
-  (d) what a user would write instead, lossy: the databento client decodes the file to 9
-      columns (float prices, microsecond timestamps), pgpq binary COPY into a plain table
-      with no index, in a fresh process; compared with (b) as a fresh process too, both wall
-      time end to end including interpreter start-up;
+  (d) what a user would write instead, lossy (bench/lossy_copy.py): the databento client
+      decodes the file to 9 columns (float prices, microsecond timestamps), pgpq binary COPY
+      into a plain table with no index; compared with (b) as `marketpipe ingest` run by a
+      user onto the migrated store, both fresh processes timed end to end (start-up included);
   and the start-up of `marketpipe version` (a fresh process, best of three).
 Prints rows/s, the ratios (b)/(a), (c)/(bare DuckDB) and (b)/(d), peak RSS, and last one line:
   RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n> pg_vs_lossy=<v> startup_s=<s>
@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import duckdb  # noqa: E402
-import numpy as np  # noqa: E402
 import pgpq  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -62,13 +61,18 @@ BLOCK = 1_000_000
 
 
 def write_trades(path: Path, records: int) -> None:
-    """``records`` trades over one day, written a block at a time (bounded memory)."""
+    """``records`` trades over one day in time order, as Databento's files are ordered by the
+    index timestamp; written a block at a time (bounded memory), each block its share of the day."""
     day = dt.date(2024, 3, 4)
     start = (day - dt.date(1970, 1, 1)).days * 86_400 * 10**9
+    blocks = -(-records // BLOCK)
+    span = 86_400 * 10**9 // blocks
     with path.open("wb") as out:
         out.write(metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {}))
         for i, offset in enumerate(range(0, records, BLOCK)):
             block = synthetic_trades(min(BLOCK, records - offset), day, seed=i)
+            for field in ("ts_event", "ts_recv"):  # the block's day squeezed into its share
+                block[field] = start + i * span + (block[field] - start) // blocks
             block["sequence"] += offset
             out.write(block.tobytes())
 
@@ -124,71 +128,40 @@ def bare_duckdb(path: Path, tables: list[pa.Table]) -> float:
     return seconds
 
 
-def run_child(
-    kind: str, file: Path, db: str, batch_size: int, mode: str = "--child"
-) -> tuple[float, float, float]:
-    """Seconds of the work in a fresh process, its peak RSS in MB, and the process's whole wall
-    time (interpreter start-up and imports included)."""
-    command = [sys.executable, __file__, mode, str(file), "--db", db, "--batch-size", str(batch_size)]
-    started = time.perf_counter()
+def run_child(kind: str, file: Path, db: str, batch_size: int) -> tuple[float, float]:
+    """Seconds of the work in a fresh process and its peak RSS in MB."""
+    command = [sys.executable, __file__, "--child", str(file), "--db", db, "--batch-size", str(batch_size)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     output = child.stdout.read()
     if child.wait() != 0:
         raise SystemExit(f"{kind} run failed")
-    wall = time.perf_counter() - started
     figures = json.loads(output.strip().splitlines()[-1])
-    return float(figures["seconds"]), float(figures["peak_rss_mb"]), wall
+    return float(figures["seconds"]), float(figures["peak_rss_mb"])
 
 
-def _lossy_table(records: np.ndarray) -> pa.Table:
-    """9 columns the quick way: float prices, microsecond timestamps, the rest as DBN has them."""
-    return pa.table(
-        {
-            "ts_recv": pa.array(records["ts_recv"] // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "ts_event": pa.array(records["ts_event"] // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "instrument_id": pa.array(records["instrument_id"].astype(np.int64)),
-            "price": pa.array(records["price"] * 1e-9),
-            "size": pa.array(records["size"].astype(np.int64)),
-            "action": pa.array(records["action"].astype("U1")),
-            "side": pa.array(records["side"].astype("U1")),
-            "flags": pa.array(records["flags"].astype(np.int16)),
-            "sequence": pa.array(records["sequence"].astype(np.int64)),
-        }
-    )
+def truncate(url: str) -> None:
+    """The store as a run finds it the next day: migrated, no rows, no chunk done."""
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE trades, marketpipe_chunks, marketpipe_runs, marketpipe_quarantine")
 
 
-LOSSY_DDL = """CREATE TABLE bench_lossy (ts_recv TIMESTAMPTZ, ts_event TIMESTAMPTZ, instrument_id BIGINT,
-  price DOUBLE PRECISION, size BIGINT, action TEXT, side TEXT, flags SMALLINT, sequence BIGINT)"""
-
-
-def lossy(file: Path, db: str, batch_size: int) -> None:
-    """(d): the databento client decodes the records (numpy), 9 lossy columns, pgpq COPY into
-    a table with no index: what a user in a hurry would write."""
-    import databento
-
+def whole_processes(file: Path, db: str, batch_size: int, logs: Path) -> tuple[float, float, float]:
+    """Wall seconds, end to end in fresh processes, of (b) ``marketpipe ingest`` as a user runs
+    it and of (d) the lossy script, plus (d)'s peak RSS in MB."""
+    truncate(db)
+    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(file), "--db", db]
+    env = {**os.environ, "MARKETPIPE_BATCH_SIZE": str(batch_size), "MARKETPIPE_LOG_FILE": str(logs)}
     started = time.perf_counter()
-    blocks = databento.DBNStore.from_file(file).to_ndarray(count=batch_size)
-    encoder = None
-    with psycopg.connect(db) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_lossy")
-        conn.execute(LOSSY_DDL)
-        with conn.cursor() as cur, cur.copy("COPY bench_lossy FROM STDIN WITH (FORMAT BINARY)") as copy:
-            for records in blocks:
-                table = _lossy_table(records)
-                if encoder is None:
-                    encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
-                    copy.write(encoder.write_header())
-                for batch in table.to_batches():
-                    copy.write(encoder.write_batch(batch))
-            if encoder is not None:
-                copy.write(encoder.finish())
-        conn.commit()
-        (rows,) = conn.execute("SELECT count(*) FROM bench_lossy").fetchone()  # type: ignore[misc]
-        conn.execute("DROP TABLE bench_lossy")
-        conn.commit()
-    seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "stored": rows, "peak_rss_mb": peak_rss_mb()}))
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    pipeline = time.perf_counter() - started
+    lossy_command = [sys.executable, str(ROOT / "bench" / "lossy_copy.py"), str(file), "--db", db]
+    started = time.perf_counter()
+    output = subprocess.run(
+        [*lossy_command, "--batch-size", str(batch_size)], check=True, capture_output=True, text=True
+    ).stdout
+    lossy = time.perf_counter() - started
+    return pipeline, lossy, float(json.loads(output.strip().splitlines()[-1])["peak_rss_mb"])
 
 
 def startup_seconds() -> float:
@@ -232,13 +205,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--lossy", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.db, args.batch_size)
-        return
-    if args.lossy:
-        lossy(args.lossy, args.db, args.batch_size)
         return
 
     n = args.records
@@ -259,11 +228,13 @@ def main() -> None:
             open_store(load_settings(db=pg_url), MODEL).close()
             tables = standardized_tables(file, args.batch_size)
             bare_pg = bare_postgres(pg_url, tables)
-            pipe_pg, rss_pg, wall_pg = run_child("postgres", file, pg_url, args.batch_size)
+            pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)
             bare_dd = bare_duckdb(work / "bare.duckdb", tables)
             del tables
-            pipe_dd, rss_dd, _ = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
-            _, rss_lossy, wall_lossy = run_child("lossy", file, pg_url, args.batch_size, "--lossy")
+            pipe_dd, rss_dd = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
+            wall_pg, wall_lossy, rss_lossy = whole_processes(
+                file, pg_url, args.batch_size, work / "cli.jsonl"
+            )
             startup = startup_seconds()
     finally:
         with psycopg.connect(args.db, autocommit=True) as admin:
@@ -274,7 +245,7 @@ def main() -> None:
         ("(b) pipeline DBN -> PostgreSQL", pipe_pg, rss_pg),
         ("    bare Arrow insert, DuckDB", bare_dd, None),
         ("(c) pipeline DBN -> DuckDB", pipe_dd, rss_dd),
-        ("(b) as a whole process", wall_pg, None),
+        ("(b) `marketpipe ingest`, whole process", wall_pg, None),
         ("(d) lossy client + COPY, whole process", wall_lossy, rss_lossy),
     ]
     print(f"\n{'':38} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")

@@ -20,6 +20,7 @@ from marketpipe.model import SCHEMAS
 from marketpipe.pipeline import ingest
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
+from marketpipe.stores.postgres import BRIN_INDEX_VERSION
 
 from conftest import SAMPLES
 from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
@@ -224,7 +225,8 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         # Each step of a fresh plain-PostgreSQL store recorded once, by one of the four starts.
         versions = conn.execute("SELECT version FROM marketpipe_migrations ORDER BY version").fetchall()
-        assert versions == [(sql.MODEL_VERSION,), (sql.CHUNK_RANGES_VERSION,), (sql.INSTRUMENTS_VERSION,)]
+        steps = (sql.MODEL_VERSION, sql.CHUNK_RANGES_VERSION, sql.INSTRUMENTS_VERSION, BRIN_INDEX_VERSION)
+        assert versions == [(v,) for v in steps]
         assert conn.execute("SELECT marketpipe_ns(marketpipe_ts(1709510400123456789))").fetchone() == (
             1709510400123456000,
         )

@@ -19,6 +19,7 @@ import pytest
 from marketpipe.config import load_settings
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.stores import open_store
+from marketpipe.stores.postgres import BRIN_INDEX_VERSION
 
 from dbn_reference import MODEL
 from pg import fingerprint
@@ -252,3 +253,65 @@ def test_store_opened_read_only_rejects_writes(server_url: str, tmp_path: Path) 
     finally:
         store.close()
     assert data.exists()
+
+
+def _indexes(url: str) -> dict[str, set[str]]:
+    """Index definitions of each family's table (its own, and its hypertable chunks' in
+    TimescaleDB, whose names carry the chunk's prefix), table names removed."""
+    found: dict[str, set[str]] = {f.table: set() for f in MODEL.families.values()}
+    with psycopg.connect(url) as conn:
+        for family in MODEL.families.values():
+            rows = conn.execute(
+                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)"
+                " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+                " WHERE c.oid = %s::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits"
+                " WHERE inhparent = %s::regclass)",
+                (family.table, family.table),
+            ).fetchall()
+            for name, definition in rows:
+                using = definition.split(" USING ", 1)[1]
+                found[family.table].add(f"{name.split('.')[-1].split('_chunk_')[-1]} USING {using}")
+    return found
+
+
+def test_symbol_and_time_are_indexed_by_one_brin(server_url: str, cli, tmp_path: Path) -> None:
+    """Each family table carries one index, a BRIN on (instrument_id, time column), and a
+    symbol+time query and a time-only query both scan it (no sequential scan needed)."""
+    result = cli("ingest", "--from-file", str(_trades_file(tmp_path / "t.dbn", 20_000)), "--db", server_url)
+    assert result.exit_code == 0, result.output
+    assert _indexes(server_url) == {
+        f.table: {
+            f"{f.table}_instrument_time_brin USING brin (instrument_id, {f.time_column})"
+            " WITH (pages_per_range='16')"
+        }
+        for f in MODEL.families.values()
+    }
+    with psycopg.connect(server_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        lo, hi = 1709510400 * 10**9, 1709514000 * 10**9
+        in_range = "ts_recv >= %s AND ts_recv < %s"
+        for where in (f"instrument_id = 2 AND {in_range}", in_range):
+            rows = conn.execute(f"EXPLAIN SELECT * FROM trades WHERE {where}", (lo, hi))
+            plan = "\n".join(r for (r,) in rows)
+            assert "Bitmap Index Scan on" in plan and "instrument_time_brin" in plan, plan
+            assert "Seq Scan" not in plan, plan
+
+
+def test_an_earlier_stores_b_tree_is_replaced_by_the_brin(server_url: str) -> None:
+    """A store made before the BRIN: its B-tree and time BRIN go, the BRIN comes, once."""
+    settings = load_settings(db=server_url)
+    open_store(settings, MODEL).close()
+    with psycopg.connect(server_url) as conn:
+        conn.execute("DROP INDEX trades_instrument_time_brin")
+        conn.execute("CREATE INDEX trades_instrument_time ON trades (instrument_id, ts_recv)")
+        conn.execute("CREATE INDEX trades_time_brin ON trades USING brin (ts_recv)")
+        conn.execute("DELETE FROM marketpipe_migrations WHERE version = %s", (BRIN_INDEX_VERSION,))
+    open_store(settings, MODEL).close()
+    assert _indexes(server_url)["trades"] == {
+        "trades_instrument_time_brin USING brin (instrument_id, ts_recv) WITH (pages_per_range='16')"
+    }
+    with psycopg.connect(server_url) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM marketpipe_migrations WHERE version = %s", (BRIN_INDEX_VERSION,)
+        ).fetchone()  # type: ignore[misc]
+    assert count == 1

@@ -128,23 +128,41 @@ def _model_statements(model: Model) -> list[str]:
         " PARALLEL SAFE AS $$ SELECT (extract(epoch FROM t) * 1000000000)::BIGINT $$"
     )
     for family in model.families.values():
-        name, time = sql.identifier(family.table), sql.identifier(family.time_column)
         tables.append(sql.create_family_table(family, column_type))
-        # One B-tree for "this instrument over this time", BRIN for time alone: each index
-        # is paid on every COPY, so no more than these.
-        tables.append(
-            f"CREATE INDEX IF NOT EXISTS {family.table}_instrument_time ON {name} (instrument_id, {time})"
-        )
-        tables.append(f"CREATE INDEX IF NOT EXISTS {family.table}_time_brin ON {name} USING brin ({time})")
         tables.append(sql.readable_view(family, lambda column: f"marketpipe_ts({column})"))
     return tables
+
+
+# Every index is paid on every COPY. One BRIN on (instrument, time) serves "this instrument
+# over this time" and time alone (a multicolumn BRIN takes conditions on any of its columns),
+# because each COPY batch is written in (instrument, time) order: an instrument's rows of a
+# batch sit in a run of pages whose ranges summarize few instruments. Measured (2M trades,
+# TimescaleDB, bare COPY): the B-tree it replaces held COPY to 446,000 rows/s, this BRIN
+# 720,000, no index 795,000; reading one rare instrument's day: 18 blocks by B-tree, 277 by
+# BRIN (1.7 ms). Pages per range: 8 -> 179 blocks, 16 -> 277, 32 -> 525.
+BRIN_INDEX_VERSION = sql.MODEL_VERSION + 5
+BRIN_INDEX_NAME = "instrument and time by one BRIN, in place of a B-tree and a time BRIN"
+BRIN_PAGES_PER_RANGE = 16
+
+
+def _brin_index_statements(model: Model) -> list[str]:
+    statements = []
+    for family in model.families.values():
+        name, time = sql.identifier(family.table), sql.identifier(family.time_column)
+        statements += [
+            f"DROP INDEX IF EXISTS {family.table}_instrument_time",
+            f"DROP INDEX IF EXISTS {family.table}_time_brin",
+            f"CREATE INDEX IF NOT EXISTS {family.table}_instrument_time_brin ON {name}"
+            f" USING brin (instrument_id, {time}) WITH (pages_per_range = {BRIN_PAGES_PER_RANGE})",
+        ]
+    return statements
 
 
 Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
 
 
 TIMESCALE_VERSION = sql.MODEL_VERSION + 1
-NO_BRIN_VERSION = sql.MODEL_VERSION + 4  # TimescaleDB only, like TIMESCALE_VERSION
+# MODEL_VERSION + 4 dropped the time BRIN of TimescaleDB stores; BRIN_INDEX_VERSION does it too.
 
 
 def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
@@ -160,14 +178,7 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
         )
     migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, _run(*sql.CHUNK_RANGES_DDL)))
     migrations.append((sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME, _run(sql.INSTRUMENTS_DDL)))
-    if mode_timescale:
-        migrations.append(
-            (
-                NO_BRIN_VERSION,
-                "hypertables prune by chunk: no BRIN on the time column",
-                lambda conn: timescale.drop_time_brin(conn, model),
-            )
-        )
+    migrations.append((BRIN_INDEX_VERSION, BRIN_INDEX_NAME, _run(*_brin_index_statements(model))))
     return migrations
 
 
@@ -179,6 +190,11 @@ def _run(*statements: str) -> Callable[[psycopg.Connection[Any]], None]:
             conn.execute(statement)
 
     return apply
+
+
+# Measured (2M trades into TimescaleDB, `marketpipe ingest`, median of 5): whole batches
+# 4.55 s, slices of 16,384 rows 4.09 s, 4,096 rows 4.03 s.
+COPY_SLICE_ROWS = 16_384
 
 
 class _PgSink:
@@ -195,17 +211,19 @@ class _PgSink:
 
     def write(self, table: pa.Table) -> None:
         # COPY runs on a background thread (psycopg waits on the socket without the GIL), so
-        # the server loads this batch while the pipeline reads and checks the next one.
-        self._background.submit(self._copy_rows, copy_table(table, self._chunk_id))
+        # the server loads this batch while the pipeline reads and checks the next one. Rows in
+        # (instrument, time) order: what keeps the BRIN on (instrument_id, time) narrow; sorted
+        # here, so the background thread starts streaming at once.
+        rows = table.sort_by([("instrument_id", "ascending"), (self._time_column, "ascending")])
+        self._background.submit(self._copy_rows, copy_table(rows, self._chunk_id))
 
     def _copy_rows(self, data: pa.Table) -> None:
-        # Rows in (instrument, time) order reach the B-tree on (instrument_id, time) in its own
-        # order: about 7% faster COPY into a hypertable (2M trades, bare COPY, one run each).
-        data = data.sort_by([("instrument_id", "ascending"), (self._time_column, "ascending")])
+        # Encoded and sent a slice at a time: the server parses each slice while the next is
+        # encoded (one 250,000-row message would leave it idle while the whole batch encodes).
         encoder = pgpq.ArrowToPostgresBinaryEncoder(data.schema)
         with self._store.translated("COPY"), self._store.conn.cursor() as cur, cur.copy(self._copy) as copy:
             copy.write(encoder.write_header())
-            for batch in data.to_batches():
+            for batch in data.to_batches(max_chunksize=COPY_SLICE_ROWS):
                 copy.write(encoder.write_batch(batch))
             copy.write(encoder.finish())
 
