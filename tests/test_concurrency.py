@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,9 +14,13 @@ from pathlib import Path
 import duckdb
 import psycopg
 
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.logs import configure
+from marketpipe.pipeline import ingest
+from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from test_postgres import _statuses, _trades_files
 
-from pg import fingerprint
+from pg import admin_url, fingerprint, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +78,71 @@ def test_second_writer_on_a_duckdb_file_gets_one_line_naming_the_other(tmp_path:
     time.sleep(0.1)
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM information_schema.tables").fetchone() == (0,)
+
+
+def _lanes(log: Path) -> dict[str, int]:
+    """The lane each chunk was written through, from the run's log."""
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    return {e["chunk"]: e["lane"] for e in events if e.get("event") == "chunk.start"}
+
+
+def test_writers_load_chunks_in_parallel_and_store_what_one_writer_stores(
+    server_url: str, tmp_path: Path
+) -> None:
+    """``writers`` chunks at once, each through its own connection and transaction: the same
+    rows, the same ledger and the same run counts as one writer."""
+    _trades_files(tmp_path / "d", 5, 20_000)
+    request = IngestRequest(from_file=str(tmp_path / "d"))
+    configure(tmp_path / "two.jsonl", "INFO")
+    two = ingest(request, load_settings(db=server_url, writers=2))
+    assert two.exit_code == 0 and [r.status for r in two.results] == ["done"] * 5
+    assert sorted(set(_lanes(tmp_path / "two.jsonl").values())) == [1, 2]
+    with fresh_database(admin_url(server_url)) as one_url:
+        configure(tmp_path / "one.jsonl", "INFO")
+        one = ingest(request, load_settings(db=one_url, writers=1))
+        assert set(_lanes(tmp_path / "one.jsonl").values()) == {0}  # inline, the run's own store
+        assert fingerprint(server_url, "trades") == fingerprint(one_url, "trades")
+        assert _statuses(server_url) == _statuses(one_url) == {"done": 5}
+    counts = [(s.totals().read, s.totals().stored, s.totals().quarantined) for s in (two, one)]
+    assert counts == [(100_000, 100_000, 0)] * 2
+
+
+def test_a_chunk_failing_in_one_lane_fails_alone(pg_url: str, tmp_path: Path) -> None:
+    """Every trade of one file has size 0 (above the quarantine limit): that chunk fails and
+    stores nothing; the chunks of the other lane and those after it are stored."""
+    paths = _trades_files(tmp_path / "d", 4, 20_000)
+    array = synthetic_trades(20_000, dt.date(2024, 3, 5), seed=1)
+    array["size"] = 0
+    start = int(array["ts_event"][0])
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+    write_dbn(paths[1], meta, [array.tobytes()])
+    summary = ingest(IngestRequest(from_file=str(tmp_path / "d")), load_settings(db=pg_url, writers=2))
+    assert [r.status for r in summary.results] == ["done", "failed", "done", "done"]
+    assert "size" in (summary.results[1].error or "") and summary.exit_code == 1
+    assert fingerprint(pg_url, "trades")[0] == 3 * 20_000
+    assert _statuses(pg_url) == {"done": 3, "failed": 1}
+
+
+def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path) -> None:
+    """Ctrl-C while two lanes load: each lane's chunk rolls back at its next batch, so every
+    row in the table belongs to a chunk the ledger calls done, and a re-run completes."""
+    _trades_files(tmp_path / "d", 6, 250_000)
+    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "25000", "MARKETPIPE_WRITERS": "2"}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _statuses(pg_url).get("running", 0) < 2:
+        time.sleep(0.01)
+    assert _statuses(pg_url).get("running", 0) == 2, "two lanes were never loading at once"
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    with psycopg.connect(pg_url) as conn:
+        (done_rows,) = conn.execute(
+            "SELECT coalesce(sum(stored), 0) FROM marketpipe_chunks WHERE status = 'done'"
+        ).fetchone()  # type: ignore[misc]
+    assert fingerprint(pg_url, "trades")[0] == done_rows < 6 * 250_000
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert fingerprint(pg_url, "trades")[0] == 6 * 250_000

@@ -104,7 +104,7 @@ def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: 
     killed_while = None
     while time.monotonic() < deadline and victim.poll() is None:
         statuses = _statuses(pg_url)
-        if statuses.get("done", 0) >= 1 and statuses.get("running", 0) == 1:
+        if statuses.get("done", 0) >= 1 and statuses.get("running", 0) >= 1:  # one per writer lane
             victim.send_signal(signal.SIGKILL)
             killed_while = statuses
             break

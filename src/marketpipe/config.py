@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.
     db_retries: int = Field(5, ge=1)
     db_retry_wait: float = Field(0.5, ge=0)
+    # Chunks loaded at once, each through its own connection, where the store takes concurrent
+    # writers (PostgreSQL): one server process per COPY is the limit a single writer meets.
+    writers: int = Field(2, ge=1)
     # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it).
     duckdb_memory_limit: str = "256MB"
     # TimescaleDB: compress chunks whose data is older than this many days (opt-in).

@@ -10,12 +10,15 @@ half-written.
 from __future__ import annotations
 
 import datetime as dt
+import queue
+import threading
 import time
 import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,7 +44,7 @@ from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Fetched, Source
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Store
+from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Ledger, Store
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, RawBatch, RunStatus
 
@@ -261,6 +264,7 @@ class Pipeline:
         self.model = store.model
         self.validator = validator
         self.progress = progress
+        self._progress_lock = threading.Lock()  # lanes report from their threads
         self.run_id = uuid.uuid4().hex[:12]
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
 
@@ -310,9 +314,11 @@ class Pipeline:
         return summary
 
     def _run_chunks(self, chunks: list[Chunk], summary: RunSummary, force: bool) -> None:
-        """Every planned chunk not done yet, in plan order; a store gone for good stops the run."""
+        """Every planned chunk not done yet, in plan order, up to ``settings.writers`` at once
+        where the store takes concurrent writers; a store gone for good stops the run."""
         results: dict[str, ChunkResult] = {}
         current: list[Chunk] = []  # the chunk the run is at, for the error that stops it
+        inflight: dict[Future[ChunkResult], tuple[Chunk, _Group]] = {}
 
         def finished(result: ChunkResult) -> None:
             results[result.chunk.key] = result
@@ -327,19 +333,63 @@ class Pipeline:
                 else:
                     yield chunk
 
+        def settle(done: set[Future[ChunkResult]]) -> None:
+            for future in done:
+                chunk, group = inflight.pop(future)
+                current[:] = [chunk]
+                group.absorb(future.result())  # a StoreError of the chunk stops the run here
+                if group.waiting == 0:
+                    finished(self._finish_group(group))
+
+        lanes = _Lanes(self, self.settings.writers)
         try:
-            for fetched in self.source.fetch(wanted()):
-                current[:] = [fetched.chunk]
-                result = self._run_fetched(fetched, force)
-                self.source.finish(fetched.chunk, result.status is ChunkStatus.DONE)
-                finished(result)
+            with closing(lanes):
+                for fetched in self.source.fetch(wanted()):
+                    current[:] = [fetched.chunk]
+                    group = self._group(fetched, force)
+                    if group.waiting == 0:
+                        finished(self._finish_group(group))
+                    for part in group.parts:
+                        while len(inflight) >= lanes.size:
+                            settle(wait(inflight, return_when=FIRST_COMPLETED).done)
+                        inflight[lanes.submit(part, force)] = (part, group)
+                        settle({f for f in inflight if f.done()})
+                while inflight:
+                    settle(wait(inflight, return_when=FIRST_COMPLETED).done)
         except StoreError as exc:
             [chunk] = current
             summary.stopped = str(exc)
             results[chunk.key] = ChunkResult(chunk, ChunkStatus.FAILED, error=str(exc))
             self.log.error("run.stopped", chunk=chunk.label, error=str(exc))
             self._record_quietly(self.ledger.mark_failed, chunk, self.run_id, self.request.name, str(exc))
+            for future in inflight:  # finished by the other lanes meanwhile
+                if not future.cancelled() and future.exception() is None:
+                    finished(future.result())
         summary.results = [results[c.key] for c in chunks if c.key in results]
+
+    def _group(self, fetched: Fetched, force: bool) -> _Group:
+        """A fetched chunk and the parts of it still to write. Its data may turn out to hold
+        several parts: the chunk is done once every part is, and a re-run skips those done."""
+        chunk = fetched.chunk
+        if fetched.error is not None:
+            failed = self._failed(chunk, ChunkResult(chunk, ChunkStatus.RUNNING), fetched.error, self.ledger)
+            return _Group(fetched, [], failed)
+        if fetched.parts == [chunk]:
+            return _Group(fetched, [chunk], ChunkResult(chunk, ChunkStatus.DONE))
+        self.ledger.plan_chunks(fetched.parts, self.request.name)
+        parts = [p for p in fetched.parts if not self._done_before(p, force)]
+        return _Group(fetched, parts, ChunkResult(chunk, ChunkStatus.DONE))
+
+    def _finish_group(self, group: _Group) -> ChunkResult:
+        chunk, merged = group.fetched.chunk, group.merged
+        if group.fetched.error is None and group.fetched.parts != [chunk]:
+            counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
+            if merged.status is ChunkStatus.DONE:
+                self.ledger.mark_done(chunk, self.run_id, self.request.name, counts)
+            else:
+                self.ledger.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
+        self.source.finish(chunk, merged.status is ChunkStatus.DONE)
+        return merged
 
     def _done_before(self, chunk: Chunk, force: bool) -> bool:
         """Stored by an earlier run (and not forced again): skipped, and logged so."""
@@ -348,26 +398,6 @@ class Pipeline:
         self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
         return True
 
-    def _run_fetched(self, fetched: Fetched, force: bool) -> ChunkResult:
-        """A chunk, or the parts its data turned out to hold: it is done once every part is,
-        and a re-run skips the parts already done."""
-        chunk = fetched.chunk
-        if fetched.error is not None:
-            return self._failed(chunk, ChunkResult(chunk, ChunkStatus.RUNNING), fetched.error, self.log)
-        if fetched.parts == [chunk]:
-            return self._run_chunk_with_retries(chunk, force)
-        self.ledger.plan_chunks(fetched.parts, self.request.name)
-        merged = ChunkResult(chunk, ChunkStatus.DONE)
-        for part in fetched.parts:
-            if not self._done_before(part, force):
-                merged.absorb(self._run_chunk_with_retries(part, force))
-        counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
-        if merged.status is ChunkStatus.DONE:
-            self.ledger.mark_done(chunk, self.run_id, self.request.name, counts)
-        else:
-            self.ledger.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
-        return merged
-
     def _record_quietly(self, action: Callable[..., None], *args: object) -> None:
         """Bookkeeping after the store failed: try, but a dead store must not hide the cause."""
         try:
@@ -375,7 +405,7 @@ class Pipeline:
         except StoreError as exc:
             self.log.warning("bookkeeping.skipped", error=str(exc))
 
-    def _run_chunk_with_retries(self, chunk: Chunk, force: bool) -> ChunkResult:
+    def _run_chunk_with_retries(self, chunk: Chunk, force: bool, lane: _Lane) -> ChunkResult:
         """A transient store fault re-runs the whole chunk: its transaction is gone."""
 
         def log_retry(attempt: int, reason: str, wait: float) -> None:
@@ -386,17 +416,18 @@ class Pipeline:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
-                    self.store.reconnect()
-                result = self._run_chunk(chunk, force)
+                    lane.store.reconnect()
+                result = self._run_chunk(chunk, force, lane)
                 result.attempts = number
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_chunk(self, chunk: Chunk, force: bool) -> ChunkResult:
-        log = self.log.bind(chunk=chunk.label, schema=chunk.schema)
+    def _run_chunk(self, chunk: Chunk, force: bool, lane: _Lane) -> ChunkResult:
+        log = self.log.bind(chunk=chunk.label, schema=chunk.schema, lane=lane.number)
         log.info("chunk.start")
         if self.progress:
-            self.progress.chunk_started(chunk)
+            with self._progress_lock:
+                self.progress.chunk_started(chunk)
         timer = _StageTimer()
         result = ChunkResult(chunk, ChunkStatus.RUNNING)
         started = time.perf_counter()
@@ -404,9 +435,10 @@ class Pipeline:
             # The data is opened (an API chunk is already downloaded) before the transaction.
             with timer("read"):
                 batches = self.source.read(chunk, self.settings.batch_size)
-            with self.store.write_chunk(chunk, self.run_id, self.request.name, force) as writer:
+            with lane.store.write_chunk(chunk, self.run_id, self.request.name, force) as writer:
                 for raw in self._timed_batches(batches, timer):
-                    self._process(chunk, raw, writer, timer, result)
+                    lane.check_stop()
+                    self._process(chunk, raw, writer, timer, result, lane.validator)
                 result.seconds = time.perf_counter() - started
                 self._check_quarantine_ratio(chunk, result)
                 if result.read != result.stored + result.quarantined:
@@ -419,12 +451,12 @@ class Pipeline:
             log.info("chunk.skipped", reason="stored by another run while this one waited")
             return ChunkResult(chunk, ChunkStatus.SKIPPED)
         except SourceError as exc:
-            return self._failed(chunk, result, str(exc), log)
+            return self._failed(chunk, result, str(exc), lane.store.ledger, log)
         except StoreError:
             raise  # retried, or it stops the run: other chunks would fail the same way
         except Exception as exc:  # a bug or a store fault: keep the traceback in the log file
             log.error("chunk.crashed", error=repr(exc), traceback=traceback.format_exc())
-            return self._failed(chunk, result, f"{chunk.label}: {exc}", log)
+            return self._failed(chunk, result, f"{chunk.label}: {exc}", lane.store.ledger, log)
         result.status = ChunkStatus.DONE
         for stage in STAGES:
             log.info(
@@ -452,10 +484,15 @@ class Pipeline:
             )
 
     def _failed(
-        self, chunk: Chunk, result: ChunkResult, error: str, log: structlog.BoundLogger
+        self,
+        chunk: Chunk,
+        result: ChunkResult,
+        error: str,
+        ledger: Ledger,
+        log: structlog.BoundLogger | None = None,
     ) -> ChunkResult:
-        log.warning("chunk.failed", error=error)
-        self.ledger.mark_failed(chunk, self.run_id, self.request.name, error)
+        (log or self.log).warning("chunk.failed", chunk=chunk.label, error=error)
+        ledger.mark_failed(chunk, self.run_id, self.request.name, error)
         return ChunkResult(chunk, ChunkStatus.FAILED, read=result.read, error=error)
 
     def _timed_batches(self, batches: Iterator[RawBatch], timer: _StageTimer) -> Iterator[RawBatch]:
@@ -468,13 +505,19 @@ class Pipeline:
             yield raw
 
     def _process(
-        self, chunk: Chunk, raw: RawBatch, writer: ChunkWriter, timer: _StageTimer, result: ChunkResult
+        self,
+        chunk: Chunk,
+        raw: RawBatch,
+        writer: ChunkWriter,
+        timer: _StageTimer,
+        result: ChunkResult,
+        validator: Validator,
     ) -> None:
         family = self.model.family_of(chunk.schema)
         count = len(raw.records)
         result.read += count
         with timer("validate_initial"):
-            first = self.validator.check("initial", family, chunk.schema, chunk, raw.records, None)
+            first = validator.check("initial", family, chunk.schema, chunk, raw.records, None)
             if first.rejections:
                 raw = RawBatch(raw.records[first.keep], raw.symbols.filter(pa.array(first.keep)))
         timer.records["validate_initial"] += len(raw.records)
@@ -482,7 +525,7 @@ class Pipeline:
             table = to_table(family, chunk.schema, raw)
         timer.records["transform"] += table.num_rows
         with timer("validate_post"):
-            post = self.validator.check("post", family, chunk.schema, chunk, raw.records, table)
+            post = validator.check("post", family, chunk.schema, chunk, raw.records, table)
             if post.rejections:
                 table = table.filter(pa.array(post.keep))
         rejected = first.rejections + post.rejections
@@ -497,4 +540,96 @@ class Pipeline:
         result.quarantined += len(rejected)
         result.rules.update(r.rule for r in rejected)
         if self.progress:
-            self.progress.advance(count)
+            with self._progress_lock:
+                self.progress.advance(count)
+
+
+@dataclass
+class _Group:
+    """A fetched chunk, the parts of it being written, and its result so far."""
+
+    fetched: Fetched
+    parts: list[Chunk]
+    merged: ChunkResult
+    waiting: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.waiting = len(self.parts)
+
+    def absorb(self, result: ChunkResult) -> None:
+        self.waiting -= 1
+        if self.fetched.parts == [self.fetched.chunk]:
+            self.merged = result  # the chunk itself
+        else:
+            self.merged.absorb(result)
+
+
+@dataclass
+class _Lane:
+    """What one writer thread writes a chunk through: its own store connection and rules."""
+
+    number: int  # 0: the run's own store, on the caller's thread; 1 and up: writer threads
+    store: Store
+    validator: Validator
+    stopping: threading.Event
+
+    def check_stop(self) -> None:
+        """The run is being interrupted: roll this chunk back rather than finish it."""
+        if self.stopping.is_set():
+            raise KeyboardInterrupt
+
+
+class _Lanes:
+    """Chunks written by up to ``writers`` threads at once, each through a lane of its own.
+
+    One store connection loads rows at the speed of one server process; a server that takes
+    concurrent writers (PostgreSQL) loads two chunks at once about 1.55 times as fast (2M
+    trades into TimescaleDB, bare COPY, two connections). Each chunk keeps its own transaction.
+    With one writer (or a store of one writer, DuckDB), chunks run inline on the caller's thread
+    through the run's own store."""
+
+    def __init__(self, pipeline: Pipeline, writers: int) -> None:
+        self._pipeline = pipeline
+        self._stopping = threading.Event()
+        self._own = _Lane(0, pipeline.store, pipeline.validator, self._stopping)
+        store = pipeline.store
+        self.size = writers if writers > 1 and store.data.capabilities.concurrent_writers else 1
+        self._idle: queue.SimpleQueue[_Lane] = queue.SimpleQueue()
+        self._opened: list[_Lane] = []
+        self._opening = threading.Lock()
+        self._executor = (
+            ThreadPoolExecutor(self.size, thread_name_prefix="marketpipe-lane") if self.size > 1 else None
+        )
+
+    def submit(self, chunk: Chunk, force: bool) -> Future[ChunkResult]:
+        if self._executor is not None:
+            return self._executor.submit(self._in_a_lane, chunk, force)
+        future: Future[ChunkResult] = Future()
+        try:
+            future.set_result(self._pipeline._run_chunk_with_retries(chunk, force, self._own))
+        except StoreError as exc:
+            future.set_exception(exc)
+        return future
+
+    def _in_a_lane(self, chunk: Chunk, force: bool) -> ChunkResult:
+        try:
+            lane = self._idle.get_nowait()
+        except queue.Empty:  # no more lanes than threads: each opens at most one
+            with self._opening:
+                number = len(self._opened) + 1
+                store, validator = self._pipeline.store.another(), self._pipeline.validator.another()
+                lane = _Lane(number, store, validator, self._stopping)
+                self._opened.append(lane)
+        try:
+            return self._pipeline._run_chunk_with_retries(chunk, force, lane)
+        finally:
+            self._idle.put(lane)
+
+    def close(self) -> None:
+        """Waits for the chunks in flight; on an interrupt they roll back at their next batch."""
+        if self._executor is not None:
+            self._stopping.set()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        for lane in self._opened:
+            with suppress(StoreError):
+                lane.store.close()

@@ -14,6 +14,7 @@ to the table's columns) fails at start, naming the file and the rule, before any
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections import Counter
@@ -154,6 +155,12 @@ class Validator:
         for rule in self.rules:
             self._check_expression_only(rule)
         self._check_all_bind()
+
+    def another(self) -> Validator:
+        """The same rules for another thread (a DuckDB connection serves one thread at a time)."""
+        twin = copy.copy(self)
+        twin._con = self._con.cursor()
+        return twin
 
     def _load(self, path: Path) -> list[RuleSpec]:
         document = read_yaml(path, "validation rules")

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, cast, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -139,6 +139,15 @@ class ChunkSink(Protocol):
 
     def close(self) -> None:
         """End of the chunk: rows not committed are dropped."""
+        ...
+
+
+@runtime_checkable
+class Connected(Protocol):
+    """A store of a server that takes concurrent writers: each writer thread connects anew."""
+
+    def another(self) -> Self:
+        """The same store (and ledger) through a connection of its own."""
         ...
 
 
@@ -309,6 +318,15 @@ class Store:
         report.tables = [self.data.table_status(f) for f in self.model.families.values()]
         self.ledger.report(report)
         return report
+
+    def another(self) -> Store:
+        """A second connection to the same store, for a writer on another thread: only where
+        the data side declares concurrent writers and keeps its ledger in its own database."""
+        data = self.data
+        if not (data.capabilities.concurrent_writers and self.ledger is data and isinstance(data, Connected)):
+            raise TypeError(f"a {self.mode} store takes one writer at a time")
+        twin = data.another()
+        return Store(twin, cast(Ledger, twin))
 
     def _parts(self) -> list[DataStore | Ledger]:
         return [self.data] if self.ledger is self.data else [self.data, self.ledger]

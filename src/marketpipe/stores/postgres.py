@@ -15,6 +15,7 @@ retried as a whole by the pipeline.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -275,6 +276,12 @@ class PostgresStore(sql.SqlStore):
                 except psycopg.Error as exc:
                     raise translate(exc, f"cannot connect to PostgreSQL at {self.location}") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def another(self) -> PostgresStore:
+        """Migrated and inspected already: only the connection is new."""
+        twin = copy.copy(self)
+        twin.conn = self._connect()
+        return twin
 
     def reconnect(self) -> None:
         with suppress(psycopg.Error):
