@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from marketpipe import console
 from marketpipe.config import (
@@ -199,6 +198,8 @@ def query(statement: str, db: str | None, format: str, out: Path | None, overwri
 def _write_stream(reader: pa.RecordBatchReader, format: str, out: Path | None) -> None:
     """CSV or JSON to standard output, or JSON to ``out`` (written whole, then renamed)."""
     if format == "csv":
+        import pyarrow.csv as pacsv  # only a query that prints CSV writes one
+
         with pacsv.CSVWriter(sys.stdout.buffer, reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)

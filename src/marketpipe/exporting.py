@@ -11,18 +11,27 @@ import datetime as dt
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from marketpipe.errors import UsageError
 from marketpipe.reading import Reader
 from marketpipe.stores.base import Store
 
-WRITERS = {"parquet": pq.ParquetWriter, "csv": pacsv.CSVWriter}
-FORMATS = tuple(WRITERS)
+FORMATS = ("parquet", "csv")
 _NAME_MAX = 255  # bytes in one path component on Linux file systems
+
+
+def _writer(fmt: str) -> type[Any]:
+    """Arrow's writer of a format, imported only by a command that writes one."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetWriter
+    import pyarrow.csv as pacsv
+
+    return pacsv.CSVWriter
 
 
 def check_output(out: Path, overwrite: bool, protected: list[Path]) -> None:
@@ -49,7 +58,7 @@ def write_file(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str, o
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = 0
-        with WRITERS[fmt](partial, schema) as writer:
+        with _writer(fmt)(partial, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows

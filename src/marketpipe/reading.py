@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketpipe.config import load_settings
 from marketpipe.errors import UsageError
@@ -63,6 +62,8 @@ def time_ns(value: TimeBound, name: str) -> int | None:
 def _priced(batch: pa.RecordBatch, family: Family, price_type: PriceType) -> pa.RecordBatch:
     if price_type == "decimal":
         return batch
+    import pyarrow.compute as pc  # read-only commands that never convert prices skip its import
+
     prices = {c.name for c in family.columns if c.kind is Kind.PRICE}
     columns = []
     for column, name in zip(batch.columns, batch.schema.names, strict=True):

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 EPOCH = dt.date(1970, 1, 1)
@@ -117,4 +116,4 @@ class SymbolMap:
             & (ts != _UNDEF_TIMESTAMP)
         )
         indices = pa.array(self._codes[safe], mask=~found)
-        return pc.take(self._names, indices)
+        return self._names.take(indices)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from marketpipe.config import config_file, first_error, read_yaml
+from marketpipe.config import SafeLoader, config_file, first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import (
     LAYOUT_OF_SCHEMA,
@@ -69,7 +69,7 @@ class TransformationFile(BaseModel):
     tables: dict[str, TableSpec]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(SafeLoader):
     """PyYAML keeps the last of two equal keys; a column declared twice is a mistake."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, Self, cast, runtime_checkable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketpipe.model import Family, Model
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Instrument, Rejection, RunStatus
@@ -264,8 +263,8 @@ class ChunkWriter:
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            bounds = pc.min_max(table[self._time_column].cast(pa.int64()))
-            low, high = int(bounds["min"].as_py()), int(bounds["max"].as_py())
+            times = table[self._time_column].cast(pa.int64()).to_numpy()  # never NULL
+            low, high = int(times.min()), int(times.max())
             if self._range is not None:
                 low, high = min(low, self._range[0]), max(high, self._range[1])
             self._range = (low, high)
