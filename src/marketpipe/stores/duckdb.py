@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 import marketpipe.stores.sql as sql
-from marketpipe.config import Settings
+from marketpipe.config import DUCKDB_MEMORY_LIMIT, Settings
 from marketpipe.errors import StoreError, StoreRejected, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import Capabilities, ExportQuery, Store
@@ -104,7 +104,7 @@ class _DuckDBSink:
 class DuckDBLedger(sql.SqlLedger):
     """A DuckDB file holding the ledger; a store's tables too when it is a ``DuckDBStore``."""
 
-    def __init__(self, path: str, memory_limit: str = "256MB", read_only: bool = False) -> None:
+    def __init__(self, path: str, memory_limit: str = DUCKDB_MEMORY_LIMIT, read_only: bool = False) -> None:
         """``read_only``: the file must hold a store already; nothing is created or changed."""
         self.location = path
         file = Path(path).expanduser()
@@ -205,7 +205,7 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
     capabilities = Capabilities(atomic_chunks=True, concurrent_writers=False)
 
     def __init__(
-        self, path: str, memory_limit: str = "256MB", read_only: bool = False, *, model: Model
+        self, path: str, memory_limit: str = DUCKDB_MEMORY_LIMIT, read_only: bool = False, *, model: Model
     ) -> None:
         self.model = model
         super().__init__(path, memory_limit, read_only)
