@@ -44,9 +44,13 @@ def text_array(values: np.ndarray) -> pa.Array:
     """
     n, width = len(values), values.dtype.itemsize
     raw = values.view(np.uint8).reshape(n, width)
-    nul = raw == 0
-    lengths = np.where(nul.any(axis=1), np.argmax(nul, axis=1), width).astype(np.int32)
-    data = raw[np.arange(width) < lengths[:, None]]
+    if width == 1:  # a single character (side, action): empty where NUL; half the passes
+        kept = raw[:, 0] != 0
+        lengths, data = kept.astype(np.int32), raw[kept, 0]
+    else:
+        nul = raw == 0
+        lengths = np.where(nul.any(axis=1), np.argmax(nul, axis=1), width).astype(np.int32)
+        data = raw[np.arange(width) < lengths[:, None]]
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
