@@ -4,7 +4,8 @@ Stages, in order: load job config (the caller) -> init source -> plan -> read ty
 -> initial validation -> transform -> post-transformation validation -> store -> record
 progress. A chunk is written in one store transaction that first removes what an earlier
 write of the same chunk stored, so a re-run never duplicates and a failure leaves nothing
-half-written.
+half-written. Where the store takes concurrent writers, several chunks run at once, each in a
+lane of its own (connection, rules connection, transaction); bookkeeping stays on the caller's.
 """
 
 from __future__ import annotations
