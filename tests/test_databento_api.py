@@ -437,3 +437,24 @@ def test_a_download_too_large_for_one_transaction_is_stored_in_parts_and_resumes
     assert api.count("timeseries.get_range") == 3
     assert _ingest(cli, "--force", schema="trades").exit_code == 0
     assert _stored_trades(tmp_path / "store.duckdb") == expected
+
+
+def test_parts_of_downloads_load_in_parallel_lanes_into_postgresql(  # type: ignore[no-untyped-def]
+    api, cli, tmp_path: Path, monkeypatch, pg_url: str
+) -> None:
+    """Two writers take the parts of each day's download at once. Each day is downloaded once
+    (a download removed before its last part was read would be fetched again), every part and
+    every day is done, and the rows are what was served."""
+    monkeypatch.setattr(DatabentoApiSource, "PART_RECORDS", 4)
+    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    monkeypatch.setenv("MARKETPIPE_WRITERS", "2")
+    assert _ingest(cli, schema="trades").exit_code == 0
+    assert api.count("timeseries.get_range") == 3
+    assert {e["lane"] for e in _log(tmp_path) if e.get("event") == "chunk.start"} == {1, 2}
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT instrument_id, ts_event, price::text, size, sequence FROM trades"
+        ).fetchall()
+        states = dict(conn.execute("SELECT chunk_key, status FROM marketpipe_chunks").fetchall())
+    assert sorted(rows) == _expected_trades(_served(api, "trades"))
+    assert set(states.values()) == {"done"} and sum("+4" not in k for k in states) == 3  # the days
