@@ -24,6 +24,7 @@ LAYERS = [
     {"marketpipe.sources", "marketpipe.rules", "marketpipe.stores"},  # the stages, by package
     {"marketpipe.reading", "marketpipe.coverage"},
     {"marketpipe.pipeline", "marketpipe.exporting"},
+    {"marketpipe.cluster"},
     {"marketpipe.console"},
     {"marketpipe.commands"},
     {"marketpipe.cli"},

@@ -108,6 +108,18 @@ def ingest(
         bool, typer.Option("--fill-gaps", help="Only the sessions `coverage` finds not done (API)")
     ] = False,
     as_json: JsonOption = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Run the chunks on a local Dask cluster of this many processes"
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster", help="Run the chunks on the Dask scheduler at this address (tcp://host:8786)"
+        ),
+    ] = None,
 ) -> None:
     """Ingest DBN files or API data through every pipeline stage into the store."""
     flags = dict(locals())

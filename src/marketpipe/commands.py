@@ -7,7 +7,10 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -34,6 +37,9 @@ from marketpipe.rules.transformation import load_model
 from marketpipe.samples import make_sample as write_sample
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery, Querying, Store
+
+if TYPE_CHECKING:
+    from marketpipe.pipeline import LanesFactory
 
 QUERY_FORMATS = ("table", "csv", "json", "parquet")
 
@@ -86,6 +92,8 @@ def ingest(
     dry_run: bool,
     fill_gaps: bool,
     as_json: bool,
+    workers: int | None = None,
+    cluster: str | None = None,
 ) -> int:
     """The exit code: 1 when an input or a chunk failed."""
     settings = _settings(
@@ -119,14 +127,34 @@ def ingest(
             console.out.print(current)
             return 0
         return _dry_run(resolved, settings)
-    if as_json:
-        summary = pipeline.ingest(request, settings, model=model, force=force)
-        console.print_json(console.summary_document(summary))
-        return summary.exit_code
-    with console.RichProgress() as progress:
-        summary = pipeline.ingest(request, settings, progress, model, force=force)
+    with _lanes(request, settings, workers, cluster) as lanes:
+        if as_json:
+            summary = pipeline.ingest(request, settings, model=model, force=force, lanes=lanes)
+            console.print_json(console.summary_document(summary))
+            return summary.exit_code
+        with console.RichProgress() as progress:
+            summary = pipeline.ingest(request, settings, progress, model, force=force, lanes=lanes)
     console.render_summary(summary)
     return summary.exit_code
+
+
+@contextmanager
+def _lanes(
+    request: IngestRequest, settings: Settings, workers: int | None, address: str | None
+) -> Iterator[LanesFactory | None]:
+    """The chunks' runner: this process's writer threads, or a Dask cluster's workers."""
+    if workers is None and address is None:
+        yield None
+        return
+    if workers is not None and address is not None:
+        raise UsageError("--workers starts a local cluster, --cluster joins one: give one of them")
+    try:
+        from marketpipe import cluster
+    except ImportError:
+        raise UsageError("--workers/--cluster need Dask: pip install 'marketpipe[cluster]'") from None
+    cluster.check(request, settings)
+    with cluster.connect(workers, address) as client:
+        yield cluster.lanes(client)
 
 
 def _dry_run(request: IngestRequest, settings: Settings) -> int:

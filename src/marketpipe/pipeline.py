@@ -231,12 +231,14 @@ def ingest(
     model: Model | None = None,
     force: bool = False,
     today: dt.date | None = None,
+    lanes: LanesFactory | None = None,
 ) -> RunSummary:
     """One ingest: rules, then arguments, then the store, each failing before the next is
     touched, so bad rules or bad arguments never open (or create) a store.
 
     ``model``: the compiled transformation file, else compiled here from the settings.
-    ``today``: what relative days count from (default: the UTC date now)."""
+    ``today``: what relative days count from (default: the UTC date now).
+    ``lanes``: what runs the chunks (default: writer threads of this process)."""
     model = model or load_model(settings.transformation_file)
     validator = Validator(config_file(settings.validation_file), model)
     request, current = prepare(request, settings, model, today or utc_today())
@@ -244,7 +246,7 @@ def ingest(
         return RunSummary("", request.name, settings.db, notes=[current])
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
     with closing(make_source(request, settings)) as source, closing(open_store(settings, model)) as store:
-        return Pipeline(request, settings, source, store, validator, progress).run(force)
+        return Pipeline(request, settings, source, store, validator, progress, lanes=lanes).run(force)
 
 
 class Pipeline:
@@ -256,7 +258,11 @@ class Pipeline:
         store: Store,
         validator: Validator,
         progress: Progress | None = None,
+        run_id: str | None = None,
+        lanes: LanesFactory | None = None,
     ) -> None:
+        """``run_id``: a run's id where this pipeline writes chunks for a run planned elsewhere
+        (a cluster worker); ``lanes``: what runs the chunks (default: writer threads)."""
         self.request = request
         self.settings = settings
         self.source = source
@@ -266,7 +272,8 @@ class Pipeline:
         self.validator = validator
         self.progress = progress
         self._progress_lock = threading.Lock()  # lanes report from their threads
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.lanes = lanes or ThreadLanes
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
 
     def run(self, force: bool = False) -> RunSummary:
@@ -342,7 +349,7 @@ class Pipeline:
                 if group.waiting == 0:
                     finished(self._finish_group(group))
 
-        lanes = _Lanes(self, self.settings.writers)
+        lanes = self.lanes(self)
         try:
             with closing(lanes):
                 for fetched in self.source.fetch(wanted()):
@@ -406,7 +413,7 @@ class Pipeline:
         except StoreError as exc:
             self.log.warning("bookkeeping.skipped", error=str(exc))
 
-    def _run_chunk_with_retries(self, chunk: Chunk, force: bool, lane: _Lane) -> ChunkResult:
+    def run_chunk(self, chunk: Chunk, force: bool, lane: Lane) -> ChunkResult:
         """A transient store fault re-runs the whole chunk: its transaction is gone."""
 
         def log_retry(attempt: int, reason: str, wait: float) -> None:
@@ -423,7 +430,7 @@ class Pipeline:
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_chunk(self, chunk: Chunk, force: bool, lane: _Lane) -> ChunkResult:
+    def _run_chunk(self, chunk: Chunk, force: bool, lane: Lane) -> ChunkResult:
         log = self.log.bind(chunk=chunk.label, schema=chunk.schema, lane=lane.number)
         log.info("chunk.start")
         if self.progress:
@@ -545,6 +552,20 @@ class Pipeline:
                 self.progress.advance(count)
 
 
+class Lanes(Protocol):
+    """What runs a run's chunks: ``size`` at a time, each to a future of its result."""
+
+    size: int
+
+    def submit(self, chunk: Chunk, force: bool) -> Future[ChunkResult]: ...
+
+    def close(self) -> None:
+        """After the chunks in flight have ended (on an interrupt: rolled back)."""
+
+
+LanesFactory = Callable[["Pipeline"], Lanes]
+
+
 @dataclass
 class _Group:
     """A fetched chunk, the parts of it being written, and its result so far."""
@@ -566,7 +587,7 @@ class _Group:
 
 
 @dataclass
-class _Lane:
+class Lane:
     """What one writer thread writes a chunk through: its own store connection and rules."""
 
     number: int  # 0: the run's own store, on the caller's thread; 1 and up: writer threads
@@ -580,7 +601,7 @@ class _Lane:
             raise KeyboardInterrupt
 
 
-class _Lanes:
+class ThreadLanes:
     """Chunks written by up to ``writers`` threads at once, each through a lane of its own.
 
     One store connection loads rows at the speed of one server process; a server that takes
@@ -589,14 +610,14 @@ class _Lanes:
     With one writer (or a store of one writer, DuckDB), chunks run inline on the caller's thread
     through the run's own store."""
 
-    def __init__(self, pipeline: Pipeline, writers: int) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
         self._stopping = threading.Event()
-        self._own = _Lane(0, pipeline.store, pipeline.validator, self._stopping)
-        store = pipeline.store
+        self._own = Lane(0, pipeline.store, pipeline.validator, self._stopping)
+        store, writers = pipeline.store, pipeline.settings.writers
         self.size = writers if writers > 1 and store.data.capabilities.concurrent_writers else 1
-        self._idle: queue.SimpleQueue[_Lane] = queue.SimpleQueue()
-        self._opened: list[_Lane] = []
+        self._idle: queue.SimpleQueue[Lane] = queue.SimpleQueue()
+        self._opened: list[Lane] = []
         self._opening = threading.Lock()
         self._executor = (
             ThreadPoolExecutor(self.size, thread_name_prefix="marketpipe-lane") if self.size > 1 else None
@@ -607,7 +628,7 @@ class _Lanes:
             return self._executor.submit(self._in_a_lane, chunk, force)
         future: Future[ChunkResult] = Future()
         try:
-            future.set_result(self._pipeline._run_chunk_with_retries(chunk, force, self._own))
+            future.set_result(self._pipeline.run_chunk(chunk, force, self._own))
         except StoreError as exc:
             future.set_exception(exc)
         return future
@@ -619,10 +640,10 @@ class _Lanes:
             with self._opening:
                 number = len(self._opened) + 1
                 store, validator = self._pipeline.store.another(), self._pipeline.validator.another()
-                lane = _Lane(number, store, validator, self._stopping)
+                lane = Lane(number, store, validator, self._stopping)
                 self._opened.append(lane)
         try:
-            return self._pipeline._run_chunk_with_retries(chunk, force, lane)
+            return self._pipeline.run_chunk(chunk, force, lane)
         finally:
             self._idle.put(lane)
 

@@ -1,0 +1,140 @@
+"""Chunks as tasks on a Dask cluster: a local one (``--workers N``) or a running scheduler
+(``--cluster tcp://host:8786``).
+
+The client plans, keeps the ledger's run and chunk bookkeeping, shows progress and prints the
+summary, as a run in one process does; each planned chunk is a task that a worker runs through
+its own store connection, in its own transaction. A worker that dies mid-chunk takes its
+transaction with it (the server rolls it back) and the scheduler runs the task again
+elsewhere, which replaces nothing and duplicates nothing. Dask is the optional ``cluster`` extra
+and is imported only here.
+
+Each worker builds its store and rules once per run (a worker plugin), from the settings and
+the planned source the client hands it. A run takes DBN files (at paths every worker sees) into
+a store that takes concurrent writers (PostgreSQL): DuckDB has one writer process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+
+from marketpipe.config import IngestRequest, Settings, config_file
+from marketpipe.errors import UsageError
+from marketpipe.logs import configure
+from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline
+from marketpipe.rules.transformation import load_model
+from marketpipe.rules.validation import Validator
+from marketpipe.sources.base import Source
+from marketpipe.stores import open_store
+from marketpipe.types import Chunk
+
+
+def check(request: IngestRequest, settings: Settings) -> None:
+    """What a cluster run cannot take, refused before anything opens."""
+    if not settings.db.startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            "--workers/--cluster: a DuckDB file takes one writer process; give a PostgreSQL store"
+            " (--db postgresql://...)"
+        )
+    if request.from_file is None:
+        raise UsageError("--workers/--cluster: this release runs DBN files (--from-file) on a cluster")
+
+
+CONNECT_TIMEOUT = "10s"
+
+
+@contextmanager
+def connect(workers: int | None, address: str | None) -> Iterator[Any]:
+    """A client of the scheduler at ``address``, or of a local cluster of ``workers`` processes
+    (one thread each: the rules and the COPY of a chunk hold a core)."""
+    if address is not None:
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--cluster: no Dask scheduler at {address}: {exc}") from None
+        with client:
+            yield client
+        return
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+class ChunkRunner(WorkerPlugin):
+    """On each worker, for one run: the store connection, the rules and the planned source."""
+
+    def __init__(self, request: IngestRequest, settings: Settings, source: Source, run_id: str) -> None:
+        self.request = request
+        self.settings = settings
+        self.source = source
+        self.run_id = run_id
+        self.pipeline: Pipeline | None = None
+        self.lane: Lane | None = None
+
+    def setup(self, worker: Any) -> None:
+        configure(self.settings.log_file, "ERROR")
+        model = load_model(self.settings.transformation_file)
+        validator = Validator(config_file(self.settings.validation_file), model)
+        store = open_store(self.settings, model)
+        self.pipeline = Pipeline(
+            self.request, self.settings, self.source, store, validator, run_id=self.run_id
+        )
+        # Which worker wrote a chunk: its address, and the process (to find it on its host).
+        self.pipeline.log = self.pipeline.log.bind(worker=str(worker.address), pid=os.getpid())
+        self.lane = Lane(0, store, validator, threading.Event())
+
+    def teardown(self, worker: Any) -> None:
+        if self.pipeline is not None:
+            self.pipeline.store.close()
+
+
+def run_chunk(plugin: str, chunk: Chunk, force: bool) -> ChunkResult:
+    """The task: one chunk through every stage on this worker."""
+    runner = get_worker().plugins[plugin]
+    assert isinstance(runner, ChunkRunner) and runner.pipeline is not None and runner.lane is not None
+    return runner.pipeline.run_chunk(chunk, force, runner.lane)
+
+
+class DaskLanes:
+    """The run's chunks as tasks, as many at once as the cluster has worker threads."""
+
+    def __init__(self, pipeline: Pipeline, client: Any) -> None:
+        self._client = client
+        self._plugin = f"marketpipe-{pipeline.run_id}"
+        # The API key never travels: workers of a file run need none.
+        settings = pipeline.settings.model_copy(update={"databento_api_key": None})
+        runner = ChunkRunner(pipeline.request, settings, pipeline.source, pipeline.run_id)
+        client.register_plugin(runner, name=self._plugin)
+        self.size = max(1, sum(client.nthreads().values()))
+        self._pending: list[Any] = []
+
+    def submit(self, chunk: Chunk, force: bool) -> Future[ChunkResult]:
+        done: Future[ChunkResult] = Future()
+        task = self._client.submit(run_chunk, self._plugin, chunk, force, pure=False)
+        self._pending.append(task)
+
+        def settle(task: Any) -> None:
+            try:
+                done.set_result(task.result())
+            except BaseException as exc:  # noqa: BLE001 - the caller's result() raises it
+                done.set_exception(exc)
+
+        task.add_done_callback(settle)
+        return done
+
+    def close(self) -> None:
+        """Tasks still queued are cancelled; the plugin (and its connections) goes."""
+        self._client.cancel(self._pending)
+        self._client.unregister_worker_plugin(self._plugin)
+
+
+def lanes(client: Any) -> LanesFactory:
+    return lambda pipeline: DaskLanes(pipeline, client)

@@ -1,0 +1,163 @@
+"""Chunks as tasks on a local Dask cluster of worker processes, into real PostgreSQL: the same
+rows as one process, exactly once when a worker dies mid-chunk, a failing chunk fails alone,
+and what a cluster run cannot take is refused in one line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from test_postgres import _statuses, _trades_files
+
+from pg import admin_url, fingerprint, fresh_database
+
+pytest.importorskip("distributed", reason="the cluster extra (dask[distributed]) is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command(directory: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(directory), *extra]
+
+
+def _env(db: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MARKETPIPE_DB": db,
+        "MARKETPIPE_BATCH_SIZE": "25000",
+        "MARKETPIPE_LOG_FILE": str(tmp_path / "logs" / "marketpipe.jsonl"),
+    }
+
+
+def _chunk_starts(tmp_path: Path) -> list[dict[str, object]]:
+    lines = (tmp_path / "logs" / "marketpipe.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == "chunk.start"]
+
+
+def test_a_local_cluster_stores_what_one_process_stores(pg_url: str, tmp_path: Path) -> None:
+    _trades_files(tmp_path / "d", 4, 50_000)
+    run = subprocess.run(
+        _command(tmp_path / "d", "--workers", "2"), env=_env(pg_url, tmp_path), capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "200,000" in run.stdout
+    workers = {e["worker"] for e in _chunk_starts(tmp_path)}
+    assert len(workers) == 2 and all(str(w).startswith("tcp://") for w in workers)
+    with fresh_database(admin_url(pg_url)) as one_url:
+        one = subprocess.run(
+            _command(tmp_path / "d"), env=_env(one_url, tmp_path / "one"), capture_output=True
+        )
+        assert one.returncode == 0
+        assert fingerprint(pg_url, "trades") == fingerprint(one_url, "trades")
+        assert _statuses(pg_url) == _statuses(one_url) == {"done": 4}
+
+
+def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(pg_url: str, tmp_path: Path) -> None:
+    """kill -9 of the worker process writing a chunk: its transaction dies with it, the
+    scheduler runs the task again on a worker the nanny restarts, and the rows equal a clean run."""
+    _trades_files(tmp_path / "d", 4, 250_000)
+    run = subprocess.Popen(
+        _command(tmp_path / "d", "--workers", "2"),
+        env=_env(pg_url, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, killed = time.monotonic() + 120, None
+    while time.monotonic() < deadline and run.poll() is None and killed is None:
+        if _statuses(pg_url).get("running", 0) >= 1 and (tmp_path / "logs" / "marketpipe.jsonl").exists():
+            starts = [e for e in _chunk_starts(tmp_path) if "pid" in e]
+            if starts:
+                killed = int(starts[-1]["pid"])  # type: ignore[call-overload]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, err = run.communicate(timeout=300)
+    assert killed is not None, "no worker was caught writing a chunk"
+    assert run.returncode == 0, (out, err)
+    assert _statuses(pg_url) == {"done": 4}
+    assert fingerprint(pg_url, "trades")[0] == 4 * 250_000
+    with fresh_database(admin_url(pg_url)) as clean_url:
+        clean = subprocess.run(
+            _command(tmp_path / "d"), env=_env(clean_url, tmp_path / "c"), capture_output=True
+        )
+        assert clean.returncode == 0
+        assert fingerprint(pg_url, "trades") == fingerprint(clean_url, "trades")
+
+
+def test_a_chunk_failing_on_a_worker_fails_alone(pg_url: str, tmp_path: Path) -> None:
+    paths = _trades_files(tmp_path / "d", 3, 20_000)
+    array = synthetic_trades(20_000, dt.date(2024, 3, 5), seed=1)
+    array["size"] = 0  # every trade breaks a rule: above the quarantine limit
+    start = int(array["ts_event"][0])
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+    write_dbn(paths[1], meta, [array.tobytes()])
+    run = subprocess.run(
+        _command(tmp_path / "d", "--workers", "2", "--json"), env=_env(pg_url, tmp_path), capture_output=True
+    )
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    assert [f["input"] for f in document["failed"]] == [str(paths[1])]
+    assert "size" in document["failed"][0]["error"]
+    assert fingerprint(pg_url, "trades")[0] == 2 * 20_000
+    assert _statuses(pg_url) == {"done": 2, "failed": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("extra", "db", "message"),
+    [
+        (["--workers", "2"], None, "error: --workers/--cluster: a DuckDB file takes one writer process"),
+        (
+            ["--workers", "2", "--cluster", "tcp://127.0.0.1:1"],
+            "pg",
+            "error: --workers starts a local cluster",
+        ),
+        (["--cluster", "tcp://127.0.0.1:{port}"], "pg", "error: --cluster: no Dask scheduler at"),
+    ],
+)
+def test_what_a_cluster_run_cannot_take_is_one_line(
+    cli,
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    db: str | None,
+    message: str,
+) -> None:
+    _trades_files(tmp_path / "d", 1, 10)
+    if db:
+        monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    extra = [e.format(port=_free_port()) for e in extra]
+    result = cli("ingest", "--from-file", str(tmp_path / "d"), *extra)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "store.duckdb").exists()
+
+
+def test_api_downloads_are_refused_on_a_cluster_in_one_line(cli, pg_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    monkeypatch.setenv("DATABENTO_API_KEY", "db-TESTKEY0123456789abcdefghijklm")
+    result = cli(
+        "ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--symbols", "ES.FUT",
+        "--start-date", "2024-03-04", "--end-date", "2024-03-05", "--workers", "2",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --workers/--cluster: this release runs DBN files (--from-file) on a cluster"
+    )
