@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.pipeline import ingest
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 from test_postgres import _statuses, _trades_files
 
@@ -161,3 +163,38 @@ def test_api_downloads_are_refused_on_a_cluster_in_one_line(cli, pg_url: str, mo
     assert result.output.strip() == (
         "error: --workers/--cluster: this release runs DBN files (--from-file) on a cluster"
     )
+
+
+class _Progress:
+    """What the client's progress bar is told."""
+
+    def __init__(self) -> None:
+        self.planned = self.records = self.finished = 0
+
+    def plan(self, chunks: int) -> None:
+        self.planned = chunks
+
+    def chunk_started(self, chunk: object) -> None:
+        """Chunks start on the workers, out of the client's sight."""
+
+    def advance(self, records: int) -> None:
+        self.records += records
+
+    def chunk_finished(self, result: object) -> None:
+        self.finished += 1
+
+
+def test_the_clients_progress_counts_what_the_workers_read(pg_url: str, tmp_path: Path) -> None:
+    from marketpipe import cluster
+
+    _trades_files(tmp_path / "d", 3, 10_000)
+    progress = _Progress()
+    with cluster.connect(2, None) as client:
+        summary = ingest(
+            IngestRequest(from_file=str(tmp_path / "d")),
+            load_settings(db=pg_url),
+            progress,
+            lanes=cluster.lanes(client),
+        )
+    assert summary.exit_code == 0
+    assert (progress.planned, progress.finished, progress.records) == (3, 3, 30_000)

@@ -107,6 +107,7 @@ class DaskLanes:
     """The run's chunks as tasks, as many at once as the cluster has worker threads."""
 
     def __init__(self, pipeline: Pipeline, client: Any) -> None:
+        self._pipeline = pipeline
         self._client = client
         self._plugin = f"marketpipe-{pipeline.run_id}"
         # The API key never travels: workers of a file run need none.
@@ -123,9 +124,12 @@ class DaskLanes:
 
         def settle(task: Any) -> None:
             try:
-                done.set_result(task.result())
+                result: ChunkResult = task.result()
             except BaseException as exc:  # noqa: BLE001 - the caller's result() raises it
                 done.set_exception(exc)
+                return
+            self._pipeline.advance(result.read)  # the worker's progress, when its chunk ends
+            done.set_result(result)
 
         task.add_done_callback(settle)
         return done

@@ -503,6 +503,12 @@ class Pipeline:
         ledger.mark_failed(chunk, self.run_id, self.request.name, error)
         return ChunkResult(chunk, ChunkStatus.FAILED, read=result.read, error=error)
 
+    def advance(self, records: int) -> None:
+        """Records read, for the progress bar (from a lane's thread, or a worker's result)."""
+        if self.progress:
+            with self._progress_lock:
+                self.progress.advance(records)
+
     def _timed_batches(self, batches: Iterator[RawBatch], timer: _StageTimer) -> Iterator[RawBatch]:
         while True:
             with timer("read"):
@@ -547,9 +553,7 @@ class Pipeline:
         result.stored += table.num_rows
         result.quarantined += len(rejected)
         result.rules.update(r.rule for r in rejected)
-        if self.progress:
-            with self._progress_lock:
-                self.progress.advance(count)
+        self.advance(count)
 
 
 class Lanes(Protocol):
