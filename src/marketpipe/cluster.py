@@ -115,14 +115,15 @@ class DaskLanes:
         runner = ChunkRunner(pipeline.request, settings, pipeline.source, pipeline.run_id)
         client.register_plugin(runner, name=self._plugin)
         self.size = max(1, sum(client.nthreads().values()))
-        self._pending: list[Any] = []
+        self._pending: set[Any] = set()  # futures not yet ended: the scheduler keeps their results
 
     def submit(self, chunk: Chunk, force: bool) -> Future[ChunkResult]:
         done: Future[ChunkResult] = Future()
         task = self._client.submit(run_chunk, self._plugin, chunk, force, pure=False)
-        self._pending.append(task)
+        self._pending.add(task)
 
         def settle(task: Any) -> None:
+            self._pending.discard(task)
             try:
                 result: ChunkResult = task.result()
             except BaseException as exc:  # noqa: BLE001 - the caller's result() raises it
@@ -136,7 +137,7 @@ class DaskLanes:
 
     def close(self) -> None:
         """Tasks still queued are cancelled; the plugin (and its connections) goes."""
-        self._client.cancel(self._pending)
+        self._client.cancel(list(self._pending))
         self._client.unregister_worker_plugin(self._plugin)
 
 
