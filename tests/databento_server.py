@@ -125,6 +125,9 @@ class DatabentoServer:
         # For benchmarks: records per instrument and day, and seconds before each DBN body.
         self.per_day: int | None = None
         self.stream_delay = 0.0
+        # Downloads being served at this moment, and the most there were at once.
+        self.streaming = 0
+        self.most_streaming = 0
         ca = trustme.CA()
         self.ca_file = directory / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -148,6 +151,7 @@ class DatabentoServer:
             self.range_style = "per_schema"
             self.per_day = None
             self.stream_delay = 0.0
+            self.most_streaming = 0
 
     def inject(self, endpoint: str, *faults: str | None) -> None:
         """The next requests to ``endpoint`` fail in these ways, in order (None: served normally)."""
@@ -302,7 +306,14 @@ def _handler(server: DatabentoServer) -> type[BaseHTTPRequestHandler]:
             if params["schema"] not in SCHEMAS:
                 return self._json(422, {"detail": f"Unknown schema '{params['schema']}'."})
             meta, records = server.data(params)
-            time.sleep(server.stream_delay)
+            with server.lock:
+                server.streaming += 1
+                server.most_streaming = max(server.most_streaming, server.streaming)
+            try:
+                time.sleep(server.stream_delay)
+            finally:
+                with server.lock:
+                    server.streaming -= 1
             if fault == "truncate":
                 records = records[: len(records) // 2]
             body = zstandard.ZstdCompressor().compress(meta + records.tobytes())

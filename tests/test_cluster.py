@@ -14,13 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.pipeline import ingest
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.sources.databento_api import DatabentoApiSource
+from test_databento_api import _expected_trades, _served
+from test_databento_api import _ingest as _api_ingest
 from test_postgres import _statuses, _trades_files
 
+from conftest import KEY
 from pg import admin_url, fingerprint, fresh_database
 
 pytest.importorskip("distributed", reason="the cluster extra (dask[distributed]) is not installed")
@@ -152,19 +157,6 @@ def test_what_a_cluster_run_cannot_take_is_one_line(
     assert not (tmp_path / "store.duckdb").exists()
 
 
-def test_api_downloads_are_refused_on_a_cluster_in_one_line(cli, pg_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
-    monkeypatch.setenv("DATABENTO_API_KEY", "db-TESTKEY0123456789abcdefghijklm")
-    result = cli(
-        "ingest", "--dataset", "GLBX.MDP3", "--schema", "trades", "--symbols", "ES.FUT",
-        "--start-date", "2024-03-04", "--end-date", "2024-03-05", "--workers", "2",
-    )  # fmt: skip
-    assert result.exit_code == 2
-    assert result.output.strip() == (
-        "error: --workers/--cluster: this release runs DBN files (--from-file) on a cluster"
-    )
-
-
 class _Progress:
     """What the client's progress bar is told."""
 
@@ -198,3 +190,57 @@ def test_the_clients_progress_counts_what_the_workers_read(pg_url: str, tmp_path
         )
     assert summary.exit_code == 0
     assert (progress.planned, progress.finished, progress.records) == (3, 3, 30_000)
+
+
+def test_api_days_are_downloaded_by_the_workers_once_each(  # type: ignore[no-untyped-def]
+    api, cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each worker downloads the chunks it runs (with its own key, from its environment)."""
+    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    api.stream_delay = 0.3  # long enough that both workers take a day
+    result = _api_ingest(cli, "--workers", "2", schema="trades")
+    assert result.exit_code == 0, result.output
+    assert api.count("timeseries.get_range") == 3
+    assert len({e["worker"] for e in _chunk_starts(tmp_path)}) == 2
+    with psycopg.connect(pg_url) as conn:
+        query = "SELECT instrument_id, ts_event, price::text, size, sequence FROM trades"
+        rows = conn.execute(query).fetchall()
+    assert sorted(rows) == _expected_trades(_served(api, "trades"))
+    assert _statuses(pg_url) == {"done": 3}
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_downloads_across_all_workers_stay_within_the_limit(  # type: ignore[no-untyped-def]
+    api, cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """One cluster-wide semaphore: at most ``--max-concurrent-downloads`` at once, whichever
+    workers make them (with 2, the two workers do download at the same time)."""
+    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    api.stream_delay = 0.5
+    result = _api_ingest(cli, "--workers", "2", "--max-concurrent-downloads", str(limit), schema="trades")
+    assert result.exit_code == 0, result.output
+    assert api.most_streaming == limit
+
+
+def test_the_planned_api_source_travels_without_the_key(api) -> None:  # type: ignore[no-untyped-def]
+    """What a worker receives names the downloads but not the key; the worker side takes the
+    key from its own environment."""
+    import cloudpickle
+
+    request = IngestRequest(
+        dataset="GLBX.MDP3", schemas=["trades"], symbols=["CL.FUT"], stype_in="parent",
+        start_date=dt.date(2024, 1, 2), end_date=dt.date(2024, 1, 3),
+    )  # fmt: skip
+    source = DatabentoApiSource(request, load_settings())
+    try:
+        chunks = source.plan().chunks
+        payload = cloudpickle.dumps(source)
+    finally:
+        source.close()
+    assert KEY.encode() not in payload and len(chunks) == 2
+    worker_side = cloudpickle.loads(payload)
+    try:
+        assert worker_side.settings.databento_api_key.get_secret_value() == KEY
+        assert [b.records.size for c in chunks for b in worker_side.read(c, 1000)]  # it downloads
+    finally:
+        worker_side.close()

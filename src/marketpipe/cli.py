@@ -114,6 +114,10 @@ def ingest(
             "--workers", min=1, help="Run the chunks on a local Dask cluster of this many processes"
         ),
     ] = None,
+    max_concurrent_downloads: Annotated[
+        int | None,
+        typer.Option("--max-concurrent-downloads", min=1, max=100, help="API downloads at once on a cluster"),
+    ] = None,
     cluster: Annotated[
         str | None,
         typer.Option(

@@ -9,8 +9,9 @@ elsewhere, which replaces nothing and duplicates nothing. Dask is the optional `
 and is imported only here.
 
 Each worker builds its store and rules once per run (a worker plugin), from the settings and
-the planned source the client hands it. A run takes DBN files (at paths every worker sees) into
-a store that takes concurrent writers (PostgreSQL): DuckDB has one writer process.
+the planned source the client hands it: DBN files at paths every worker sees, or the API
+downloads each worker makes itself, at most ``max_concurrent_downloads`` at once across the
+cluster. The store must take concurrent writers (PostgreSQL): DuckDB has one writer process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+from distributed import Client, LocalCluster, Semaphore, WorkerPlugin, get_worker
 
 from marketpipe.config import IngestRequest, Settings, config_file
 from marketpipe.errors import UsageError
@@ -31,6 +32,7 @@ from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import Validator
 from marketpipe.sources.base import Source
+from marketpipe.sources.databento_api import DatabentoApiSource
 from marketpipe.stores import open_store
 from marketpipe.types import Chunk
 
@@ -42,8 +44,6 @@ def check(request: IngestRequest, settings: Settings) -> None:
             "--workers/--cluster: a DuckDB file takes one writer process; give a PostgreSQL store"
             " (--db postgresql://...)"
         )
-    if request.from_file is None:
-        raise UsageError("--workers/--cluster: this release runs DBN files (--from-file) on a cluster")
 
 
 CONNECT_TIMEOUT = "10s"
@@ -76,6 +76,7 @@ class ChunkRunner(WorkerPlugin):
         self.settings = settings
         self.source = source
         self.run_id = run_id
+        self.name = f"marketpipe-{run_id}"
         self.pipeline: Pipeline | None = None
         self.lane: Lane | None = None
 
@@ -90,29 +91,36 @@ class ChunkRunner(WorkerPlugin):
         # Which worker wrote a chunk: its address, and the process (to find it on its host).
         self.pipeline.log = self.pipeline.log.bind(worker=str(worker.address), pid=os.getpid())
         self.lane = Lane(0, store, validator, threading.Event())
+        if isinstance(self.source, DatabentoApiSource):  # one limit for every worker's downloads
+            downloads = Semaphore(self.settings.max_concurrent_downloads, name=f"{self.name}-downloads")
+            self.source.download_slot = lambda: downloads
 
     def teardown(self, worker: Any) -> None:
         if self.pipeline is not None:
             self.pipeline.store.close()
+            self.source.close()
 
 
 def run_chunk(plugin: str, chunk: Chunk, force: bool) -> ChunkResult:
-    """The task: one chunk through every stage on this worker."""
+    """The task: one planned chunk fetched (an API chunk downloaded) and run on this worker."""
     runner = get_worker().plugins[plugin]
     assert isinstance(runner, ChunkRunner) and runner.pipeline is not None and runner.lane is not None
-    return runner.pipeline.run_chunk(chunk, force, runner.lane)
+    return runner.pipeline.run_planned(chunk, force, runner.lane)
 
 
 class DaskLanes:
     """The run's chunks as tasks, as many at once as the cluster has worker threads."""
 
+    whole_chunks = True
+
     def __init__(self, pipeline: Pipeline, client: Any) -> None:
         self._pipeline = pipeline
         self._client = client
-        self._plugin = f"marketpipe-{pipeline.run_id}"
-        # The API key never travels: workers of a file run need none.
+        # The API key never travels (the planned source drops it too): each worker reads its own
+        # DATABENTO_API_KEY, so no task, plugin or dashboard ever holds it.
         settings = pipeline.settings.model_copy(update={"databento_api_key": None})
         runner = ChunkRunner(pipeline.request, settings, pipeline.source, pipeline.run_id)
+        self._plugin = runner.name
         client.register_plugin(runner, name=self._plugin)
         self.size = max(1, sum(client.nthreads().values()))
         self._pending: set[Any] = set()  # futures not yet ended: the scheduler keeps their results

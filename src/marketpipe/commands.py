@@ -93,6 +93,7 @@ def ingest(
     fill_gaps: bool,
     as_json: bool,
     workers: int | None = None,
+    max_concurrent_downloads: int | None = None,
     cluster: str | None = None,
 ) -> int:
     """The exit code: 1 when an input or a chunk failed."""
@@ -100,6 +101,7 @@ def ingest(
         db=db,
         batch_size=batch_size,
         max_quarantine_ratio=max_quarantine_ratio,
+        max_concurrent_downloads=max_concurrent_downloads,
         DATABENTO_GATEWAY=gateway,
     )
     request = _request(

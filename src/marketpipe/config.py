@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # Chunks loaded at once, each through its own connection, where the store takes concurrent
     # writers (PostgreSQL): one server process per COPY is the limit a single writer meets.
     writers: int = Field(2, ge=1)
+    # Cluster runs: API downloads at once across every worker. Databento allows a team 100
+    # concurrent connections and 100 time-series requests a second (Historical API, "Rate
+    # limits"); half leaves room for the metadata calls and for other tools of the same team.
+    max_concurrent_downloads: int = Field(50, ge=1, le=100)
     # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it).
     # Its buffer pool fills up to the cap: 256MB made an ingest's peak RSS grow from 449 MB
     # (2M trades) to 612 MB (20M); 128MB keeps it at 409-488 MB, and a 20M-row export still

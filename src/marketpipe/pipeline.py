@@ -352,7 +352,13 @@ class Pipeline:
         lanes = self.lanes(self)
         try:
             with closing(lanes):
-                for fetched in self.source.fetch(wanted()):
+                # Whole chunks go out as planned; otherwise their data is fetched here first.
+                chunks_in = wanted()
+                if lanes.whole_chunks:
+                    fetches: Iterator[Fetched] = (Fetched(c, [c]) for c in chunks_in)
+                else:
+                    fetches = self.source.fetch(chunks_in)
+                for fetched in fetches:
                     current[:] = [fetched.chunk]
                     group = self._group(fetched, force)
                     if group.waiting == 0:
@@ -387,6 +393,14 @@ class Pipeline:
         self.ledger.plan_chunks(fetched.parts, self.request.name)
         parts = [p for p in fetched.parts if not self._done_before(p, force)]
         return _Group(fetched, parts, ChunkResult(chunk, ChunkStatus.DONE))
+
+    def run_planned(self, chunk: Chunk, force: bool, lane: Lane) -> ChunkResult:
+        """A planned chunk whole, where its data is fetched: its parts one after the other."""
+        [fetched] = self.source.fetch([chunk])
+        group = self._group(fetched, force)
+        for part in group.parts:
+            group.absorb(self.run_chunk(part, force, lane))
+        return self._finish_group(group)
 
     def _finish_group(self, group: _Group) -> ChunkResult:
         chunk, merged = group.fetched.chunk, group.merged
@@ -557,9 +571,14 @@ class Pipeline:
 
 
 class Lanes(Protocol):
-    """What runs a run's chunks: ``size`` at a time, each to a future of its result."""
+    """What runs a run's chunks: ``size`` at a time, each to a future of its result.
+
+    ``whole_chunks``: each planned chunk goes out as it is and the lane fetches its data and
+    runs its parts itself (a cluster worker downloads its own chunks); otherwise this process
+    fetches and the lanes take the parts."""
 
     size: int
+    whole_chunks: bool
 
     def submit(self, chunk: Chunk, force: bool) -> Future[ChunkResult]: ...
 
@@ -613,6 +632,8 @@ class ThreadLanes:
     trades into TimescaleDB, bare COPY, two connections). Each chunk keeps its own transaction.
     With one writer (or a store of one writer, DuckDB), chunks run inline on the caller's thread
     through the run's own store."""
+
+    whole_chunks = False
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline

@@ -27,8 +27,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from marketpipe.config import IngestRequest, Settings
+from marketpipe.config import IngestRequest, Settings, load_settings
 from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import Fetched
 from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
@@ -113,6 +114,32 @@ class DatabentoApiSource:
         # One download ahead of the pipeline: the next chunk streams while this one is stored.
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
         self._pending: dict[str, Future[Path]] = {}
+        # Held around each download: a cluster shares one limit among all its workers.
+        self.download_slot: Callable[[], AbstractContextManager[object]] = nullcontext
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The planned source for a cluster worker: what to download, never the key, the
+        connections, the download thread or this machine's temporary directory."""
+        state = self.__dict__.copy()
+        for name in ("api", "client", "_ahead", "_pending", "download_slot"):
+            del state[name]
+        state["settings"] = self.settings.model_copy(update={"databento_api_key": None})
+        if not self._keep:
+            del state["_raw_dir"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """On the worker: the key from the worker's own environment (or .env)."""
+        self.__dict__.update(state)
+        key = load_settings().databento_api_key
+        self.settings = self.settings.model_copy(update={"databento_api_key": key})
+        self.api = ApiCalls(self.settings, self.dataset)
+        self.client = self.api.client
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
+        self._pending = {}
+        self.download_slot = nullcontext
+        if not self._keep:
+            self._raw_dir = Path(tempfile.mkdtemp(prefix="marketpipe-"))
 
     # Planning: free metadata calls only.
     def plan(self) -> Plan:
@@ -389,7 +416,8 @@ class DatabentoApiSource:
         # (the client accepts a cleanly cut stream) is downloaded again.
         for attempt in self.api.policy(f"download {chunk.label}", TruncatedStream):
             with attempt:
-                self.api.call(f"download {chunk.label}", download)
+                with self.download_slot():
+                    self.api.call(f"download {chunk.label}", download)
                 expected = expected or [self.api.call(f"record count of {chunk.label}", count)]
                 try:
                     got = DbnFile(unfinished).inspect().total
