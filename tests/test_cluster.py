@@ -244,3 +244,48 @@ def test_the_planned_api_source_travels_without_the_key(api) -> None:  # type: i
         assert [b.records.size for c in chunks for b in worker_side.read(c, 1000)]  # it downloads
     finally:
         worker_side.close()
+
+
+def test_a_chunk_whose_workers_all_die_fails_alone_and_a_rerun_completes_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """With the scheduler allowed no failure, the first worker death ends that chunk's task
+    (Dask's KilledWorker): the chunk fails in the summary, nothing of it is stored, the other
+    chunks are, and the next run stores it."""
+    import threading
+
+    import dask
+
+    from marketpipe import cluster
+
+    _trades_files(tmp_path / "d", 4, 250_000)
+    request = IngestRequest(from_file=str(tmp_path / "d"))
+    settings = load_settings(db=pg_url, batch_size=25_000)
+    outcome: dict[str, object] = {}
+    log = tmp_path / "logs" / "marketpipe.jsonl"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), cluster.connect(2, None) as client:
+        run = threading.Thread(
+            target=lambda: outcome.setdefault(
+                "summary", ingest(request, settings, lanes=cluster.lanes(client))
+            )
+        )
+        run.start()
+        deadline, killed = time.monotonic() + 120, None
+        while time.monotonic() < deadline and run.is_alive() and killed is None:
+            if _statuses(pg_url).get("running", 0) >= 1 and log.exists():
+                starts = [e for e in _chunk_starts(tmp_path) if "pid" in e]
+                if starts:
+                    killed = int(starts[-1]["pid"])  # type: ignore[call-overload]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.02)
+        run.join(300)
+    assert killed is not None, "no worker was caught writing a chunk"
+    summary = outcome["summary"]
+    statuses = [r.status for r in summary.results]  # type: ignore[attr-defined]
+    assert sorted(statuses) == ["done", "done", "done", "failed"]
+    failed = next(r for r in summary.results if r.status == "failed")  # type: ignore[attr-defined]
+    assert "the workers running it died" in (failed.error or "") and summary.exit_code == 1  # type: ignore[attr-defined]
+    assert fingerprint(pg_url, "trades")[0] == 3 * 250_000
+    rerun = ingest(request, settings)
+    assert [r.status for r in rerun.results].count("done") == 1 and rerun.exit_code == 0
+    assert fingerprint(pg_url, "trades")[0] == 4 * 250_000

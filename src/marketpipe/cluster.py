@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Client, LocalCluster, Semaphore, WorkerPlugin, get_worker
+from distributed import Client, KilledWorker, LocalCluster, Semaphore, WorkerPlugin, get_worker
 
 from marketpipe.config import IngestRequest, Settings, config_file
 from marketpipe.errors import UsageError
@@ -34,7 +34,7 @@ from marketpipe.rules.validation import Validator
 from marketpipe.sources.base import Source
 from marketpipe.sources.databento_api import DatabentoApiSource
 from marketpipe.stores import open_store
-from marketpipe.types import Chunk
+from marketpipe.types import Chunk, ChunkStatus
 
 
 def check(request: IngestRequest, settings: Settings) -> None:
@@ -134,6 +134,12 @@ class DaskLanes:
             self._pending.discard(task)
             try:
                 result: ChunkResult = task.result()
+            except KilledWorker as exc:
+                # Every worker that ran it died (the scheduler's allowed failures are used up):
+                # that chunk fails, its transactions died with the workers, the run goes on.
+                error = f"{chunk.label}: the workers running it died ({exc})"
+                done.set_result(ChunkResult(chunk, ChunkStatus.FAILED, error=error))
+                return
             except BaseException as exc:  # noqa: BLE001 - the caller's result() raises it
                 done.set_exception(exc)
                 return
