@@ -47,6 +47,16 @@ def serve(directory: Path, per_day: int, latency: float, reply: Connection) -> N
     server.thread.join()
 
 
+def start_server(directory: Path, per_day: int, latency: float) -> multiprocessing.Process:
+    """The server in its own process; this process (and any it starts) pointed at it."""
+    receive, reply = multiprocessing.Pipe(duplex=False)
+    server = multiprocessing.Process(target=serve, args=(directory, per_day, latency, reply), daemon=True)
+    server.start()
+    url, ca_file = receive.recv()
+    os.environ.update(DATABENTO_API_KEY=KEY, DATABENTO_GATEWAY=url, REQUESTS_CA_BUNDLE=ca_file)
+    return server
+
+
 def _at(event: dict[str, object]) -> float:
     """A log line's time, in seconds since the epoch."""
     return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
@@ -62,14 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="marketpipe-api-bench-") as scratch:
         directory = Path(scratch)
-        receive, reply = multiprocessing.Pipe(duplex=False)
-        per_day = args.records_per_day // 2  # CL.FUT has two instruments
-        server = multiprocessing.Process(
-            target=serve, args=(directory, per_day, args.latency, reply), daemon=True
-        )
-        server.start()
-        url, ca_file = receive.recv()
-        os.environ.update(DATABENTO_API_KEY=KEY, DATABENTO_GATEWAY=url, REQUESTS_CA_BUNDLE=ca_file)
+        server = start_server(directory, args.records_per_day // 2, args.latency)  # CL.FUT: 2 instruments
         log_file = directory / "log.jsonl"
         settings = load_settings(db=str(directory / "api.duckdb"), log_file=str(log_file))
         configure(settings.log_file, "ERROR")

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,31 +29,20 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import psycopg  # noqa: E402
-from api_bench import KEY, serve  # noqa: E402
+from api_bench import start_server  # noqa: E402
 
 from marketpipe import cluster  # noqa: E402
 from marketpipe.config import IngestRequest, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
 from marketpipe.pipeline import ingest  # noqa: E402
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn  # noqa: E402
+from marketpipe.samples import write_trade_days  # noqa: E402
 
-
-@contextmanager
-def scratch_database(admin: str) -> Iterator[str]:
-    name = f"marketpipe_cluster_bench_{os.getpid()}_{time.monotonic_ns()}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.rpartition("/")[0] + "/" + name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from pg import fresh_database  # noqa: E402
 
 
 def timed(request: IngestRequest, admin: str, workers: int) -> float:
     """Seconds of one ingest on a local cluster of ``workers`` processes, into a fresh database."""
-    with scratch_database(admin) as db, cluster.connect(workers, None) as client:
+    with fresh_database(admin) as db, cluster.connect(workers, None) as client:
         settings = load_settings(db=db)
         started = time.perf_counter()
         summary = ingest(request, settings, lanes=cluster.lanes(client))
@@ -64,16 +50,6 @@ def timed(request: IngestRequest, admin: str, workers: int) -> float:
     if summary.exit_code != 0 or not summary.totals().stored:
         raise SystemExit(f"ingest failed: {summary.failed} {summary.stopped}")
     return seconds
-
-
-def trade_files(directory: Path, files: int, records: int) -> Path:
-    for i in range(files):
-        day = dt.date(2024, 3, 4) + dt.timedelta(days=i)
-        array = synthetic_trades(records, day, seed=i)
-        start = int(array["ts_event"][0])
-        meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
-        write_dbn(directory / f"trades-{day}.dbn", meta, [array.tobytes()])
-    return directory
 
 
 def main() -> None:
@@ -94,20 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="marketpipe-cluster-bench-") as scratch:
         directory = Path(scratch)
         configure(directory / "bench.log.jsonl", "ERROR")
-        receive, reply = multiprocessing.Pipe(duplex=False)
-        per_day = args.records_per_day // 2  # CL.FUT has two instruments
-        server = multiprocessing.Process(
-            target=serve, args=(directory, per_day, args.latency, reply), daemon=True
-        )
-        server.start()
-        url, ca_file = receive.recv()
-        # The workers inherit these: each reads its own key, as on a real cluster.
-        os.environ.update(
-            DATABENTO_API_KEY=KEY,
-            DATABENTO_GATEWAY=url,
-            REQUESTS_CA_BUNDLE=ca_file,
-            MARKETPIPE_LOG_FILE=str(directory / "bench.log.jsonl"),
-        )
+        # The workers inherit the environment: each reads its own key, as on a real cluster.
+        server = start_server(directory, args.records_per_day // 2, args.latency)  # CL.FUT: 2 instruments
+        os.environ["MARKETPIPE_LOG_FILE"] = str(directory / "bench.log.jsonl")
         first = dt.date(2024, 1, 2)
         api = IngestRequest(
             dataset="GLBX.MDP3",
@@ -119,8 +84,8 @@ def main() -> None:
         )
         api_s = {n: timed(api, args.db, n) for n in (1, 2, 4)}
         server.terminate()
-        files = trade_files(directory / "files", args.files, args.file_records)
-        file_request = IngestRequest(from_file=str(files))
+        write_trade_days(directory / "files", args.files, args.file_records)
+        file_request = IngestRequest(from_file=str(directory / "files"))
         files_s = {n: timed(file_request, args.db, n) for n in (1, 2)}
     print(f"(1) API backfill: {args.days} days, {args.latency:.1f} s latency per download")
     for n, seconds in api_s.items():

@@ -19,11 +19,11 @@ import pytest
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.pipeline import ingest
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_file
 from marketpipe.sources.databento_api import DatabentoApiSource
 from test_databento_api import _expected_trades, _served
 from test_databento_api import _ingest as _api_ingest
-from test_postgres import _statuses, _trades_files
+from test_postgres import _statuses
 
 from conftest import KEY
 from pg import admin_url, fingerprint, fresh_database
@@ -52,7 +52,7 @@ def _chunk_starts(tmp_path: Path) -> list[dict[str, object]]:
 
 
 def test_a_local_cluster_stores_what_one_process_stores(pg_url: str, tmp_path: Path) -> None:
-    _trades_files(tmp_path / "d", 4, 50_000)
+    write_trade_days(tmp_path / "d", 4, 50_000)
     run = subprocess.run(
         _command(tmp_path / "d", "--workers", "2"), env=_env(pg_url, tmp_path), capture_output=True, text=True
     )
@@ -72,7 +72,7 @@ def test_a_local_cluster_stores_what_one_process_stores(pg_url: str, tmp_path: P
 def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(pg_url: str, tmp_path: Path) -> None:
     """kill -9 of the worker process writing a chunk: its transaction dies with it, the
     scheduler runs the task again on a worker the nanny restarts, and the rows equal a clean run."""
-    _trades_files(tmp_path / "d", 4, 250_000)
+    write_trade_days(tmp_path / "d", 4, 250_000)
     run = subprocess.Popen(
         _command(tmp_path / "d", "--workers", "2"),
         env=_env(pg_url, tmp_path),
@@ -102,12 +102,10 @@ def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(pg_url: str, tmp_
 
 
 def test_a_chunk_failing_on_a_worker_fails_alone(pg_url: str, tmp_path: Path) -> None:
-    paths = _trades_files(tmp_path / "d", 3, 20_000)
+    paths = write_trade_days(tmp_path / "d", 3, 20_000)
     array = synthetic_trades(20_000, dt.date(2024, 3, 5), seed=1)
     array["size"] = 0  # every trade breaks a rule: above the quarantine limit
-    start = int(array["ts_event"][0])
-    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
-    write_dbn(paths[1], meta, [array.tobytes()])
+    write_trades_file(paths[1], array)
     run = subprocess.run(
         _command(tmp_path / "d", "--workers", "2", "--json"), env=_env(pg_url, tmp_path), capture_output=True
     )
@@ -146,7 +144,7 @@ def test_what_a_cluster_run_cannot_take_is_one_line(
     db: str | None,
     message: str,
 ) -> None:
-    _trades_files(tmp_path / "d", 1, 10)
+    write_trade_days(tmp_path / "d", 1, 10)
     if db:
         monkeypatch.setenv("MARKETPIPE_DB", pg_url)
     extra = [e.format(port=_free_port()) for e in extra]
@@ -179,7 +177,7 @@ class _Progress:
 def test_the_clients_progress_counts_what_the_workers_read(pg_url: str, tmp_path: Path) -> None:
     from marketpipe import cluster
 
-    _trades_files(tmp_path / "d", 3, 10_000)
+    write_trade_days(tmp_path / "d", 3, 10_000)
     progress = _Progress()
     with cluster.connect(2, None) as client:
         summary = ingest(
@@ -258,7 +256,7 @@ def test_a_chunk_whose_workers_all_die_fails_alone_and_a_rerun_completes_it(
 
     from marketpipe import cluster
 
-    _trades_files(tmp_path / "d", 4, 250_000)
+    write_trade_days(tmp_path / "d", 4, 250_000)
     request = IngestRequest(from_file=str(tmp_path / "d"))
     settings = load_settings(db=pg_url, batch_size=25_000)
     outcome: dict[str, object] = {}

@@ -17,8 +17,8 @@ import psycopg
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.logs import configure
 from marketpipe.pipeline import ingest
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
-from test_postgres import _statuses, _trades_files
+from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_file
+from test_postgres import _statuses
 
 from pg import admin_url, fingerprint, fresh_database
 
@@ -33,7 +33,7 @@ def _ingest(spec: str, env: dict[str, str]) -> subprocess.Popen[str]:
 def test_concurrent_runs_of_the_same_and_overlapping_inputs_store_each_record_once(
     server_url: str, tmp_path: Path
 ) -> None:
-    files = _trades_files(tmp_path / "d", 4, 150_000)
+    files = write_trade_days(tmp_path / "d", 4, 150_000)
     env = {**os.environ, "MARKETPIPE_DB": server_url, "MARKETPIPE_BATCH_SIZE": "25000"}
     overlapping = str(tmp_path / "d" / "trades-2024-03-0[56].dbn")
     runs = [_ingest(str(tmp_path / "d"), env), _ingest(str(tmp_path / "d"), env), _ingest(overlapping, env)]
@@ -52,7 +52,7 @@ def test_concurrent_runs_of_the_same_and_overlapping_inputs_store_each_record_on
 
 
 def test_second_writer_on_a_duckdb_file_gets_one_line_naming_the_other(tmp_path: Path) -> None:
-    _trades_files(tmp_path / "d", 1, 10)
+    write_trade_days(tmp_path / "d", 1, 10)
     db = tmp_path / "busy.duckdb"
     holder = subprocess.Popen(
         [
@@ -91,7 +91,7 @@ def test_writers_load_chunks_in_parallel_and_store_what_one_writer_stores(
 ) -> None:
     """``writers`` chunks at once, each through its own connection and transaction: the same
     rows, the same ledger and the same run counts as one writer."""
-    _trades_files(tmp_path / "d", 5, 20_000)
+    write_trade_days(tmp_path / "d", 5, 20_000)
     request = IngestRequest(from_file=str(tmp_path / "d"))
     configure(tmp_path / "two.jsonl", "INFO")
     two = ingest(request, load_settings(db=server_url, writers=2))
@@ -110,12 +110,10 @@ def test_writers_load_chunks_in_parallel_and_store_what_one_writer_stores(
 def test_a_chunk_failing_in_one_lane_fails_alone(pg_url: str, tmp_path: Path) -> None:
     """Every trade of one file has size 0 (above the quarantine limit): that chunk fails and
     stores nothing; the chunks of the other lane and those after it are stored."""
-    paths = _trades_files(tmp_path / "d", 4, 20_000)
+    paths = write_trade_days(tmp_path / "d", 4, 20_000)
     array = synthetic_trades(20_000, dt.date(2024, 3, 5), seed=1)
     array["size"] = 0
-    start = int(array["ts_event"][0])
-    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
-    write_dbn(paths[1], meta, [array.tobytes()])
+    write_trades_file(paths[1], array)
     summary = ingest(IngestRequest(from_file=str(tmp_path / "d")), load_settings(db=pg_url, writers=2))
     assert [r.status for r in summary.results] == ["done", "failed", "done", "done"]
     assert "size" in (summary.results[1].error or "") and summary.exit_code == 1
@@ -126,7 +124,7 @@ def test_a_chunk_failing_in_one_lane_fails_alone(pg_url: str, tmp_path: Path) ->
 def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path) -> None:
     """Ctrl-C while two lanes load: each lane's chunk rolls back at its next batch, so every
     row in the table belongs to a chunk the ledger calls done, and a re-run completes."""
-    _trades_files(tmp_path / "d", 6, 250_000)
+    write_trade_days(tmp_path / "d", 6, 250_000)
     command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
     env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "25000", "MARKETPIPE_WRITERS": "2"}
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.samples import synthetic_trades, write_trades_file
 
 
 @pytest.fixture
@@ -33,10 +33,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_stops_the_run_in_one_line_and_keeps_no_partial_chunk(
     small_disk: Path, cli, tmp_path: Path
 ) -> None:
-    records = synthetic_trades(300_000, dt.date(2024, 3, 4), seed=1)
-    start = int(records["ts_event"][0])
-    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
-    write_dbn(tmp_path / "big.dbn", meta, [records.tobytes()])
+    write_trades_file(tmp_path / "big.dbn", synthetic_trades(300_000, dt.date(2024, 3, 4), seed=1))
     store = small_disk / "store.duckdb"
     result = cli("ingest", "--from-file", str(tmp_path / "big.dbn"), "--db", str(store))
     output = result.output + result.stderr

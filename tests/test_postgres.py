@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import marketpipe.stores.sql as sql
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.model import SCHEMAS
 from marketpipe.pipeline import ingest
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.samples import write_trade_days
 from marketpipe.stores import open_store
 from marketpipe.stores.postgres import BRIN_INDEX_VERSION
 
@@ -28,17 +27,6 @@ from pg import admin_url, fingerprint, fresh_database
 from tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _trades_files(directory: Path, files: int, records: int) -> list[Path]:
-    paths = []
-    for i in range(files):
-        day = dt.date(2024, 3, 4) + dt.timedelta(days=i)
-        array = synthetic_trades(records, day, seed=i)
-        start = int(array["ts_event"][0])
-        meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
-        paths.append(write_dbn(directory / f"trades-{day}.dbn", meta, [array.tobytes()]))
-    return paths
 
 
 def _ingest_command(db: str, directory: Path) -> tuple[list[str], dict[str, str]]:
@@ -83,7 +71,7 @@ def _table(schema: str) -> str:
 
 def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path) -> None:
     pg_url = server_url
-    _trades_files(tmp_path / "d", 2, 20_000)
+    write_trade_days(tmp_path / "d", 2, 20_000)
     cfg = load_settings(db=pg_url)
     request = IngestRequest(from_file=str(tmp_path / "d"))
     ingest(request, cfg)
@@ -97,7 +85,7 @@ def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path)
 
 def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: Path) -> None:
     pg_url = server_url
-    _trades_files(tmp_path / "d", 6, 250_000)
+    write_trade_days(tmp_path / "d", 6, 250_000)
     victim = _ingest_in_background(pg_url, tmp_path / "d")
     command, env = _ingest_command(pg_url, tmp_path / "d")  # the rerun, and the clean run
     deadline = time.monotonic() + 60
@@ -126,7 +114,7 @@ def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: 
 
 
 def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path: Path) -> None:
-    _trades_files(tmp_path / "d", 1, 1_000_000)
+    write_trade_days(tmp_path / "d", 1, 1_000_000)
     cfg = load_settings(db=pg_url, batch_size=20_000, db_retry_wait=0.05)
     outcome: dict[str, object] = {}
 
@@ -151,7 +139,7 @@ def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path
 
 
 def test_database_gone_mid_run_stops_cleanly_and_resumes(pg_url: str, tmp_path: Path) -> None:
-    _trades_files(tmp_path / "d", 5, 100_000)
+    write_trade_days(tmp_path / "d", 5, 100_000)
     port = psycopg.conninfo.conninfo_to_dict(pg_url).get("port") or 5432
     proxy = TcpProxy(int(port))
     via_proxy = pg_url.replace(f":{port}/", f":{proxy.port}/")
@@ -181,7 +169,7 @@ def test_database_gone_mid_run_stops_cleanly_and_resumes(pg_url: str, tmp_path: 
 def test_unreachable_database_is_one_clear_line(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MARKETPIPE_DB_RETRIES", "2")
     monkeypatch.setenv("MARKETPIPE_DB_RETRY_WAIT", "0.01")
-    paths = _trades_files(tmp_path / "d", 1, 10)
+    paths = write_trade_days(tmp_path / "d", 1, 10)
     result = cli(
         "ingest", "--from-file", str(paths[0]), "--db", "postgresql://postgres:s3cret@127.0.0.1:9/market"
     )
@@ -196,7 +184,7 @@ def test_unreachable_database_is_one_clear_line(cli, tmp_path: Path, monkeypatch
 
 
 def test_missing_database_fails_fast(cli, tmp_path: Path) -> None:
-    paths = _trades_files(tmp_path / "d", 1, 10)
+    paths = write_trade_days(tmp_path / "d", 1, 10)
     started = time.monotonic()
     result = cli(
         "ingest", "--from-file", str(paths[0]), "--db", "postgresql://postgres@127.0.0.1:5432/no_such_db_x"

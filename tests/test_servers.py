@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from marketpipe.config import load_settings
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
+from marketpipe.samples import synthetic_trades, write_trades_file
 from marketpipe.stores import open_store
 from marketpipe.stores.postgres import BRIN_INDEX_VERSION
 
@@ -26,10 +26,7 @@ from pg import fingerprint
 
 
 def _trades_file(path: Path, records: int = 2_000) -> Path:
-    array = synthetic_trades(records, dt.date(2024, 3, 4), seed=3)
-    start = int(array["ts_event"][0])
-    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
-    return write_dbn(path, meta, [array.tobytes()])
+    return write_trades_file(path, synthetic_trades(records, dt.date(2024, 3, 4), seed=3))
 
 
 def _modes(tmp_path: Path) -> list[dict[str, object]]:

@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
-from test_postgres import _ingest_in_background, _trades_files
+from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn, write_trade_days
+from test_postgres import _ingest_in_background
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def _status(cli, db: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
 def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
     pg_url: str, cli, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    _trades_files(tmp_path / "d", 4, 250_000)
+    write_trade_days(tmp_path / "d", 4, 250_000)
     victim = _ingest_in_background(pg_url, tmp_path / "d")
     deadline = time.monotonic() + 60
     seen_running = False
@@ -48,7 +48,7 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
 
 
 def test_a_killed_duckdb_run_shows_as_interrupted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _trades_files(tmp_path / "d", 3, 300_000)
+    write_trade_days(tmp_path / "d", 3, 300_000)
     db = str(tmp_path / "k.duckdb")
     victim = _ingest_in_background(db, tmp_path / "d")
     log = tmp_path / "logs" / "marketpipe.jsonl"

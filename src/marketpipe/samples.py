@@ -75,6 +75,22 @@ def write_dbn(path: Path, metadata: bytes, records: Iterable[bytes], compress: b
     return path
 
 
+def write_trades_file(path: Path, trades: np.ndarray) -> Path:
+    """One day of trades as a plain DBN file, its metadata's range from the first trade on."""
+    start = int(trades["ts_event"][0])
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + NS_PER_DAY, "raw_symbol", {})
+    return write_dbn(path, meta, [trades.tobytes()])
+
+
+def write_trade_days(directory: Path, files: int, records: int) -> list[Path]:
+    """``files`` DBN files of ``records`` trades, one day each from 2024-03-04."""
+    days = [dt.date(2024, 3, 4) + dt.timedelta(days=i) for i in range(files)]
+    return [
+        write_trades_file(directory / f"trades-{day}.dbn", synthetic_trades(records, day, seed=i))
+        for i, day in enumerate(days)
+    ]
+
+
 def make_sample(directory: Path) -> list[Path]:
     """Daily bars and trades for CL and ES front months over 2024 Q1 (deterministic)."""
     rng = np.random.default_rng(20240101)
