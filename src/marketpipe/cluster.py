@@ -25,12 +25,10 @@ from typing import Any
 
 from distributed import Client, KilledWorker, LocalCluster, Semaphore, WorkerPlugin, get_worker
 
-from marketpipe.config import IngestRequest, Settings, config_file
+from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import UsageError
 from marketpipe.logs import configure
-from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline
-from marketpipe.rules.transformation import load_model
-from marketpipe.rules.validation import Validator
+from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline, load_rules
 from marketpipe.sources.base import Source
 from marketpipe.sources.databento_api import DatabentoApiSource
 from marketpipe.stores import open_store
@@ -82,8 +80,7 @@ class ChunkRunner(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         configure(self.settings.log_file, "ERROR")
-        model = load_model(self.settings.transformation_file)
-        validator = Validator(config_file(self.settings.validation_file), model)
+        model, validator = load_rules(self.settings)
         store = open_store(self.settings, model)
         self.pipeline = Pipeline(
             self.request, self.settings, self.source, store, validator, run_id=self.run_id

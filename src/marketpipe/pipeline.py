@@ -224,6 +224,12 @@ def resolve_days(
     return make_request(**{**request.model_dump(exclude_unset=True), **days}), None
 
 
+def load_rules(settings: Settings, model: Model | None = None) -> tuple[Model, Validator]:
+    """The compiled transformation (``model`` if given) and the validation rules bound to it."""
+    model = model or load_model(settings.transformation_file)
+    return model, Validator(config_file(settings.validation_file), model)
+
+
 def ingest(
     request: IngestRequest,
     settings: Settings,
@@ -239,8 +245,7 @@ def ingest(
     ``model``: the compiled transformation file, else compiled here from the settings.
     ``today``: what relative days count from (default: the UTC date now).
     ``lanes``: what runs the chunks (default: writer threads of this process)."""
-    model = model or load_model(settings.transformation_file)
-    validator = Validator(config_file(settings.validation_file), model)
+    model, validator = load_rules(settings, model)
     request, current = prepare(request, settings, model, today or utc_today())
     if current is not None:
         return RunSummary("", request.name, settings.db, notes=[current])

@@ -97,8 +97,7 @@ class DatabentoApiSource:
         self._symbol_batches = [
             tuple(symbols[i : i + MAX_SYMBOLS]) for i in range(0, len(symbols), MAX_SYMBOLS)
         ]
-        self.api = ApiCalls(settings, self.dataset)
-        self.client = self.api.client
+        self._connect()
         keep = request.keep_raw
         self._raw_dir = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="marketpipe-"))
         self._keep = keep is not None
@@ -111,6 +110,14 @@ class DatabentoApiSource:
         self._slices: dict[str, tuple[str, int, int]] = {}
         self._records: dict[str, int] = {}
         self._instrument_ids: set[str] = set()
+
+    # What belongs to one machine's process: never pickled for a cluster worker.
+    _LOCAL = ("api", "client", "_ahead", "_pending", "download_slot")
+
+    def _connect(self) -> None:
+        """The client with this process's key, and the machinery of downloads."""
+        self.api = ApiCalls(self.settings, self.dataset)
+        self.client = self.api.client
         # One download ahead of the pipeline: the next chunk streams while this one is stored.
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
         self._pending: dict[str, Future[Path]] = {}
@@ -121,7 +128,7 @@ class DatabentoApiSource:
         """The planned source for a cluster worker: what to download, never the key, the
         connections, the download thread or this machine's temporary directory."""
         state = self.__dict__.copy()
-        for name in ("api", "client", "_ahead", "_pending", "download_slot"):
+        for name in self._LOCAL:
             del state[name]
         state["settings"] = self.settings.model_copy(update={"databento_api_key": None})
         if not self._keep:
@@ -133,11 +140,7 @@ class DatabentoApiSource:
         self.__dict__.update(state)
         key = load_settings().databento_api_key
         self.settings = self.settings.model_copy(update={"databento_api_key": key})
-        self.api = ApiCalls(self.settings, self.dataset)
-        self.client = self.api.client
-        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
-        self._pending = {}
-        self.download_slot = nullcontext
+        self._connect()
         if not self._keep:
             self._raw_dir = Path(tempfile.mkdtemp(prefix="marketpipe-"))
 
