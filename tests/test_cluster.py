@@ -133,6 +133,8 @@ def _free_port() -> int:
             "error: --workers starts a local cluster",
         ),
         (["--cluster", "tcp://127.0.0.1:{port}"], "pg", "error: --cluster: no Dask scheduler at"),
+        (["--workers", "0"], "pg", "error: --workers 0: a local cluster needs at least 1"),
+        (["--workers", "2", "--max-concurrent-downloads", "500"], "pg", "error: bad setting: max_concurrent"),
     ],
 )
 def test_what_a_cluster_run_cannot_take_is_one_line(

@@ -110,13 +110,11 @@ def ingest(
     as_json: JsonOption = False,
     workers: Annotated[
         int | None,
-        typer.Option(
-            "--workers", min=1, help="Run the chunks on a local Dask cluster of this many processes"
-        ),
+        typer.Option("--workers", help="Run the chunks on a local Dask cluster of this many processes"),
     ] = None,
     max_concurrent_downloads: Annotated[
         int | None,
-        typer.Option("--max-concurrent-downloads", min=1, max=100, help="API downloads at once on a cluster"),
+        typer.Option("--max-concurrent-downloads", help="API downloads at once on a cluster"),
     ] = None,
     cluster: Annotated[
         str | None,

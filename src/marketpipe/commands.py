@@ -150,6 +150,8 @@ def _lanes(
         return
     if workers is not None and address is not None:
         raise UsageError("--workers starts a local cluster, --cluster joins one: give one of them")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: a local cluster needs at least 1 worker process")
     try:
         from marketpipe import cluster
     except ImportError:
