@@ -27,6 +27,9 @@ class _Sink:
         rows = pa.concat_tables([self._family.arrow_schema.empty_table(), *self._tables])
         self._store.tables.setdefault(self._family.table, {})[self._id] = rows
 
+    def published(self) -> None:
+        """``commit`` replaced the chunk's rows already."""
+
     def close(self) -> None:
         self._tables = []
 

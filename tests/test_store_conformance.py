@@ -1,5 +1,6 @@
 """The Store contract, written once and run against every store: DuckDB, plain PostgreSQL,
-TimescaleDB, and an in-memory Arrow data side with the SQL ledger in a DuckDB file (the shape of
+TimescaleDB, the Parquet lake (ledger in DuckDB, ledger in PostgreSQL), and an in-memory Arrow
+data side with the SQL ledger in a DuckDB file (the shape of
 a new store). A new store passes these before anything else uses it."""
 
 from __future__ import annotations
@@ -28,17 +29,21 @@ DAY = dt.date(2024, 3, 4)
 FAMILY = MODEL.family_of("trades")
 
 
-@pytest.fixture(params=["duckdb", "postgresql", "timescaledb", "arrow"])
+@pytest.fixture(params=["duckdb", "postgresql", "timescaledb", "arrow", "lake", "lake-postgresql"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Opens the store under test; called again, a second store on the same location."""
     if request.param == "arrow":
         data = ArrowStore(MODEL)
         return lambda: Store(data, DuckDBLedger(str(tmp_path / "ledger.duckdb")))
+    ledger = None
     if request.param == "duckdb":
         url = str(tmp_path / "conformance.duckdb")
+    elif request.param.startswith("lake"):
+        url = f"lake:{tmp_path / 'lake'}"
+        ledger = request.getfixturevalue("pg_url") if request.param == "lake-postgresql" else None
     else:
         url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
-    return lambda: open_store(load_settings(db=url), MODEL)
+    return lambda: open_store(load_settings(db=url, ledger=ledger), MODEL)
 
 
 @pytest.fixture

@@ -30,7 +30,16 @@ app = typer.Typer(
 T = TypeVar("T")
 
 DbOption = Annotated[
-    str | None, typer.Option("--db", help="DuckDB file or postgresql:// URL [env MARKETPIPE_DB]")
+    str | None,
+    typer.Option("--db", help="DuckDB file, postgresql:// URL or lake:DIR (Parquet) [env MARKETPIPE_DB]"),
+]
+LedgerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger",
+        help="A lake's ledger: DuckDB file or postgresql:// URL (default DIR/_marketpipe/ledger.duckdb)"
+        " [env MARKETPIPE_LEDGER]",
+    ),
 ]
 SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols")]
 StartOption = Annotated[str | None, typer.Option("--start-date", help="First day, YYYY-MM-DD (inclusive)")]
@@ -83,6 +92,7 @@ def ingest(
     start_date: StartOption = None,
     end_date: EndOption = None,
     db: DbOption = None,
+    ledger: LedgerOption = None,
     force: Annotated[bool, typer.Option(help="Re-ingest chunks already done")] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Records per batch")] = None,
     max_quarantine_ratio: Annotated[
@@ -135,13 +145,14 @@ def query(
         str, typer.Argument(help="SQL to run read-only, e.g. 'SELECT count(*) FROM trades'")
     ],
     db: DbOption = None,
+    ledger: LedgerOption = None,
     format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write to this file (needed for parquet)")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it is an existing file")] = False,
     limit: Annotated[int, typer.Option(help="Rows shown by --format table")] = 50,
 ) -> None:
     """Run your own read-only SQL against the store (the <table>_v views included)."""
-    _guarded(lambda: _commands().query(statement, db, format, out, overwrite, limit))
+    _guarded(lambda: _commands().query(statement, db, ledger, format, out, overwrite, limit))
 
 
 @app.command()
@@ -150,13 +161,16 @@ def export(
     out: Annotated[Path, typer.Option(help="Output file")],
     format: Annotated[str, typer.Option("--format", help="parquet or csv")] = "parquet",
     db: DbOption = None,
+    ledger: LedgerOption = None,
     symbols: SymbolsOption = None,
     start_date: StartOption = None,
     end_date: EndOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it is an existing file")] = False,
 ) -> None:
     """Write stored records of one schema to Parquet or CSV, exactly."""
-    _guarded(lambda: _commands().export(schema, out, format, db, symbols, start_date, end_date, overwrite))
+    _guarded(
+        lambda: _commands().export(schema, out, format, db, ledger, symbols, start_date, end_date, overwrite)
+    )
 
 
 @app.command("list-jobs")
@@ -169,6 +183,7 @@ def list_jobs() -> None:
 def coverage_command(
     schema: Annotated[str, typer.Option(help="Schema, e.g. trades")],
     db: DbOption = None,
+    ledger: LedgerOption = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset, when the schema comes from several")] = None,
     symbols: SymbolsOption = None,
     start_date: Annotated[
@@ -180,18 +195,21 @@ def coverage_command(
     as_json: JsonOption = False,
 ) -> None:
     """Stored rows and chunk states per symbol and session, against the exchange calendar."""
-    _guarded(lambda: _commands().coverage(schema, db, dataset, symbols, start_date, end_date, as_json))
+    _guarded(
+        lambda: _commands().coverage(schema, db, ledger, dataset, symbols, start_date, end_date, as_json)
+    )
 
 
 @app.command()
-def status(db: DbOption = None, as_json: JsonOption = False) -> None:
+def status(db: DbOption = None, ledger: LedgerOption = None, as_json: JsonOption = False) -> None:
     """What is stored: tables, row counts, time ranges, chunks and last runs."""
-    _guarded(lambda: _commands().status(db, as_json))
+    _guarded(lambda: _commands().status(db, ledger, as_json))
 
 
 @app.command("quarantine")
 def quarantine_command(
     db: DbOption = None,
+    ledger: LedgerOption = None,
     run: Annotated[str | None, typer.Option(help="Only this run id")] = None,
     schema: Annotated[str | None, typer.Option(help="Only this schema")] = None,
     rule: Annotated[str | None, typer.Option(help="Only this rule")] = None,
@@ -199,7 +217,7 @@ def quarantine_command(
     show: Annotated[int | None, typer.Option(help="Print record N of the listing in full")] = None,
 ) -> None:
     """List quarantined records (by run, schema, rule), or show one in full."""
-    _guarded(lambda: _commands().quarantine(db, run, schema, rule, limit, show))
+    _guarded(lambda: _commands().quarantine(db, ledger, run, schema, rule, limit, show))
 
 
 @app.command("make-sample")

@@ -25,7 +25,7 @@ from typing import Any
 
 from distributed import Client, KilledWorker, LocalCluster, Semaphore, WorkerPlugin, get_worker
 
-from marketpipe.config import IngestRequest, Settings
+from marketpipe.config import LAKE_PREFIX, POSTGRES_SCHEMES, IngestRequest, Settings
 from marketpipe.errors import UsageError
 from marketpipe.logs import configure
 from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline, load_rules
@@ -37,10 +37,17 @@ from marketpipe.types import Chunk, ChunkStatus
 
 def check(request: IngestRequest, settings: Settings) -> None:
     """What a cluster run cannot take, refused before anything opens."""
-    if not settings.db.startswith(("postgresql://", "postgres://")):
+    if settings.db.startswith(LAKE_PREFIX):
+        if not (settings.ledger or "").startswith(POSTGRES_SCHEMES):
+            raise UsageError(
+                "--workers/--cluster: a lake's DuckDB ledger takes one writer process; give the lake"
+                " a PostgreSQL ledger (--ledger postgresql://...)"
+            )
+    elif not settings.db.startswith(POSTGRES_SCHEMES):
         raise UsageError(
             "--workers/--cluster: a DuckDB file takes one writer process; give a PostgreSQL store"
-            " (--db postgresql://...)"
+            " (--db postgresql://...) or a lake with a PostgreSQL ledger (--db lake:DIR --ledger"
+            " postgresql://...)"
         )
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from marketpipe import console
 from marketpipe.config import (
+    LAKE_PREFIX,
     LAST,
     IngestRequest,
     Settings,
@@ -82,6 +83,7 @@ def ingest(
     start_date: str | None,
     end_date: str | None,
     db: str | None,
+    ledger: str | None,
     force: bool,
     batch_size: int | None,
     max_quarantine_ratio: float | None,
@@ -99,6 +101,7 @@ def ingest(
     """The exit code: 1 when an input or a chunk failed."""
     settings = _settings(
         db=db,
+        ledger=ledger,
         batch_size=batch_size,
         max_quarantine_ratio=max_quarantine_ratio,
         max_concurrent_downloads=max_concurrent_downloads,
@@ -201,8 +204,16 @@ def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequ
     return request
 
 
-def query(statement: str, db: str | None, format: str, out: Path | None, overwrite: bool, limit: int) -> None:
-    settings = _settings(db=db)
+def query(
+    statement: str,
+    db: str | None,
+    ledger: str | None,
+    format: str,
+    out: Path | None,
+    overwrite: bool,
+    limit: int,
+) -> None:
+    settings = _settings(db=db, ledger=ledger)
     if format not in QUERY_FORMATS:
         raise UsageError(f"unknown format {format!r}; known: {', '.join(QUERY_FORMATS)}")
     if out is None and format == "parquet":
@@ -251,8 +262,10 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, out: Path | None) -
 
 
 def _store_files(settings: Settings) -> list[Path]:
-    """The embedded store's own files: an output must never be one of them."""
-    files = [] if "://" in settings.db else [Path(settings.db).expanduser()]
+    """The embedded store's own files (a DuckDB store, a lake's DuckDB ledger): an output must
+    never be one of them."""
+    embedded = settings.ledger if settings.db.startswith(LAKE_PREFIX) else settings.db
+    files = [] if embedded is None or "://" in embedded else [Path(embedded).expanduser()]
     return [p.with_name(p.name + suffix) for p in files for suffix in ("", ".wal")]
 
 
@@ -261,12 +274,13 @@ def export(
     out: Path,
     format: str,
     db: str | None,
+    ledger: str | None,
     symbols: str | None,
     start_date: str | None,
     end_date: str | None,
     overwrite: bool,
 ) -> None:
-    settings = _settings(db=db)
+    settings = _settings(db=db, ledger=ledger)
     start, end = _report_days(start_date, end_date)
     if start and end and end < start:
         raise UsageError(f"end date {end} is before start date {start}")
@@ -290,13 +304,14 @@ def list_jobs() -> None:
 def coverage(
     schema: str,
     db: str | None,
+    ledger: str | None,
     dataset: str | None,
     symbols: str | None,
     start_date: str | None,
     end_date: str | None,
     as_json: bool,
 ) -> None:
-    settings = _settings(db=db)
+    settings = _settings(db=db, ledger=ledger)
     start, end = _report_days(start_date, end_date)
     check_schema(schema)
     calendars = load_calendars(settings.calendars_file)
@@ -322,8 +337,8 @@ def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date 
     return days[0], days[1]
 
 
-def status(db: str | None, as_json: bool) -> None:
-    settings = _settings(db=db)
+def status(db: str | None, ledger: str | None, as_json: bool) -> None:
+    settings = _settings(db=db, ledger=ledger)
     store = _read_only_store(settings)
     try:
         report = store.status()
@@ -336,9 +351,15 @@ def status(db: str | None, as_json: bool) -> None:
 
 
 def quarantine(
-    db: str | None, run: str | None, schema: str | None, rule: str | None, limit: int, show: int | None
+    db: str | None,
+    ledger: str | None,
+    run: str | None,
+    schema: str | None,
+    rule: str | None,
+    limit: int,
+    show: int | None,
 ) -> None:
-    settings = _settings(db=db)
+    settings = _settings(db=db, ledger=ledger)
     if schema is not None:
         check_schema(schema)
     store = _read_only_store(settings)

@@ -65,6 +65,8 @@ def resolve_day(day: dt.date | str, today: dt.date) -> dt.date:
 
 
 DUCKDB_MEMORY_LIMIT = "128MB"
+LAKE_PREFIX = "lake:"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class Settings(BaseSettings):
@@ -73,6 +75,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MARKETPIPE_", env_file=".env", extra="ignore")
 
     db: str = "data/marketpipe.duckdb"
+    # A lake's ledger (chunks, runs, quarantine, the lake's file list): a DuckDB file or a
+    # PostgreSQL URL; a lake on a local disk keeps a DuckDB one in DIR/_marketpipe/ by default.
+    ledger: str | None = None
     log_level: str = "ERROR"
     log_file: Path = Path("logs/marketpipe.jsonl")
     batch_size: int = Field(250_000, gt=0)
@@ -111,19 +116,38 @@ class Settings(BaseSettings):
     @field_validator("db")
     @classmethod
     def _store_location(cls, value: str) -> str:
-        """A PostgreSQL URL as is; anything else is a DuckDB file, made absolute so every
-        message names the file really used (a relative path is relative to the working directory)."""
-        scheme, separator, _ = value.partition("://")
-        if separator:
-            if scheme not in ("postgresql", "postgres"):
+        """A PostgreSQL URL as is, a Parquet lake (``lake:DIR`` or ``lake:`` and an fsspec URL);
+        anything else is a DuckDB file. Paths are made absolute so every message names the
+        file really used (a relative path is relative to the working directory)."""
+        if value.startswith(LAKE_PREFIX):
+            root = value.removeprefix(LAKE_PREFIX)
+            if not root.strip():
                 raise ValueError(
-                    f"unknown scheme {scheme!r} in {value.split('@')[-1]!r}: give a DuckDB file path"
-                    " or a postgresql:// URL"
+                    "lake: needs a directory or a URL, e.g. lake:data/lake or lake:s3://bucket/prefix"
                 )
-            return value
-        if not value.strip() or value.startswith(":memory:"):
-            raise ValueError(f"{value!r} keeps nothing: give a DuckDB file path or a postgresql:// URL")
-        return str(Path(value).expanduser().absolute())
+            return LAKE_PREFIX + (root if "://" in root else _absolute(root))
+        return _database(value, "a DuckDB file path, a postgresql:// URL or lake:DIR")
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_location(cls, value: str | None) -> str | None:
+        return None if value is None else _database(value, "a DuckDB file path or a postgresql:// URL")
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
+
+
+def _database(value: str, wanted: str) -> str:
+    """A PostgreSQL URL as is; anything else is a DuckDB file path, made absolute."""
+    scheme, separator, _ = value.partition("://")
+    if separator:
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"unknown scheme {scheme!r} in {value.split('@')[-1]!r}: give {wanted}")
+        return value
+    if not value.strip() or value.startswith(":memory:"):
+        raise ValueError(f"{value!r} keeps nothing: give {wanted}")
+    return _absolute(value)
 
 
 CHECKOUT = Path(__file__).resolve().parents[2]

@@ -158,7 +158,7 @@ class Reader:
         return frame
 
 
-def open_reader(db: str | None = None) -> Reader:
-    overrides = {} if db is None else {"db": db}
-    settings = load_settings(**overrides)
+def open_reader(db: str | None = None, ledger: str | None = None) -> Reader:
+    """``ledger``: a lake's, where it is not the default one in the lake's directory."""
+    settings = load_settings(db=db, ledger=ledger)
     return Reader(open_store(settings, load_model(settings.transformation_file), read_only=True))

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, Self, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -136,6 +136,10 @@ class ChunkSink(Protocol):
         """Every row is handed over; a non-atomic store publishes them here."""
         ...
 
+    def published(self) -> None:
+        """The ledger has committed the chunk: drop what its rows replaced, if anything is left."""
+        ...
+
     def close(self) -> None:
         """End of the chunk: rows not committed are dropped."""
         ...
@@ -145,7 +149,7 @@ class ChunkSink(Protocol):
 class Connected(Protocol):
     """A store of a server that takes concurrent writers: each writer thread connects anew."""
 
-    def another(self) -> Self:
+    def another(self) -> Store:
         """The same store (and ledger) through a connection of its own."""
         ...
 
@@ -277,6 +281,7 @@ class ChunkWriter:
         """Make the chunk's rows visible and mark it done (atomically where the store can)."""
         self._sink.commit()
         self._tx.finish(counts, self._range)
+        self._sink.published()
 
 
 @dataclass
@@ -320,12 +325,11 @@ class Store:
 
     def another(self) -> Store:
         """A second connection to the same store, for a writer on another thread: only where
-        the data side declares concurrent writers and keeps its ledger in its own database."""
+        the data side declares concurrent writers."""
         data = self.data
-        if not (data.capabilities.concurrent_writers and self.ledger is data and isinstance(data, Connected)):
+        if not (data.capabilities.concurrent_writers and isinstance(data, Connected)):
             raise TypeError(f"a {self.mode} store takes one writer at a time")
-        twin = data.another()
-        return Store(twin, cast(Ledger, twin))
+        return data.another()
 
     def _parts(self) -> list[DataStore | Ledger]:
         return [self.data] if self.ledger is self.data else [self.data, self.ledger]

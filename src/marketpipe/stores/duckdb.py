@@ -97,6 +97,9 @@ class _DuckDBSink:
         self._flush()
         self._background.wait()
 
+    def published(self) -> None:
+        """The rows replaced went in the chunk's transaction."""
+
     def close(self) -> None:
         self._background.close()
 

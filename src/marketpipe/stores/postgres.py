@@ -231,6 +231,9 @@ class _PgSink:
     def commit(self) -> None:
         self._background.wait()
 
+    def published(self) -> None:
+        """The rows replaced went in the chunk's transaction."""
+
     def close(self) -> None:
         self._background.close()
 
@@ -277,11 +280,11 @@ class PostgresStore(sql.SqlStore):
                     raise translate(exc, f"cannot connect to PostgreSQL at {self.location}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def another(self) -> PostgresStore:
+    def another(self) -> Store:
         """Migrated and inspected already: only the connection is new."""
         twin = copy.copy(self)
         twin.conn = self._connect()
-        return twin
+        return Store(twin, twin)
 
     def reconnect(self) -> None:
         with suppress(psycopg.Error):

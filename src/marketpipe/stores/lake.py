@@ -1,0 +1,375 @@
+"""A Parquet lake: one directory per table, hive partitions by UTC day of the index time
+(``trades/day=2024-03-04/``), written by any number of processes at once; its ledger (chunks,
+runs, quarantine, and the list of the lake's files) is a DuckDB file or a PostgreSQL database.
+
+A chunk's files are written under temporary names (``_<name>.parquet.tmp``: Spark, pyarrow
+datasets and ``*.parquet`` globs skip them), renamed to their final names, and listed in the
+ledger in the transaction that marks the chunk done. marketpipe reads the files the ledger
+lists, so a chunk appears whole or not at all; a new write of a chunk lists its new files in
+place of the old ones, which are deleted once the ledger has committed. Files are those
+``export`` writes: the model's Arrow types (nanosecond UTC timestamps, decimal prices), zstd.
+
+Locations are local directories or fsspec URLs (``lake:s3://bucket/prefix`` with s3fs
+installed); DuckDB reads them, through fsspec where they are not local.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, cast
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import structlog
+from fsspec.implementations.local import LocalFileSystem
+
+import marketpipe.stores.sql as sql
+from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings
+from marketpipe.errors import StoreRejected
+from marketpipe.model import Family, Model
+from marketpipe.stores.base import (
+    INSTRUMENTS_TABLE,
+    Capabilities,
+    Connected,
+    ExportQuery,
+    Ledger,
+    Store,
+    TableStatus,
+    TimeRange,
+)
+from marketpipe.stores.duckdb import DuckDBLedger, DuckDBStore
+from marketpipe.symbology import NS_PER_DAY
+
+log = structlog.get_logger("marketpipe.lake")
+
+FILES_TABLE = "marketpipe_lake_files"
+FILES_VERSION = sql.MODEL_VERSION + 6
+FILES_NAME = "lake: the files of each chunk"
+FILES_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS {FILES_TABLE} (
+  path TEXT PRIMARY KEY,
+  table_name TEXT NOT NULL,
+  chunk_id BIGINT NOT NULL,
+  rows BIGINT NOT NULL,
+  first_ns BIGINT NOT NULL,
+  last_ns BIGINT NOT NULL
+)""",
+    f"CREATE INDEX IF NOT EXISTS marketpipe_lake_files_chunk ON {FILES_TABLE} (chunk_id)",
+)
+# A file is closed once this much Arrow data went in: zstd Parquet of market data is several
+# times smaller, so files stay at a few hundred MB at most.
+FILE_ARROW_BYTES = 1 << 30
+DEFAULT_LEDGER = "_marketpipe/ledger.duckdb"  # under a local lake's directory
+
+# The DuckDB type each column of a lake file reads as (an empty table's view declares them).
+column_type = sql.column_types(
+    "DECIMAL(19, 9)",
+    "TIMESTAMPTZ_NS",
+    "VARCHAR",
+    lambda t: ("U" if pa.types.is_unsigned_integer(t) else "") + sql.SIGNED_INTEGERS[t.bit_width],
+)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass
+class _File:
+    """One Parquet file of a chunk: written under ``temporary``, published as ``path``."""
+
+    path: str  # relative to the lake's root
+    temporary: str
+    writer: pq.ParquetWriter | None
+    rows: int = 0
+    arrow_bytes: int = 0
+    first_ns: int = 2**63 - 1
+    last_ns: int = -(2**63)
+
+
+class _LakeSink:
+    """A chunk's rows into day files, encoded on a background thread (pyarrow releases the GIL
+    while it compresses) while the pipeline reads and checks the next rows."""
+
+    def __init__(self, lake: LakeStore, family: Family, chunk_id: int) -> None:
+        self._lake = lake
+        self._family = family
+        self._id = chunk_id
+        self._prefix = f"{chunk_id & (2**64 - 1):016x}"  # every file of the chunk starts so
+        self._token = uuid.uuid4().hex[:12]
+        self._open: dict[str, _File] = {}  # day -> file being written
+        self._files: list[_File] = []
+        self._superseded: list[str] = []
+        self._background = sql.Background()
+        self._published = False
+
+    def write(self, table: pa.Table) -> None:
+        self._background.submit(self._write_days, table)
+
+    def _write_days(self, table: pa.Table) -> None:
+        table = table.cast(self._family.arrow_schema)
+        times = table[self._family.time_column].cast(pa.int64()).to_numpy()
+        days = times // NS_PER_DAY
+        unique = np.unique(days)
+        if len(unique) == 1:
+            self._write(int(unique[0]), table, times)
+            return
+        for day in unique:
+            mask = days == day
+            self._write(int(day), table.filter(pa.array(mask)), times[mask])
+
+    def _write(self, day: int, rows: pa.Table, times: np.ndarray) -> None:
+        label = str(np.datetime64(day, "D"))
+        file = self._open.get(label)
+        if file is None:
+            file = self._start(label)
+        assert file.writer is not None
+        file.writer.write_table(rows)
+        file.rows += rows.num_rows
+        file.arrow_bytes += rows.nbytes
+        file.first_ns, file.last_ns = (
+            min(file.first_ns, int(times.min())),
+            max(file.last_ns, int(times.max())),
+        )
+        if file.arrow_bytes >= FILE_ARROW_BYTES:
+            self._end(label)
+
+    def _start(self, day: str) -> _File:
+        folder = f"{self._family.table}/day={day}"
+        name = f"{self._prefix}-{self._token}-{len(self._files)}.parquet"
+        temporary = self._lake.full(f"{folder}/_{name}.tmp")
+        self._lake.fs.makedirs(self._lake.full(folder), exist_ok=True)
+        writer = pq.ParquetWriter(
+            temporary, self._family.arrow_schema, filesystem=self._lake.fs, compression="zstd"
+        )
+        file = _File(f"{folder}/{name}", temporary, writer)
+        self._files.append(file)
+        self._open[day] = file
+        return file
+
+    def _end(self, day: str) -> None:
+        file = self._open.pop(day)
+        if file.writer is not None:
+            file.writer.close()
+            file.writer = None
+
+    def commit(self) -> None:
+        """Files under their final names, listed in the ledger's open chunk transaction in place
+        of the chunk's earlier ones (which stay on disk until the ledger has committed)."""
+        self._background.wait()
+        for day in list(self._open):
+            self._end(day)
+        lake = self._lake
+        for file in self._files:
+            lake.fs.mv(file.temporary, lake.full(file.path))
+        ledger = lake.ledger
+        where = [self._family.table, self._id]
+        earlier = {str(p) for (p,) in ledger._query(f"{CHUNK_FILES} ORDER BY path", where)}
+        ledger._execute(f"DELETE FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s", where)
+        ledger._executemany(
+            f"INSERT INTO {FILES_TABLE} (path, table_name, chunk_id, rows, first_ns, last_ns)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [(f.path, *where, f.rows, f.first_ns, f.last_ns) for f in self._files],
+        )
+        self._superseded = sorted(earlier - {f.path for f in self._files})
+
+    def published(self) -> None:
+        """The ledger lists the new files: delete the ones they replace, and what stopped
+        writes of the chunk left in the days it wrote (best effort: the ledger is the truth)."""
+        self._published = True
+        lake = self._lake
+        current = {f.path for f in self._files}
+        folders = {p.rsplit("/", 1)[0] for p in [*current, *self._superseded]}
+        leftovers = set(self._superseded)
+        for folder in folders:
+            with suppress(OSError):
+                for found in lake.fs.glob(lake.full(f"{folder}/*{self._prefix}-*")):
+                    relative = f"{folder}/{found.rsplit('/', 1)[-1]}"
+                    if relative not in current:
+                        leftovers.add(relative)
+        for path in sorted(leftovers):
+            try:
+                lake.fs.rm(lake.full(path))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("lake.cleanup_failed", path=path, reason=str(exc))
+
+    def close(self) -> None:
+        """Files the ledger did not take are deleted: a failed chunk leaves nothing behind."""
+        self._background.close()
+        for file in self._files:
+            if file.writer is not None:
+                with suppress(Exception):
+                    file.writer.close()
+            if not self._published:
+                for path in (file.temporary, self._lake.full(file.path)):
+                    with suppress(OSError):
+                        self._lake.fs.rm(path)
+
+
+CHUNK_FILES = f"SELECT path FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s"
+
+
+class _LakeTables(DuckDBStore):
+    """The lake as DuckDB reads it: an in-memory database whose tables are views of the files
+    the ledger lists, so every read (export, query, coverage) is the SQL store's."""
+
+    def __init__(self, lake: LakeStore, memory_limit: str) -> None:
+        self._lake = lake
+        super().__init__(":memory:", memory_limit, model=lake.model)
+
+    def _prepare(self, read_only: bool) -> None:
+        if not isinstance(self._lake.fs, LocalFileSystem):
+            self.con.register_filesystem(self._lake.fs)
+        self.con.execute(sql.INSTRUMENTS_DDL)
+        self.refresh()
+
+    def refresh(self) -> _LakeTables:
+        """Views of the files the ledger lists now (a chunk committed since is read too)."""
+        lake = self._lake
+        files: dict[str, list[str]] = {}
+        for table, path in lake.ledger._query(f"SELECT table_name, path FROM {FILES_TABLE} ORDER BY path"):
+            files.setdefault(str(table), []).append(lake.url(str(path)))
+        for family in self.model.families.values():
+            self.con.execute(self._view(family, files.get(family.table, [])))
+        # The symbology the ledger keeps, beside the lake's definitions (``instrument_ranges``).
+        instruments = lake.ledger._query(f"SELECT * FROM {INSTRUMENTS_TABLE}")
+        self.con.execute(f"DELETE FROM {INSTRUMENTS_TABLE}")
+        if instruments:
+            self._executemany(f"INSERT INTO {INSTRUMENTS_TABLE} VALUES (%s, %s, %s, %s, %s)", instruments)
+        return self
+
+    def _view(self, family: Family, files: list[str]) -> str:
+        name = sql.identifier(family.table)
+        if files:
+            columns = ", ".join(sql.identifier(c) for c in family.column_names)
+            listed = "[" + ", ".join(_literal(f) for f in files) + "]"
+            source = f"read_parquet({listed}, hive_partitioning = false)"
+            return f"CREATE OR REPLACE VIEW {name} AS SELECT {columns} FROM {source}"
+        empty = ", ".join(
+            f"CAST(NULL AS {column_type(c)}) AS {sql.identifier(c.name)}" for c in family.columns
+        )
+        return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
+
+
+class LakeStore:
+    """The lake's data side; its ``ledger`` is a SQL ledger of its own."""
+
+    mode = "lake"
+
+    def __init__(self, root: str, ledger: Ledger, model: Model, memory_limit: str = DUCKDB_MEMORY_LIMIT):
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(root)
+        except (ImportError, ValueError) as exc:
+            raise StoreRejected(f"cannot open the lake {root}: {exc}") from None
+        self._root_location = root
+        self.location = LAKE_PREFIX + root
+        self.ledger = cast(sql.SqlLedger, ledger)
+        self.model = model
+        self._memory_limit = memory_limit
+        # Processes write files side by side; the ledger orders their chunks where it is a
+        # server (a DuckDB ledger has one writer process).
+        server = not isinstance(ledger, DuckDBLedger)
+        self.capabilities = Capabilities(atomic_chunks=True, concurrent_writers=server)
+
+    def full(self, path: str) -> str:
+        """A path under the root, as the lake's filesystem names it."""
+        return f"{self.root.rstrip('/')}/{path}"
+
+    def url(self, path: str) -> str:
+        """A path under the root, as DuckDB opens it (through fsspec unless it is local)."""
+        full = self.full(path)
+        return full if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(full)
+
+    def another(self) -> Store:
+        """A second writer: the same lake through a ledger connection of its own."""
+        if not isinstance(self.ledger, Connected):
+            raise TypeError(f"the ledger of {self.location} takes one writer at a time")
+        ledger = self.ledger.another().ledger
+        return Store(LakeStore(self._root_location, ledger, self.model, self._memory_limit), ledger)
+
+    @cached_property
+    def _tables(self) -> _LakeTables:
+        return _LakeTables(self, self._memory_limit)
+
+    def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> _LakeSink:
+        return _LakeSink(self, family, chunk_id)
+
+    def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
+        return self._tables.refresh().export(query, batch_size)
+
+    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+        return self._tables.refresh().query(statement, batch_size)
+
+    def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
+        return self._tables.refresh().day_counts(query)
+
+    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+        return self._tables.refresh().instrument_ranges(raw_symbols)
+
+    def table_status(self, family: Family) -> TableStatus:
+        """From the ledger's file list: no file is opened."""
+        rows, first, last = self.ledger._query(
+            f"SELECT coalesce(sum(rows), 0), min(first_ns), max(last_ns) FROM {FILES_TABLE}"
+            " WHERE table_name = %s",
+            [family.table],
+        )[0]
+        return TableStatus(family.table, family.time_column, int(rows), first, last)
+
+    def close(self) -> None:
+        if "_tables" in self.__dict__:
+            self._tables.close()
+
+    def reconnect(self) -> None:
+        """Files have no connection to lose (the ledger reconnects on its own)."""
+
+
+def _ledger(settings: Settings, root: str, read_only: bool) -> Ledger:
+    location = settings.ledger
+    if location is None:
+        if "://" in root:
+            raise StoreRejected(
+                f"the lake {root} needs a ledger: give --ledger (a DuckDB file path or a postgresql:// URL)"
+            )
+        location = f"{root.rstrip('/')}/{DEFAULT_LEDGER}"
+    if location.startswith(POSTGRES_SCHEMES):
+        from marketpipe.stores.postgres import PostgresStore
+
+        return PostgresStore(
+            location, settings.db_retries, settings.db_retry_wait, read_only=read_only, model=Model({})
+        )
+    return DuckDBLedger(location, settings.duckdb_memory_limit, read_only)
+
+
+def _record_files_table(ledger: Any, read_only: bool) -> None:
+    """The ledger's file list: made on first use; a reader needs it there."""
+    if read_only:
+        (found,) = ledger._query(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = %s", [FILES_TABLE]
+        )[0]
+        if not found:
+            raise StoreRejected(f"{ledger.location} is a marketpipe ledger but not of a lake")
+        return
+    for statement in FILES_DDL:
+        ledger._execute(statement)
+    ledger._execute(sql.RECORD_MIGRATION, [FILES_VERSION, FILES_NAME])
+    ledger._commit()
+
+
+def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
+    root = settings.db.removeprefix(LAKE_PREFIX)
+    ledger = _ledger(settings, root, read_only)
+    try:
+        _record_files_table(ledger, read_only)
+        lake = LakeStore(root, ledger, model, settings.duckdb_memory_limit)
+    except BaseException:
+        ledger.close()
+        raise
+    return Store(lake, ledger)
