@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "open"]
 
 
-def open(db: str | None = None) -> Reader:
-    """The store at ``db`` (a DuckDB file or a postgresql:// URL; default: the settings' db,
-    MARKETPIPE_DB) opened read-only: nothing is created, migrated or changed."""
+def open(db: str | None = None, ledger: str | None = None) -> Reader:
+    """The store at ``db`` (a DuckDB file, a postgresql:// URL or lake:DIR; default: the
+    settings' db, MARKETPIPE_DB) opened read-only: nothing is created, migrated or changed.
+    ``ledger``: a lake's, where it is not in the lake's directory."""
     from marketpipe.reading import open_reader  # the heavy libraries only when reading
 
-    return open_reader(db)
+    return open_reader(db, ledger)

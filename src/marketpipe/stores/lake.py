@@ -348,13 +348,21 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> Ledger:
     return DuckDBLedger(location, settings.duckdb_memory_limit, read_only)
 
 
-def _record_files_table(ledger: Any, read_only: bool) -> None:
-    """The ledger's file list: made on first use; a reader needs it there."""
+def _prepare_ledger(ledger: Any, model: Model, read_only: bool) -> None:
+    """The ledger's file list: made on first use; a reader needs it there. A store's own
+    database is no lake's ledger: its chunks would pass for the lake's."""
+    tables = {
+        str(t)
+        for (t,) in ledger._query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+    }
+    if tables & {f.table for f in model.families.values()}:
+        raise StoreRejected(
+            f"{ledger.location} holds a marketpipe store's tables: give the lake a ledger of its own"
+        )
     if read_only:
-        (found,) = ledger._query(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = %s", [FILES_TABLE]
-        )[0]
-        if not found:
+        if FILES_TABLE not in tables:
             raise StoreRejected(f"{ledger.location} is a marketpipe ledger but not of a lake")
         return
     for statement in FILES_DDL:
@@ -367,7 +375,7 @@ def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
     root = settings.db.removeprefix(LAKE_PREFIX)
     ledger = _ledger(settings, root, read_only)
     try:
-        _record_files_table(ledger, read_only)
+        _prepare_ledger(ledger, model, read_only)
         lake = LakeStore(root, ledger, model, settings.duckdb_memory_limit)
     except BaseException:
         ledger.close()

@@ -1,0 +1,233 @@
+"""The Parquet lake (``--db lake:DIR``) on a real directory and a real DuckDB or PostgreSQL
+ledger: the same records as the embedded store, file for file; hive day partitions other
+readers (Polars, pyarrow, DuckDB) read as they are; a chunk's files appear whole or not at all,
+a re-run replaces them, and a killed run's leftovers go when the chunk is written again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+import marketpipe
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.pipeline import ingest
+from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_file
+
+from dbn_reference import MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILY = MODEL.family_of("trades")
+FINAL = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}-\d+\.parquet")
+
+
+def _files(lake: Path, pattern: str = "*") -> list[Path]:
+    return sorted(p for p in (lake / "trades").rglob(pattern) if p.is_file())
+
+
+def _listed(lake: Path, ledger: Path | None = None) -> list[str]:
+    """The files the lake's DuckDB ledger lists for trades."""
+    with duckdb.connect(str(ledger or lake / "_marketpipe" / "ledger.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT path FROM marketpipe_lake_files WHERE table_name = 'trades'").fetchall()
+    return sorted(p for (p,) in rows)
+
+
+def _read(db: str) -> pa.Table:
+    with marketpipe.open(db) as reader:
+        return reader.read("trades")
+
+
+def _by_time(table: pa.Table) -> pa.Table:
+    return table.sort_by(
+        [(FAMILY.time_column, "ascending"), ("instrument_id", "ascending"), ("sequence", "ascending")]
+    )
+
+
+def test_the_lake_holds_what_the_embedded_store_holds_file_for_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_trade_days(tmp_path / "d", 3, 20_000)
+    lake = tmp_path / "lake"
+    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}").exit_code == 0
+    assert cli("ingest", "--from-file", str(tmp_path / "d")).exit_code == 0  # the DuckDB default
+    for fmt in ("parquet", "csv"):
+        lake_out, duck_out = tmp_path / f"lake.{fmt}", tmp_path / f"duck.{fmt}"
+        assert (
+            cli(
+                "export",
+                "--schema",
+                "trades",
+                "--format",
+                fmt,
+                "--out",
+                str(lake_out),
+                "--db",
+                f"lake:{lake}",
+            ).exit_code
+            == 0
+        )
+        assert cli("export", "--schema", "trades", "--format", fmt, "--out", str(duck_out)).exit_code == 0
+        assert lake_out.read_bytes() == duck_out.read_bytes()
+    # One directory per table, one hive partition per UTC day, final names only.
+    days = sorted(p.name for p in (lake / "trades").iterdir())
+    assert days == ["day=2024-03-04", "day=2024-03-05", "day=2024-03-06"]
+    files = _files(lake)
+    assert [f.name for f in files if not FINAL.fullmatch(f.name)] == []
+    assert [str(f.relative_to(lake)) for f in files] == _listed(lake)
+    for file in files:
+        assert pq.read_schema(file) == FAMILY.arrow_schema  # the exact types export writes
+    status = cli("status", "--json", "--db", f"lake:{lake}")
+    tables = {t["table"]: t["rows"] for t in json.loads(status.output)["tables"]}
+    assert tables["trades"] == 60_000 and tables["mbo"] == 0
+
+
+def test_other_readers_read_the_lake_directory_as_it_is(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Polars, pyarrow datasets and DuckDB read the partitioned directory directly (the day
+    partition is a column of theirs); they see the records marketpipe exports."""
+    polars = pytest.importorskip("polars", reason="Polars (the polars extra) is not installed")
+    write_trade_days(tmp_path / "d", 2, 5_000)
+    lake = tmp_path / "lake"
+    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}").exit_code == 0
+    exported = _by_time(_read(f"lake:{lake}"))
+    frame = polars.scan_parquet(f"{lake}/trades/**/*.parquet", hive_partitioning=True).collect()
+    assert sorted(frame["day"].cast(str).unique().to_list()) == ["2024-03-04", "2024-03-05"]
+    assert _by_time(frame.drop("day").to_arrow()).cast(FAMILY.arrow_schema).equals(exported)
+    dataset = ds.dataset(lake / "trades", partitioning="hive", format="parquet")
+    assert _by_time(dataset.to_table(columns=FAMILY.column_names)).equals(exported)
+    with duckdb.connect() as con:
+        glob = f"{lake}/trades/*/*.parquet"
+        rows = con.execute(
+            f"SELECT count(*), count(DISTINCT day) FROM read_parquet('{glob}', hive_partitioning = true)"
+        ).fetchone()
+    assert rows == (10_000, 2)
+
+
+def test_a_rerun_replaces_the_chunks_files(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_trade_days(tmp_path / "d", 2, 5_000)
+    lake = tmp_path / "lake"
+    command = ("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}")
+    assert cli(*command).exit_code == 0
+    before = _files(lake)
+    assert cli(*command, "--force").exit_code == 0
+    after = _files(lake)
+    assert len(after) == len(before) and not set(before) & set(after)
+    assert [str(f.relative_to(lake)) for f in after] == _listed(lake)
+    assert ds.dataset(lake / "trades", partitioning="hive").count_rows() == 10_000
+
+
+def test_a_failed_chunk_leaves_no_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = write_trade_days(tmp_path / "d", 3, 2_000)
+    bad = synthetic_trades(2_000, dt.date(2024, 3, 5), seed=1)
+    bad["size"] = 0  # every trade breaks a rule: above the quarantine limit, the chunk fails
+    write_trades_file(paths[1], bad)
+    lake = tmp_path / "lake"
+    result = cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in (lake / "trades").iterdir() if any(p.iterdir())) == [
+        "day=2024-03-04",
+        "day=2024-03-06",
+    ]
+    assert [f.name for f in _files(lake, "*.tmp")] == []
+    assert _read(f"lake:{lake}").num_rows == 4_000
+
+
+def test_a_killed_run_leaves_nothing_visible_and_the_next_run_clears_its_files(tmp_path: Path) -> None:
+    """kill -9 while a chunk's files are written: marketpipe reads none of them, and the run
+    that resumes the chunk stores it once and removes what the killed one left."""
+    write_trade_days(tmp_path / "d", 1, 1_500_000)
+    lake = tmp_path / "lake"
+    env = {**os.environ, "MARKETPIPE_DB": f"lake:{lake}", "MARKETPIPE_BATCH_SIZE": "50000"}
+    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None and not _files(lake, "*.tmp"):
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    left = _files(lake, "*.tmp")
+    assert left, "the run was not caught writing"
+    assert _read(f"lake:{lake}").num_rows == 0
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not any(f.exists() for f in left) and _files(lake, "*.tmp") == []
+    assert [str(f.relative_to(lake)) for f in _files(lake)] == _listed(lake)
+    assert _read(f"lake:{lake}").num_rows == 1_500_000
+
+
+def test_a_lake_at_an_fsspec_url_with_its_own_ledger(tmp_path: Path) -> None:
+    """``lake:`` and an fsspec URL (here fsspec's in-memory filesystem): written through fsspec,
+    read by DuckDB through fsspec, the same records as a local directory."""
+    write_trade_days(tmp_path / "d", 2, 3_000)
+    request = IngestRequest(from_file=str(tmp_path / "d"))
+    ledger = str(tmp_path / "ledger.duckdb")
+    remote = load_settings(db="lake:memory://marketpipe-test/lake", ledger=ledger)
+    assert ingest(request, remote).exit_code == 0
+    assert ingest(request, load_settings(db=f"lake:{tmp_path / 'local'}")).exit_code == 0
+    with marketpipe.open("lake:memory://marketpipe-test/lake", ledger) as reader:
+        read = reader.read("trades")
+    assert read.num_rows == 6_000
+    assert _by_time(read).equals(_by_time(_read(f"lake:{tmp_path / 'local'}")))
+
+
+def test_query_quarantine_and_coverage_read_the_lake(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    [path] = write_trade_days(tmp_path / "d", 1, 1_000)
+    records = synthetic_trades(1_000, dt.date(2024, 3, 4), seed=0)
+    records["size"][:3] = 0  # three records quarantined, the chunk stored
+    write_trades_file(path, records)
+    lake = f"lake:{tmp_path / 'lake'}"
+    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", lake).exit_code == 0
+    counted = cli(
+        "query",
+        "SELECT count(*) AS n, min(ts_recv_time) AS first FROM trades_v",
+        "--format",
+        "json",
+        "--db",
+        lake,
+    )
+    assert counted.exit_code == 0 and json.loads(counted.output)[0]["n"] == 997
+    listed = cli("quarantine", "--db", lake)
+    assert listed.exit_code == 0 and listed.output.count("size") >= 3
+    coverage = cli("coverage", "--schema", "trades", "--json", "--db", lake)
+    assert coverage.exit_code == 0, coverage.output
+    assert sum(s["rows"] for s in json.loads(coverage.output)["symbols"].values()) == 997
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["ingest", "--db", "lake:s3://bucket/prefix"],
+            "error: the lake s3://bucket/prefix needs a ledger: give --ledger",
+        ),
+        (
+            ["ingest", "--db", "lake:bogus://x", "--ledger", "l.duckdb"],
+            "error: cannot open the lake bogus://x: Protocol not known: bogus",
+        ),
+        (["ingest", "--db", "lake:"], "error: bad setting: "),
+        (["ingest", "--db", "lake:lk", "--ledger", "mysql://root@h/x"], "error: bad setting: "),
+        (["status", "--db", "lake:missing"], "error: no marketpipe store at "),
+        (["ingest", "--db", "lake:lk", "--ledger", "store.duckdb"], "error: /"),
+        (["status", "--db", "lake:lk", "--ledger", "store.duckdb"], "error: /"),
+    ],
+)
+def test_bad_lake_locations_are_one_line(cli, tmp_path: Path, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    write_trade_days(tmp_path / "d", 1, 10)
+    if "store.duckdb" in args:  # an embedded store's file given as a lake's ledger
+        assert cli("ingest", "--from-file", str(tmp_path / "d")).exit_code == 0
+    extra = ["--from-file", str(tmp_path / "d")] if args[0] == "ingest" else []
+    result = cli(*args, *extra)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith(message), lines
+    if "store.duckdb" in args:
+        assert lines[0].endswith("holds a marketpipe store's tables: give the lake a ledger of its own")
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "x").exists()
