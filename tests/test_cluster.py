@@ -1,6 +1,7 @@
-"""Chunks as tasks on a local Dask cluster of worker processes, into real PostgreSQL: the same
-rows as one process, exactly once when a worker dies mid-chunk, a failing chunk fails alone,
-and what a cluster run cannot take is refused in one line."""
+"""Chunks as tasks on a local Dask cluster of worker processes, into real PostgreSQL and into a
+Parquet lake with a PostgreSQL ledger: the same rows as one process, exactly once when a worker
+dies mid-chunk, a failing chunk fails alone, and what a cluster run cannot take is refused in
+one line."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 
+import marketpipe
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.pipeline import ingest
 from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_file
@@ -69,13 +72,53 @@ def test_a_local_cluster_stores_what_one_process_stores(pg_url: str, tmp_path: P
         assert _statuses(pg_url) == _statuses(one_url) == {"done": 4}
 
 
-def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(pg_url: str, tmp_path: Path) -> None:
+def _lake_env(lake: Path, ledger: str | None, tmp_path: Path) -> dict[str, str]:
+    env = _env(f"lake:{lake}", tmp_path)
+    return env if ledger is None else {**env, "MARKETPIPE_LEDGER": ledger}
+
+
+def _exported(tmp_path: Path, env: dict[str, str], name: str) -> bytes:
+    out = tmp_path / f"{name}.parquet"
+    command = [sys.executable, str(ROOT / "main.py"), "export", "--schema", "trades", "--out", str(out)]
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def _tidy(lake: Path, ledger: str) -> bool:
+    """The lake's files are the ones its ledger lists: nothing left by a killed writer."""
+    on_disk = sorted(str(p.relative_to(lake)) for p in (lake / "trades").rglob("*") if p.is_file())
+    with psycopg.connect(ledger) as conn:
+        listed = [p for (p,) in conn.execute("SELECT path FROM marketpipe_lake_files ORDER BY path")]
+    return on_disk == listed
+
+
+def test_a_local_cluster_fills_a_lake_as_one_process_does(pg_url: str, tmp_path: Path) -> None:
+    """Two workers write the lake's files side by side, their chunks ordered by a PostgreSQL
+    ledger; the export equals one process's into a lake with a DuckDB ledger, byte for byte."""
+    write_trade_days(tmp_path / "d", 4, 50_000)
+    env = _lake_env(tmp_path / "lake", pg_url, tmp_path)
+    run = subprocess.run(_command(tmp_path / "d", "--workers", "2"), env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert len({e["worker"] for e in _chunk_starts(tmp_path)}) == 2
+    one_env = _lake_env(tmp_path / "one", None, tmp_path / "one")
+    assert subprocess.run(_command(tmp_path / "d"), env=one_env, capture_output=True).returncode == 0
+    assert _exported(tmp_path, env, "cluster") == _exported(tmp_path, one_env, "one")
+    assert _statuses(pg_url) == {"done": 4} and _tidy(tmp_path / "lake", pg_url)
+
+
+@pytest.mark.parametrize("target", ["postgresql", "lake"])
+def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(
+    pg_url: str, tmp_path: Path, target: str
+) -> None:
     """kill -9 of the worker process writing a chunk: its transaction dies with it, the
-    scheduler runs the task again on a worker the nanny restarts, and the rows equal a clean run."""
+    scheduler runs the task again on a worker the nanny restarts, and the rows equal a clean
+    run (in a lake, the files the killed worker wrote are never listed, and go when the chunk
+    is written again)."""
     write_trade_days(tmp_path / "d", 4, 250_000)
+    env = _env(pg_url, tmp_path) if target == "postgresql" else _lake_env(tmp_path / "lake", pg_url, tmp_path)
     run = subprocess.Popen(
         _command(tmp_path / "d", "--workers", "2"),
-        env=_env(pg_url, tmp_path),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -92,6 +135,12 @@ def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(pg_url: str, tmp_
     assert killed is not None, "no worker was caught writing a chunk"
     assert run.returncode == 0, (out, err)
     assert _statuses(pg_url) == {"done": 4}
+    if target == "lake":
+        clean_env = _lake_env(tmp_path / "clean", None, tmp_path / "c")
+        assert subprocess.run(_command(tmp_path / "d"), env=clean_env, capture_output=True).returncode == 0
+        assert _exported(tmp_path, env, "killed") == _exported(tmp_path, clean_env, "clean")
+        assert _tidy(tmp_path / "lake", pg_url)
+        return
     assert fingerprint(pg_url, "trades")[0] == 4 * 250_000
     with fresh_database(admin_url(pg_url)) as clean_url:
         clean = subprocess.run(
@@ -127,6 +176,7 @@ def _free_port() -> int:
     ("extra", "db", "message"),
     [
         (["--workers", "2"], None, "error: --workers/--cluster: a DuckDB file takes one writer process"),
+        (["--workers", "2"], "lake", "error: --workers/--cluster: a lake's DuckDB ledger takes one writer"),
         (
             ["--workers", "2", "--cluster", "tcp://127.0.0.1:1"],
             "pg",
@@ -148,13 +198,13 @@ def test_what_a_cluster_run_cannot_take_is_one_line(
 ) -> None:
     write_trade_days(tmp_path / "d", 1, 10)
     if db:
-        monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+        monkeypatch.setenv("MARKETPIPE_DB", pg_url if db == "pg" else f"lake:{tmp_path / 'lake'}")
     extra = [e.format(port=_free_port()) for e in extra]
     result = cli("ingest", "--from-file", str(tmp_path / "d"), *extra)
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), lines
-    assert not (tmp_path / "store.duckdb").exists()
+    assert not (tmp_path / "store.duckdb").exists() and not (tmp_path / "lake").exists()
 
 
 class _Progress:
@@ -192,19 +242,27 @@ def test_the_clients_progress_counts_what_the_workers_read(pg_url: str, tmp_path
     assert (progress.planned, progress.finished, progress.records) == (3, 3, 30_000)
 
 
+@pytest.mark.parametrize("target", ["postgresql", "lake"])
 def test_api_days_are_downloaded_by_the_workers_once_each(  # type: ignore[no-untyped-def]
-    api, cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    api, cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, target: str
 ) -> None:
-    """Each worker downloads the chunks it runs (with its own key, from its environment)."""
-    monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    """Each worker downloads the chunks it runs (with its own key, from its environment), into
+    PostgreSQL or into a lake with a PostgreSQL ledger."""
+    if target == "postgresql":
+        monkeypatch.setenv("MARKETPIPE_DB", pg_url)
+    else:
+        monkeypatch.setenv("MARKETPIPE_DB", f"lake:{tmp_path / 'lake'}")
+        monkeypatch.setenv("MARKETPIPE_LEDGER", pg_url)
     api.stream_delay = 0.3  # long enough that both workers take a day
     result = _api_ingest(cli, "--workers", "2", schema="trades")
     assert result.exit_code == 0, result.output
     assert api.count("timeseries.get_range") == 3
     assert len({e["worker"] for e in _chunk_starts(tmp_path)}) == 2
-    with psycopg.connect(pg_url) as conn:
-        query = "SELECT instrument_id, ts_event, price::text, size, sequence FROM trades"
-        rows = conn.execute(query).fetchall()
+    columns = ["instrument_id", "ts_event", "price", "size", "sequence"]
+    with marketpipe.open() as reader:
+        table = reader.read("trades", columns=columns)
+    stored = table.set_column(1, "ts_event", table["ts_event"].cast(pa.int64())).to_pydict()
+    rows = [(i, t, str(p), s, q) for i, t, p, s, q in zip(*(stored[c] for c in columns), strict=True)]
     assert sorted(rows) == _expected_trades(_served(api, "trades"))
     assert _statuses(pg_url) == {"done": 3}
 
