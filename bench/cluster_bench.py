@@ -6,10 +6,13 @@
     worker downloads and stores the days it runs. Should scale near linearly with workers.
 (2) DBN files into PostgreSQL with 1 and 2 workers: bound by this machine's 2 cores, which the
     workers and the database server share.
+(3) The same files into a Parquet lake (a fresh directory) with 1 and 2 workers, its ledger in
+    PostgreSQL: the workers encode Parquet themselves; the database only keeps the ledger.
 Each run goes into a fresh scratch database on the PostgreSQL server given by --db; the time is
 the ingest's wall time once the cluster is up (its start-up excluded: a cluster outlives runs).
 Prints the times and the speed-ups, and last one line:
   RESULT api_1_s=<a> api_2_s=<b> api_4_s=<c> api_speedup_4=<d> files_1_s=<e> files_2_s=<f>
+         lake_1_s=<g> lake_2_s=<h>
 
     python bench/cluster_bench.py [--days 16] [--latency 1.0] [--db postgresql://...]
 """
@@ -40,10 +43,11 @@ from marketpipe.samples import write_trade_days  # noqa: E402
 from pg import fresh_database  # noqa: E402
 
 
-def timed(request: IngestRequest, admin: str, workers: int) -> float:
-    """Seconds of one ingest on a local cluster of ``workers`` processes, into a fresh database."""
+def timed(request: IngestRequest, admin: str, workers: int, lake: Path | None = None) -> float:
+    """Seconds of one ingest on a local cluster of ``workers`` processes, into a fresh database
+    (or a fresh ``lake`` directory whose ledger is that database)."""
     with fresh_database(admin) as db, cluster.connect(workers, None) as client:
-        settings = load_settings(db=db)
+        settings = load_settings(db=db) if lake is None else load_settings(db=f"lake:{lake}", ledger=db)
         started = time.perf_counter()
         summary = ingest(request, settings, lanes=cluster.lanes(client))
         seconds = time.perf_counter() - started
@@ -87,6 +91,7 @@ def main() -> None:
         write_trade_days(directory / "files", args.files, args.file_records)
         file_request = IngestRequest(from_file=str(directory / "files"))
         files_s = {n: timed(file_request, args.db, n) for n in (1, 2)}
+        lake_s = {n: timed(file_request, args.db, n, directory / f"lake-{n}") for n in (1, 2)}
     print(f"(1) API backfill: {args.days} days, {args.latency:.1f} s latency per download")
     for n, seconds in api_s.items():
         print(f"    {n} worker(s) {seconds:8.2f} s   speed-up {api_s[1] / seconds:5.2f}x")
@@ -94,9 +99,13 @@ def main() -> None:
     print(f"(2) {args.files} DBN files, {records:,} trades, into PostgreSQL")
     for n, seconds in files_s.items():
         print(f"    {n} worker(s) {seconds:8.2f} s   {records / seconds:12,.0f} rows/s")
+    print("(3) the same files into a Parquet lake (ledger in PostgreSQL)")
+    for n, seconds in lake_s.items():
+        print(f"    {n} worker(s) {seconds:8.2f} s   {records / seconds:12,.0f} rows/s")
     print(
         f"RESULT api_1_s={api_s[1]:.3f} api_2_s={api_s[2]:.3f} api_4_s={api_s[4]:.3f}"
         f" api_speedup_4={api_s[1] / api_s[4]:.2f} files_1_s={files_s[1]:.3f} files_2_s={files_s[2]:.3f}"
+        f" lake_1_s={lake_s[1]:.3f} lake_2_s={lake_s[2]:.3f}"
     )
 
 

@@ -11,7 +11,8 @@ and is imported only here.
 Each worker builds its store and rules once per run (a worker plugin), from the settings and
 the planned source the client hands it: DBN files at paths every worker sees, or the API
 downloads each worker makes itself, at most ``max_concurrent_downloads`` at once across the
-cluster. The store must take concurrent writers (PostgreSQL): DuckDB has one writer process.
+cluster. The store must take concurrent writers: PostgreSQL, or a Parquet lake whose ledger is
+in PostgreSQL (DuckDB has one writer process).
 """
 
 from __future__ import annotations
