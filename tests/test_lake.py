@@ -231,3 +231,23 @@ def test_bad_lake_locations_are_one_line(cli, tmp_path: Path, args: list[str], m
     if "store.duckdb" in args:
         assert lines[0].endswith("holds a marketpipe store's tables: give the lake a ledger of its own")
     assert not (tmp_path / "missing").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_large_day_is_split_into_files_of_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is closed once FILE_ARROW_BYTES of rows went in (1 GiB; here 256 KiB), so a busy
+    day is several files, all listed, none larger than the bound plus one batch."""
+    from marketpipe.stores import lake as lake_store
+
+    monkeypatch.setattr(lake_store, "FILE_ARROW_BYTES", 256 * 1024)
+    write_trade_days(tmp_path / "d", 1, 30_000)
+    settings = load_settings(db=f"lake:{tmp_path / 'lake'}", batch_size=2_000)
+    assert ingest(IngestRequest(from_file=str(tmp_path / "d")), settings).exit_code == 0
+    files = _files(tmp_path / "lake")
+    assert len(files) >= 5 and {f.parent.name for f in files} == {"day=2024-03-04"}
+    assert [str(f.relative_to(tmp_path / "lake")) for f in files] == _listed(tmp_path / "lake")
+    tables = [pq.read_table(f) for f in files]
+    per_row = max(t.nbytes / t.num_rows for t in tables)
+    assert all(t.nbytes < 256 * 1024 + 2_000 * per_row for t in tables)
+    assert sum(t.num_rows for t in tables) == 30_000
