@@ -251,3 +251,33 @@ def test_a_large_day_is_split_into_files_of_bounded_size(
     per_row = max(t.nbytes / t.num_rows for t in tables)
     assert all(t.nbytes < 256 * 1024 + 2_000 * per_row for t in tables)
     assert sum(t.num_rows for t in tables) == 30_000
+
+
+def test_a_days_export_opens_that_days_files_and_a_damaged_file_is_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_trade_days(tmp_path / "d", 2, 1_000)
+    lake = tmp_path / "lake"
+    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}").exit_code == 0
+    [first_day] = (lake / "trades" / "day=2024-03-04").glob("*.parquet")
+    first_day.write_bytes(b"not parquet")  # damaged by hand
+    second = cli(
+        "export",
+        "--schema",
+        "trades",
+        "--out",
+        str(tmp_path / "5th.parquet"),
+        "--db",
+        f"lake:{lake}",
+        "--start-date",
+        "2024-03-05",
+        "--end-date",
+        "2024-03-05",
+    )
+    assert second.exit_code == 0, second.output
+    assert pq.read_metadata(tmp_path / "5th.parquet").num_rows == 1_000
+    whole = cli(
+        "export", "--schema", "trades", "--out", str(tmp_path / "all.parquet"), "--db", f"lake:{lake}"
+    )
+    lines = [line for line in whole.output.splitlines() if line.strip()]
+    assert whole.exit_code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot read the lake lake:{lake}: ") and "--force" in lines[0]
+    assert not (tmp_path / "all.parquet").exists()

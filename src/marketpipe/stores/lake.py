@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
 
+import duckdb
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import marketpipe.stores.sql as sql
 from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings
-from marketpipe.errors import StoreRejected
+from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import (
     INSTRUMENTS_TABLE,
@@ -228,17 +229,27 @@ class _LakeTables(DuckDBStore):
     def _prepare(self, read_only: bool) -> None:
         if not isinstance(self._lake.fs, LocalFileSystem):
             self.con.register_filesystem(self._lake.fs)
-        self.con.execute(sql.INSTRUMENTS_DDL)
-        self.refresh()
+        self.con.execute(sql.INSTRUMENTS_DDL)  # the views come with each read's ``refresh``
 
-    def refresh(self) -> _LakeTables:
-        """Views of the files the ledger lists now (a chunk committed since is read too)."""
+    def refresh(
+        self, families: Sequence[Family], start_ns: int | None = None, end_ns: int | None = None
+    ) -> _LakeTables:
+        """Views of the files the ledger lists now (a chunk committed since is read too) for
+        the tables of ``families``, with rows in [start_ns, end_ns) where given, so a day's
+        export opens that day's files only."""
         lake = self._lake
+        listed = f"SELECT table_name, path FROM {FILES_TABLE} WHERE table_name = ANY(%s)"
+        params: list[object] = [[f.table for f in families]]
+        if start_ns is not None:
+            listed, params = listed + " AND last_ns >= %s", [*params, start_ns]
+        if end_ns is not None:
+            listed, params = listed + " AND first_ns < %s", [*params, end_ns]
         files: dict[str, list[str]] = {}
-        for table, path in lake.ledger._query(f"SELECT table_name, path FROM {FILES_TABLE} ORDER BY path"):
+        listed += " ORDER BY path"
+        for table, path in lake.ledger._query(listed, params):
             files.setdefault(str(table), []).append(lake.url(str(path)))
-        for family in self.model.families.values():
-            self.con.execute(self._view(family, files.get(family.table, [])))
+        for each in families:
+            self.con.execute(self._view(each, files.get(each.table, [])))
         # The symbology the ledger keeps, beside the lake's definitions (``instrument_ranges``).
         instruments = lake.ledger._query(f"SELECT * FROM {INSTRUMENTS_TABLE}")
         self.con.execute(f"DELETE FROM {INSTRUMENTS_TABLE}")
@@ -302,17 +313,37 @@ class LakeStore:
     def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> _LakeSink:
         return _LakeSink(self, family, chunk_id)
 
+    @contextmanager
+    def _readable(self) -> Iterator[None]:
+        """A listed file that is gone or damaged (removed or changed by hand) as one line."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise StoreError(
+                f"cannot read the lake {self.location}: {reason} (a file its ledger lists is missing"
+                " or damaged; ingest the chunk again with --force)"
+            ) from None
+
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
-        return self._tables.refresh().export(query, batch_size)
+        with self._readable():
+            yield from self._tables.refresh([query.family], query.start_ns, query.end_ns).export(
+                query, batch_size
+            )
 
     def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
-        return self._tables.refresh().query(statement, batch_size)
+        with self._readable():
+            tables = self._tables.refresh(list(self.model.families.values()))
+        return tables.query(statement, batch_size)
 
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
-        return self._tables.refresh().day_counts(query)
+        with self._readable():
+            return self._tables.refresh([query.family], query.start_ns, query.end_ns).day_counts(query)
 
     def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
-        return self._tables.refresh().instrument_ranges(raw_symbols)
+        with self._readable():
+            definitions = [f for f in self.model.families.values() if "definition" in f.schemas]
+            return self._tables.refresh(definitions).instrument_ranges(raw_symbols)
 
     def table_status(self, family: Family) -> TableStatus:
         """From the ledger's file list: no file is opened."""
