@@ -236,7 +236,7 @@ def test_bad_lake_locations_are_one_line(cli, tmp_path: Path, args: list[str], m
 def test_a_large_day_is_split_into_files_of_bounded_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file is closed once FILE_ARROW_BYTES of rows went in (1 GiB; here 256 KiB), so a busy
+    """A file is closed once FILE_ARROW_BYTES of rows went in (512 MiB; here 256 KiB), so a busy
     day is several files, all listed, none larger than the bound plus one batch."""
     from marketpipe.stores import lake as lake_store
 
