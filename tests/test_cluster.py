@@ -36,7 +36,7 @@ pytest.importorskip("distributed", reason="the cluster extra (dask[distributed])
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _command(directory: Path, *extra: str) -> list[str]:
+def _command(directory: Path | str, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(directory), *extra]
 
 
@@ -93,11 +93,13 @@ def _tidy(lake: Path, ledger: str) -> bool:
 
 
 def test_a_local_cluster_fills_a_lake_as_one_process_does(pg_url: str, tmp_path: Path) -> None:
-    """Two workers write the lake's files side by side, their chunks ordered by a PostgreSQL
-    ledger; the export equals one process's into a lake with a DuckDB ledger, byte for byte."""
+    """Two workers read the files at an fsspec URL and write the lake's files side by side,
+    their chunks ordered by a PostgreSQL ledger; the export equals one process's (local path,
+    DuckDB ledger), byte for byte."""
     write_trade_days(tmp_path / "d", 4, 50_000)
     env = _lake_env(tmp_path / "lake", pg_url, tmp_path)
-    run = subprocess.run(_command(tmp_path / "d", "--workers", "2"), env=env, capture_output=True, text=True)
+    url = f"file://{tmp_path / 'd'}"
+    run = subprocess.run(_command(url, "--workers", "2"), env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert len({e["worker"] for e in _chunk_starts(tmp_path)}) == 2
     one_env = _lake_env(tmp_path / "one", None, tmp_path / "one")

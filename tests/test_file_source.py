@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import zstandard
@@ -67,3 +69,51 @@ def test_same_data_twice_in_one_run_is_planned_once(tmp_path: Path) -> None:
     )
     plan = DbnFileSource(str(tmp_path / "s")).plan()
     assert sorted(c.schema for c in plan.chunks) == ["ohlcv-1d", "trades"]
+
+
+def _runs_copies() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("marketpipe-inputs-*"))
+
+
+def test_files_at_an_fsspec_url_are_the_same_inputs(tmp_path: Path) -> None:
+    """``file://`` and a non-local filesystem (fsspec's in-memory one, standing in for s3://):
+    the same records as the local path, so the chunks are the ones already stored; the copies
+    of remote files go with the run."""
+    paths = make_sample(tmp_path / "s")
+    memory = fsspec.filesystem("memory")
+    for path in paths:
+        memory.pipe(f"/marketpipe-inputs-test/{path.name}", path.read_bytes())
+    settings = load_settings(db=str(tmp_path / "store.duckdb"))
+    local = ingest(IngestRequest(from_file=str(tmp_path / "s")), settings)
+    assert local.totals().stored == 2_688
+    copies = _runs_copies()
+    for url in (f"file://{tmp_path / 's'}", "memory://marketpipe-inputs-test/"):
+        again = ingest(IngestRequest(from_file=url), settings)
+        assert again.exit_code == 0  # the same records: the chunks are stored already
+        assert [r.status.value for r in again.results] == ["skipped", "skipped"]
+        forced = ingest(IngestRequest(from_file=url), settings, force=True)
+        assert forced.totals().stored == 2_688
+    assert _runs_copies() == copies
+    store = open_store(settings, MODEL, read_only=True)
+    try:
+        export(store, "trades", "parquet", tmp_path / "t.parquet", [], None, None, 1000)
+    finally:
+        store.close()
+    assert canonical(exported_rows(tmp_path / "t.parquet")[1]) == canonical(expected_rows(paths[1])[1])
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "bogus://bucket/trades.dbn",
+            "error: --from-file bogus://bucket/trades.dbn: Protocol not known: bogus",
+        ),
+        ("memory://nowhere/at-all", "error: no such file or directory: memory://nowhere/at-all"),
+        ("file:///nonexistent/*.dbn.zst", "error: no files match file:///nonexistent/*.dbn.zst"),
+    ],
+)
+def test_a_bad_input_url_is_one_line(cli, url: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    result = cli("ingest", "--from-file", url)
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.strip()] == [message]

@@ -1,13 +1,23 @@
-"""Local DBN files (``--from-file``): a file, a directory or a glob of .dbn / .dbn.zst."""
+"""DBN files (``--from-file``): a file, a directory or a glob of .dbn / .dbn.zst, on a local
+disk or at an fsspec URL (``s3://bucket/prefix/`` with s3fs installed, ``file:///data``).
+
+A remote file is copied once into a temporary directory of the run (fsspec's ``simplecache``)
+and read from there: the reader checks and decodes local files.
+"""
 
 from __future__ import annotations
 
 import glob
+import shutil
+import tempfile
 import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import structlog
+from fsspec.implementations.local import LocalFileSystem
 
 from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import Fetched
@@ -18,8 +28,34 @@ _SUFFIXES = (".dbn", ".dbn.zst")
 log = structlog.get_logger("marketpipe.files")
 
 
-def expand(spec: str) -> list[Path]:
-    """The files a ``--from-file`` argument names, in a stable order."""
+def expand(spec: str) -> list[str]:
+    """The files a ``--from-file`` argument names, in a stable order: paths, or URLs."""
+    if "://" in spec:
+        return _expand_url(spec)
+    return [str(p) for p in _expand_path(spec)]
+
+
+def _expand_url(spec: str) -> list[str]:
+    try:
+        fs, root = fsspec.core.url_to_fs(spec)
+        if fs.isdir(root):
+            files = sorted(p for p in fs.find(root) if p.endswith(_SUFFIXES))
+            if not files:
+                raise UsageError(f"no .dbn or .dbn.zst files in directory {spec}")
+        elif fs.isfile(root):
+            files = [root]
+        elif glob.has_magic(root):
+            files = sorted(p for p in fs.glob(root) if fs.isfile(p))
+            if not files:
+                raise UsageError(f"no files match {spec}")
+        else:
+            raise UsageError(f"no such file or directory: {spec}")
+    except (ImportError, ValueError, OSError) as exc:
+        raise UsageError(f"--from-file {spec}: {exc}") from None
+    return [fs.unstrip_protocol(p) for p in files]
+
+
+def _expand_path(spec: str) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_SUFFIXES))
@@ -46,14 +82,30 @@ class DbnFileSource:
 
     def __init__(self, spec: str) -> None:
         self._paths = expand(spec)
-        self._path_of: dict[str, Path] = {}
+        self._path_of: dict[str, str] = {}
+        self._cache: str | None = None  # this process's copies of remote files
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A worker process copies the remote files it reads into a directory of its own."""
+        return {**self.__dict__, "_cache": None}
+
+    def _local(self, name: str) -> Path:
+        """A local path of the input ``name`` (a remote file: its copy, made once)."""
+        if "://" not in name:
+            return Path(name)
+        fs, path = fsspec.core.url_to_fs(name)
+        if isinstance(fs, LocalFileSystem):
+            return Path(path)
+        if self._cache is None:
+            self._cache = tempfile.mkdtemp(prefix="marketpipe-inputs-")
+        return Path(fsspec.open_local(f"simplecache::{name}", simplecache={"cache_storage": self._cache}))
 
     def plan(self) -> Plan:
         plan = Plan()
-        seen: dict[str, Path] = {}
+        seen: dict[str, str] = {}
         for path in self._paths:
             try:
-                dbn = DbnFile(path)
+                dbn = DbnFile(self._local(path))
                 inspection = dbn.inspect()
             except SourceError as exc:
                 plan.failures.append((str(path), str(exc)))
@@ -76,7 +128,7 @@ class DbnFileSource:
         return plan
 
     @staticmethod
-    def _note_live(path: Path, inspection: Inspection, plan: Plan) -> None:
+    def _note_live(path: str, inspection: Inspection, plan: Plan) -> None:
         """A live recording's gateway messages: counted in the summary, each logged."""
         for message in inspection.messages:
             log.info("live.message", input=str(path), message=message)
@@ -90,7 +142,7 @@ class DbnFileSource:
                 f"{text}{': ' + shown if shown else ''}"
             )
 
-    def _parts(self, path: Path, dbn: DbnFile, schema: str, digest: str, records: int) -> list[Chunk]:
+    def _parts(self, path: str, dbn: DbnFile, schema: str, digest: str, records: int) -> list[Chunk]:
         size = self.PART_RECORDS
         parts = record_parts(records, size)
         chunks = []
@@ -115,7 +167,7 @@ class DbnFileSource:
         return chunks
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
-        dbn = DbnFile(self._path_of[chunk.key])
+        dbn = DbnFile(self._local(self._path_of[chunk.key]))
         return dbn.batches(chunk.schema, batch_size, chunk.first_record, chunk.record_count)
 
     def fetch(self, chunks: Iterable[Chunk]) -> Iterator[Fetched]:
@@ -128,4 +180,7 @@ class DbnFileSource:
         """The user's files stay as they are."""
 
     def close(self) -> None:
-        """Nothing held between chunks."""
+        """The copies of remote files go with the run."""
+        if self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)
+            self._cache = None
