@@ -281,3 +281,57 @@ def test_a_days_export_opens_that_days_files_and_a_damaged_file_is_one_line(cli,
     assert whole.exit_code == 1 and len(lines) == 1, lines
     assert lines[0].startswith(f"error: cannot read the lake lake:{lake}: ") and "--force" in lines[0]
     assert not (tmp_path / "all.parquet").exists()
+
+
+def test_files_of_a_commit_that_failed_stay_until_the_chunk_is_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's commit raises: whether it went through is unknown, so the renamed files
+    stay (deleting them could lose a done chunk's rows); marketpipe reads only what the ledger
+    lists, and the next write of the chunk deletes the files the ledger does not list."""
+    from marketpipe.sources.dbn_reader import DbnFile
+    from marketpipe.stores import open_store
+    from marketpipe.stores.sql import ChunkTransaction
+    from marketpipe.transform import to_table
+    from marketpipe.types import Chunk, ChunkCounts
+
+    [path] = write_trade_days(tmp_path / "d", 1, 3_000)
+    table = pa.concat_tables(
+        to_table(FAMILY, "trades", raw) for raw in DbnFile(path).batches("trades", 1_000)
+    )
+    lake = tmp_path / "lake"
+    store = open_store(load_settings(db=f"lake:{lake}"), MODEL)
+    chunk = Chunk("lake:failed-commit", "trades", "a chunk")
+
+    def listed() -> list[str]:
+        return sorted(str(p) for (p,) in store.ledger._query("SELECT path FROM marketpipe_lake_files"))  # type: ignore[attr-defined]
+
+    def write() -> None:
+        store.ledger.plan_chunks([chunk], "test")
+        with store.write_chunk(chunk, "run", "test", force=True) as writer:
+            writer.write(table)
+            writer.commit(ChunkCounts(table.num_rows, table.num_rows, 0, 0.1))
+
+    def commit_fails(self: ChunkTransaction, *args: object) -> None:
+        def gone() -> None:
+            raise OSError("the connection went away during COMMIT")
+
+        self.ledger._commit = gone  # type: ignore[method-assign]
+        try:
+            finish(self, *args)
+        finally:
+            del self.ledger._commit
+
+    finish = ChunkTransaction.finish
+    try:
+        with monkeypatch.context() as patched, pytest.raises(OSError):
+            patched.setattr(ChunkTransaction, "finish", commit_fails)
+            write()
+        kept = _files(lake)
+        assert kept and listed() == [] and not store.ledger.is_done(chunk)
+        write()
+        assert not any(f.exists() for f in kept)
+        assert [str(f.relative_to(lake)) for f in _files(lake)] == listed()
+    finally:
+        store.close()
+    assert _read(f"lake:{lake}").num_rows == 3_000

@@ -204,16 +204,18 @@ class _LakeSink:
                 log.warning("lake.cleanup_failed", path=path, reason=str(exc))
 
     def close(self) -> None:
-        """Files the ledger did not take are deleted: a failed chunk leaves nothing behind."""
+        """A chunk that failed before its files were renamed deletes them. Renamed files stay
+        when the ledger's commit did not come back (it may have gone through: deleting them
+        could lose a done chunk's rows); the next write of the chunk deletes those the ledger
+        does not list."""
         self._background.close()
         for file in self._files:
             if file.writer is not None:
                 with suppress(Exception):
                     file.writer.close()
             if not self._published:
-                for path in (file.temporary, self._lake.full(file.path)):
-                    with suppress(OSError):
-                        self._lake.fs.rm(path)
+                with suppress(OSError):
+                    self._lake.fs.rm(file.temporary)
 
 
 CHUNK_FILES = f"SELECT path FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s"
