@@ -26,11 +26,18 @@ from marketpipe.stores.base import Capabilities, ExportQuery, Store
 # parallel, about twice as fast here.
 CONFIG: dict[str, str | bool | int | float | list[str]] = {"preserve_insertion_order": False}
 
+
+def integer_type(arrow_type: pa.DataType) -> str:
+    """DuckDB has every width of signed and unsigned integer."""
+    unsigned = "U" if pa.types.is_unsigned_integer(arrow_type) else ""
+    return unsigned + sql.SIGNED_INTEGERS[arrow_type.bit_width]
+
+
 column_type = sql.column_types(
     "DECIMAL(19, 9)",  # every int64 fixed-point price, exactly
     "TIMESTAMP_NS",  # TIMESTAMPTZ would stop at microseconds
     "VARCHAR",
-    lambda t: ("U" if pa.types.is_unsigned_integer(t) else "") + sql.SIGNED_INTEGERS[t.bit_width],
+    integer_type,
 )
 
 

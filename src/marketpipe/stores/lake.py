@@ -44,7 +44,7 @@ from marketpipe.stores.base import (
     TableStatus,
     TimeRange,
 )
-from marketpipe.stores.duckdb import DuckDBLedger, DuckDBStore
+from marketpipe.stores.duckdb import DuckDBLedger, DuckDBStore, integer_type
 from marketpipe.symbology import NS_PER_DAY
 
 log = structlog.get_logger("marketpipe.lake")
@@ -70,12 +70,7 @@ FILE_ARROW_BYTES = 512 << 20
 DEFAULT_LEDGER = "_marketpipe/ledger.duckdb"  # under a local lake's directory
 
 # The DuckDB type each column of a lake file reads as (an empty table's view declares them).
-column_type = sql.column_types(
-    "DECIMAL(19, 9)",
-    "TIMESTAMPTZ_NS",
-    "VARCHAR",
-    lambda t: ("U" if pa.types.is_unsigned_integer(t) else "") + sql.SIGNED_INTEGERS[t.bit_width],
-)
+column_type = sql.column_types("DECIMAL(19, 9)", "TIMESTAMPTZ_NS", "VARCHAR", integer_type)
 
 
 def _literal(text: str) -> str:
@@ -172,8 +167,9 @@ class _LakeSink:
             lake.fs.mv(file.temporary, lake.full(file.path))
         ledger = lake.ledger
         where = [self._family.table, self._id]
-        earlier = {str(p) for (p,) in ledger._query(f"{CHUNK_FILES} ORDER BY path", where)}
-        ledger._execute(f"DELETE FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s", where)
+        chunk_files = f"FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s"
+        earlier = {str(p) for (p,) in ledger._query(f"SELECT path {chunk_files}", where)}
+        ledger._execute(f"DELETE {chunk_files}", where)
         ledger._executemany(
             f"INSERT INTO {FILES_TABLE} (path, table_name, chunk_id, rows, first_ns, last_ns)"
             " VALUES (%s, %s, %s, %s, %s, %s)",
@@ -216,9 +212,6 @@ class _LakeSink:
             if not self._published:
                 with suppress(OSError):
                     self._lake.fs.rm(file.temporary)
-
-
-CHUNK_FILES = f"SELECT path FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s"
 
 
 class _LakeTables(DuckDBStore):
