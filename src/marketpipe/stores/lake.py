@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import marketpipe.stores.sql as sql
 from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings
-from marketpipe.errors import StoreError, StoreRejected
+from marketpipe.errors import StoreError, StoreRejected, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import (
     INSTRUMENTS_TABLE,
@@ -328,8 +328,16 @@ class LakeStore:
             )
 
     def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+        """As a DuckDB store's; the views live in a scratch database, so where a read-only file
+        refuses a change, statements other than reads are refused here."""
         with self._readable():
             tables = self._tables.refresh(list(self.model.families.values()))
+        try:
+            kinds = {s.type for s in tables.con.extract_statements(statement)}
+        except duckdb.Error as exc:
+            raise sql.query_error(exc) from None
+        if not kinds <= {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}:
+            raise UsageError("query: a lake is read through views: query runs SELECT statements")
         return tables.query(statement, batch_size)
 
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
