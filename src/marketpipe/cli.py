@@ -31,14 +31,14 @@ T = TypeVar("T")
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="DuckDB file, postgresql:// URL or lake:DIR (Parquet) [env MARKETPIPE_DB]"),
+    typer.Option("--db", help="DuckDB file, postgresql:// URL or lake:DIR (Parquet) (env MARKETPIPE_DB)"),
 ]
 LedgerOption = Annotated[
     str | None,
     typer.Option(
         "--ledger",
         help="A lake's ledger: DuckDB file or postgresql:// URL (default DIR/_marketpipe/ledger.duckdb)"
-        " [env MARKETPIPE_LEDGER]",
+        " (env MARKETPIPE_LEDGER)",
     ),
 ]
 SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols")]
