@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, cast
+from typing import cast
 
 import duckdb
 import fsspec
@@ -39,7 +39,6 @@ from marketpipe.stores.base import (
     Capabilities,
     Connected,
     ExportQuery,
-    Ledger,
     Store,
     TableStatus,
     TimeRange,
@@ -246,8 +245,12 @@ class _LakeTables(DuckDBStore):
             files.setdefault(str(table), []).append(lake.url(str(path)))
         for each in families:
             self.con.execute(self._view(each, files.get(each.table, [])))
-        # The symbology the ledger keeps, beside the lake's definitions (``instrument_ranges``).
-        instruments = lake.ledger._query(f"SELECT * FROM {INSTRUMENTS_TABLE}")
+        return self
+
+    def refresh_instruments(self) -> _LakeTables:
+        """The symbology the ledger keeps now, beside the lake's definitions: what
+        ``instrument_ranges`` and a user's query read (an export is handed the ranges)."""
+        instruments = self._lake.ledger._query(f"SELECT * FROM {INSTRUMENTS_TABLE}")
         self.con.execute(f"DELETE FROM {INSTRUMENTS_TABLE}")
         if instruments:
             self._executemany(f"INSERT INTO {INSTRUMENTS_TABLE} VALUES (%s, %s, %s, %s, %s)", instruments)
@@ -271,14 +274,15 @@ class LakeStore:
 
     mode = "lake"
 
-    def __init__(self, root: str, ledger: Ledger, model: Model, memory_limit: str = DUCKDB_MEMORY_LIMIT):
+    def __init__(
+        self, root: str, ledger: sql.SqlLedger, model: Model, memory_limit: str = DUCKDB_MEMORY_LIMIT
+    ):
         try:
             self.fs, self.root = fsspec.core.url_to_fs(root)
         except (ImportError, ValueError) as exc:
             raise StoreRejected(f"cannot open the lake {root}: {exc}") from None
-        self._root_location = root
         self.location = LAKE_PREFIX + root
-        self.ledger = cast(sql.SqlLedger, ledger)
+        self.ledger = ledger
         self.model = model
         self._memory_limit = memory_limit
         # Processes write files side by side; the ledger orders their chunks where it is a
@@ -299,8 +303,9 @@ class LakeStore:
         """A second writer: the same lake through a ledger connection of its own."""
         if not isinstance(self.ledger, Connected):
             raise TypeError(f"the ledger of {self.location} takes one writer at a time")
-        ledger = self.ledger.another().ledger
-        return Store(LakeStore(self._root_location, ledger, self.model, self._memory_limit), ledger)
+        ledger = cast(sql.SqlLedger, self.ledger.another().ledger)
+        root = self.location.removeprefix(LAKE_PREFIX)
+        return Store(LakeStore(root, ledger, self.model, self._memory_limit), ledger)
 
     @cached_property
     def _tables(self) -> _LakeTables:
@@ -331,7 +336,7 @@ class LakeStore:
         """As a DuckDB store's; the views live in a scratch database, so where a read-only file
         refuses a change, statements other than reads are refused here."""
         with self._readable():
-            tables = self._tables.refresh(list(self.model.families.values()))
+            tables = self._tables.refresh(list(self.model.families.values())).refresh_instruments()
         try:
             kinds = {s.type for s in tables.con.extract_statements(statement)}
         except duckdb.Error as exc:
@@ -347,7 +352,7 @@ class LakeStore:
     def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
         with self._readable():
             definitions = [f for f in self.model.families.values() if "definition" in f.schemas]
-            return self._tables.refresh(definitions).instrument_ranges(raw_symbols)
+            return self._tables.refresh(definitions).refresh_instruments().instrument_ranges(raw_symbols)
 
     def table_status(self, family: Family) -> TableStatus:
         """From the ledger's file list: no file is opened."""
@@ -366,7 +371,7 @@ class LakeStore:
         """Files have no connection to lose (the ledger reconnects on its own)."""
 
 
-def _ledger(settings: Settings, root: str, read_only: bool) -> Ledger:
+def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
     location = settings.ledger
     if location is None:
         if "://" in root:
@@ -383,7 +388,7 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> Ledger:
     return DuckDBLedger(location, settings.duckdb_memory_limit, read_only)
 
 
-def _prepare_ledger(ledger: Any, model: Model, read_only: bool) -> None:
+def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> None:
     """The ledger's file list: made on first use; a reader needs it there. A store's own
     database is no lake's ledger: its chunks would pass for the lake's."""
     tables = {

@@ -375,6 +375,12 @@ class SqlLedger:
     def _begin(self) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def reconnect(self) -> None:
+        raise NotImplementedError
+
     # Holding a chunk against other processes. The embedded file has one writer process at a
     # time (DuckDB's file lock), so only a server needs these.
     ROW_LOCK = ""
