@@ -19,6 +19,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -249,6 +250,15 @@ class Validator:
         fields = [n for n in family.record_dtype.names or () if not n.startswith("_")]
         return [n for n in fields if n in mentioned] or fields[:1]
 
+    @contextmanager
+    def _batch(self, table: pa.Table) -> Iterator[None]:
+        """``table`` as the view ``batch`` the checks read, for one query."""
+        self._con.register("batch", table)
+        try:
+            yield
+        finally:
+            self._con.unregister("batch")
+
     def _evaluate(
         self, rules: list[RuleSpec], table: pa.Table, family: Family, schema: str, chunk: Chunk | None
     ) -> dict[str, np.ndarray]:
@@ -256,11 +266,8 @@ class Validator:
         checks = ", ".join(
             f"coalesce(({r.check.format(**values)}), false) AS r{i}" for i, r in enumerate(rules)
         )
-        self._con.register("batch", table)
-        try:
+        with self._batch(table):
             result = self._con.sql(f"SELECT {checks} FROM batch").fetchnumpy()
-        finally:
-            self._con.unregister("batch")
         return {r.name: np.asarray(result[f"r{i}"], dtype=bool) for i, r in enumerate(rules)}
 
     def _all_hold(
@@ -270,11 +277,8 @@ class Validator:
         per rule (what ``_evaluate`` does) cost most of the validation of clean data."""
         values = _placeholders(family, schema, chunk)
         passes = " AND ".join(f"coalesce(({r.check.format(**values)}), false)" for r in rules)
-        self._con.register("batch", table)
-        try:
+        with self._batch(table):
             [row] = self._con.sql(f"SELECT count(*) FROM batch WHERE NOT ({passes})").fetchall()
-        finally:
-            self._con.unregister("batch")
         return bool(row[0] == 0)
 
     def check(
@@ -327,11 +331,8 @@ class Validator:
         selected = [f"coalesce(({t.sql}), false)" for t in terms] + [
             '"' + c.replace('"', '""') + '"' for c in columns
         ]
-        self._con.register("batch", view.take(pa.array(rows)))
-        try:
+        with self._batch(view.take(pa.array(rows))):
             result = self._con.sql(f"SELECT {', '.join(selected)} FROM batch").fetchall()
-        finally:
-            self._con.unregister("batch")
         details = []
         for values in result:
             seen = dict(zip(columns, values[len(terms) :], strict=True))
