@@ -142,7 +142,7 @@ def _database(value: str, wanted: str) -> str:
     """A PostgreSQL URL as is; anything else is a DuckDB file path, made absolute."""
     scheme, separator, _ = value.partition("://")
     if separator:
-        if scheme not in ("postgresql", "postgres"):
+        if not value.startswith(POSTGRES_SCHEMES):
             raise ValueError(f"unknown scheme {scheme!r} in {value.split('@')[-1]!r}: give {wanted}")
         return value
     if not value.strip() or value.startswith(":memory:"):
