@@ -57,6 +57,19 @@ def start_server(directory: Path, per_day: int, latency: float) -> multiprocessi
     return server
 
 
+def backfill_request(days: int) -> IngestRequest:
+    """``days`` days of CL.FUT trades from 2024-01-02: what the server serves, by parent symbol."""
+    start = dt.date(2024, 1, 2)
+    return IngestRequest(
+        dataset="GLBX.MDP3",
+        schemas=["trades"],
+        symbols=["CL.FUT"],
+        stype_in="parent",
+        start_date=start,
+        end_date=start + dt.timedelta(days=days - 1),
+    )
+
+
 def _at(event: dict[str, object]) -> float:
     """A log line's time, in seconds since the epoch."""
     return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
@@ -76,15 +89,7 @@ def main() -> None:
         log_file = directory / "log.jsonl"
         settings = load_settings(db=str(directory / "api.duckdb"), log_file=str(log_file))
         configure(settings.log_file, "ERROR")
-        start = dt.date(2024, 1, 2)
-        request = IngestRequest(
-            dataset="GLBX.MDP3",
-            schemas=["trades"],
-            symbols=["CL.FUT"],
-            stype_in="parent",
-            start_date=start,
-            end_date=start + dt.timedelta(days=args.days - 1),
-        )
+        request = backfill_request(args.days)
         started = time.perf_counter()
         summary = ingest(request, settings, force=True)
         wall = time.perf_counter() - started

@@ -20,7 +20,6 @@ Prints the times and the speed-ups, and last one line:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from api_bench import start_server  # noqa: E402
+from api_bench import backfill_request, start_server  # noqa: E402
 
 from marketpipe import cluster  # noqa: E402
 from marketpipe.config import IngestRequest, load_settings  # noqa: E402
@@ -77,15 +76,7 @@ def main() -> None:
         # The workers inherit the environment: each reads its own key, as on a real cluster.
         server = start_server(directory, args.records_per_day // 2, args.latency)  # CL.FUT: 2 instruments
         os.environ["MARKETPIPE_LOG_FILE"] = str(directory / "bench.log.jsonl")
-        first = dt.date(2024, 1, 2)
-        api = IngestRequest(
-            dataset="GLBX.MDP3",
-            schemas=["trades"],
-            symbols=["CL.FUT"],
-            stype_in="parent",
-            start_date=first,
-            end_date=first + dt.timedelta(days=args.days - 1),
-        )
+        api = backfill_request(args.days)
         api_s = {n: timed(api, args.db, n) for n in (1, 2, 4)}
         server.terminate()
         write_trade_days(directory / "files", args.files, args.file_records)
