@@ -222,7 +222,7 @@ def test_query_quarantine_and_coverage_read_the_lake(cli, tmp_path: Path) -> Non
         ),
         (["ingest", "--db", "lake:"], "error: bad setting: "),
         (["ingest", "--db", "lake:lk", "--ledger", "mysql://root@h/x"], "error: bad setting: "),
-        (["status", "--db", "lake:missing"], "error: no marketpipe store at "),
+        (["status", "--db", "lake:missing"], "error: no marketpipe lake at /"),
         (["ingest", "--db", "lake:lk", "--ledger", "store.duckdb"], "error: /"),
         (["status", "--db", "lake:lk", "--ledger", "store.duckdb"], "error: /"),
     ],

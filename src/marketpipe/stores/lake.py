@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import cast
 
 import duckdb
@@ -379,6 +380,8 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
                 f"the lake {root} needs a ledger: give --ledger (a DuckDB file path or a postgresql:// URL)"
             )
         location = f"{root.rstrip('/')}/{DEFAULT_LEDGER}"
+        if read_only and not Path(location).is_file():
+            raise StoreRejected(f"no marketpipe lake at {root}: nothing has been ingested there")
     if location.startswith(POSTGRES_SCHEMES):
         from marketpipe.stores.postgres import PostgresStore
 
