@@ -37,7 +37,7 @@ class _Sink:
 class ArrowStore:
     location = "memory"
     mode = "arrow"
-    capabilities = Capabilities(atomic_chunks=False, concurrent_writers=False)
+    capabilities = Capabilities(atomic_chunks=False, concurrent_writers=False, threaded_writers=False)
 
     def __init__(self, model: Model) -> None:
         self.model = model

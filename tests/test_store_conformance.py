@@ -169,25 +169,42 @@ def test_ledger_failures_runs_and_status(store: Store, trades: pa.Table) -> None
     assert [c for c in store.status().chunks if c[1] == "failed"] == []
 
 
+def _two_at_once(store: Store, other: Store, trades: pa.Table) -> None:
+    """A second writer starts its own chunk while the first holds one open (it may wait on the
+    database, e.g. for a TimescaleDB chunk the first is creating, but not on the first chunk's
+    end); both are stored, each once."""
+    first, second = _chunk("conformance:first"), _chunk("conformance:second")
+    with ThreadPoolExecutor(1) as pool:
+        store.ledger.plan_chunks([first], "conformance")
+        with store.write_chunk(first, "run1", "conformance") as writer:
+            writer.write(trades)
+            started = pool.submit(_write, other, second, trades.slice(0, 100), "run2")
+            writer.commit(ChunkCounts(trades.num_rows, trades.num_rows, 0, 0.1))
+        started.result(timeout=60)
+    assert other.ledger.is_done(first) and store.ledger.is_done(second)
+    assert _exported(other).num_rows == trades.num_rows + 100
+
+
 def test_a_store_for_concurrent_writers_takes_two_at_once(
     store: Store, opener: Callable[[], Store], trades: pa.Table
 ) -> None:
-    """What ``concurrent_writers`` promises: a second writer on the same location starts its own
-    chunk while the first holds one open (it may wait on the database, e.g. for a TimescaleDB
-    chunk the first is creating, but not on the first chunk's end); both are stored, each once."""
+    """What ``concurrent_writers`` promises: a second writer opened on the same location."""
     if not store.data.capabilities.concurrent_writers:
         pytest.skip(f"{store.mode} declares one writer at a time")
-    first, second = _chunk("conformance:first"), _chunk("conformance:second")
     other = opener()
     try:
-        with ThreadPoolExecutor(1) as pool:
-            store.ledger.plan_chunks([first], "conformance")
-            with store.write_chunk(first, "run1", "conformance") as writer:
-                writer.write(trades)
-                started = pool.submit(_write, other, second, trades.slice(0, 100), "run2")
-                writer.commit(ChunkCounts(trades.num_rows, trades.num_rows, 0, 0.1))
-            started.result(timeout=60)
-        assert other.ledger.is_done(first) and store.ledger.is_done(second)
-        assert _exported(other).num_rows == trades.num_rows + 100
+        _two_at_once(store, other, trades)
+    finally:
+        other.close()
+
+
+def test_a_store_for_writer_threads_takes_two_at_once(store: Store, trades: pa.Table) -> None:
+    """What ``threaded_writers`` promises: a second writer through ``another()``, as the writer
+    threads of one run use it (DuckDB: a second connection to the file this process has open)."""
+    if not store.data.capabilities.threaded_writers:
+        pytest.skip(f"{store.mode} declares no writer threads")
+    other = store.another()
+    try:
+        _two_at_once(store, other, trades)
     finally:
         other.close()

@@ -274,6 +274,19 @@ def test_quarantine_message_names_the_failed_term_of_the_rule_and_its_values(
     assert rejection.message == f"{rule_message}: {EXPLAINED[rule, schema]}"
 
 
+def test_a_character_byte_that_is_no_text_is_quarantined_not_a_crash(validator: Validator) -> None:
+    """A damaged one-byte c_char field (0xff is no UTF-8 text) is a value the rules reject: its
+    record is quarantined with the byte escaped, the batch's other records go on."""
+    records = np.concatenate([record("trades"), record("trades", side=b"\xff"), record("trades")])
+    first, post = _checked(validator, "trades", records, "ESM4")
+    [rejection] = first.rejections
+    assert rejection.rule == "side_known"
+    assert rejection.message.endswith("side IN ('A', 'B', 'N') fails for side='\\\\xff'")
+    assert rebuild(rejection.record, records.dtype) == records[1].tobytes()
+    assert first.keep.tolist() == [True, False, True]
+    assert post.rejections == []
+
+
 def test_an_edited_rule_explains_itself(tmp_path: Path) -> None:
     """A rule of the user's own: the message names the term that failed, not the others."""
     path = tmp_path / "rules.yaml"

@@ -634,8 +634,9 @@ class ThreadLanes:
 
     One store connection loads rows at the speed of one server process; a server that takes
     concurrent writers (PostgreSQL) loads two chunks at once about 1.55 times as fast (2M
-    trades into TimescaleDB, bare COPY, two connections). Each chunk keeps its own transaction.
-    With one writer (or a store of one writer, DuckDB), chunks run inline on the caller's thread
+    trades into TimescaleDB, bare COPY, two connections). DuckDB inserts one chunk at a time,
+    while the other lanes read and check theirs. Each chunk keeps its own transaction. With one
+    writer (or a store that takes no writer threads), chunks run inline on the caller's thread
     through the run's own store."""
 
     whole_chunks = False
@@ -645,7 +646,7 @@ class ThreadLanes:
         self._stopping = threading.Event()
         self._own = Lane(0, pipeline.store, pipeline.validator, self._stopping)
         store, writers = pipeline.store, pipeline.settings.writers
-        self.size = writers if writers > 1 and store.data.capabilities.concurrent_writers else 1
+        self.size = writers if writers > 1 and store.data.capabilities.threaded_writers else 1
         self._idle: queue.SimpleQueue[Lane] = queue.SimpleQueue()
         self._opened: list[Lane] = []
         self._opening = threading.Lock()

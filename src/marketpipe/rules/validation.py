@@ -103,13 +103,23 @@ def _placeholders(family: Family, schema: str, chunk: Chunk | None) -> dict[str,
     }
 
 
+def char_array(values: np.ndarray) -> pa.Array:
+    """A one-byte c_char field (side, action, ...) as text, through a dictionary of the 256
+    byte values: NUL reads as empty, a byte that is no ASCII character as its escape (``\\xff``),
+    so a rule rejects it as a value like any other. Cheaper than strings to build and for DuckDB
+    to compare (1M trades: side and action built in 0.003 s, not 0.011 s; the initial rules
+    checked in 0.038 s, not 0.042 s)."""
+    texts = ["" if i == 0 else chr(i) if i < 0x80 else f"\\x{i:02x}" for i in range(256)]
+    return pa.DictionaryArray.from_arrays(pa.array(values.view(np.uint8)), pa.array(texts))
+
+
 def raw_arrow(records: np.ndarray, names: list[str]) -> pa.Table:
     """The named raw DBN fields as Arrow columns (c_char fields as text)."""
     arrays = []
     for name in names:
         values = np.ascontiguousarray(records[name])
         if values.dtype.kind == "S":
-            arrays.append(text_array(values))
+            arrays.append(char_array(values) if values.dtype.itemsize == 1 else text_array(values))
         else:
             arrays.append(pa.array(values))
     return pa.Table.from_arrays(arrays, names=names)
@@ -151,7 +161,9 @@ class Validator:
         self.path = path
         self.model = model
         self.rules = self._load(path)
-        self._con = duckdb.connect()
+        # One thread: a batch is small, and the writer threads (and DuckDB's insert) are the
+        # parallelism; more threads here only contend with them (2M trades into DuckDB: -3%).
+        self._con = duckdb.connect(config={"threads": 1})
         self._term_cache: dict[str, list[Term]] = {}
         for rule in self.rules:
             self._check_expression_only(rule)

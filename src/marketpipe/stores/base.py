@@ -125,6 +125,9 @@ class Capabilities:
     atomic_chunks: bool
     # Several processes may write chunks at the same time (a server); else one at a time.
     concurrent_writers: bool
+    # Several threads of one process may write chunks at the same time, each through
+    # ``another()`` (a connection of its own).
+    threaded_writers: bool
 
 
 class ChunkSink(Protocol):
@@ -147,7 +150,7 @@ class ChunkSink(Protocol):
 
 @runtime_checkable
 class Connected(Protocol):
-    """A store of a server that takes concurrent writers: each writer thread connects anew."""
+    """A store that takes writer threads: each connects anew."""
 
     def another(self) -> Store:
         """The same store (and ledger) through a connection of its own."""
@@ -325,9 +328,9 @@ class Store:
 
     def another(self) -> Store:
         """A second connection to the same store, for a writer on another thread: only where
-        the data side declares concurrent writers."""
+        the data side declares threaded writers."""
         data = self.data
-        if not (data.capabilities.concurrent_writers and isinstance(data, Connected)):
+        if not (data.capabilities.threaded_writers and isinstance(data, Connected)):
             raise TypeError(f"a {self.mode} store takes one writer at a time")
         return data.another()
 

@@ -289,7 +289,9 @@ class LakeStore:
         # Processes write files side by side; the ledger orders their chunks where it is a
         # server (a DuckDB ledger has one writer process).
         server = not isinstance(ledger, DuckDBLedger)
-        self.capabilities = Capabilities(atomic_chunks=True, concurrent_writers=server)
+        self.capabilities = Capabilities(
+            atomic_chunks=True, concurrent_writers=server, threaded_writers=server
+        )
 
     def full(self, path: str) -> str:
         """A path under the root, as the lake's filesystem names it."""
