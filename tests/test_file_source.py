@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import fsspec
@@ -11,10 +12,12 @@ import pytest
 import zstandard
 
 from marketpipe.config import IngestRequest, load_settings
+from marketpipe.errors import ConfigError, SourceError
 from marketpipe.exporting import export
 from marketpipe.pipeline import ingest
 from marketpipe.samples import make_sample
 from marketpipe.sources.databento_files import DbnFileSource
+from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.stores import open_store
 
 from dbn_reference import MODEL, canonical, decoded_records, expected_rows, exported_rows
@@ -117,3 +120,27 @@ def test_a_bad_input_url_is_one_line(cli, url: str, message: str) -> None:  # ty
     result = cli("ingest", "--from-file", url)
     assert result.exit_code == 2
     assert [line for line in result.output.splitlines() if line.strip()] == [message]
+
+
+def test_an_inspection_ends_when_its_run_stops(tmp_path: Path) -> None:
+    trades = make_sample(tmp_path / "s")[1]
+    stop = threading.Event()
+    assert DbnFile(trades).inspect(stop).total == 2_560
+    stop.set()
+    with pytest.raises(SourceError, match="not inspected: the run stopped"):
+        DbnFile(trades).inspect(stop)
+
+
+def test_bad_rules_stop_the_planning_of_the_inputs(tmp_path: Path) -> None:
+    """Inputs are read from the moment the source exists, while the rules load: rules that
+    fail leave no reading behind (and no store)."""
+    make_sample(tmp_path / "s")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules: [{name: x, stage: post, severity: error, check: 'no_such_column > 0', message: m}]\n"
+    )
+    settings = load_settings(db=str(tmp_path / "never.duckdb"), validation_file=str(rules))
+    with pytest.raises(ConfigError, match="rule x"):
+        ingest(IngestRequest(from_file=str(tmp_path / "s")), settings)
+    assert not [t for t in threading.enumerate() if t.name.startswith("marketpipe-plan")]
+    assert not (tmp_path / "never.duckdb").exists()

@@ -239,19 +239,22 @@ def ingest(
     today: dt.date | None = None,
     lanes: LanesFactory | None = None,
 ) -> RunSummary:
-    """One ingest: rules, then arguments, then the store, each failing before the next is
-    touched, so bad rules or bad arguments never open (or create) a store.
+    """One ingest: the transformation, the arguments, the validation rules, then the store,
+    each failing before the next is touched, so bad rules or bad arguments never open (or
+    create) a store. A file source reads its inputs from the moment it exists, meanwhile.
 
     ``model``: the compiled transformation file, else compiled here from the settings.
     ``today``: what relative days count from (default: the UTC date now).
     ``lanes``: what runs the chunks (default: writer threads of this process)."""
-    model, validator = load_rules(settings, model)
+    model = model or load_model(settings.transformation_file)
     request, current = prepare(request, settings, model, today or utc_today())
     if current is not None:
         return RunSummary("", request.name, settings.db, notes=[current])
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
-    with closing(make_source(request, settings)) as source, closing(open_store(settings, model)) as store:
-        return Pipeline(request, settings, source, store, validator, progress, lanes=lanes).run(force)
+    with closing(make_source(request, settings)) as source:
+        model, validator = load_rules(settings, model)
+        with closing(open_store(settings, model)) as store:
+            return Pipeline(request, settings, source, store, validator, progress, lanes=lanes).run(force)
 
 
 class Pipeline:

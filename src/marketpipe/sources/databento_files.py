@@ -10,8 +10,10 @@ from __future__ import annotations
 import glob
 import shutil
 import tempfile
+import threading
 import traceback
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +86,21 @@ class DbnFileSource:
         self._paths = expand(spec)
         self._path_of: dict[str, str] = {}
         self._cache: str | None = None  # this process's copies of remote files
+        # The inputs are read and hashed (most of planning) from the moment the source exists,
+        # while the run loads its rules and opens its store (2M trades: 0.06 s of 0.7).
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="marketpipe-plan")
+        self._inspections = [self._pool.submit(self._inspect, path) for path in self._paths]
 
     def __getstate__(self) -> dict[str, Any]:
-        """A worker process copies the remote files it reads into a directory of its own."""
-        return {**self.__dict__, "_cache": None}
+        """A worker process reads the chunks it is given (planning is done) and copies the
+        remote files it reads into a directory of its own."""
+        state = {**self.__dict__, "_cache": None, "_inspections": []}
+        del state["_stop"], state["_pool"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _stop=threading.Event(), _pool=None)
 
     def _local(self, name: str) -> Path:
         """A local path of the input ``name`` (a remote file: its copy, made once)."""
@@ -100,13 +113,16 @@ class DbnFileSource:
             self._cache = tempfile.mkdtemp(prefix="marketpipe-inputs-")
         return Path(fsspec.open_local(f"simplecache::{name}", simplecache={"cache_storage": self._cache}))
 
+    def _inspect(self, path: str) -> tuple[DbnFile, Inspection]:
+        dbn = DbnFile(self._local(path))
+        return dbn, dbn.inspect(self._stop)
+
     def plan(self) -> Plan:
         plan = Plan()
         seen: dict[str, str] = {}
-        for path in self._paths:
+        for path, inspected in zip(self._paths, self._inspections, strict=True):
             try:
-                dbn = DbnFile(self._local(path))
-                inspection = dbn.inspect()
+                dbn, inspection = inspected.result()
             except SourceError as exc:
                 plan.failures.append((str(path), str(exc)))
                 continue
@@ -180,7 +196,10 @@ class DbnFileSource:
         """The user's files stay as they are."""
 
     def close(self) -> None:
-        """The copies of remote files go with the run."""
+        """Planning not finished stops; the copies of remote files go with the run."""
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         if self._cache is not None:
             shutil.rmtree(self._cache, ignore_errors=True)
             self._cache = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,20 +167,22 @@ class DbnFile:
             symbols = self.symbol_map.resolve(records["instrument_id"], records[_time_field(records.dtype)])
             yield RawBatch(records, symbols)
 
-    def inspect(self) -> Inspection:
+    def inspect(self, stop: threading.Event | None = None) -> Inspection:
         """One pass over the decompressed data: its identity, its record counts, its structure.
 
         A file that is truncated or misaligned fails here, before anything of it is written.
-        The digest identifies the records (as DBN v3) and the symbols they map to.
+        The digest identifies the records (as DBN v3) and the symbols they map to. ``stop``
+        set: the pass ends early with a SourceError (its run stopped before planning ended).
         """
         if self._decode:
-            return self._inspect_decoded()
+            return self._inspect_decoded(stop)
         assert self.schema is not None
         digest = self._identity()
         records = 0
         with self._checked_stream() as reader:
             self._skip_metadata(reader)
             while block := self._read(reader, _INSPECT_RECORDS * self._native.itemsize):
+                self._check_stop(stop)
                 digest.update(block)
                 if len(block) % self._native.itemsize:
                     raise SourceError(f"{self.path}: truncated: the file ends inside a record")
@@ -194,11 +197,16 @@ class DbnFile:
         digest.update(self.symbol_map.fingerprint)
         return digest
 
-    def _inspect_decoded(self) -> Inspection:
+    def _check_stop(self, stop: threading.Event | None) -> None:
+        if stop is not None and stop.is_set():
+            raise SourceError(f"{self.path}: not inspected: the run stopped")
+
+    def _inspect_decoded(self, stop: threading.Event | None) -> Inspection:
         digest = self._identity()
         inspection = Inspection("", {})
         with self._checked_stream() as reader:
             for record in self._decoded(reader):
+                self._check_stop(stop)
                 data = bytes(record)
                 digest.update(data)
                 rtype = data[1]
