@@ -90,8 +90,9 @@ class Settings(BaseSettings):
     # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.
     db_retries: int = Field(5, ge=1)
     db_retry_wait: float = Field(0.5, ge=0)
-    # Chunks loaded at once, each through its own connection, where the store takes concurrent
-    # writers (PostgreSQL): one server process per COPY is the limit a single writer meets.
+    # Chunks loaded at once, each through its own connection, where the store takes writer
+    # threads: one PostgreSQL server process per COPY is the limit a single writer meets; DuckDB
+    # inserts one chunk at a time while the others are read and checked.
     writers: int = Field(2, ge=1)
     # Cluster runs: API downloads at once across every worker. Databento allows a team 100
     # concurrent connections and 100 time-series requests a second (Historical API, "Rate

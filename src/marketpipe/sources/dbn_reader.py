@@ -279,6 +279,11 @@ class DbnFile:
         with self._stream() as reader:
             self._skip_metadata(reader)
             skip = first * dtype.itemsize
+            if skip and reader.seekable():
+                # A plain file seeks to the part: reading to skip would cost each part all the
+                # parts before it (the 20 parts of a 20M-record file: 9 GB read in all).
+                reader.seek(skip, io.SEEK_CUR)
+                skip = 0
             while skip > 0 and (part := self._read(reader, min(skip, 1 << 24))):
                 skip -= len(part)
             while remaining is None or remaining > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -61,33 +62,51 @@ def _naive(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
+class _Abandoned(Exception):
+    """The chunk ended without a commit: its insert stops with an error and is rolled back."""
+
+
 class _DuckDBSink:
-    """A chunk's rows, inserted in one statement at commit, one insert at a time per file.
+    """A chunk's rows in one INSERT that reads them as they are written, one insert at a time
+    per file.
 
     DuckDB splits one insert's row groups (122,880 rows) among its threads. Several inserts per
-    chunk, or two inserts at once, leave partly filled row groups that the next checkpoint
-    merges by rewriting them (2M trades: 0.1-0.2 s more at close, 1 s at 20M); one insert of a
-    whole chunk leaves one. Writer threads prepare their next chunks while a chunk inserts.
+    chunk, or two at once, leave partly filled row groups that the next checkpoint merges by
+    rewriting them (2M trades: 0.1-0.2 s more at close, 1 s at 20M); one insert per chunk
+    leaves one per thread. The insert runs on a background thread from the chunk's first rows
+    and reads batches from a queue as the pipeline checks the next (DuckDB releases the GIL
+    while it inserts); a chunk waiting for another's insert keeps its batches queued.
     """
 
     def __init__(self, store: DuckDBStore, family: Family, chunk_id: int) -> None:
         self._store = store
         self._table = sql.identifier(family.table)
         self._chunk_id = chunk_id
-        self._pending: list[pa.Table] = []
+        self._queue: queue.SimpleQueue[pa.Table | None] = queue.SimpleQueue()
+        self._background = sql.Background()
+        self._started = False
+        self._abandoned = False
 
     def write(self, table: pa.Table) -> None:
-        self._pending.append(_naive(table))
+        table = _naive(table)
+        if not self._started:
+            self._started = True
+            self._background.submit(self._insert, table.schema)
+        self._queue.put(table)
 
-    def commit(self) -> None:
-        if not self._pending:
-            return
-        table = pa.concat_tables(self._pending)
-        self._pending = []
-        columns = ", ".join(sql.identifier(n) for n in table.column_names)
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        while (table := self._queue.get()) is not None:
+            yield from table.to_batches()
+        if self._abandoned:
+            raise _Abandoned
+
+    def _insert(self, schema: pa.Schema) -> None:
+        columns = ", ".join(sql.identifier(n) for n in schema.names)
         con = self._store.con
         with self._store.inserting:
-            con.register("_marketpipe_batch", table)
+            if self._abandoned:
+                return
+            con.register("_marketpipe_batch", pa.RecordBatchReader.from_batches(schema, self._batches()))
             try:
                 self._store.execute_translated(
                     f"INSERT INTO {self._table} ({columns}, chunk_id)"
@@ -98,11 +117,18 @@ class _DuckDBSink:
                 with suppress(duckdb.Error):  # after a failed insert the transaction is aborted
                     con.unregister("_marketpipe_batch")
 
+    def commit(self) -> None:
+        self._queue.put(None)
+        self._background.wait()
+
     def published(self) -> None:
         """The rows replaced went in the chunk's transaction."""
 
     def close(self) -> None:
-        self._pending = []
+        """After a commit, nothing is left; otherwise the insert stops before the rollback."""
+        self._abandoned = True
+        self._queue.put(None)
+        self._background.close()
 
 
 class DuckDBLedger(sql.SqlLedger):
