@@ -10,9 +10,11 @@ Generates N trade records as a DBN file (metadata by databento-dbn), then measur
       decodes the file to 9 columns (float prices, microsecond timestamps), pgpq binary COPY
       into a plain table with no index; compared with (b) as `marketpipe ingest` run by a
       user onto the migrated store, both fresh processes timed end to end (start-up included);
-  and the start-up of `marketpipe version` (a fresh process, best of three).
+  and the start-up of `marketpipe version` and the whole of `marketpipe status` on (c)'s
+  DuckDB store (fresh processes, best of three).
 Prints rows/s, the ratios (b)/(a), (c)/(bare DuckDB) and (b)/(d), peak RSS, and last one line:
   RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n> pg_vs_lossy=<v> startup_s=<s>
+         status_s=<t>
 
     python bench/ingest_bench.py [--records N] [--db postgresql://user@host:port/admin_db]
 
@@ -165,12 +167,12 @@ def whole_processes(file: Path, db: str, batch_size: int, logs: Path) -> tuple[f
     return pipeline, lossy, float(json.loads(output.strip().splitlines()[-1])["peak_rss_mb"])
 
 
-def startup_seconds() -> float:
-    """Best of three wall times of `marketpipe version` in a fresh process."""
+def command_seconds(*args: str) -> float:
+    """Best of three wall times of `marketpipe ARGS` in a fresh process."""
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "main.py"), "version"], check=True, capture_output=True)
+        subprocess.run([sys.executable, str(ROOT / "main.py"), *args], check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return min(times)
 
@@ -236,7 +238,8 @@ def main() -> None:
             wall_pg, wall_lossy, rss_lossy = whole_processes(
                 file, pg_url, args.batch_size, work / "cli.jsonl"
             )
-            startup = startup_seconds()
+            startup = command_seconds("version")
+            status = command_seconds("status", "--db", str(work / "pipeline.duckdb"))
     finally:
         with psycopg.connect(args.db, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
@@ -262,11 +265,12 @@ def main() -> None:
     )
     columns = len(MODEL.family_of("trades").columns)
     pg_vs_lossy = wall_lossy / wall_pg
-    print(f"(b)/(d) = {pg_vs_lossy:.2f} (target >= 0.65)   marketpipe version starts in {startup:.2f} s")
+    print(f"(b)/(d) = {pg_vs_lossy:.2f} (target >= 0.65)   marketpipe version starts in {startup:.2f} s,")
+    print(f"  marketpipe status of (c)'s DuckDB store takes {status:.2f} s")
     print(f"trades columns: {columns} + chunk_id; batch size {args.batch_size:,}")
     print(
         f"RESULT pg_ratio={pg_ratio:.3f} duckdb_ratio={duckdb_ratio:.3f} peak_rss_mb={peak:.0f} records={n}"
-        f" pg_vs_lossy={pg_vs_lossy:.3f} startup_s={startup:.3f}"
+        f" pg_vs_lossy={pg_vs_lossy:.3f} startup_s={startup:.3f} status_s={status:.3f}"
     )
 
 

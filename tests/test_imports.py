@@ -6,7 +6,11 @@ is added."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+from marketpipe.samples import make_sample
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "marketpipe"
 
@@ -105,3 +109,20 @@ def test_the_readme_layout_names_every_module() -> None:
         str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "__init__.py" and p.name not in layout
     ]
     assert missing == [], f"README's layout section does not name: {missing}"
+
+
+def test_ingesting_files_does_not_import_the_databento_client(tmp_path: Path) -> None:
+    """The HTTP client costs an eighth of a second to import (its HTTP libraries, with pandas
+    already imported): reading DBN files needs databento-dbn alone."""
+    [_, trades] = make_sample(tmp_path / "s")
+    code = f"""
+import sys
+from marketpipe.config import IngestRequest, load_settings
+from marketpipe.pipeline import ingest
+summary = ingest(IngestRequest(from_file={str(trades)!r}), load_settings(db={str(tmp_path / "x.duckdb")!r}))
+assert summary.totals().stored == 2560
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("databento", "aiohttp", "requests")))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

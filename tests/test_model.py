@@ -87,3 +87,15 @@ def test_the_record_of_each_schema_is_databentos_own_table() -> None:
     from marketpipe.model import RECORD_OF_SCHEMA
 
     assert {schema.value: struct for schema, struct in SCHEMA_STRUCT_MAP.items()} == RECORD_OF_SCHEMA
+
+
+def test_the_layout_of_each_schema_in_each_dbn_version_is_databentos_own() -> None:
+    """model.record_dtype restates the client's per-version tables (SCHEMA_STRUCT_MAP_V1, _V2):
+    a v1 or v2 file is read in the layout the client would read it in."""
+    from databento.common.constants import SCHEMA_STRUCT_MAP, SCHEMA_STRUCT_MAP_V1, SCHEMA_STRUCT_MAP_V2
+
+    from marketpipe.model import record_dtype
+
+    for version, table in ((1, SCHEMA_STRUCT_MAP_V1), (2, SCHEMA_STRUCT_MAP_V2), (3, SCHEMA_STRUCT_MAP)):
+        for schema, struct in table.items():
+            assert record_dtype(schema.value, version) == np.dtype(struct._dtypes), (version, schema)

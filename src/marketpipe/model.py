@@ -156,6 +156,16 @@ def _build_layouts() -> dict[str, Layout]:
 
 LAYOUTS: dict[str, Layout] = _build_layouts()
 LAYOUT_OF_SCHEMA: dict[str, Layout] = {s: layout for layout in LAYOUTS.values() for s in layout.schemas}
+DBN_VERSIONS = (1, 2, 3)
+
+
+def record_dtype(schema: str, version: int) -> np.dtype:
+    """The layout of ``schema``'s records in DBN ``version`` (databento-dbn's v1 and v2 records
+    where they differ from v3's)."""
+    module = {1: dbn.v1, 2: dbn.v2}.get(version, dbn)
+    return np.dtype(getattr(module, LAYOUT_OF_SCHEMA[schema].name)._dtypes)
+
+
 SCHEMAS: tuple[str, ...] = tuple(sorted(LAYOUT_OF_SCHEMA))
 TRANSFORMATION_FILE = Path("configs/transformations/databento.yaml")
 

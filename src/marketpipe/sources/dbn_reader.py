@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -26,22 +27,15 @@ import databento_dbn
 import numpy as np
 import pyarrow as pa
 import zstandard
-from databento import DBNStore
-from databento.common.constants import (
-    SCHEMA_STRUCT_MAP,
-    SCHEMA_STRUCT_MAP_V1,
-    SCHEMA_STRUCT_MAP_V2,
-)
-from databento.common.error import BentoError
-from databento_dbn import DBNDecoder, RType, Schema, VersionUpgradePolicy
+from databento_dbn import DBNDecoder, Metadata, RType, Schema, VersionUpgradePolicy
 
 from marketpipe.errors import SourceError
-from marketpipe.model import LAYOUT_OF_SCHEMA, check_schema
+from marketpipe.model import DBN_VERSIONS, LAYOUT_OF_SCHEMA, check_schema, record_dtype
 from marketpipe.symbology import SymbolMap
 from marketpipe.types import RawBatch
 
-_STRUCTS_BY_VERSION = {1: SCHEMA_STRUCT_MAP_V1, 2: SCHEMA_STRUCT_MAP_V2, 3: SCHEMA_STRUCT_MAP}
 _HEADER = struct.Struct("<3sBI")  # b"DBN", version, metadata length
+_SKIPPABLE_FRAME = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # zstd's magic 0x184D2A5?, little-endian
 _INSPECT_RECORDS = 65_536
 # Record types of the Live API's control messages: not market data.
 _SYMBOL_MAPPING = int(RType.SYMBOL_MAPPING.value)
@@ -100,22 +94,9 @@ class DbnFile:
         self.path = path
         if path.stat().st_size == 0:
             raise SourceError(f"{path}: empty file")
-        self._check_metadata_length()
-        try:
-            self._store = DBNStore.from_file(path)
-        except BentoError as exc:
-            raise SourceError(f"{path}: not DBN data (neither a DBN nor a zstd header)") from exc
-        except databento_dbn.DBNError as exc:
-            raise SourceError(
-                f"{path}: no readable DBN metadata (legacy DBZ, a fragment, truncated or corrupt): {exc}"
-            ) from exc
-        except ValueError as exc:
-            raise SourceError(f"{path}: {exc}") from exc
-        except (OSError, zstandard.ZstdError) as exc:
-            raise SourceError(f"{path}: cannot be read: {exc}") from exc
-        meta = self._store.metadata
+        meta = self._metadata()
         self.version = int(meta.version)
-        if self.version not in _STRUCTS_BY_VERSION:
+        if self.version not in DBN_VERSIONS:
             raise SourceError(f"{path}: DBN version {self.version} is not supported")
         self.schema: str | None = _plain(meta.schema)
         self.dataset = str(meta.dataset or "")
@@ -133,26 +114,38 @@ class DbnFile:
         # The rtype of the metadata's schema: its records keep that schema (TBBO stays TBBO).
         self._own_rtype: int | None = None
         if self.schema is not None:
+            check_schema(self.schema)
             self._own_rtype = int(RType.from_schema(Schema(self.schema)).value)
             # The layout records have in this file's DBN version; read as is when it is v3's.
-            self._native = np.dtype(_STRUCTS_BY_VERSION[self.version][Schema(self.schema)]._dtypes)
-            check_schema(self.schema)
+            self._native = record_dtype(self.schema, self.version)
             self._decode = self.live or self._native != LAYOUT_OF_SCHEMA[self.schema].dtype
 
-    def _check_metadata_length(self) -> None:
-        """Read only the header before databento reads the metadata it declares."""
+    def _metadata(self) -> Metadata:
+        """The header and the metadata it declares, decoded by databento-dbn as the file has
+        them (not through the databento client, whose import costs an eighth of a second)."""
+        unreadable = f"{self.path}: no readable DBN metadata (legacy DBZ, a fragment, truncated or corrupt)"
         try:
-            with self._checked_stream() as reader:
-                header = _read_exact(reader, _HEADER.size)
-        except (zstandard.ZstdError, OSError):
-            return  # not zstd after all, or damaged: databento says which, below
-        if len(header) == _HEADER.size and header[:3] == b"DBN":
-            length = _HEADER.unpack(header)[2]
-            if length > MAX_METADATA_BYTES:
-                raise SourceError(
-                    f"{self.path}: corrupt: the header declares {length:,} bytes of metadata"
-                    f" (more than {MAX_METADATA_BYTES:,})"
-                )
+            stream = self._checked_stream()
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot be read: {exc}") from exc
+        with stream as reader:
+            header = self._read(reader, _HEADER.size)
+            if header[:3] == b"DBN" and len(header) == _HEADER.size:
+                length = _HEADER.unpack(header)[2]
+                if length > MAX_METADATA_BYTES:
+                    raise SourceError(
+                        f"{self.path}: corrupt: the header declares {length:,} bytes of metadata"
+                        f" (more than {MAX_METADATA_BYTES:,})"
+                    )
+                header += self._read(reader, length)
+            elif _SKIPPABLE_FRAME.match(header[:4]):
+                raise SourceError(f"{unreadable}: it begins with a zstd skippable frame, as DBZ files do")
+            elif not isinstance(reader, _CheckedZstd):
+                raise SourceError(f"{self.path}: not DBN data (neither a DBN nor a zstd header)")
+        try:
+            return Metadata.decode(header, upgrade_policy=VersionUpgradePolicy.AS_IS)
+        except (databento_dbn.DBNError, ValueError) as exc:
+            raise SourceError(f"{unreadable}: {exc}") from exc
 
     def batches(
         self, schema: str, batch_size: int, first: int = 0, count: int | None = None
@@ -254,7 +247,12 @@ class DbnFile:
 
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""
-        return self._store.reader
+        raw = self.path.open("rb")
+        if raw.read(4) != zstandard.FRAME_HEADER:
+            raw.seek(0)
+            return raw
+        raw.seek(0)
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
 
     def _checked_stream(self) -> IO[bytes]:
         """As ``_stream``, but a zstd file that ends inside a frame is an error, not the end.
