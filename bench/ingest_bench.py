@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import duckdb  # noqa: E402
+import pandas  # noqa: E402, F401  (pyarrow imports it at its first array: an import, not work)
 import pgpq  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402

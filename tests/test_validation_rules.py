@@ -287,6 +287,20 @@ def test_a_character_byte_that_is_no_text_is_quarantined_not_a_crash(validator: 
     assert post.rejections == []
 
 
+def test_a_check_that_reads_null_breaks_its_rule(tmp_path: Path) -> None:
+    """A check is kept only when TRUE: ``price > 0`` over an undefined (NULL) price breaks, in a
+    batch whose other rows hold (so the whole-batch count is what finds it)."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - {name: positive_price, stage: post, severity: error, check: 'price > 0',"
+        " message: no price, tables: [trades]}\n"
+    )
+    records = np.concatenate([record("trades"), record("trades", price=UNDEF_PRICE), record("trades")])
+    first, post = _checked(Validator(path, MODEL), "trades", records, "ESM4")
+    assert first.rejections == [] and [r.rule for r in post.rejections] == ["positive_price"]
+    assert post.keep.tolist() == [True, False, True]
+
+
 def test_an_edited_rule_explains_itself(tmp_path: Path) -> None:
     """A rule of the user's own: the message names the term that failed, not the others."""
     path = tmp_path / "rules.yaml"

