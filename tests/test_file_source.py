@@ -144,3 +144,29 @@ def test_bad_rules_stop_the_planning_of_the_inputs(tmp_path: Path) -> None:
         ingest(IngestRequest(from_file=str(tmp_path / "s")), settings)
     assert not [t for t in threading.enumerate() if t.name.startswith("marketpipe-plan")]
     assert not (tmp_path / "never.duckdb").exists()
+
+
+def test_inputs_are_read_ahead_of_the_plan_a_bounded_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each inspected input holds its metadata until planned: the source reads ahead of the plan
+    by ``AHEAD`` inputs, not the whole directory."""
+    for day in range(3):
+        make_sample(tmp_path / "s" / str(day))  # 6 files
+    inspected: list[str] = []
+    original = DbnFileSource._inspect
+
+    def counted(self: DbnFileSource, path: str) -> object:
+        inspected.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(DbnFileSource, "_inspect", counted)
+    source = DbnFileSource(str(tmp_path / "s"))
+    try:
+        for future in list(source._ahead):
+            future.result()
+        assert len(inspected) == DbnFileSource.AHEAD
+        plan = source.plan()
+        assert len(inspected) == 6 and len(plan.inputs) + len(plan.duplicates) == 6
+    finally:
+        source.close()
