@@ -155,7 +155,10 @@ def rebuild(record: str, dtype: np.dtype) -> bytes:
 
 
 class Validator:
-    """The rules of one file, checked against every table they name, ready to run."""
+    """The rules of one file, checked against every table they name, ready to run.
+
+    Queries go through ``execute``: DuckDB's relation API (``sql``) costs 0.4 ms more a query,
+    a fifth of checking a small batch."""
 
     def __init__(self, path: Path, model: Model) -> None:
         self.path = path
@@ -238,7 +241,7 @@ class Validator:
                     selects.append(f"(SELECT {checks} FROM {name})")
         try:
             if selects:
-                self._con.sql("SELECT count(*) FROM " + ", ".join(selects)).fetchall()
+                self._con.execute("SELECT count(*) FROM " + ", ".join(selects)).fetchall()
             return
         except (duckdb.Error, KeyError, IndexError, ValueError):
             pass
@@ -279,7 +282,7 @@ class Validator:
             f"coalesce(({r.check.format(**values)}), false) AS r{i}" for i, r in enumerate(rules)
         )
         with self._batch(table):
-            result = self._con.sql(f"SELECT {checks} FROM batch").fetchnumpy()
+            result = self._con.execute(f"SELECT {checks} FROM batch").fetchnumpy()
         return {r.name: np.asarray(result[f"r{i}"], dtype=bool) for i, r in enumerate(rules)}
 
     def _all_hold(
@@ -292,7 +295,7 @@ class Validator:
         values = _placeholders(family, schema, chunk)
         passes = " AND ".join(f"({r.check.format(**values)})" for r in rules)
         with self._batch(table):
-            [row] = self._con.sql(f"SELECT count(*) FROM batch WHERE {passes}").fetchall()
+            [row] = self._con.execute(f"SELECT count(*) FROM batch WHERE {passes}").fetchall()
         return bool(row[0] == table.num_rows)
 
     def check(
@@ -346,7 +349,7 @@ class Validator:
             '"' + c.replace('"', '""') + '"' for c in columns
         ]
         with self._batch(view.take(pa.array(rows))):
-            result = self._con.sql(f"SELECT {', '.join(selected)} FROM batch").fetchall()
+            result = self._con.execute(f"SELECT {', '.join(selected)} FROM batch").fetchall()
         details = []
         for values in result:
             seen = dict(zip(columns, values[len(terms) :], strict=True))
@@ -369,7 +372,7 @@ class Validator:
             terms = []
             for part in parts:
                 node["select_list"] = [part]
-                text = self._con.sql("SELECT json_deserialize_sql(?::JSON)", params=[json.dumps(tree)])
+                text = self._con.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)])
                 sql = _unwrapped(
                     str(text.fetchall()[0][0]).removeprefix("SELECT ").removesuffix(" FROM batch")
                 )
@@ -419,7 +422,7 @@ def _forbidden(expression: object) -> str | None:
 
 def _parsed(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
     """DuckDB's syntax tree of a query, as JSON."""
-    text = con.sql("SELECT json_serialize_sql(?)", params=[query]).fetchall()[0][0]
+    text = con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0]
     tree: dict[str, Any] = json.loads(text)
     return tree
 
