@@ -9,18 +9,29 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 import psycopg
+import pyarrow as pa
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.logs import configure
 from marketpipe.pipeline import ingest
 from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_file
+from marketpipe.sources.dbn_reader import DbnFile
+from marketpipe.stores import open_store
+from marketpipe.stores.base import Store
+from marketpipe.symbology import NS_PER_DAY
+from marketpipe.transform import to_table
+from marketpipe.types import Chunk, ChunkCounts
 from test_postgres import _statuses
 
+from dbn_reference import MODEL
 from pg import admin_url, fingerprint, fresh_database
+
+TRADES = MODEL.family_of("trades")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,3 +155,67 @@ def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path)
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert fingerprint(pg_url, "trades")[0] == 6 * 250_000
+
+
+def _day_of_trades(tmp_path: Path, count: int, seed: int) -> pa.Table:
+    path = write_trades_file(
+        tmp_path / f"trades-{seed}.dbn", synthetic_trades(count, dt.date(2024, 3, 4), seed=seed)
+    )
+    return pa.concat_tables(to_table(TRADES, "trades", raw) for raw in DbnFile(path).batches("trades", count))
+
+
+def _store_part(store: Store, chunk: Chunk, table: pa.Table) -> None:
+    with store.write_chunk(chunk, "run2", "test") as writer:
+        writer.write(table)
+        writer.commit(ChunkCounts(table.num_rows, table.num_rows, 0, 0.1))
+
+
+def test_two_writers_of_one_timescaledb_day_copy_at_once(timescale_url: str, tmp_path: Path) -> None:
+    """A transaction that creates a TimescaleDB chunk holds it locked until it ends; the day's
+    chunk, made ahead on a connection of its own, lets a second writer store its part of the day
+    while the first writer's transaction is still open (not after it)."""
+    first_rows, second_rows = _day_of_trades(tmp_path, 4_000, 1), _day_of_trades(tmp_path, 3_000, 2)
+    first, second = Chunk("test:first", "trades", "first"), Chunk("test:second", "trades", "second")
+    store = open_store(load_settings(db=timescale_url), MODEL)
+    other = store.another()
+    try:
+        store.ledger.plan_chunks([first, second], "test")
+        # The pool last: a failure rolls the first writer back before the pool waits for the second.
+        with ThreadPoolExecutor(1) as pool, store.write_chunk(first, "run1", "test") as writer:
+            writer.write(first_rows.slice(0, 2_000))
+            writer.write(first_rows.slice(2_000))  # the first half's COPY has run: the chunk is in use
+            pool.submit(_store_part, other, second, second_rows).result(timeout=20)
+            assert other.ledger.is_done(second) and not other.ledger.is_done(first)
+            writer.commit(ChunkCounts(4_000, 4_000, 0, 0.1))
+        assert fingerprint(timescale_url, "trades")[0] == 7_000
+        with psycopg.connect(timescale_url) as conn:
+            (chunks,) = conn.execute("SELECT count(*) FROM show_chunks('trades')").fetchone()  # type: ignore[misc]
+        assert chunks == 1
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_timescaledb_chunk_that_cannot_be_made_ahead_is_made_by_the_copy(
+    timescale_url: str, tmp_path: Path
+) -> None:
+    """Chunks laid out otherwise (here one made by hand across the day's boundary) make the
+    chunk made ahead collide: the COPY then places the rows itself, and nothing is lost."""
+    rows = _day_of_trades(tmp_path, 5_000, 3)
+    store = open_store(load_settings(db=timescale_url), MODEL)
+    try:
+        day = int(rows["ts_recv"].cast(pa.int64())[0].as_py()) // NS_PER_DAY * NS_PER_DAY
+        with psycopg.connect(timescale_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT FROM _timescaledb_functions.create_chunk('trades', %s::jsonb)",
+                (json.dumps({"ts_recv": [day + NS_PER_DAY // 2, day + 3 * NS_PER_DAY // 2]}),),
+            )
+        configure(tmp_path / "log.jsonl", "INFO")
+        chunk = Chunk("test:collides", "trades", "collides")
+        store.ledger.plan_chunks([chunk], "test")
+        _store_part(store, chunk, rows)
+        assert fingerprint(timescale_url, "trades")[0] == 5_000
+        events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+        assert "timescale.chunks_ahead_off" in events
+    finally:
+        store.close()

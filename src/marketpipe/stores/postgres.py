@@ -23,6 +23,7 @@ from typing import Any
 import pgpq
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
@@ -201,6 +202,7 @@ COPY_SLICE_ROWS = 16_384
 class _PgSink:
     def __init__(self, store: PostgresStore, family: Family, chunk_id: int) -> None:
         self._store = store
+        self._family = family
         self._chunk_id = chunk_id
         self._time_column = family.time_column
         self._background = sql.Background()
@@ -216,7 +218,11 @@ class _PgSink:
         # (instrument, time) order: what keeps the BRIN on (instrument_id, time) narrow; sorted
         # here, so the background thread starts streaming at once.
         rows = table.sort_by([("instrument_id", "ascending"), (self._time_column, "ascending")])
-        self._background.submit(self._copy_rows, copy_table(rows, self._chunk_id))
+        data = copy_table(rows, self._chunk_id)
+        if self._store.ahead is not None and data.num_rows:
+            times = pc.min_max(data[self._time_column])
+            self._store.ahead.make(self._family, times["min"].as_py(), times["max"].as_py())
+        self._background.submit(self._copy_rows, data)
 
     def _copy_rows(self, data: pa.Table) -> None:
         # Encoded and sent a slice at a time: the server parses each slice while the next is
@@ -264,6 +270,11 @@ class PostgresStore(sql.SqlStore):
         self.mode = self._inspect() if read_only else self._migrate(compress_after_days)
         with self.translated("schema check"):
             self.check_model()
+        self.ahead = (
+            timescale.ChunksAhead(url, CONNECT_OPTIONS)
+            if self.mode == "timescaledb" and not read_only
+            else None
+        )
 
     # Connection and schema.
     def _connect(self) -> psycopg.Connection[Any]:
@@ -292,7 +303,10 @@ class PostgresStore(sql.SqlStore):
         self.conn = self._connect()
 
     def close(self) -> None:
+        """A writer thread's store shares the chunks made ahead (a later use reconnects)."""
         self.conn.close()
+        if self.ahead is not None:
+            self.ahead.close()
 
     def _migrate(self, compress_after_days: int | None) -> str:
         with self.translated("schema migration"), self.conn.transaction():
