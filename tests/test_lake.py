@@ -344,17 +344,26 @@ def test_files_of_a_commit_that_failed_stay_until_the_chunk_is_written_again(
     assert _read(f"lake:{lake}").num_rows == 3_000
 
 
-def test_one_process_with_a_postgresql_ledger_writes_two_chunks_at_once(
-    cli, pg_url: str, tmp_path: Path
+def test_one_process_writes_two_chunks_at_once_with_either_ledger(
+    cli, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """A PostgreSQL ledger takes concurrent writers: one process runs MARKETPIPE_WRITERS lanes,
-    each with a ledger connection of its own; the export equals a DuckDB ledger's lake."""
+    """Either ledger takes writer threads: one process runs MARKETPIPE_WRITERS lanes, each with a
+    ledger connection of its own (PostgreSQL: a connection; DuckDB: a connection to the file
+    the process has open); the exports equal one writer's lake."""
     write_trade_days(tmp_path / "d", 4, 5_000)
-    lake, single = tmp_path / "lake", tmp_path / "single"
-    result = cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}", "--ledger", pg_url)
-    assert result.exit_code == 0, result.output
-    lines = (tmp_path / "logs" / "marketpipe.jsonl").read_text().splitlines()
-    assert {json.loads(line).get("lane") for line in lines if '"chunk.start"' in line} == {1, 2}
-    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{single}").exit_code == 0
-    with marketpipe.open(f"lake:{lake}", pg_url) as reader:
-        assert reader.read("trades").equals(_read(f"lake:{single}"))
+    single = tmp_path / "single"
+    with monkeypatch.context() as one_writer:
+        one_writer.setenv("MARKETPIPE_WRITERS", "1")
+        assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{single}").exit_code == 0
+    expected = _read(f"lake:{single}")
+    for name, ledger in (("postgresql", pg_url), ("duckdb", None)):
+        lake = tmp_path / name
+        log = tmp_path / "logs" / "marketpipe.jsonl"
+        log.unlink(missing_ok=True)
+        extra = ["--ledger", ledger] if ledger else []
+        result = cli("ingest", "--from-file", str(tmp_path / "d"), "--db", f"lake:{lake}", *extra)
+        assert result.exit_code == 0, result.output
+        lines = log.read_text().splitlines()
+        assert {json.loads(line).get("lane") for line in lines if '"chunk.start"' in line} == {1, 2}, name
+        with marketpipe.open(f"lake:{lake}", ledger) as reader:
+            assert reader.read("trades").equals(expected), name

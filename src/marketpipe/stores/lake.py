@@ -287,11 +287,9 @@ class LakeStore:
         self.model = model
         self._memory_limit = memory_limit
         # Processes write files side by side; the ledger orders their chunks where it is a
-        # server (a DuckDB ledger has one writer process).
+        # server (a DuckDB ledger has one writer process, its threads each a connection).
         server = not isinstance(ledger, DuckDBLedger)
-        self.capabilities = Capabilities(
-            atomic_chunks=True, concurrent_writers=server, threaded_writers=server
-        )
+        self.capabilities = Capabilities(atomic_chunks=True, concurrent_writers=server, threaded_writers=True)
 
     def full(self, path: str) -> str:
         """A path under the root, as the lake's filesystem names it."""
@@ -390,7 +388,8 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
         return PostgresStore(
             location, settings.db_retries, settings.db_retry_wait, read_only=read_only, model=Model({})
         )
-    return DuckDBLedger(location, settings.duckdb_memory_limit, read_only)
+    # A store of no tables: a ledger that gives writer threads a connection each.
+    return DuckDBStore(location, settings.duckdb_memory_limit, read_only, model=Model({}))
 
 
 def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> None:
