@@ -20,6 +20,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -245,14 +246,18 @@ class DbnFile:
             raise SourceError(f"{self.path}: corrupt: record type {rtype} belongs to no Databento schema")
         return schema
 
+    @cached_property
+    def _compressed(self) -> bool:
+        """Whether the file is zstd (its first frame's magic), read once per file."""
+        with self.path.open("rb") as raw:
+            return raw.read(4) == zstandard.FRAME_HEADER
+
     def _stream(self) -> IO[bytes]:
         """The decompressed stream from byte 0; closing it closes the file (one pass per open)."""
-        raw = self.path.open("rb")
-        if raw.read(4) != zstandard.FRAME_HEADER:
-            raw.seek(0)
-            return raw
-        raw.seek(0)
-        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+        if not self._compressed:
+            return self.path.open("rb")
+        decompressor = zstandard.ZstdDecompressor()
+        return cast(IO[bytes], decompressor.stream_reader(self.path.open("rb"), read_across_frames=True))
 
     def _checked_stream(self) -> IO[bytes]:
         """As ``_stream``, but a zstd file that ends inside a frame is an error, not the end.
@@ -260,9 +265,7 @@ class DbnFile:
         python-zstandard's stream reader ends quietly at a cut frame, so a truncated .dbn.zst
         would read as fewer records: when the cut falls on a record boundary, nothing else tells.
         """
-        with self.path.open("rb") as raw:
-            compressed = raw.read(4) == zstandard.FRAME_HEADER
-        return cast(IO[bytes], _CheckedZstd(self.path)) if compressed else self.path.open("rb")
+        return cast(IO[bytes], _CheckedZstd(self.path)) if self._compressed else self.path.open("rb")
 
     def _skip_metadata(self, reader: IO[bytes]) -> bytes:
         header = self._read(reader, _HEADER.size)
