@@ -47,7 +47,6 @@ import pyarrow as pa  # noqa: E402
 
 from marketpipe.config import DUCKDB_MEMORY_LIMIT, IngestRequest, Settings, load_settings  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
-from marketpipe.model import TRANSFORMATION_FILE  # noqa: E402
 from marketpipe.pipeline import ingest  # noqa: E402
 from marketpipe.rules.transformation import load_model  # noqa: E402
 from marketpipe.samples import metadata_bytes, synthetic_trades  # noqa: E402
@@ -58,7 +57,7 @@ from marketpipe.stores.duckdb import DuckDBStore  # noqa: E402
 from marketpipe.stores.postgres import copy_table  # noqa: E402
 from marketpipe.transform import to_table  # noqa: E402
 
-MODEL = load_model(TRANSFORMATION_FILE)
+MODEL = load_model()
 
 BLOCK = 1_000_000
 

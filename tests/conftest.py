@@ -76,9 +76,6 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MARKETPIPE_DB", str(tmp_path / "store.duckdb"))
     monkeypatch.setenv("MARKETPIPE_LOG_FILE", str(tmp_path / "logs" / "marketpipe.jsonl"))
-    monkeypatch.setenv(
-        "MARKETPIPE_JOBS_FILE", str(Path(__file__).resolve().parents[1] / "configs" / "databento.yaml")
-    )
     yield
 
 

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import zstandard
 from databento.common.constants import SCHEMA_STRUCT_MAP
 
-from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, TRANSFORMATION_FILE, Column, Family, Kind
+from marketpipe.model import PRICE_TYPE, TIMESTAMP_TYPE, Column, Family, Kind
 from marketpipe.rules.transformation import load_model
 from marketpipe.symbology import NS_PER_DAY
 
 # The shipped transformation file, compiled once for the whole test session.
-MODEL = load_model(TRANSFORMATION_FILE)
+MODEL = load_model()
 UNDEF_PRICE = databento_dbn.UNDEF_PRICE
 UNDEF_TIMESTAMP = databento_dbn.UNDEF_TIMESTAMP
 

@@ -124,7 +124,7 @@ def test_fill_gaps_fetches_only_the_gaps_then_coverage_is_complete(
     assert filled.exit_code == 0 and _fetched(api) == ["2024-01-03", "2024-01-05"]
     store = open_store(settings, MODEL, read_only=True)
     try:
-        report = coverage(store, load_calendars(Path("configs/calendars.yaml")), "trades")
+        report = coverage(store, load_calendars(None), "trades")
     finally:
         store.close()
     assert report.sessions == DAYS and report.gaps() == []
@@ -153,7 +153,7 @@ def test_fill_gaps_is_refused_with_files(cli, tmp_path: Path) -> None:  # type: 
 def test_calendars_file_maps_datasets_to_known_calendars() -> None:
     import exchange_calendars
 
-    calendars = load_calendars(Path("configs/calendars.yaml"))
+    calendars = load_calendars(None)
     assert calendars["GLBX.MDP3"] == "CMES"
     assert set(calendars.values()) <= set(exchange_calendars.get_calendar_names())
     assert np.all([isinstance(k, str) for k in calendars])

@@ -11,12 +11,12 @@ import duckdb
 import pytest
 import yaml
 
+from marketpipe.config import TRANSFORMATION_FILE, packaged
 from marketpipe.errors import ConfigError
-from marketpipe.model import TRANSFORMATION_FILE
 from marketpipe.rules.transformation import load_transformations
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 
-SHIPPED = Path(__file__).resolve().parents[1] / TRANSFORMATION_FILE
+SHIPPED = packaged(TRANSFORMATION_FILE)
 
 
 def _shipped() -> dict:  # type: ignore[type-arg]

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from marketpipe.config import VALIDATION_FILE, packaged
 from marketpipe.errors import ConfigError
 from marketpipe.rules.validation import Validator, Verdict, rebuild
 from marketpipe.transform import to_table
@@ -17,7 +18,7 @@ from marketpipe.types import Chunk, RawBatch
 
 from dbn_reference import MODEL
 
-RULES = Path(__file__).resolve().parents[1] / "configs" / "validation" / "databento.yaml"
+RULES = packaged(VALIDATION_FILE)
 T0 = 1_709_510_400_000_000_000  # 2024-03-04
 UNDEF_TS = 2**64 - 1
 UNDEF_PRICE = 2**63 - 1

@@ -2,7 +2,8 @@
 
 Only Typer and the standard library are imported here, so ``--help`` and ``version`` start
 fast; a command's body imports the pipeline, Arrow and the drivers when it runs. User errors
-print one line, never a traceback.
+print one line, never a traceback. Help is Click's plain text (Typer's Rich panels cut long
+option names at 80 columns), which wraps at the terminal's width.
 """
 
 from __future__ import annotations
@@ -13,38 +14,130 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
+from marketpipe import defaults
 from marketpipe.errors import MarketpipeError
 from marketpipe.version import __version__
 
+if TYPE_CHECKING:
+    # Typer ships its own copy of Click (0.2x); its types, for the overrides below.
+    from typer._click import Context, HelpFormatter
+
+LOG_LEVEL_VARIABLE = "MARKETPIPE_LOG_LEVEL"
+
+
+class Command(TyperCommand):
+    """A command that also takes its options spelled with underscores (``--start_date``), as
+    older orchestration docs and habits type them; the help shows the dashed names only."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        names = {name for param in self.params for name in param.opts if name.startswith("--")}
+        spelled = []
+        for arg in args:
+            name, equals, value = arg.partition("=")
+            dashed = name.replace("_", "-")
+            if name.startswith("--") and "_" in name and dashed in names:
+                arg = dashed + equals + value
+            spelled.append(arg)
+        return super().parse_args(ctx, spelled)
+
+
+class SchemaCommand(Command):
+    """A command taking schemas: its help ends with the schemas there are (imported only when
+    the help is shown: the model loads databento-dbn and numpy)."""
+
+    def format_epilog(self, ctx: Context, formatter: HelpFormatter) -> None:
+        from marketpipe.model import SCHEMAS
+
+        with formatter.section("Schemas"):
+            formatter.write_text(", ".join(SCHEMAS))
+        super().format_epilog(ctx, formatter)
+
+
 app = typer.Typer(
-    add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="Databento market data (DBN files, Historical API) into exact, queryable tables.",
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 T = TypeVar("T")
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="DuckDB file, postgresql:// URL or lake:DIR (Parquet) (env MARKETPIPE_DB)"),
+    typer.Option(
+        "--db",
+        help="DuckDB file, postgresql:// URL or lake:DIR (Parquet) [env MARKETPIPE_DB]",
+        show_default=defaults.DB,
+    ),
 ]
 LedgerOption = Annotated[
     str | None,
     typer.Option(
         "--ledger",
-        help="A lake's ledger: DuckDB file or postgresql:// URL (default DIR/_marketpipe/ledger.duckdb)"
-        " (env MARKETPIPE_LEDGER)",
+        help="A lake's ledger: DuckDB file or postgresql:// URL [env MARKETPIPE_LEDGER]",
+        show_default="DIR/_marketpipe/ledger.duckdb",
     ),
 ]
 SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols")]
-StartOption = Annotated[str | None, typer.Option("--start-date", help="First day, YYYY-MM-DD (inclusive)")]
-EndOption = Annotated[str | None, typer.Option("--end-date", help="Last day, YYYY-MM-DD (inclusive)")]
+StartOption = Annotated[
+    str | None, typer.Option("--start-date", help=f"First day, inclusive: {defaults.DAY_FORMS}")
+]
+EndOption = Annotated[
+    str | None, typer.Option("--end-date", help=f"Last day, inclusive: {defaults.DAY_FORMS}")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for monitoring")]
+ForceOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it is an existing file")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"marketpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Console logs: none, only errors' one line [CRITICAL]")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Console logs: every stage's start and end [INFO]")
+    ] = False,
+) -> None:
+    """Databento market data (DBN files, Historical API) into exact, queryable tables.
+
+    Settings come from flags, then MARKETPIPE_* environment variables, then .env, then a
+    project's configs/ in the working directory (marketpipe init), then the defaults.
+    """
+    if quiet and verbose:
+        raise typer.BadParameter("give one of them", param_hint="--quiet / --verbose")
+    if quiet or verbose:
+        _console_level(ctx, "CRITICAL" if quiet else "INFO")
+
+
+def _console_level(ctx: typer.Context, level: str) -> None:
+    """--quiet/--verbose as MARKETPIPE_LOG_LEVEL while the command runs (a flag outranks the
+    environment; a cluster's local workers inherit it), as it was once the command ends."""
+    before = os.environ.get(LOG_LEVEL_VARIABLE)
+    os.environ[LOG_LEVEL_VARIABLE] = level
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(LOG_LEVEL_VARIABLE, None)
+        else:
+            os.environ[LOG_LEVEL_VARIABLE] = before
+
+    ctx.call_on_close(restore)
 
 
 def _commands() -> ModuleType:
@@ -80,31 +173,57 @@ def _guarded(action: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(cls=SchemaCommand)
 def ingest(
-    api: Annotated[str, typer.Option(help="Source api type")] = "databento",
-    from_file: Annotated[str | None, typer.Option("--from-file", help="DBN file, directory or glob")] = None,
-    job: Annotated[str | None, typer.Option(help="Run a job from the jobs file")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Databento dataset, e.g. GLBX.MDP3")] = None,
-    schema: Annotated[str | None, typer.Option(help="Comma-separated schemas")] = None,
+    api: Annotated[str, typer.Option("--api", help="Source api type")] = "databento",
+    from_file: Annotated[
+        str | None, typer.Option("--from-file", help="DBN file, directory, glob or fsspec URL")
+    ] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Run a job from the jobs file")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Databento dataset, e.g. GLBX.MDP3")
+    ] = None,
+    schema: Annotated[
+        str | None, typer.Option("--schema", help="Comma-separated schemas (listed below)")
+    ] = None,
     symbols: SymbolsOption = None,
-    stype_in: Annotated[str | None, typer.Option("--stype-in", help="Symbology of --symbols")] = None,
+    stype_in: Annotated[
+        str | None,
+        typer.Option(
+            "--stype-in",
+            help=f"Symbology of --symbols: {', '.join(defaults.STYPES)}",
+            show_default=defaults.STYPE_IN,
+        ),
+    ] = None,
     start_date: StartOption = None,
     end_date: EndOption = None,
     db: DbOption = None,
     ledger: LedgerOption = None,
-    force: Annotated[bool, typer.Option(help="Re-ingest chunks already done")] = False,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Records per batch")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-ingest chunks already done")] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="Records per batch", show_default=str(defaults.BATCH_SIZE)),
+    ] = None,
     max_quarantine_ratio: Annotated[
         float | None,
         typer.Option(
-            "--max-quarantine-ratio", help="Fail a chunk with a larger share of quarantined records"
+            "--max-quarantine-ratio",
+            help="Fail a chunk with a larger share of quarantined records",
+            show_default=str(defaults.MAX_QUARANTINE_RATIO),
         ),
     ] = None,
     gateway: Annotated[
-        str | None, typer.Option(help="Databento API gateway URL (DATABENTO_GATEWAY), e.g. a proxy")
+        str | None,
+        typer.Option(
+            "--gateway",
+            help="Databento API gateway URL, e.g. a proxy [env DATABENTO_GATEWAY]",
+            show_default="https://hist.databento.com",
+        ),
     ] = None,
-    chunk_days: Annotated[int | None, typer.Option("--chunk-days", help="Days per API download")] = None,
+    chunk_days: Annotated[
+        int | None,
+        typer.Option("--chunk-days", help="Days per API download", show_default=str(defaults.CHUNK_DAYS)),
+    ] = None,
     keep_raw: Annotated[
         Path | None, typer.Option("--keep-raw", help="Keep the downloaded DBN files in this directory")
     ] = None,
@@ -124,7 +243,11 @@ def ingest(
     ] = None,
     max_concurrent_downloads: Annotated[
         int | None,
-        typer.Option("--max-concurrent-downloads", help="API downloads at once on a cluster"),
+        typer.Option(
+            "--max-concurrent-downloads",
+            help="API downloads at once on a cluster",
+            show_default=str(defaults.MAX_CONCURRENT_DOWNLOADS),
+        ),
     ] = None,
     cluster: Annotated[
         str | None,
@@ -133,13 +256,17 @@ def ingest(
         ),
     ] = None,
 ) -> None:
-    """Ingest DBN files or API data through every pipeline stage into the store."""
+    """Ingest DBN files or Databento API data into the store.
+
+    Every record goes through every stage: read, initial validation, transformation,
+    post-transformation validation, store. Chunks done before are skipped (--force redoes
+    them); a record that breaks a rule is quarantined and the run goes on."""
     flags = dict(locals())
     code = _guarded(lambda: _commands().ingest(**flags))
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command)
 def query(
     statement: Annotated[
         str, typer.Argument(help="SQL to run read-only, e.g. 'SELECT count(*) FROM trades'")
@@ -147,88 +274,116 @@ def query(
     db: DbOption = None,
     ledger: LedgerOption = None,
     format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
-    out: Annotated[Path | None, typer.Option(help="Write to this file (needed for parquet)")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it is an existing file")] = False,
-    limit: Annotated[int, typer.Option(help="Rows shown by --format table")] = 50,
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (needed for parquet)")] = None,
+    overwrite: ForceOverwrite = False,
+    limit: Annotated[int, typer.Option("--limit", help="Rows shown by --format table")] = 50,
 ) -> None:
-    """Run your own read-only SQL against the store (the <table>_v views included)."""
+    """Run your own read-only SQL against the store.
+
+    The <table>_v views add readable *_time columns."""
     _guarded(lambda: _commands().query(statement, db, ledger, format, out, overwrite, limit))
 
 
-@app.command()
+@app.command(cls=SchemaCommand)
 def export(
-    schema: Annotated[str, typer.Option(help="Schema to export, e.g. trades")],
-    out: Annotated[Path, typer.Option(help="Output file")],
+    schema: Annotated[str, typer.Option("--schema", help="Schema to export, e.g. trades")],
+    out: Annotated[Path, typer.Option("--out", help="Output file")],
     format: Annotated[str, typer.Option("--format", help="parquet or csv")] = "parquet",
     db: DbOption = None,
     ledger: LedgerOption = None,
     symbols: SymbolsOption = None,
     start_date: StartOption = None,
     end_date: EndOption = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it is an existing file")] = False,
+    overwrite: ForceOverwrite = False,
 ) -> None:
-    """Write stored records of one schema to Parquet or CSV, exactly."""
+    """Write one schema's records to Parquet or CSV, exactly."""
     _guarded(
         lambda: _commands().export(schema, out, format, db, ledger, symbols, start_date, end_date, overwrite)
     )
 
 
-@app.command("list-jobs")
+@app.command("list-jobs", cls=Command)
 def list_jobs() -> None:
-    """Show the jobs defined in the jobs file (configs/databento.yaml)."""
+    """Show the jobs of the jobs file.
+
+    The project's configs/databento.yaml (marketpipe init), MARKETPIPE_JOBS_FILE, or the
+    default that ships with marketpipe."""
     _guarded(lambda: _commands().list_jobs())
 
 
-@app.command("coverage")
+@app.command("coverage", cls=SchemaCommand)
 def coverage_command(
-    schema: Annotated[str, typer.Option(help="Schema, e.g. trades")],
+    schema: Annotated[str, typer.Option("--schema", help="Schema, e.g. trades")],
     db: DbOption = None,
     ledger: LedgerOption = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset, when the schema comes from several")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset, when the schema comes from several")
+    ] = None,
     symbols: SymbolsOption = None,
     start_date: Annotated[
-        str | None, typer.Option("--start-date", help="First day (default: first requested)")
+        str | None,
+        typer.Option("--start-date", help=f"First day (default: first requested): {defaults.DAY_FORMS}"),
     ] = None,
     end_date: Annotated[
-        str | None, typer.Option("--end-date", help="Last day (default: last requested)")
+        str | None,
+        typer.Option("--end-date", help=f"Last day (default: last requested): {defaults.DAY_FORMS}"),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Stored rows and chunk states per symbol and session, against the exchange calendar."""
+    """Stored rows and chunk states per symbol and session.
+
+    Sessions are the exchange calendar's trading days (configs/calendars.yaml)."""
     _guarded(
         lambda: _commands().coverage(schema, db, ledger, dataset, symbols, start_date, end_date, as_json)
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def status(db: DbOption = None, ledger: LedgerOption = None, as_json: JsonOption = False) -> None:
-    """What is stored: tables, row counts, time ranges, chunks and last runs."""
+    """What is stored: tables, rows, time ranges, chunks, runs."""
     _guarded(lambda: _commands().status(db, ledger, as_json))
 
 
-@app.command("quarantine")
+@app.command("quarantine", cls=SchemaCommand)
 def quarantine_command(
     db: DbOption = None,
     ledger: LedgerOption = None,
-    run: Annotated[str | None, typer.Option(help="Only this run id")] = None,
-    schema: Annotated[str | None, typer.Option(help="Only this schema")] = None,
-    rule: Annotated[str | None, typer.Option(help="Only this rule")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many records")] = 50,
-    show: Annotated[int | None, typer.Option(help="Print record N of the listing in full")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only this run id")] = None,
+    schema: Annotated[str | None, typer.Option("--schema", help="Only this schema")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="Only this rule")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many records")] = 50,
+    show: Annotated[int | None, typer.Option("--show", help="Print record N of the listing in full")] = None,
 ) -> None:
-    """List quarantined records (by run, schema, rule), or show one in full."""
+    """List quarantined records (by run, schema, rule), or one."""
     _guarded(lambda: _commands().quarantine(db, ledger, run, schema, rule, limit, show))
 
 
-@app.command("make-sample")
+@app.command("make-sample", cls=Command)
 def make_sample_command(
-    out: Annotated[Path, typer.Option(help="Directory for the sample DBN files")] = Path("data/sample"),
+    out: Annotated[Path, typer.Option("--out", help="Directory for the sample DBN files")] = Path(
+        "data/sample"
+    ),
 ) -> None:
-    """Write a small DBN sample (CL and ES, 2024 Q1: daily bars and trades) for a first run."""
+    """Write a small DBN sample for a first run.
+
+    CL and ES futures, 2024 Q1: daily bars and trades (the `sample` job ingests it)."""
     _guarded(lambda: _commands().make_sample(out))
 
 
-@app.command()
+@app.command(cls=Command)
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="The project's directory (made if missing)", show_default=".")
+    ] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Replace the project files that exist")] = False,
+) -> None:
+    """Write a project to edit: configs, .env.example, README.
+
+    Commands run in the project's directory read its configs/ instead of the defaults."""
+    _guarded(lambda: _commands().init(directory, force))
+
+
+@app.command(cls=Command)
 def version() -> None:
     """Print the marketpipe version."""
     typer.echo(f"marketpipe {__version__}")

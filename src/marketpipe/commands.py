@@ -16,10 +16,12 @@ import pyarrow as pa
 
 from marketpipe import console
 from marketpipe.config import (
+    JOBS_FILE,
     LAKE_PREFIX,
     LAST,
     IngestRequest,
     Settings,
+    config_file,
     load_calendars,
     load_jobs,
     load_settings,
@@ -27,6 +29,7 @@ from marketpipe.config import (
     parse_day,
     resolve_day,
     utc_today,
+    write_project,
 )
 from marketpipe.coverage import coverage as coverage_report
 from marketpipe.errors import UsageError
@@ -186,16 +189,17 @@ _RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days", "fill_gaps")
 
 def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
     if job is not None:
-        jobs = load_jobs(settings.jobs_file)
+        jobs_file = config_file(settings.jobs_file, JOBS_FILE)
+        jobs = load_jobs(jobs_file)
         if job not in jobs:
             known = ", ".join(jobs) or "none"
-            raise UsageError(f"unknown job {job!r} in {settings.jobs_file}; known jobs: {known}")
+            raise UsageError(f"unknown job {job!r} in {jobs_file}; known jobs: {known}")
         # Run options given with --job apply to it; what to fetch comes from the job alone.
         given = {k: v for k, v in flags.items() if v is not None and k != "api"}
         selectors = [k for k in given if k not in _RUN_OPTIONS]
         if selectors:
             flag = "--schema" if selectors[0] == "schemas" else "--" + selectors[0].replace("_", "-")
-            raise UsageError(f"--job {job} takes what to ingest from {settings.jobs_file}; drop {flag}")
+            raise UsageError(f"--job {job} takes what to ingest from {jobs_file}; drop {flag}")
         options = {k: v for k, v in given.items() if k in _RUN_OPTIONS}
         return make_request(**{**jobs[job].model_dump(exclude_unset=True), **options})
     request = make_request(**flags)
@@ -297,8 +301,8 @@ def export(
 
 
 def list_jobs() -> None:
-    settings = _settings()
-    console.render_jobs(load_jobs(settings.jobs_file))
+    jobs_file = config_file(_settings().jobs_file, JOBS_FILE)
+    console.render_jobs(load_jobs(jobs_file), jobs_file)
 
 
 def coverage(
@@ -378,3 +382,10 @@ def make_sample(out: Path) -> None:
         raise UsageError(f"cannot write the sample to {out}: {exc.strerror or exc}") from None
     for path in paths:
         console.out.print(f"wrote {path}")
+
+
+def init(directory: Path, force: bool) -> None:
+    _settings()  # logging as every command has it
+    for path in write_project(directory, force):
+        console.out.print(f"wrote {path}")
+    console.out.print(f"a project in {directory}: every marketpipe command run there reads its configs/")

@@ -1,12 +1,20 @@
-"""Settings (env and .env, via pydantic-settings) and ingest jobs (YAML, via pydantic)."""
+"""Settings (env and .env, via pydantic-settings) and ingest jobs (YAML, via pydantic).
+
+Settings are found, first match wins: command-line flags, ``MARKETPIPE_*`` environment
+variables, a ``.env`` file in the working directory, a project's config files (``configs/...``
+in the working directory, as ``marketpipe init`` writes them), and the defaults that ship
+inside the package (``marketpipe/configs/``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import yaml
 from pydantic import (
     BaseModel,
@@ -20,16 +28,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from marketpipe import defaults
+from marketpipe.defaults import DAY_FORMS, STYPES
 from marketpipe.errors import ConfigError, UsageError
-from marketpipe.model import SCHEMAS, TRANSFORMATION_FILE
+from marketpipe.model import SCHEMAS
 
-STYPES = ("raw_symbol", "instrument_id", "parent", "continuous", "smart")
-
-# Days a daily job can name without editing its file: today, yesterday, N days ago (UTC), and
-# for the start, ``last``: the day after the last day the job has fully stored.
+# Days a daily job can name without editing its file (DAY_FORMS).
 LAST = "last"
 _RELATIVE = re.compile(r"today|yesterday|last|-(\d{1,5})d")
-DAY_FORMS = "YYYY-MM-DD, today, yesterday, -Nd or last"
 
 
 def parse_day(value: str | dt.date) -> dt.date | str:
@@ -64,6 +70,59 @@ def resolve_day(day: dt.date | str, today: dt.date) -> dt.date:
     return today - dt.timedelta(days=int(match.group(1)))
 
 
+# The config files a project may hold, by their path relative to the project directory (the
+# working directory); the package ships a default of each at the same path below it.
+JOBS_FILE = "configs/databento.yaml"
+TRANSFORMATION_FILE = "configs/transformations/databento.yaml"
+VALIDATION_FILE = "configs/validation/databento.yaml"
+CALENDARS_FILE = "configs/calendars.yaml"
+PROJECT_FILES = {
+    "jobs_file": JOBS_FILE,
+    "transformation_file": TRANSFORMATION_FILE,
+    "validation_file": VALIDATION_FILE,
+    "calendars_file": CALENDARS_FILE,
+}
+
+
+def packaged(name: str) -> Path:
+    """A file shipped inside the package, by its path relative to the package (its defaults:
+    ``configs/...``; the project template: ``project/...``)."""
+    return Path(str(resources.files("marketpipe").joinpath(name)))
+
+
+def config_file(path: Path | None, name: str) -> Path:
+    """The config file to read: ``path`` where settings name one (a flag, the environment,
+    ``.env`` or the project: see ``Settings``), else the packaged default ``name``."""
+    return packaged(name) if path is None else path
+
+
+PROJECT_TEMPLATE = ("README.md", ".env.example")
+
+
+def write_project(directory: Path, force: bool = False) -> list[Path]:
+    """A project a user edits (``marketpipe init``): the packaged config files, each at its
+    project path, and the template's README and ``.env.example``. Nothing is written where
+    any of these files exists already, unless ``force`` (then they are replaced)."""
+    files = {directory / name: packaged(name) for name in PROJECT_FILES.values()}
+    files |= {directory / name: packaged(f"project/{name}") for name in PROJECT_TEMPLATE}
+    existing = [path for path in files if path.exists()]
+    if existing and not force:
+        raise UsageError(f"{existing[0]} exists: nothing written (--force replaces the project's files)")
+    try:
+        for target, source in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot write the project in {directory}: {exc.strerror or exc}") from None
+    return list(files)
+
+
+def default_log_file() -> Path:
+    """The per-user log file (platformdirs: ``~/.local/state/marketpipe/log`` on Linux), so
+    that no command leaves a file in the directory it runs in."""
+    return platformdirs.user_log_path("marketpipe", appauthor=False) / "marketpipe.jsonl"
+
+
 DUCKDB_MEMORY_LIMIT = "128MB"
 LAKE_PREFIX = "lake:"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -74,19 +133,21 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MARKETPIPE_", env_file=".env", extra="ignore")
 
-    db: str = "data/marketpipe.duckdb"
+    db: str = defaults.DB
     # A lake's ledger (chunks, runs, quarantine, the lake's file list): a DuckDB file or a
     # PostgreSQL URL; a lake on a local disk keeps a DuckDB one in DIR/_marketpipe/ by default.
     ledger: str | None = None
-    log_level: str = "ERROR"
-    log_file: Path = Path("logs/marketpipe.jsonl")
-    batch_size: int = Field(250_000, gt=0)
-    jobs_file: Path = Path("configs/databento.yaml")
-    validation_file: Path = Path("configs/validation/databento.yaml")
-    calendars_file: Path = Path("configs/calendars.yaml")
-    transformation_file: Path = TRANSFORMATION_FILE
+    log_level: str = defaults.LOG_LEVEL
+    log_file: Path = Field(default_factory=default_log_file)
+    batch_size: int = Field(defaults.BATCH_SIZE, gt=0)
+    # Config files: None reads the packaged default (``config_file``); a relative path is
+    # relative to the working directory.
+    jobs_file: Path | None = None
+    validation_file: Path | None = None
+    calendars_file: Path | None = None
+    transformation_file: Path | None = None
     # A chunk whose share of quarantined records is above this fails: nothing of it is stored.
-    max_quarantine_ratio: float = Field(0.05, ge=0, le=1)
+    max_quarantine_ratio: float = Field(defaults.MAX_QUARANTINE_RATIO, ge=0, le=1)
     # PostgreSQL faults: attempts per connect and per chunk, first back-off in seconds.
     db_retries: int = Field(5, ge=1)
     db_retry_wait: float = Field(0.5, ge=0)
@@ -97,7 +158,7 @@ class Settings(BaseSettings):
     # Cluster runs: API downloads at once across every worker. Databento allows a team 100
     # concurrent connections and 100 time-series requests a second (Historical API, "Rate
     # limits"); half leaves room for the metadata calls and for other tools of the same team.
-    max_concurrent_downloads: int = Field(50, ge=1, le=100)
+    max_concurrent_downloads: int = Field(defaults.MAX_CONCURRENT_DOWNLOADS, ge=1, le=100)
     # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it).
     # Its buffer pool fills up to the cap: 256MB made an ingest's peak RSS grow from 449 MB
     # (2M trades) to 612 MB (20M); 128MB keeps it at 409-488 MB, and a 20M-row export still
@@ -134,6 +195,15 @@ class Settings(BaseSettings):
     def _ledger_location(cls, value: str | None) -> str | None:
         return None if value is None else _database(value, "a DuckDB file path or a postgresql:// URL")
 
+    @model_validator(mode="after")
+    def _project_files(self) -> Settings:
+        """A config file not named by any setting comes from the project in the working
+        directory where it has one, made absolute (a cluster worker may run elsewhere)."""
+        for field, name in PROJECT_FILES.items():
+            if getattr(self, field) is None and Path(name).is_file():
+                setattr(self, field, Path(name).absolute())
+        return self
+
 
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().absolute())
@@ -149,16 +219,6 @@ def _database(value: str, wanted: str) -> str:
     if not value.strip() or value.startswith(":memory:"):
         raise ValueError(f"{value!r} keeps nothing: give {wanted}")
     return _absolute(value)
-
-
-CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def config_file(path: Path) -> Path:
-    """A relative config path from the working directory, else from the marketpipe checkout."""
-    if path.is_absolute() or path.exists() or not (CHECKOUT / path).exists():
-        return path
-    return CHECKOUT / path
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -187,7 +247,7 @@ class IngestRequest(BaseModel):
     dataset: str | None = None
     schemas: list[str] = Field(default_factory=list)
     symbols: list[str] = Field(default_factory=list)
-    stype_in: str = "raw_symbol"
+    stype_in: str = defaults.STYPE_IN
     # A date, or a relative day (DAY_FORMS) that ``resolve_day`` turns into one at run time.
     start_date: dt.date | str | None = None
     end_date: dt.date | str | None = None
@@ -197,7 +257,7 @@ class IngestRequest(BaseModel):
     fill_gaps: bool = False
     gap_days: dict[str, list[dt.date]] | None = None
     # API downloads: days per chunk, where to keep the downloaded DBN files, cost ceiling (USD).
-    chunk_days: int = Field(1, ge=1)
+    chunk_days: int = Field(defaults.CHUNK_DAYS, ge=1)
     keep_raw: Path | None = None
     max_cost: float | None = Field(None, ge=0)
 
@@ -299,9 +359,10 @@ def read_yaml(path: Path, what: str, loader: type[Any] = SafeLoader) -> Any:
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
 
 
-def load_calendars(path: Path) -> dict[str, str]:
-    """Dataset -> exchange calendar name; a malformed file names the file."""
-    path = config_file(path)
+def load_calendars(path: Path | None) -> dict[str, str]:
+    """Dataset -> exchange calendar name (``path`` None: the packaged default); a malformed
+    file names the file."""
+    path = config_file(path, CALENDARS_FILE)
     document = read_yaml(path, "calendars file") or {}
     calendars = document.get("calendars") if isinstance(document, dict) else None
     if not isinstance(calendars, dict) or not all(isinstance(v, str) for v in calendars.values()):
@@ -309,9 +370,10 @@ def load_calendars(path: Path) -> dict[str, str]:
     return {str(k): v for k, v in calendars.items()}
 
 
-def load_jobs(path: Path) -> dict[str, IngestRequest]:
-    """Jobs by name; a malformed file names the file and the field."""
-    path = config_file(path)
+def load_jobs(path: Path | None) -> dict[str, IngestRequest]:
+    """Jobs by name (``path`` None: the packaged default); a malformed file names the file and
+    the field."""
+    path = config_file(path, JOBS_FILE)
     document = read_yaml(path, "jobs file", _JobLoader) or {}
     jobs = document.get("jobs") if isinstance(document, dict) else None
     if not isinstance(jobs, dict):

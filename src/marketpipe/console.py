@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -198,8 +199,8 @@ def render_summary(summary: RunSummary) -> None:
         )
 
 
-def render_jobs(jobs: dict[str, IngestRequest]) -> None:
-    table = Table(title="jobs")
+def render_jobs(jobs: dict[str, IngestRequest], jobs_file: Path) -> None:
+    table = Table(title="jobs", caption=f"from {jobs_file}")
     for name in ("name", "source", "schemas", "symbols", "dates", "description"):
         table.add_column(name, no_wrap=name == "name")
     for name, job in jobs.items():

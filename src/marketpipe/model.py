@@ -2,9 +2,9 @@
 
 The layouts (DBN v3, the current version) come from databento's own record definitions, so
 they never drift from the records read. Which columns the tables have, and how each is made
-from a record, is declared in ``configs/transformations/databento.yaml`` and compiled by
-``marketpipe.rules.transformation`` into the ``Family`` objects every store, rule and export
-is built from.
+from a record, is declared in the transformation file (``configs/transformations/databento.yaml``)
+and compiled by ``marketpipe.rules.transformation`` into the ``Family`` objects every store,
+rule and export is built from.
 
 Exactness rules (the operations of the transformation file):
 - prices are int64 fixed-point with scale 1e-9: stored as DECIMAL(19, 9), which holds every
@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from pathlib import Path
 
 import databento_dbn as dbn
 import numpy as np
@@ -167,7 +166,6 @@ def record_dtype(schema: str, version: int) -> np.dtype:
 
 
 SCHEMAS: tuple[str, ...] = tuple(sorted(LAYOUT_OF_SCHEMA))
-TRANSFORMATION_FILE = Path("configs/transformations/databento.yaml")
 
 
 def check_schema(schema: str) -> None:

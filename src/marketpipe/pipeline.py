@@ -28,6 +28,7 @@ import structlog
 
 from marketpipe.config import (
     LAST,
+    VALIDATION_FILE,
     IngestRequest,
     Settings,
     config_file,
@@ -227,7 +228,7 @@ def resolve_days(
 def load_rules(settings: Settings, model: Model | None = None) -> tuple[Model, Validator]:
     """The compiled transformation (``model`` if given) and the validation rules bound to it."""
     model = model or load_model(settings.transformation_file)
-    return model, Validator(config_file(settings.validation_file), model)
+    return model, Validator(config_file(settings.validation_file, VALIDATION_FILE), model)
 
 
 def ingest(

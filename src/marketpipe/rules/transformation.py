@@ -18,7 +18,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from marketpipe.config import SafeLoader, config_file, first_error, read_yaml
+from marketpipe.config import TRANSFORMATION_FILE, SafeLoader, config_file, first_error, read_yaml
 from marketpipe.errors import ConfigError
 from marketpipe.model import (
     LAYOUT_OF_SCHEMA,
@@ -84,9 +84,9 @@ class _UniqueKeyLoader(SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_model(path: Path) -> Model:
-    """The model of a transformation file (relative paths as ``config_file`` finds them)."""
-    return Model(load_transformations(config_file(path)))
+def load_model(path: Path | None = None) -> Model:
+    """The model of a transformation file (None: the packaged default)."""
+    return Model(load_transformations(config_file(path, TRANSFORMATION_FILE)))
 
 
 def load_transformations(path: Path) -> dict[str, Family]:
