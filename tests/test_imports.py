@@ -31,6 +31,7 @@ LAYERS = [
     {"marketpipe.reading", "marketpipe.coverage"},
     {"marketpipe.pipeline", "marketpipe.exporting"},
     {"marketpipe.cluster"},
+    {"marketpipe.ingesting"},  # the Python API's ingest, which the CLI's renders
     {"marketpipe.console"},
     {"marketpipe.commands"},
     {"marketpipe.cli"},

@@ -7,10 +7,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -19,13 +16,11 @@ from marketpipe.config import (
     JOBS_FILE,
     LAKE_PREFIX,
     LAST,
-    IngestRequest,
     Settings,
     config_file,
     load_calendars,
     load_jobs,
     load_settings,
-    make_request,
     parse_day,
     resolve_day,
     utc_today,
@@ -41,9 +36,6 @@ from marketpipe.rules.transformation import load_model
 from marketpipe.samples import make_sample as write_sample
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery, Querying, Store
-
-if TYPE_CHECKING:
-    from marketpipe.pipeline import LanesFactory
 
 QUERY_FORMATS = ("table", "csv", "json", "parquet")
 
@@ -102,6 +94,8 @@ def ingest(
     cluster: str | None = None,
 ) -> int:
     """The exit code: 1 when an input or a chunk failed."""
+    from marketpipe.ingesting import build_request, run  # the pipeline and sources: an ingest's only
+
     settings = _settings(
         db=db,
         ledger=ledger,
@@ -110,7 +104,7 @@ def ingest(
         max_concurrent_downloads=max_concurrent_downloads,
         DATABENTO_GATEWAY=gateway,
     )
-    request = _request(
+    request = build_request(
         settings,
         job,
         api=api,
@@ -127,85 +121,21 @@ def ingest(
         fill_gaps=fill_gaps or None,
     )
     model = load_model(settings.transformation_file)
-    from marketpipe import pipeline  # the sources and their clients: only for an ingest
-
     if dry_run:
-        resolved, current = pipeline.prepare(request, settings, model, utc_today())
-        if current is not None:
-            console.out.print(current)
-            return 0
-        return _dry_run(resolved, settings)
-    with _lanes(request, settings, workers, cluster) as lanes:
-        if as_json:
-            summary = pipeline.ingest(request, settings, model=model, force=force, lanes=lanes)
-            console.print_json(console.summary_document(summary))
-            return summary.exit_code
-        with console.RichProgress() as progress:
-            summary = pipeline.ingest(request, settings, progress, model, force=force, lanes=lanes)
+        summary = run(request, settings, model=model, dry_run=True)
+        if summary.estimate is None or summary.request is None:
+            console.out.print(*summary.notes)
+        else:
+            console.render_quote(summary.request, summary.estimate)
+        return 0
+    if as_json:
+        summary = run(request, settings, None, model, force, workers=workers, cluster=cluster)
+        console.print_json(console.summary_document(summary))
+        return summary.exit_code
+    with console.RichProgress() as progress:
+        summary = run(request, settings, progress, model, force, workers=workers, cluster=cluster)
     console.render_summary(summary)
     return summary.exit_code
-
-
-@contextmanager
-def _lanes(
-    request: IngestRequest, settings: Settings, workers: int | None, address: str | None
-) -> Iterator[LanesFactory | None]:
-    """The chunks' runner: this process's writer threads, or a Dask cluster's workers."""
-    if workers is None and address is None:
-        yield None
-        return
-    if workers is not None and address is not None:
-        raise UsageError("--workers starts a local cluster, --cluster joins one: give one of them")
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers {workers}: a local cluster needs at least 1 worker process")
-    try:
-        from marketpipe import cluster
-    except ImportError:
-        raise UsageError("--workers/--cluster need Dask: pip install 'marketpipe[cluster]'") from None
-    cluster.check(request, settings)
-    with cluster.connect(workers, address) as client:
-        yield cluster.lanes(client)
-
-
-def _dry_run(request: IngestRequest, settings: Settings) -> int:
-    """What an API plan would download and cost, from the free metadata calls only."""
-    if request.from_file:
-        raise UsageError("--dry-run quotes API downloads; it does not apply to --from-file")
-    from marketpipe.sources import make_source
-    from marketpipe.sources.base import Quoting
-
-    source = make_source(request, settings)
-    try:
-        if not isinstance(source, Quoting):
-            raise UsageError(f"--dry-run is not available for api type {request.api!r}")
-        console.render_quote(request, source.estimate())
-    finally:
-        source.close()
-    return 0
-
-
-_RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days", "fill_gaps")
-
-
-def _request(settings: Settings, job: str | None, **flags: object) -> IngestRequest:
-    if job is not None:
-        jobs_file = config_file(settings.jobs_file, JOBS_FILE)
-        jobs = load_jobs(jobs_file)
-        if job not in jobs:
-            known = ", ".join(jobs) or "none"
-            raise UsageError(f"unknown job {job!r} in {jobs_file}; known jobs: {known}")
-        # Run options given with --job apply to it; what to fetch comes from the job alone.
-        given = {k: v for k, v in flags.items() if v is not None and k != "api"}
-        selectors = [k for k in given if k not in _RUN_OPTIONS]
-        if selectors:
-            flag = "--schema" if selectors[0] == "schemas" else "--" + selectors[0].replace("_", "-")
-            raise UsageError(f"--job {job} takes what to ingest from {jobs_file}; drop {flag}")
-        options = {k: v for k, v in given.items() if k in _RUN_OPTIONS}
-        return make_request(**{**jobs[job].model_dump(exclude_unset=True), **options})
-    request = make_request(**flags)
-    if not request.from_file and not (request.dataset and request.schemas):
-        raise UsageError("nothing to ingest: give --from-file PATH, --job NAME, or --dataset and --schema")
-    return request
 
 
 def query(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,22 +107,6 @@ def print_json(document: object) -> None:
     print(json.dumps(document, default=str, indent=2))
 
 
-def _per_schema(summary: RunSummary) -> dict[str, dict[str, float]]:
-    """Read, stored, quarantined, seconds, skipped and failed chunks of a run, per schema."""
-    schemas: dict[str, dict[str, float]] = defaultdict(
-        lambda: dict.fromkeys(("read", "stored", "quarantined", "seconds", "skipped", "failed"), 0)
-    )
-    for r in summary.results:
-        row = schemas[r.chunk.schema]
-        row["read"] += r.read
-        row["stored"] += r.stored
-        row["quarantined"] += r.quarantined
-        row["seconds"] += r.seconds
-        row["skipped"] += r.status is ChunkStatus.SKIPPED
-        row["failed"] += r.status is ChunkStatus.FAILED
-    return dict(sorted(schemas.items()))
-
-
 def summary_document(summary: RunSummary) -> dict[str, object]:
     """The run summary as data: per schema and in total, what failed and why."""
     totals = summary.totals()
@@ -132,7 +116,7 @@ def summary_document(summary: RunSummary) -> dict[str, object]:
         "store": summary.store,
         "exit_code": summary.exit_code,
         "totals": {"read": totals.read, "stored": totals.stored, "quarantined": totals.quarantined},
-        "schemas": _per_schema(summary),
+        "schemas": {schema: dataclasses.asdict(row) for schema, row in summary.schemas().items()},
         "quarantined_by_rule": dict(sum((r.rules for r in summary.results), Counter())),
         "failed": [{"input": label, "error": error} for label, error in summary.failed],
         "stopped": summary.stopped,
@@ -147,17 +131,17 @@ def render_summary(summary: RunSummary) -> None:
     table = Table(title=f"run {summary.run_id} ({summary.job})")
     for name in ("schema", "read", "stored", "rejected", "seconds", "records/s", "skipped", "failed"):
         table.add_column(name, justify="left" if name == "schema" else "right")
-    for schema, row in _per_schema(summary).items():
-        rate = f"{row['read'] / row['seconds']:,.0f}" if row["seconds"] > 0 else "-"
+    for schema, row in summary.schemas().items():
+        rate = f"{row.read / row.seconds:,.0f}" if row.seconds > 0 else "-"
         table.add_row(
             schema,
-            f"{row['read']:,.0f}",
-            f"{row['stored']:,.0f}",
-            f"{row['quarantined']:,.0f}",
-            f"{row['seconds']:.2f}",
+            f"{row.read:,}",
+            f"{row.stored:,}",
+            f"{row.quarantined:,}",
+            f"{row.seconds:.2f}",
             rate,
-            f"{row['skipped']:.0f}",
-            f"{row['failed']:.0f}",
+            f"{row.skipped}",
+            f"{row.failed}",
         )
     out.print(table)
     rules: Counter[str] = Counter()

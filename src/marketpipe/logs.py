@@ -2,8 +2,12 @@
 
 Every record, marketpipe's and other libraries' alike, passes the same scrubber, so a secret
 (the API key) never reaches the console or the file, wherever a library put it (a gateway URL).
-Retries and waits are shown on the console as they happen whatever the console level: a user
-watching a quiet terminal should know it is retrying.
+Retries and waits are shown on the console as they happen whatever the console level (but
+``--quiet``'s): a user watching a quiet terminal should know it is retrying.
+
+Used as a library (``marketpipe.open``, ``marketpipe.ingest``), marketpipe configures no
+handler: its records go to the standard ``logging`` loggers under ``marketpipe`` and print
+nothing unless the application configures logging (``as_library``).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def _console_filter(level: int) -> logging.Filter:
     class Shown(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             event = record.msg.get("event") if isinstance(record.msg, dict) else None
-            return record.levelno >= level or event in ALWAYS_SHOWN
+            return record.levelno >= level or (event in ALWAYS_SHOWN and level < logging.CRITICAL)
 
     return Shown()
 
@@ -119,3 +123,30 @@ def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -
     root.addHandler(file_handler)
     # Third-party chatter (HTTP connection pools) stays out of the user's console.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def as_library(secrets: Sequence[str] = ()) -> None:
+    """Logging for marketpipe called from Python: a ``NullHandler`` on the ``marketpipe``
+    logger (the logging HOWTO's advice to libraries: nothing is printed until the application
+    configures logging), and structlog rendering into the standard loggers, one line per
+    event (``event=chunk.start chunk=...``), with ``secrets`` scrubbed. An application that
+    configured structlog itself keeps its configuration."""
+    library = logging.getLogger("marketpipe")
+    if not any(isinstance(h, logging.NullHandler) for h in library.handlers):
+        library.addHandler(logging.NullHandler())
+    processors = structlog.get_config()["processors"] if structlog.is_configured() else []
+    if structlog.is_configured() and not any(getattr(p, "marketpipe_library", False) for p in processors):
+        return
+    scrub = _scrubber([s for s in secrets if s])
+    scrub.marketpipe_library = True  # type: ignore[attr-defined]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.processors.format_exc_info,
+            scrub,
+            structlog.processors.LogfmtRenderer(key_order=["event"]),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )

@@ -48,7 +48,7 @@ from marketpipe.sources.base import Fetched, Source
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Ledger, Store
 from marketpipe.transform import to_table
-from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, RawBatch, RunStatus
+from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Estimate, RawBatch, RunStatus
 
 STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
 
@@ -86,11 +86,35 @@ class ChunkResult:
             self.status, self.error = ChunkStatus.FAILED, part.error
 
 
+@dataclass(frozen=True)
+class SchemaCounts:
+    """One schema's part of a run: records ``read``, ``stored`` and ``quarantined`` (what the
+    run committed: a failed chunk stores nothing, but the parts of a large one committed
+    before it failed count), ``seconds`` spent on its chunks, and chunks ``skipped`` (done by
+    an earlier run) and ``failed``."""
+
+    read: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    seconds: float = 0.0
+    skipped: int = 0
+    failed: int = 0
+
+
 @dataclass
 class RunSummary:
+    """What one ingest did. ``run_id`` is empty where nothing ran (a dry run, a job already
+    current: ``notes`` says why); ``exit_code`` is the CLI's (1: an input failed or the run
+    stopped)."""
+
     run_id: str
     job: str
     store: str = ""  # where the run stored: the absolute DuckDB path or the URL, and the mode
+    # The request as it ran: relative days resolved, with --fill-gaps the sessions fetched.
+    request: IngestRequest | None = None
+    seconds: float = 0.0  # wall time of the run, planning included
+    # A dry run's quote (records, billable bytes and cost per schema); nothing was fetched.
+    estimate: Estimate | None = None
     results: list[ChunkResult] = field(default_factory=list)
     plan_failures: list[tuple[str, str]] = field(default_factory=list)
     # Why the run stopped before its last chunk (the store went away for good), if it did.
@@ -121,6 +145,23 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed or self.stopped else 0
+
+    def schemas(self) -> dict[str, SchemaCounts]:
+        """Per schema, in name order, the counts of the chunks this run worked on or skipped."""
+        rows: dict[str, list[ChunkResult]] = defaultdict(list)
+        for result in self.results:
+            rows[result.chunk.schema].append(result)
+        return {
+            schema: SchemaCounts(
+                read=sum(r.read for r in results),
+                stored=sum(r.stored for r in results),
+                quarantined=sum(r.quarantined for r in results),
+                seconds=sum(r.seconds for r in results),
+                skipped=sum(r.status is ChunkStatus.SKIPPED for r in results),
+                failed=sum(r.status is ChunkStatus.FAILED for r in results),
+            )
+            for schema, results in sorted(rows.items())
+        }
 
 
 class Progress(Protocol):
@@ -250,7 +291,7 @@ def ingest(
     model = model or load_model(settings.transformation_file)
     request, current = prepare(request, settings, model, today or utc_today())
     if current is not None:
-        return RunSummary("", request.name, settings.db, notes=[current])
+        return RunSummary("", request.name, settings.db, request, notes=[current])
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
     with closing(make_source(request, settings)) as source:
         model, validator = load_rules(settings, model)
@@ -286,7 +327,9 @@ class Pipeline:
         self.log = structlog.get_logger("marketpipe.pipeline").bind(run_id=self.run_id, job=request.name)
 
     def run(self, force: bool = False) -> RunSummary:
-        summary = RunSummary(self.run_id, self.request.name, f"{self.store.location} ({self.store.mode})")
+        summary = RunSummary(
+            self.run_id, self.request.name, f"{self.store.location} ({self.store.mode})", self.request
+        )
         self.log.info("stage.start", stage="plan")
         started = time.perf_counter()
         plan = self.source.plan()
@@ -313,6 +356,7 @@ class Pipeline:
         self.ledger.start_run(self.run_id, self.request.name)
         try:
             self._run_chunks(plan.chunks, summary, force)
+            summary.seconds = time.perf_counter() - started
         except KeyboardInterrupt:
             self._record_quietly(
                 self.ledger.finish_run,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import pyarrow as pa
 
@@ -98,14 +98,47 @@ class Reader:
     def batches(
         self,
         schema: str,
-        symbols: Sequence[str] | str = (),
+        symbols: Sequence[str] | str | None = None,
         start: TimeBound = None,
         end: TimeBound = None,
         columns: Sequence[str] | None = None,
         price_type: PriceType = "decimal",
         batch_size: int = BATCH_ROWS,
     ) -> Iterator[pa.RecordBatch]:
-        """Record batches in index-time order; memory stays bounded by ``batch_size`` rows."""
+        """Stored records of one schema as Arrow record batches, in index-time order.
+
+        Memory stays bounded by ``batch_size`` rows, so any range can be read.
+
+        Parameters
+        ----------
+        schema : str
+            A Databento schema, e.g. ``"trades"``, ``"ohlcv-1d"``, ``"mbp-10"``.
+        symbols : str or sequence of str, optional
+            Only these symbols; None or empty: every symbol. A contract's raw symbol
+            (``"ESH4"``) also finds its rows stored under a parent or continuous symbol.
+        start : datetime, date, str or int, optional
+            Inclusive lower bound of the index time (``ts_recv``, ``ts_event`` for OHLCV):
+            a datetime (naive is UTC), a date (its 00:00 UTC), an ISO string
+            (``"2024-01-02"``, ``"2024-01-02T14:30:00.123456789Z"``) or ns since the epoch.
+        end : datetime, date, str or int, optional
+            Exclusive upper bound, in the same forms (as Databento's own ``end``).
+        columns : sequence of str, optional
+            These columns, in this order; None: all of the table's.
+        price_type : {"decimal", "float", "fixed"}
+            Prices as exact ``decimal128(19, 9)`` (default), float64, or int64 units of 1e-9.
+        batch_size : int
+            Rows per batch at most (default 65,536).
+
+        Yields
+        ------
+        pyarrow.RecordBatch
+            Timestamps ``timestamp[ns, tz=UTC]``; undefined values NULL.
+
+        Raises
+        ------
+        UsageError
+            An unknown schema, column, price type, or a bound that is not a time.
+        """
         check_schema(schema)
         family = self.store.model.family_of(schema)
         if price_type not in get_args(PriceType):
@@ -116,7 +149,7 @@ class Reader:
             raise UsageError(
                 f"{family.table} has no column {unknown[0]!r}; columns: {', '.join(family.column_names)}"
             )
-        wanted_symbols = [symbols] if isinstance(symbols, str) else list(symbols)
+        wanted_symbols = [symbols] if isinstance(symbols, str) else list(symbols or ())
         query = ExportQuery(
             family,
             schema,
@@ -138,22 +171,52 @@ class Reader:
         wanted = list(columns) if columns is not None else family.column_names
         return _priced(empty.select(wanted), family, price_type).schema
 
-    def read(self, schema: str, **filters: Any) -> pa.Table:
-        """All matching rows as one Arrow table (``batches`` for ranges larger than memory)."""
-        batches = list(self.batches(schema, **filters))
-        known = {k: filters[k] for k in ("columns", "price_type") if k in filters}
-        return pa.Table.from_batches(batches, schema=self.schema(schema, **known))
+    def read(
+        self,
+        schema: str,
+        symbols: Sequence[str] | str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        columns: Sequence[str] | None = None,
+        price_type: PriceType = "decimal",
+    ) -> pa.Table:
+        """Stored records of one schema as one Arrow table, in index-time order.
 
-    def to_pandas(self, schema: str, **filters: Any) -> pandas.DataFrame:
-        """As pandas: timestamps ``datetime64[ns, UTC]``, decimal prices as Python Decimals."""
-        return self.read(schema, **filters).to_pandas()
+        The parameters are ``batches``' (``start`` inclusive, ``end`` exclusive; ``symbols``
+        None for all); the whole result is held in memory: ``batches`` streams a range larger
+        than memory. No matching row gives an empty table of the same schema.
+        """
+        batches = list(self.batches(schema, symbols, start, end, columns, price_type))
+        return pa.Table.from_batches(batches, schema=self.schema(schema, columns, price_type))
 
-    def to_polars(self, schema: str, **filters: Any) -> polars.DataFrame:
+    def to_pandas(
+        self,
+        schema: str,
+        symbols: Sequence[str] | str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        columns: Sequence[str] | None = None,
+        price_type: PriceType = "decimal",
+    ) -> pandas.DataFrame:
+        """``read`` as a pandas DataFrame: timestamps ``datetime64[ns, UTC]``, decimal prices
+        as Python ``Decimal`` objects (``price_type="float"`` for float64 columns)."""
+        return self.read(schema, symbols, start, end, columns, price_type).to_pandas()
+
+    def to_polars(
+        self,
+        schema: str,
+        symbols: Sequence[str] | str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        columns: Sequence[str] | None = None,
+        price_type: PriceType = "decimal",
+    ) -> polars.DataFrame:
+        """``read`` as a Polars DataFrame (``pip install 'marketpipe[polars]'``)."""
         try:
             import polars
         except ImportError:
             raise UsageError("to_polars needs Polars: pip install 'marketpipe[polars]'") from None
-        frame = polars.from_arrow(self.read(schema, **filters))
+        frame = polars.from_arrow(self.read(schema, symbols, start, end, columns, price_type))
         assert isinstance(frame, polars.DataFrame)
         return frame
 
