@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from marketpipe.cli import app
 
 from databento_server import DatabentoServer
-from pg import TIMESCALE_ADMIN_URL, fresh_database
+from pg import ADMIN_URL, POSTGRES, TIMESCALE, TIMESCALE_ADMIN_URL, fresh_database, reachable
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "databento-samples"
 
@@ -21,9 +21,26 @@ def samples_dir() -> Path:
     return SAMPLES
 
 
+_UNREACHABLE = pytest.StashKey[dict[str, str | None]]()
+
+
+def _server(request: pytest.FixtureRequest, admin: str) -> None:
+    """Skip where the server is down (``-m "not postgres"`` deselects these tests), or fail
+    where MARKETPIPE_REQUIRE_POSTGRES is set (CI), so no server test passes by being skipped."""
+    checked = request.config.stash.setdefault(_UNREACHABLE, {})
+    if admin not in checked:
+        checked[admin] = reachable(admin)
+    reason = checked[admin]
+    if reason is not None:
+        if os.environ.get("MARKETPIPE_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(f"{reason}: start it, or deselect with -m 'not postgres'")
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database on the real server, dropped after the test."""
+    _server(request, ADMIN_URL)
     with fresh_database() as url:
         yield url
 
@@ -43,17 +60,34 @@ def timescale_url(request: pytest.FixtureRequest) -> Iterator[str]:
         if os.environ.get("MARKETPIPE_REQUIRE_TIMESCALE"):
             pytest.fail(reason)
         pytest.skip(reason)
+    _server(request, TIMESCALE_ADMIN_URL)
     config = request.config
     config.stash[_TIMESCALE_RUNS] = config.stash.get(_TIMESCALE_RUNS, 0) + 1
     with fresh_database(TIMESCALE_ADMIN_URL) as url:
         yield url
 
 
-@pytest.fixture(params=["postgresql", "timescaledb"])
+@pytest.fixture(params=[POSTGRES, TIMESCALE])
 def server_url(request: pytest.FixtureRequest) -> str:
     """A fresh database in each mode: the machine's cluster (TimescaleDB installed, not
     preloaded: plain PostgreSQL) and the cluster that preloads TimescaleDB."""
     return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+
+
+# Markers a test gets from the fixtures it uses: what it needs to run.
+_NEEDS = {
+    "pg_url": ("postgres",),
+    "timescale_url": ("postgres", "timescale"),
+    "server": ("api",),
+    "api": ("api",),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for marker in _NEEDS.get(fixture, ()):
+                item.add_marker(marker)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

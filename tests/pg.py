@@ -1,4 +1,9 @@
-"""Real PostgreSQL for tests: a fresh database per test, dropped afterwards."""
+"""Real PostgreSQL for tests: a fresh database per test, dropped afterwards.
+
+Tests that need a server are marked ``postgres`` (TimescaleDB's also ``timescale``), by the
+fixtures they use (conftest) or by these parameters, so ``pytest -m "not postgres"`` runs the
+rest on a machine without one. Nothing here connects until a test asks for a database.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 
 ADMIN_URL = os.environ.get("MARKETPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 # A second cluster that preloads TimescaleDB (scripts/test.sh starts one); unset: no such server.
 TIMESCALE_ADMIN_URL = os.environ.get("MARKETPIPE_TEST_TIMESCALE")
+
+SERVER = pytest.mark.postgres
+# Store parameters of the fixtures that run a test in each mode.
+POSTGRES = pytest.param("postgresql", marks=SERVER)
+TIMESCALE = pytest.param("timescaledb", marks=[SERVER, pytest.mark.timescale])
+
+
+def reachable(admin: str) -> str | None:
+    """Why the server at ``admin`` cannot be used, or None when it answers."""
+    try:
+        psycopg.connect(admin, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        where = admin.split("@")[-1]
+        return f"PostgreSQL at {where} is not reachable ({str(exc).strip().splitlines()[0]})"
+    return None
 
 
 def admin_url(url: str) -> str:

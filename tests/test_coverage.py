@@ -20,6 +20,7 @@ from marketpipe.symbology import day_ns
 
 from databento_server import DatabentoServer
 from dbn_reference import MODEL
+from pg import POSTGRES
 
 DAYS = [dt.date(2024, 1, 2) + dt.timedelta(days=i) for i in range(4)]
 LEFT_OUT, FAILED = DAYS[1], DAYS[2]
@@ -48,7 +49,7 @@ def _day_file(directory: Path, day: dt.date, broken: bool = False) -> Path:
     return write_dbn(directory / f"{day}.trades.dbn", meta, [records.tobytes()])
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
+@pytest.fixture(params=["duckdb", POSTGRES])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "duckdb":
         return str(tmp_path / "store.duckdb")

@@ -17,7 +17,7 @@ from marketpipe.stores.base import QuarantineQuery
 from test_validation_rules import UNDEF_PRICE, UNDEF_TS, record
 
 from dbn_reference import MODEL
-from pg import fresh_database
+from pg import POSTGRES
 
 BROKEN = {
     "rtype_matches_schema": {"rtype": 160},
@@ -27,13 +27,12 @@ BROKEN = {
 }
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", POSTGRES])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "duckdb":
         yield str(tmp_path / "q.duckdb")
     else:
-        with fresh_database() as url:
-            yield url
+        yield str(request.getfixturevalue("pg_url"))
 
 
 def _mixed_file(path: Path, good: int, bad_each: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -11,11 +11,13 @@ import pytest
 
 from marketpipe.samples import make_sample
 
+from pg import POSTGRES
+
 COUNTS = "SELECT symbol, count(*) AS n FROM trades_v GROUP BY symbol ORDER BY symbol"
 FIRST = "SELECT price, ts_recv_time, size FROM trades_v ORDER BY ts_recv, sequence LIMIT 1"
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
+@pytest.fixture(params=["duckdb", POSTGRES])
 def db(request: pytest.FixtureRequest, tmp_path: Path, cli) -> str:  # type: ignore[no-untyped-def]
     url = str(tmp_path / "store.duckdb") if request.param == "duckdb" else request.getfixturevalue("pg_url")
     make_sample(tmp_path / "sample")

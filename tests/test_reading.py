@@ -22,11 +22,12 @@ from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write
 
 from conftest import SAMPLES
 from dbn_reference import MODEL
+from pg import POSTGRES
 
 DAY = dt.date(2024, 3, 4)
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
+@pytest.fixture(params=["duckdb", POSTGRES])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "duckdb":
         return str(tmp_path / "store.duckdb")

@@ -34,6 +34,7 @@ from marketpipe.model import SCHEMAS, Kind
 from marketpipe.samples import Interval, Mapping, metadata_bytes, synthetic_trades, write_dbn
 
 from dbn_reference import MODEL, exported_rows
+from pg import POSTGRES, TIMESCALE
 
 T0 = 1_709_510_400_000_000_000  # 2024-03-04
 PX = 5_000 * 10**9
@@ -124,7 +125,7 @@ def _expected(path: Path, schema: str) -> list[dict[str, Any]]:
     return sorted(rows, key=repr)
 
 
-@pytest.fixture(params=["duckdb", "postgresql", "timescaledb"])
+@pytest.fixture(params=["duckdb", POSTGRES, TIMESCALE])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "duckdb":
         return str(tmp_path / "sentinels.duckdb")

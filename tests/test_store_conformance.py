@@ -24,12 +24,15 @@ from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
 
 from arrow_store import ArrowStore
 from dbn_reference import MODEL
+from pg import POSTGRES, SERVER, TIMESCALE
 
 DAY = dt.date(2024, 3, 4)
 FAMILY = MODEL.family_of("trades")
 
 
-@pytest.fixture(params=["duckdb", "postgresql", "timescaledb", "arrow", "lake", "lake-postgresql"])
+@pytest.fixture(
+    params=["duckdb", POSTGRES, TIMESCALE, "arrow", "lake", pytest.param("lake-postgresql", marks=SERVER)]
+)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Opens the store under test; called again, a second store on the same location."""
     if request.param == "arrow":
