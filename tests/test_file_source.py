@@ -146,27 +146,29 @@ def test_bad_rules_stop_the_planning_of_the_inputs(tmp_path: Path) -> None:
     assert not (tmp_path / "never.duckdb").exists()
 
 
-def test_inputs_are_read_ahead_of_the_plan_a_bounded_few(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_inputs_are_read_ahead_of_the_plan_a_bounded_few(tmp_path: Path) -> None:
     """Each inspected input holds its metadata until planned: the source reads ahead of the plan
-    by ``AHEAD`` inputs, not the whole directory."""
-    for day in range(3):
-        make_sample(tmp_path / "s" / str(day))  # 6 files
-    inspected: list[str] = []
-    original = DbnFileSource._inspect
+    by ``AHEAD`` inputs, not the whole directory. The kernel says which files were opened
+    (inotify), so nothing of the source is patched to count."""
+    from inotify_simple import INotify, flags
 
-    def counted(self: DbnFileSource, path: str) -> object:
-        inspected.append(path)
-        return original(self, path)
+    folders = [tmp_path / "s" / str(day) for day in range(3)]
+    for folder in folders:
+        make_sample(folder)  # 6 files
+    with INotify() as inotify:
+        watches = {inotify.add_watch(folder, flags.OPEN): folder for folder in folders}
 
-    monkeypatch.setattr(DbnFileSource, "_inspect", counted)
-    source = DbnFileSource(str(tmp_path / "s"))
-    try:
-        for future in list(source._ahead):
-            future.result()
-        assert len(inspected) == DbnFileSource.AHEAD
-        plan = source.plan()
-        assert len(inspected) == 6 and len(plan.inputs) + len(plan.duplicates) == 6
-    finally:
-        source.close()
+        def opened() -> set[Path]:
+            return {watches[e.wd] / e.name for e in inotify.read(timeout=0) if e.name}
+
+        source = DbnFileSource(str(tmp_path / "s"))
+        try:
+            for future in list(source._ahead):  # the read-ahead's own work, done
+                future.result()
+            seen = opened()
+            assert len(seen) == DbnFileSource.AHEAD, seen
+            plan = source.plan()
+            seen |= opened()
+            assert len(seen) == 6 and len(plan.inputs) + len(plan.duplicates) == 6
+        finally:
+            source.close()

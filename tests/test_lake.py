@@ -290,58 +290,57 @@ def test_a_days_export_opens_that_days_files_and_a_damaged_file_is_one_line(cli,
     assert not (tmp_path / "all.parquet").exists()
 
 
-def test_files_of_a_commit_that_failed_stay_until_the_chunk_is_written_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ledger's commit raises: whether it went through is unknown, so the renamed files
-    stay (deleting them could lose a done chunk's rows); marketpipe reads only what the ledger
-    lists, and the next write of the chunk deletes the files the ledger does not list."""
-    from marketpipe.sources.dbn_reader import DbnFile
-    from marketpipe.stores import open_store
-    from marketpipe.stores.sql import ChunkTransaction
-    from marketpipe.transform import to_table
-    from marketpipe.types import Chunk, ChunkCounts
+# The ledger's server ends the connection while it runs COMMIT, the first time only (a
+# sequence is not rolled back): the client cannot know whether the commit went through.
+DIE_AT_COMMIT = """
+CREATE SEQUENCE commit_faults;
+CREATE FUNCTION die_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('commit_faults') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON marketpipe_lake_files
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die_at_commit();
+"""
 
-    [path] = write_trade_days(tmp_path / "d", 1, 3_000)
-    table = pa.concat_tables(
-        to_table(FAMILY, "trades", raw) for raw in DbnFile(path).batches("trades", 1_000)
-    )
+
+def test_files_of_a_commit_that_failed_stay_until_the_chunk_is_written_again(
+    cli, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The ledger's connection dies during COMMIT: whether it went through is unknown, so the
+    renamed files stay (deleting them could lose a done chunk's rows); marketpipe reads only
+    what the ledger lists, and the next write of the chunk deletes the files it does not list."""
+    import psycopg
+
+    write_trade_days(tmp_path / "first", 1, 1_000)
     lake = tmp_path / "lake"
-    store = open_store(load_settings(db=f"lake:{lake}"), MODEL)
-    chunk = Chunk("lake:failed-commit", "trades", "a chunk")
+    db = ["--db", f"lake:{lake}", "--ledger", pg_url]
+    assert cli("ingest", "--from-file", str(tmp_path / "first"), *db).exit_code == 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(DIE_AT_COMMIT)
 
     def listed() -> list[str]:
-        return sorted(str(p) for (p,) in store.ledger._query("SELECT path FROM marketpipe_lake_files"))  # type: ignore[attr-defined]
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT path FROM marketpipe_lake_files ORDER BY path").fetchall()
+        return [p for (p,) in rows]
 
-    def write() -> None:
-        store.ledger.plan_chunks([chunk], "test")
-        with store.write_chunk(chunk, "run", "test", force=True) as writer:
-            writer.write(table)
-            writer.commit(ChunkCounts(table.num_rows, table.num_rows, 0, 0.1))
+    before = listed()
+    day = write_trades_file(tmp_path / "second.dbn", synthetic_trades(3_000, dt.date(2024, 3, 5), seed=7))
+    monkeypatch.setenv("MARKETPIPE_DB_RETRIES", "1")  # the chunk fails instead of retrying
+    failed = cli("ingest", "--from-file", str(day), *db)
+    assert failed.exit_code == 1 and "administrator command" in failed.output, failed.output
+    kept = [f for f in _files(lake) if str(f.relative_to(lake)) not in before]
+    assert kept and all(FINAL.fullmatch(f.name) for f in kept)  # renamed, then the commit died
+    assert listed() == before
+    with marketpipe.open(f"lake:{lake}", pg_url) as reader:
+        assert reader.read("trades").num_rows == 1_000  # only what the ledger lists is read
 
-    def commit_fails(self: ChunkTransaction, *args: object) -> None:
-        def gone() -> None:
-            raise OSError("the connection went away during COMMIT")
-
-        self.ledger._commit = gone  # type: ignore[method-assign]
-        try:
-            finish(self, *args)
-        finally:
-            del self.ledger._commit
-
-    finish = ChunkTransaction.finish
-    try:
-        with monkeypatch.context() as patched, pytest.raises(OSError):
-            patched.setattr(ChunkTransaction, "finish", commit_fails)
-            write()
-        kept = _files(lake)
-        assert kept and listed() == [] and not store.ledger.is_done(chunk)
-        write()
-        assert not any(f.exists() for f in kept)
-        assert [str(f.relative_to(lake)) for f in _files(lake)] == listed()
-    finally:
-        store.close()
-    assert _read(f"lake:{lake}").num_rows == 3_000
+    again = cli("ingest", "--from-file", str(day), *db)
+    assert again.exit_code == 0, again.output
+    assert not any(f.exists() for f in kept)
+    assert [str(f.relative_to(lake)) for f in _files(lake)] == listed()
+    with marketpipe.open(f"lake:{lake}", pg_url) as reader:
+        assert reader.read("trades").num_rows == 4_000
 
 
 def test_one_process_writes_two_chunks_at_once_with_either_ledger(
