@@ -153,7 +153,7 @@ def whole_processes(file: Path, db: str, batch_size: int, logs: Path) -> tuple[f
     """Wall seconds, end to end in fresh processes, of (b) ``marketpipe ingest`` as a user runs
     it and of (d) the lossy script, plus (d)'s peak RSS in MB."""
     truncate(db)
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(file), "--db", db]
+    command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(file), "--db", db]
     env = {**os.environ, "MARKETPIPE_BATCH_SIZE": str(batch_size), "MARKETPIPE_LOG_FILE": str(logs)}
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env)
@@ -172,7 +172,7 @@ def command_seconds(*args: str) -> float:
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "main.py"), *args], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "marketpipe", *args], check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return min(times)
 

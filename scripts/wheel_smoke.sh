@@ -93,6 +93,30 @@ set -e
 [ "$code" = 2 ] && [ "$(wc -l <"$tmp/out.txt")" = 1 ] && grep -q '^error: ' "$tmp/out.txt"
 [ "$before" = "$(tree)" ]
 
+step "a missing extra is one line naming it"
+refused() {  # exit 2, one line naming the extra, nothing created
+  local extra=$1 before
+  shift
+  before=$(tree)
+  set +e
+  "$@" >"$tmp/out.txt" 2>&1
+  local code=$?
+  set -e
+  if [ "$code" != 2 ] || [ "$(wc -l <"$tmp/out.txt")" != 1 ] || ! grep -q "marketpipe\[$extra\]" "$tmp/out.txt"; then
+    cat "$tmp/out.txt"; echo "wheel smoke: '$*' did not name marketpipe[$extra] in one line (exit $code)" >&2; exit 1
+  fi
+  [ "$before" = "$(tree)" ]
+}
+refused cluster marketpipe ingest --from-file data/sample --db "$tmp/cluster.duckdb" --workers 2
+refused s3 marketpipe ingest --from-file s3://bucket/day.dbn.zst
+refused s3 marketpipe ingest --from-file data/sample --db lake:s3://bucket/lake --ledger ledger.duckdb
+refused polars python -c "
+import marketpipe, sys
+try:
+    marketpipe.open().to_polars('trades')
+except marketpipe.UsageError as exc:
+    print(exc); sys.exit(2)"
+
 step "PostgreSQL"
 python - "$ADMIN" "$database" <<'EOF'
 import sys, psycopg

@@ -146,9 +146,8 @@ def test_decompression_bomb_fails_in_one_line_with_bounded_memory(tmp_path: Path
         "print(r.returncode); print(r.stdout + r.stderr); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    main = Path(__file__).resolve().parents[1] / "main.py"
     args = ["ingest", "--from-file", str(tmp_path / "in"), "--db", str(tmp_path / "b.duckdb")]
-    command = [sys.executable, "-c", measure, sys.executable, str(main), *args]
+    command = [sys.executable, "-c", measure, sys.executable, "-m", "marketpipe", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     lines = done.stdout.splitlines()
     code, output, peak_kb = int(lines[0]), "\n".join(lines[1:-1]), int(lines[-1])

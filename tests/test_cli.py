@@ -11,8 +11,6 @@ import pytest
 
 from marketpipe import __version__
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
     assert result.exit_code == 2, result.output
@@ -112,13 +110,14 @@ def test_version(cli) -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_main_py_runs_the_cli(tmp_path: Path) -> None:
+def test_python_m_marketpipe_runs_the_cli(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPIPE_")}
     env["MARKETPIPE_LOG_FILE"] = str(tmp_path / "log.jsonl")
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "main.py"),
+            "-m",
+            "marketpipe",
             "ingest",
             "--schema",
             "trades",

@@ -33,11 +33,10 @@ from pg import admin_url, fingerprint, fresh_database
 
 pytest.importorskip("distributed", reason="the cluster extra (dask[distributed]) is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command(directory: Path | str, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(directory), *extra]
+    return [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(directory), *extra]
 
 
 def _env(db: str, tmp_path: Path) -> dict[str, str]:
@@ -79,7 +78,7 @@ def _lake_env(lake: Path, ledger: str | None, tmp_path: Path) -> dict[str, str]:
 
 def _exported(tmp_path: Path, env: dict[str, str], name: str) -> bytes:
     out = tmp_path / f"{name}.parquet"
-    command = [sys.executable, str(ROOT / "main.py"), "export", "--schema", "trades", "--out", str(out)]
+    command = [sys.executable, "-m", "marketpipe", "export", "--schema", "trades", "--out", str(out)]
     subprocess.run(command, env=env, check=True, capture_output=True)
     return out.read_bytes()
 

@@ -33,11 +33,10 @@ from pg import admin_url, fingerprint, fresh_database
 
 TRADES = MODEL.family_of("trades")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ingest(spec: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", spec]
+    command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", spec]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -136,7 +135,7 @@ def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path)
     """Ctrl-C while two lanes load: each lane's chunk rolls back at its next batch, so every
     row in the table belongs to a chunk the ledger calls done, and a re-run completes."""
     write_trade_days(tmp_path / "d", 6, 250_000)
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
     env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "25000", "MARKETPIPE_WRITERS": "2"}
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

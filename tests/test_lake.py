@@ -6,6 +6,7 @@ a re-run replaces them, and a killed run's leftovers go when the chunk is writte
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import re
@@ -28,8 +29,10 @@ from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_
 
 from dbn_reference import MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
 FAMILY = MODEL.family_of("trades")
+NO_S3FS = pytest.mark.skipif(
+    importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed: nothing is missing"
+)
 FINAL = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}-\d+\.parquet")
 
 
@@ -147,7 +150,7 @@ def test_a_killed_run_leaves_nothing_visible_and_the_next_run_clears_its_files(t
     write_trade_days(tmp_path / "d", 1, 1_500_000)
     lake = tmp_path / "lake"
     env = {**os.environ, "MARKETPIPE_DB": f"lake:{lake}", "MARKETPIPE_BATCH_SIZE": "50000"}
-    command = [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(tmp_path / "d")]
+    command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
     run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and run.poll() is None and not _files(lake, "*.tmp"):
@@ -220,6 +223,12 @@ def test_query_quarantine_and_coverage_read_the_lake(cli, tmp_path: Path) -> Non
             ["ingest", "--db", "lake:bogus://x", "--ledger", "l.duckdb"],
             "error: cannot open the lake bogus://x: Protocol not known: bogus",
         ),
+        pytest.param(
+            ["ingest", "--db", "lake:s3://bucket/prefix", "--ledger", "l.duckdb"],
+            "error: cannot open the lake s3://bucket/prefix: Install s3fs to access S3"
+            " (pip install 'marketpipe[s3]')",
+            marks=NO_S3FS,
+        ),
         (["ingest", "--db", "lake:"], "error: bad setting: "),
         (["ingest", "--db", "lake:lk", "--ledger", "mysql://root@h/x"], "error: bad setting: "),
         (["status", "--db", "lake:missing"], "error: no marketpipe lake at /"),
@@ -238,6 +247,16 @@ def test_bad_lake_locations_are_one_line(cli, tmp_path: Path, args: list[str], m
     if "store.duckdb" in args:
         assert lines[0].endswith("holds a marketpipe store's tables: give the lake a ledger of its own")
     assert not (tmp_path / "missing").exists() and not (tmp_path / "x").exists()
+    assert not (tmp_path / "l.duckdb").exists()  # a refused lake made no ledger either
+
+
+@NO_S3FS
+def test_an_input_url_whose_filesystem_is_not_installed_names_the_extra(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("ingest", "--from-file", "s3://bucket/day.dbn.zst")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --from-file s3://bucket/day.dbn.zst: Install s3fs to access S3 (pip install 'marketpipe[s3]')"
+    )
 
 
 def test_a_large_day_is_split_into_files_of_bounded_size(

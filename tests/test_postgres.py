@@ -26,13 +26,11 @@ from dbn_reference import MODEL, canonical, distinct_data, expected_rows, export
 from pg import admin_url, fingerprint, fresh_database
 from tcp_proxy import TcpProxy
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _ingest_command(db: str, directory: Path) -> tuple[list[str], dict[str, str]]:
     """The CLI ingest of ``directory`` as its own process, in small batches, and its environment."""
     env = {**os.environ, "MARKETPIPE_DB": db, "MARKETPIPE_BATCH_SIZE": "50000"}
-    return [sys.executable, str(ROOT / "main.py"), "ingest", "--from-file", str(directory)], env
+    return [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(directory)], env
 
 
 def _ingest_in_background(db: str, directory: Path) -> subprocess.Popen[bytes]:

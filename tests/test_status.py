@@ -11,8 +11,6 @@ from pathlib import Path
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn, write_trade_days
 from test_postgres import _ingest_in_background
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _status(cli, db: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
     result = cli("status", "--db", db, "--json")

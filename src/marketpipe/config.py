@@ -123,6 +123,16 @@ def default_log_file() -> Path:
     return platformdirs.user_log_path("marketpipe", appauthor=False) / "marketpipe.jsonl"
 
 
+# The extra that installs a URL protocol's fsspec filesystem (others: fsspec names the package).
+FILESYSTEM_EXTRAS = {"s3": "s3", "s3a": "s3"}
+
+
+def missing_filesystem(url: str, error: ImportError) -> str:
+    """fsspec's own line for a filesystem that is not installed, and the extra to install."""
+    extra = FILESYSTEM_EXTRAS.get(url.split("://", 1)[0])
+    return f"{error} (pip install 'marketpipe[{extra}]')" if extra else str(error)
+
+
 DUCKDB_MEMORY_LIMIT = "128MB"
 LAKE_PREFIX = "lake:"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

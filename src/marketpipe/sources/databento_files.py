@@ -22,6 +22,7 @@ import fsspec
 import structlog
 from fsspec.implementations.local import LocalFileSystem
 
+from marketpipe.config import missing_filesystem
 from marketpipe.errors import SourceError, UsageError
 from marketpipe.sources.base import Fetched
 from marketpipe.sources.dbn_reader import DbnFile, Inspection
@@ -53,7 +54,9 @@ def _expand_url(spec: str) -> list[str]:
                 raise UsageError(f"no files match {spec}")
         else:
             raise UsageError(f"no such file or directory: {spec}")
-    except (ImportError, ValueError, OSError) as exc:
+    except ImportError as exc:
+        raise UsageError(f"--from-file {spec}: {missing_filesystem(spec, exc)}") from None
+    except (ValueError, OSError) as exc:
         raise UsageError(f"--from-file {spec}: {exc}") from None
     return [fs.unstrip_protocol(p) for p in files]
 

@@ -32,7 +32,7 @@ import structlog
 from fsspec.implementations.local import LocalFileSystem
 
 import marketpipe.stores.sql as sql
-from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings
+from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings, missing_filesystem
 from marketpipe.errors import StoreError, StoreRejected, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import (
@@ -270,6 +270,18 @@ class _LakeTables(DuckDBStore):
         return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
 
 
+def filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The lake's filesystem and its path there; a URL whose filesystem is not installed, or
+    that fsspec cannot parse, is refused in one line."""
+    try:
+        fs, path = fsspec.core.url_to_fs(root)
+    except ImportError as exc:
+        raise StoreRejected(f"cannot open the lake {root}: {missing_filesystem(root, exc)}") from None
+    except ValueError as exc:
+        raise StoreRejected(f"cannot open the lake {root}: {exc}") from None
+    return fs, path
+
+
 class LakeStore:
     """The lake's data side; its ``ledger`` is a SQL ledger of its own."""
 
@@ -278,10 +290,7 @@ class LakeStore:
     def __init__(
         self, root: str, ledger: sql.SqlLedger, model: Model, memory_limit: str = DUCKDB_MEMORY_LIMIT
     ):
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(root)
-        except (ImportError, ValueError) as exc:
-            raise StoreRejected(f"cannot open the lake {root}: {exc}") from None
+        self.fs, self.root = filesystem(root)
         self.location = LAKE_PREFIX + root
         self.ledger = ledger
         self.model = model
@@ -382,6 +391,7 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
         location = f"{root.rstrip('/')}/{DEFAULT_LEDGER}"
         if read_only and not Path(location).is_file():
             raise StoreRejected(f"no marketpipe lake at {root}: nothing has been ingested there")
+    filesystem(root)  # before the ledger is opened (or made): a refused lake changes nothing
     if location.startswith(POSTGRES_SCHEMES):
         from marketpipe.stores.postgres import PostgresStore
 
