@@ -40,6 +40,8 @@ def _server(request: pytest.FixtureRequest, admin: str) -> None:
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database on the real server, dropped after the test."""
+    if request.node.get_closest_marker("postgres") is None:  # asked for through getfixturevalue
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL: mark it postgres (pg.SERVER on its parameter)")
     _server(request, ADMIN_URL)
     with fresh_database() as url:
         yield url
@@ -60,6 +62,8 @@ def timescale_url(request: pytest.FixtureRequest) -> Iterator[str]:
         if os.environ.get("MARKETPIPE_REQUIRE_TIMESCALE"):
             pytest.fail(reason)
         pytest.skip(reason)
+    if request.node.get_closest_marker("timescale") is None:  # asked for through getfixturevalue
+        pytest.fail(f"{request.node.nodeid} uses TimescaleDB: mark it timescale (pg.TIMESCALE)")
     _server(request, TIMESCALE_ADMIN_URL)
     config = request.config
     config.stash[_TIMESCALE_RUNS] = config.stash.get(_TIMESCALE_RUNS, 0) + 1

@@ -129,6 +129,7 @@ def test_a_zstd_file_cut_anywhere_in_its_last_bytes_is_rejected(tmp_path: Path) 
             DbnFile(path).inspect()
 
 
+@pytest.mark.slow
 def test_decompression_bomb_fails_in_one_line_with_bounded_memory(tmp_path: Path) -> None:
     """A small .dbn.zst whose header declares 2 GiB of metadata (and holds them, as zeros)."""
     bomb = tmp_path / "in" / "bomb.dbn.zst"

@@ -53,6 +53,7 @@ def _chunk_starts(tmp_path: Path) -> list[dict[str, object]]:
     return [e for e in map(json.loads, lines) if e.get("event") == "chunk.start"]
 
 
+@pytest.mark.slow
 def test_a_local_cluster_stores_what_one_process_stores(pg_url: str, tmp_path: Path) -> None:
     write_trade_days(tmp_path / "d", 4, 50_000)
     run = subprocess.run(
@@ -91,6 +92,7 @@ def _tidy(lake: Path, ledger: str) -> bool:
     return on_disk == listed
 
 
+@pytest.mark.slow
 def test_a_local_cluster_fills_a_lake_as_one_process_does(pg_url: str, tmp_path: Path) -> None:
     """Two workers read the files at an fsspec URL and write the lake's files side by side,
     their chunks ordered by a PostgreSQL ledger; the export equals one process's (local path,
@@ -107,6 +109,7 @@ def test_a_local_cluster_fills_a_lake_as_one_process_does(pg_url: str, tmp_path:
     assert _statuses(pg_url) == {"done": 4} and _tidy(tmp_path / "lake", pg_url)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["postgresql", "lake"])
 def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(
     pg_url: str, tmp_path: Path, target: str
@@ -151,6 +154,7 @@ def test_a_worker_killed_mid_chunk_leaves_exactly_once_results(
         assert fingerprint(pg_url, "trades") == fingerprint(clean_url, "trades")
 
 
+@pytest.mark.slow
 def test_a_chunk_failing_on_a_worker_fails_alone(pg_url: str, tmp_path: Path) -> None:
     paths = write_trade_days(tmp_path / "d", 3, 20_000)
     array = synthetic_trades(20_000, dt.date(2024, 3, 5), seed=1)
@@ -173,6 +177,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "db", "message"),
     [
@@ -243,6 +248,7 @@ def test_the_clients_progress_counts_what_the_workers_read(pg_url: str, tmp_path
     assert (progress.planned, progress.finished, progress.records) == (3, 3, 30_000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["postgresql", "lake"])
 def test_api_days_are_downloaded_by_the_workers_once_each(  # type: ignore[no-untyped-def]
     api, cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, target: str
@@ -268,6 +274,7 @@ def test_api_days_are_downloaded_by_the_workers_once_each(  # type: ignore[no-un
     assert _statuses(pg_url) == {"done": 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [1, 2])
 def test_downloads_across_all_workers_stay_within_the_limit(  # type: ignore[no-untyped-def]
     api, cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, limit: int
@@ -305,6 +312,7 @@ def test_the_planned_api_source_travels_without_the_key(api) -> None:  # type: i
         worker_side.close()
 
 
+@pytest.mark.slow
 def test_a_chunk_whose_workers_all_die_fails_alone_and_a_rerun_completes_it(
     pg_url: str, tmp_path: Path
 ) -> None:

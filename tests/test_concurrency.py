@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 import pyarrow as pa
+import pytest
 
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.logs import configure
@@ -40,6 +41,7 @@ def _ingest(spec: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_concurrent_runs_of_the_same_and_overlapping_inputs_store_each_record_once(
     server_url: str, tmp_path: Path
 ) -> None:
@@ -131,6 +133,7 @@ def test_a_chunk_failing_in_one_lane_fails_alone(pg_url: str, tmp_path: Path) ->
     assert _statuses(pg_url) == {"done": 3, "failed": 1}
 
 
+@pytest.mark.slow
 def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path) -> None:
     """Ctrl-C while two lanes load: each lane's chunk rolls back at its next batch, so every
     row in the table belongs to a chunk the ledger calls done, and a re-run completes."""

@@ -24,6 +24,7 @@ from marketpipe.symbology import day_ns
 
 from databento_server import DatabentoServer
 from dbn_reference import MODEL
+from pg import SERVER
 
 DAY = dt.date(2024, 1, 2)
 
@@ -59,7 +60,9 @@ def test_read_and_export_by_contract_after_a_parent_ingest(api: DatabentoServer,
     assert rows == {"ESH4": esh4.num_rows, "ES.FUT": everything.num_rows}
 
 
-@pytest.mark.parametrize("on_postgres", [False, True], ids=["duckdb", "postgresql"])
+@pytest.mark.parametrize(
+    "on_postgres", [False, pytest.param(True, marks=SERVER)], ids=["duckdb", "postgresql"]
+)
 def test_definitions_name_contracts_for_files_ingested_by_parent(  # type: ignore[no-untyped-def]
     cli, tmp_path: Path, on_postgres: bool, request: pytest.FixtureRequest
 ) -> None:

@@ -110,6 +110,7 @@ def test_multi_day_multi_schema_ingest_stores_exactly_what_was_served(api, cli, 
     assert _stored_trades(tmp_path / "store.duckdb") == _expected_trades(trades)
 
 
+@pytest.mark.slow
 def test_transient_faults_are_retried_and_the_data_equals_a_clean_run(
     api, cli, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]

@@ -144,6 +144,7 @@ def test_a_failed_chunk_leaves_no_file(cli, tmp_path: Path) -> None:  # type: ig
     assert _read(f"lake:{lake}").num_rows == 4_000
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_nothing_visible_and_the_next_run_clears_its_files(tmp_path: Path) -> None:
     """kill -9 while a chunk's files are written: marketpipe reads none of them, and the run
     that resumes the chunk stores it once and removes what the killed one left."""

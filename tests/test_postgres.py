@@ -49,6 +49,7 @@ def _statuses(url: str) -> dict[str, int]:
     return dict(rows)
 
 
+@pytest.mark.slow
 def test_every_schema_round_trips_exactly(server_url: str, samples: Path, cli, tmp_path: Path) -> None:
     pg_url = server_url
     result = cli("ingest", "--from-file", str(samples), "--db", pg_url)
@@ -81,6 +82,7 @@ def test_rerun_and_force_leave_tables_identical(server_url: str, tmp_path: Path)
     assert fingerprint(pg_url, "trades") == first
 
 
+@pytest.mark.slow
 def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: Path) -> None:
     pg_url = server_url
     write_trade_days(tmp_path / "d", 6, 250_000)
@@ -111,6 +113,7 @@ def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: 
         assert fingerprint(pg_url, "trades") == fingerprint(clean_url, "trades")
 
 
+@pytest.mark.slow
 def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path: Path) -> None:
     write_trade_days(tmp_path / "d", 1, 1_000_000)
     cfg = load_settings(db=pg_url, batch_size=20_000, db_retry_wait=0.05)
@@ -136,6 +139,7 @@ def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path
     assert fingerprint(pg_url, "trades")[0] == 1_000_000
 
 
+@pytest.mark.slow
 def test_database_gone_mid_run_stops_cleanly_and_resumes(pg_url: str, tmp_path: Path) -> None:
     write_trade_days(tmp_path / "d", 5, 100_000)
     port = psycopg.conninfo.conninfo_to_dict(pg_url).get("port") or 5432
@@ -181,12 +185,11 @@ def test_unreachable_database_is_one_clear_line(cli, tmp_path: Path, monkeypatch
     assert "Connection refused" in lines[0] and "s3cret" not in result.output
 
 
-def test_missing_database_fails_fast(cli, tmp_path: Path) -> None:
+def test_missing_database_fails_fast(cli, tmp_path: Path, pg_url: str) -> None:  # type: ignore[no-untyped-def]
     paths = write_trade_days(tmp_path / "d", 1, 10)
     started = time.monotonic()
-    result = cli(
-        "ingest", "--from-file", str(paths[0]), "--db", "postgresql://postgres@127.0.0.1:5432/no_such_db_x"
-    )
+    missing = pg_url.rpartition("/")[0] + "/no_such_db_x"  # on the server the tests use
+    result = cli("ingest", "--from-file", str(paths[0]), "--db", missing)
     assert result.exit_code == 2
     assert 'database "no_such_db_x" does not exist' in result.output
     assert time.monotonic() - started < 5

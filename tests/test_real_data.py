@@ -300,6 +300,7 @@ def test_same_records_in_dbn_v1_v2_v3_are_stored_once(cli, tmp_path: Path) -> No
         assert con.execute("SELECT count(*), count(DISTINCT symbol) FROM trades").fetchone() == (2, 1)
 
 
+@pytest.mark.slow
 def test_damaged_live_recordings_fail_cleanly_or_store_a_closed_count(cli, tmp_path: Path) -> None:
     """Fixed-seed byte flips in the records of a live recording: each run either stores with
     read = stored + quarantined, or rejects the file in one line; never a crash."""

@@ -16,6 +16,8 @@ from marketpipe.errors import ConfigError
 from marketpipe.rules.transformation import load_transformations
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn
 
+from pg import SERVER
+
 SHIPPED = packaged(TRANSFORMATION_FILE)
 
 
@@ -200,7 +202,7 @@ def test_rename_enum_constant_and_drop_reach_the_store(tmp_path: Path, cli, monk
     assert rows == expected
 
 
-@pytest.mark.parametrize("store", ["duckdb", "postgres"])
+@pytest.mark.parametrize("store", ["duckdb", pytest.param("postgres", marks=SERVER)])
 def test_changed_model_against_an_existing_database_fails_in_one_line(  # type: ignore[no-untyped-def]
     tmp_path: Path, cli, monkeypatch, request, store: str
 ) -> None:
