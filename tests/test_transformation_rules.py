@@ -217,5 +217,9 @@ def test_changed_model_against_an_existing_database_fails_in_one_line(  # type: 
     monkeypatch.setenv("MARKETPIPE_TRANSFORMATION_FILE", str(_write(tmp_path, doc)))
     result = cli("ingest", "--from-file", str(data), "--force")
     assert result.exit_code == 2
-    assert re.search(r"table trades in .* does not match the transformation file", result.stderr)
+    assert re.search(
+        r"table trades in .* was made by another transformation file"
+        r" \(columns .* in the store, .* declared\)",
+        result.stderr,
+    )
     assert "Traceback" not in result.output + result.stderr

@@ -66,7 +66,7 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_LAZY[name]), name)
 
 
-def open(db: str | None = None, ledger: str | None = None) -> Reader:
+def open(db: str | None = None, ledger: str | None = None, pg_schema: str | None = None) -> Reader:
     """The store at ``db`` opened read-only: nothing is created, migrated or changed.
 
     Parameters
@@ -76,6 +76,8 @@ def open(db: str | None = None, ledger: str | None = None) -> Reader:
         else ``data/marketpipe.duckdb`` in the working directory.
     ledger : str, optional
         A lake's ledger, where it is not ``DIR/_marketpipe/ledger.duckdb``.
+    pg_schema : str, optional
+        PostgreSQL: the schema the store is in (default ``MARKETPIPE_PG_SCHEMA``, else public).
 
     Raises
     ------
@@ -86,4 +88,4 @@ def open(db: str | None = None, ledger: str | None = None) -> Reader:
     from marketpipe.reading import open_reader  # the heavy libraries only when reading
 
     as_library()
-    return open_reader(db, ledger)
+    return open_reader(db, ledger, pg_schema)

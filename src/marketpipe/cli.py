@@ -83,6 +83,14 @@ LedgerOption = Annotated[
         show_default="DIR/_marketpipe/ledger.duckdb",
     ),
 ]
+PgSchemaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pg-schema",
+        help="PostgreSQL: the schema for marketpipe's tables and ledger [env MARKETPIPE_PG_SCHEMA]",
+        show_default="public",
+    ),
+]
 SymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols")]
 StartOption = Annotated[
     str | None, typer.Option("--start-date", help=f"First day, inclusive: {defaults.DAY_FORMS}")
@@ -199,6 +207,7 @@ def ingest(
     end_date: EndOption = None,
     db: DbOption = None,
     ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
     force: Annotated[bool, typer.Option("--force", help="Re-ingest chunks already done")] = False,
     batch_size: Annotated[
         int | None,
@@ -273,6 +282,7 @@ def query(
     ],
     db: DbOption = None,
     ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
     format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file (needed for parquet)")] = None,
     overwrite: ForceOverwrite = False,
@@ -281,7 +291,7 @@ def query(
     """Run your own read-only SQL against the store.
 
     The <table>_v views add readable *_time columns."""
-    _guarded(lambda: _commands().query(statement, db, ledger, format, out, overwrite, limit))
+    _guarded(lambda: _commands().query(statement, db, ledger, pg_schema, format, out, overwrite, limit))
 
 
 @app.command(cls=SchemaCommand)
@@ -291,6 +301,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="parquet or csv")] = "parquet",
     db: DbOption = None,
     ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
     symbols: SymbolsOption = None,
     start_date: StartOption = None,
     end_date: EndOption = None,
@@ -298,7 +309,9 @@ def export(
 ) -> None:
     """Write one schema's records to Parquet or CSV, exactly."""
     _guarded(
-        lambda: _commands().export(schema, out, format, db, ledger, symbols, start_date, end_date, overwrite)
+        lambda: _commands().export(
+            schema, out, format, db, ledger, pg_schema, symbols, start_date, end_date, overwrite
+        )
     )
 
 
@@ -316,6 +329,7 @@ def coverage_command(
     schema: Annotated[str, typer.Option("--schema", help="Schema, e.g. trades")],
     db: DbOption = None,
     ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Dataset, when the schema comes from several")
     ] = None,
@@ -334,20 +348,28 @@ def coverage_command(
 
     Sessions are the exchange calendar's trading days (configs/calendars.yaml)."""
     _guarded(
-        lambda: _commands().coverage(schema, db, ledger, dataset, symbols, start_date, end_date, as_json)
+        lambda: _commands().coverage(
+            schema, db, ledger, pg_schema, dataset, symbols, start_date, end_date, as_json
+        )
     )
 
 
 @app.command(cls=Command)
-def status(db: DbOption = None, ledger: LedgerOption = None, as_json: JsonOption = False) -> None:
+def status(
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """What is stored: tables, rows, time ranges, chunks, runs."""
-    _guarded(lambda: _commands().status(db, ledger, as_json))
+    _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json))
 
 
 @app.command("quarantine", cls=SchemaCommand)
 def quarantine_command(
     db: DbOption = None,
     ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Only this run id")] = None,
     schema: Annotated[str | None, typer.Option("--schema", help="Only this schema")] = None,
     rule: Annotated[str | None, typer.Option("--rule", help="Only this rule")] = None,
@@ -355,7 +377,7 @@ def quarantine_command(
     show: Annotated[int | None, typer.Option("--show", help="Print record N of the listing in full")] = None,
 ) -> None:
     """List quarantined records (by run, schema, rule), or one."""
-    _guarded(lambda: _commands().quarantine(db, ledger, run, schema, rule, limit, show))
+    _guarded(lambda: _commands().quarantine(db, ledger, pg_schema, run, schema, rule, limit, show))
 
 
 @app.command("make-sample", cls=Command)

@@ -79,6 +79,7 @@ def ingest(
     end_date: str | None,
     db: str | None,
     ledger: str | None,
+    pg_schema: str | None,
     force: bool,
     batch_size: int | None,
     max_quarantine_ratio: float | None,
@@ -99,6 +100,7 @@ def ingest(
     settings = _settings(
         db=db,
         ledger=ledger,
+        pg_schema=pg_schema,
         batch_size=batch_size,
         max_quarantine_ratio=max_quarantine_ratio,
         max_concurrent_downloads=max_concurrent_downloads,
@@ -142,12 +144,13 @@ def query(
     statement: str,
     db: str | None,
     ledger: str | None,
+    pg_schema: str | None,
     format: str,
     out: Path | None,
     overwrite: bool,
     limit: int,
 ) -> None:
-    settings = _settings(db=db, ledger=ledger)
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     if format not in QUERY_FORMATS:
         raise UsageError(f"unknown format {format!r}; known: {', '.join(QUERY_FORMATS)}")
     if out is None and format == "parquet":
@@ -209,12 +212,13 @@ def export(
     format: str,
     db: str | None,
     ledger: str | None,
+    pg_schema: str | None,
     symbols: str | None,
     start_date: str | None,
     end_date: str | None,
     overwrite: bool,
 ) -> None:
-    settings = _settings(db=db, ledger=ledger)
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     start, end = _report_days(start_date, end_date)
     if start and end and end < start:
         raise UsageError(f"end date {end} is before start date {start}")
@@ -239,13 +243,14 @@ def coverage(
     schema: str,
     db: str | None,
     ledger: str | None,
+    pg_schema: str | None,
     dataset: str | None,
     symbols: str | None,
     start_date: str | None,
     end_date: str | None,
     as_json: bool,
 ) -> None:
-    settings = _settings(db=db, ledger=ledger)
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     start, end = _report_days(start_date, end_date)
     check_schema(schema)
     calendars = load_calendars(settings.calendars_file)
@@ -271,8 +276,8 @@ def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date 
     return days[0], days[1]
 
 
-def status(db: str | None, ledger: str | None, as_json: bool) -> None:
-    settings = _settings(db=db, ledger=ledger)
+def status(db: str | None, ledger: str | None, pg_schema: str | None, as_json: bool) -> None:
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     store = _read_only_store(settings)
     try:
         report = store.status()
@@ -287,13 +292,14 @@ def status(db: str | None, ledger: str | None, as_json: bool) -> None:
 def quarantine(
     db: str | None,
     ledger: str | None,
+    pg_schema: str | None,
     run: str | None,
     schema: str | None,
     rule: str | None,
     limit: int,
     show: int | None,
 ) -> None:
-    settings = _settings(db=db, ledger=ledger)
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     if schema is not None:
         check_schema(schema)
     store = _read_only_store(settings)

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     # A lake's ledger (chunks, runs, quarantine, the lake's file list): a DuckDB file or a
     # PostgreSQL URL; a lake on a local disk keeps a DuckDB one in DIR/_marketpipe/ by default.
     ledger: str | None = None
+    # PostgreSQL: the schema marketpipe's tables, views and ledger live in (made if missing);
+    # None: the connection's current schema (public).
+    pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     log_level: str = defaults.LOG_LEVEL
     log_file: Path = Field(default_factory=default_log_file)
     batch_size: int = Field(defaults.BATCH_SIZE, gt=0)

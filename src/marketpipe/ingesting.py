@@ -59,6 +59,7 @@ def ingest(
     end_date: Day | None = None,
     db: str | os.PathLike[str] | None = None,
     ledger: str | None = None,
+    pg_schema: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     fill_gaps: bool = False,
@@ -102,6 +103,9 @@ def ingest(
         ``MARKETPIPE_DB``, else ``data/marketpipe.duckdb`` in the working directory.
     ledger : str, optional
         A lake's ledger, where it is not ``DIR/_marketpipe/ledger.duckdb``.
+    pg_schema : str, optional
+        PostgreSQL: the schema for marketpipe's tables, views and ledger (made if missing);
+        default ``MARKETPIPE_PG_SCHEMA``, else the connection's (public).
     force : bool
         Ingest chunks an earlier run stored again (their rows are replaced, not added).
     dry_run : bool
@@ -147,6 +151,7 @@ def ingest(
     settings = load_settings(
         db=None if db is None else os.fspath(db),
         ledger=ledger,
+        pg_schema=pg_schema,
         batch_size=batch_size,
         max_quarantine_ratio=max_quarantine_ratio,
     )

@@ -272,8 +272,13 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
                 self.con.execute(sql.create_family_table(family, column_type))
 
     def _prepare(self, read_only: bool) -> None:
+        """Checked before anything is made (``catalog``): someone else's table of one of
+        marketpipe's names, or a table another transformation file made, is refused and the
+        file stays as it was."""
+        _, pending = self.inspect_catalog()
         super()._prepare(read_only)
-        self.check_model()
+        if not read_only:
+            sql.record_definitions(self, pending)
 
     def _ns(self, column: str) -> str:
         return f"epoch_ns({sql.identifier(column)})"

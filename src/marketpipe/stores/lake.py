@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import structlog
 from fsspec.implementations.local import LocalFileSystem
 
+import marketpipe.stores.catalog as catalog
 import marketpipe.stores.sql as sql
 from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings, missing_filesystem
 from marketpipe.errors import StoreError, StoreRejected, UsageError
@@ -393,11 +394,11 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
             raise StoreRejected(f"no marketpipe lake at {root}: nothing has been ingested there")
     filesystem(root)  # before the ledger is opened (or made): a refused lake changes nothing
     if location.startswith(POSTGRES_SCHEMES):
-        from marketpipe.stores.postgres import PostgresStore
+        from marketpipe.stores.postgres import PostgresStore, in_schema
 
-        return PostgresStore(
-            location, settings.db_retries, settings.db_retry_wait, read_only=read_only, model=Model({})
-        )
+        url = in_schema(location, settings.pg_schema)
+        retries, wait = settings.db_retries, settings.db_retry_wait
+        return PostgresStore(url, retries, wait, read_only=read_only, model=Model({}))
     # A store of no tables: a ledger that gives writer threads a connection each.
     return DuckDBStore(location, settings.duckdb_memory_limit, read_only, model=Model({}))
 
@@ -415,6 +416,8 @@ def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> Non
         raise StoreRejected(
             f"{ledger.location} holds a marketpipe store's tables: give the lake a ledger of its own"
         )
+    # The lake's tables are its files: their definitions are kept in the ledger.
+    pending = catalog.check(ledger.location, model, sql.recorded_definitions(ledger, tables))
     if read_only:
         if FILES_TABLE not in tables:
             raise StoreRejected(f"{ledger.location} is a marketpipe ledger but not of a lake")
@@ -422,6 +425,7 @@ def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> Non
     for statement in FILES_DDL:
         ledger._execute(statement)
     ledger._execute(sql.RECORD_MIGRATION, [FILES_VERSION, FILES_NAME])
+    sql.record_definitions(ledger, pending)
     ledger._commit()
 
 

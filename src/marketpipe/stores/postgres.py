@@ -16,6 +16,7 @@ retried as a whole by the pipeline.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 from psycopg import errors
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
@@ -98,6 +99,23 @@ def is_transient(exc: BaseException) -> bool:
     return not any(m in str(exc) for m in _PERMANENT_MESSAGES)
 
 
+def in_schema(url: str, schema: str | None) -> str:
+    """Connection parameters whose sessions work in ``schema`` (libpq's ``options``:
+    search_path ``schema, public``, public for an extension's functions such as TimescaleDB's):
+    every connection made from them, a writer's, a worker's, the chunk maker's, is there."""
+    if schema is None:
+        return url
+    info = {key: str(value) for key, value in conninfo_to_dict(url).items() if value is not None}
+    info["options"] = f"{info.get('options', '')} -c search_path={schema},public".strip()
+    return make_conninfo("", **info)
+
+
+def schema_of(url: str) -> str | None:
+    """The schema ``in_schema`` put these connection parameters in, if any."""
+    found = re.search(r"search_path=([a-z0-9_]+)", str(conninfo_to_dict(url).get("options", "")))
+    return found.group(1) if found else None
+
+
 def safe_location(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:
@@ -106,7 +124,9 @@ def safe_location(url: str) -> str:
         return "postgresql://(unparsable URL)"
     user = f"{info['user']}@" if info.get("user") else ""
     port = f":{info['port']}" if info.get("port") else ""
-    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+    schema = schema_of(url)
+    where = f" (schema {schema})" if schema else ""
+    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}{where}"
 
 
 def translate(exc: psycopg.Error, where: str) -> StoreError | StoreRejected:
@@ -263,13 +283,12 @@ class PostgresStore(sql.SqlStore):
         self.model = model
         self.url = url
         self.location = safe_location(url)
+        self.schema = schema_of(url)
         self.retries = retries
         self.retry_wait = retry_wait
         self.read_only = read_only
         self.conn = self._connect()
         self.mode = self._inspect() if read_only else self._migrate(compress_after_days)
-        with self.translated("schema check"):
-            self.check_model()
         self.ahead = (
             timescale.ChunksAhead(url, CONNECT_OPTIONS)
             if self.mode == "timescaledb" and not read_only
@@ -309,8 +328,13 @@ class PostgresStore(sql.SqlStore):
             self.ahead.close()
 
     def _migrate(self, compress_after_days: int | None) -> str:
+        """Checked first (``catalog``: someone else's table, a table another transformation file
+        made), then migrated, in one transaction: a refusal changes nothing."""
         with self.translated("schema migration"), self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            if self.schema is not None:  # rolled back with the rest if the store is refused
+                self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.identifier(self.schema)}")
+            _, pending = self.inspect_catalog()
             use_timescale, why = timescale.detect(self.conn)
             self.conn.execute(sql.MIGRATIONS_DDL)
             applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
@@ -321,6 +345,7 @@ class PostgresStore(sql.SqlStore):
                 apply(self.conn)
                 self.conn.execute(sql.RECORD_MIGRATION, (version, name))
                 log.info("db.migrated", version=version, name=name)
+            sql.record_definitions(self, pending)
             if use_timescale and compress_after_days is not None:
                 timescale.add_compression_policies(self.conn, compress_after_days, self.model)
         mode = "timescaledb" if use_timescale else "postgresql"
@@ -330,9 +355,14 @@ class PostgresStore(sql.SqlStore):
     def _inspect(self) -> str:
         """The mode the store was made in, read without changing anything."""
         with self.translated("schema check"):
-            found = self.conn.execute("SELECT to_regclass(%s)", (sql.MIGRATIONS_TABLE,)).fetchone()
+            current = self.conn.execute("SELECT current_schema()").fetchone()
+            if self.schema is not None and (current is None or current[0] != self.schema):
+                raise StoreRejected(
+                    f"no schema {self.schema} in {self.location}: nothing has been ingested there"
+                )
+            relations, _ = self.inspect_catalog()
             applied: set[int] = set()
-            if found and found[0] is not None:
+            if sql.MIGRATIONS_TABLE in relations:
                 applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
             self.conn.commit()
         if not applied:
@@ -455,7 +485,7 @@ class PostgresStore(sql.SqlStore):
 
 def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
     store = PostgresStore(
-        settings.db,
+        in_schema(settings.db, settings.pg_schema),
         settings.db_retries,
         settings.db_retry_wait,
         settings.compress_after_days,

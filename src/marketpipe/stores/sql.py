@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+import marketpipe.stores.catalog as catalog
 from marketpipe.errors import StoreRejected, UsageError
 from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
@@ -309,6 +310,21 @@ class Background:
         self._executor.shutdown()
 
 
+def recorded_definitions(ledger: SqlLedger, relations: set[str]) -> dict[str, str]:
+    """Table -> the definition it was made with (JSON), as the ledger's database records it."""
+    if catalog.DEFINITIONS_TABLE not in relations:
+        return {}
+    statement = f"SELECT table_name, definition FROM {catalog.DEFINITIONS_TABLE}"
+    return {str(table): str(definition) for table, definition in ledger._query(statement)}
+
+
+def record_definitions(ledger: SqlLedger, families: Sequence[Family]) -> None:
+    """The definitions of tables made (or first checked) now, in the open transaction."""
+    if families:
+        ledger._execute(catalog.DEFINITIONS_DDL)
+        ledger._executemany(catalog.RECORD_DEFINITION, catalog.rows(families))
+
+
 class ChunkTransaction:
     """A chunk's ledger side inside the database transaction its rows are written in."""
 
@@ -570,12 +586,12 @@ class SqlStore(SqlLedger):
     def _sink(self, family: Family, chunk_id: int) -> ChunkSink:
         raise NotImplementedError
 
-    def check_model(self) -> None:
-        """The tables found must be the ones the transformation file declares, column for column.
-
-        A changed transformation file against an existing database would otherwise fail
-        mid-load or store columns under the wrong names.
-        """
+    def check_model(self, relations: set[str]) -> None:
+        """The tables there (of ``relations``) must have the columns the transformation file
+        declares, name for name; a table not there yet is made from the file. Read before any
+        DDL: a changed transformation file against an existing database would otherwise fail
+        mid-load or store columns under the wrong names. ``catalog.check`` compares what the
+        columns mean."""
         found: dict[str, list[str]] = {}
         for table, column in self._query(
             "SELECT table_name, column_name FROM information_schema.columns"
@@ -584,14 +600,27 @@ class SqlStore(SqlLedger):
             found.setdefault(str(table), []).append(str(column))
         for family in self.model.families.values():
             expected = [*family.column_names, "chunk_id"]
-            if found.get(family.table) != expected:
-                have = ", ".join(found.get(family.table, [])) or "no such table"
+            if family.table in relations and found.get(family.table) != expected:
+                have = ", ".join(found.get(family.table, [])) or "no columns"
                 raise StoreRejected(
                     f"table {family.table} in {self.location} does not match the transformation file"
-                    f" (found: {have}; declared: {', '.join(expected)}): use a new database or"
-                    " migrate the table"
+                    f" (found: {have}; declared: {', '.join(expected)}): nothing was changed; use a new"
+                    " database or migrate the table"
                 )
-        self._commit()
+
+    def inspect_catalog(self) -> tuple[set[str], list[Family]]:
+        """What the database holds, checked before anything in it changes (``catalog``): its
+        relations, and the families whose definitions are not recorded yet."""
+        relations = {
+            str(name)
+            for (name,) in self._query(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            )
+        }
+        catalog.refuse_foreign(self.location, relations, self.model)
+        pending = catalog.check(self.location, self.model, recorded_definitions(self, relations))
+        self.check_model(relations)
+        return relations, pending
 
     def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> ChunkSink:
         if earlier is not None:
