@@ -81,7 +81,15 @@ read_only marketpipe export --schema trades --symbols ESH4 --start-date 2024-01-
 [ -s "$tmp/bars.parquet" ] && [ -s "$tmp/esh4.csv" ]
 read_only marketpipe query "SELECT symbol, count(*) AS trades FROM trades GROUP BY symbol ORDER BY symbol"
 read_only marketpipe coverage --schema trades --symbols ES.FUT
+read_only marketpipe coverage --schema ohlcv-1d --json
+read_only marketpipe status --json
+read_only marketpipe query "SELECT * FROM trades_v" --format parquet --out "$tmp/trades_v.parquet"
+read_only marketpipe query "SELECT * FROM ohlcv WHERE symbol = 'ES.FUT'" --format csv
 read_only marketpipe quarantine
+read_only marketpipe quarantine --rule trade_size_positive --schema trades
+marketpipe ingest --from-file data/sample --db lake:data/lake
+read_only marketpipe status --db lake:data/lake
+read_only marketpipe export --schema trades --db lake:data/lake --out "$tmp/lake.parquet"
 [ -s "$XDG_STATE_HOME/marketpipe/log/marketpipe.jsonl" ]  # the log went to the state directory
 
 step "a bad input is one line, exit 2, and creates nothing"

@@ -131,3 +131,45 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("databento", "aiohttp
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _declared() -> tuple[set[str], set[str]]:
+    """Distributions the package depends on, and those its extras add (normalized names)."""
+    import tomllib
+
+    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    extras = project["optional-dependencies"]
+    return names(project["dependencies"]), names([r for k, v in extras.items() if k != "dev" for r in v])
+
+
+def test_every_distribution_the_package_imports_is_declared() -> None:
+    """A user installs the wheel, not the checkout's virtual environment: each third-party
+    module src/ imports must come from a declared dependency, or from an extra (imported only
+    where used: scripts/wheel_smoke.sh runs the default path with no extra installed)."""
+    from importlib.metadata import packages_distributions
+
+    required, optional = _declared()
+    optional |= {"distributed", "dask"}  # dask[distributed]
+    owners = packages_distributions()
+    undeclared = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "marketpipe" or top == "__future__":
+                    continue
+                distributions = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not distributions & (required | optional):
+                    owner = ", ".join(sorted(distributions))
+                    undeclared.append(f"{path.relative_to(SRC)}: {module} ({owner})")
+    assert undeclared == []

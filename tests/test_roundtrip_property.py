@@ -75,6 +75,7 @@ def _write_with_databento_dbn(path: Path, schema: str, array: np.ndarray) -> Non
     write_dbn(path, metadata, (bytes(r) for r in decoded))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schema", SCHEMAS)
 def test_random_records_round_trip(schema: str) -> None:
     # No shrinking: a failing example is reported as drawn, which keeps CI fast.
