@@ -98,8 +98,14 @@ StartOption = Annotated[
 EndOption = Annotated[
     str | None, typer.Option("--end-date", help=f"Last day, inclusive: {defaults.DAY_FORMS}")
 ]
+ReadStartOption = Annotated[
+    str | None, typer.Option("--start-date", help=f"First day, inclusive: {defaults.READ_DAY_FORMS}")
+]
+ReadEndOption = Annotated[
+    str | None, typer.Option("--end-date", help=f"Last day, inclusive: {defaults.READ_DAY_FORMS}")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for monitoring")]
-ForceOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it is an existing file")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it is an existing file")]
 
 
 def _version(value: bool) -> None:
@@ -285,7 +291,7 @@ def query(
     pg_schema: PgSchemaOption = None,
     format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file (needed for parquet)")] = None,
-    overwrite: ForceOverwrite = False,
+    overwrite: OverwriteOption = False,
     limit: Annotated[int, typer.Option("--limit", help="Rows shown by --format table")] = 50,
 ) -> None:
     """Run your own read-only SQL against the store.
@@ -303,9 +309,9 @@ def export(
     ledger: LedgerOption = None,
     pg_schema: PgSchemaOption = None,
     symbols: SymbolsOption = None,
-    start_date: StartOption = None,
-    end_date: EndOption = None,
-    overwrite: ForceOverwrite = False,
+    start_date: ReadStartOption = None,
+    end_date: ReadEndOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Write one schema's records to Parquet or CSV, exactly."""
     _guarded(
@@ -336,11 +342,11 @@ def coverage_command(
     symbols: SymbolsOption = None,
     start_date: Annotated[
         str | None,
-        typer.Option("--start-date", help=f"First day (default: first requested): {defaults.DAY_FORMS}"),
+        typer.Option("--start-date", help=f"First day (default: first requested): {defaults.READ_DAY_FORMS}"),
     ] = None,
     end_date: Annotated[
         str | None,
-        typer.Option("--end-date", help=f"Last day (default: last requested): {defaults.DAY_FORMS}"),
+        typer.Option("--end-date", help=f"Last day (default: last requested): {defaults.READ_DAY_FORMS}"),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -12,3 +12,4 @@ MAX_CONCURRENT_DOWNLOADS = 50
 # What a day argument may be: a date, or relative (UTC): today, yesterday, N days ago, and for
 # a job's start, ``last``: the day after the last day the job has fully stored.
 DAY_FORMS = "YYYY-MM-DD, today, yesterday, -Nd or last"
+READ_DAY_FORMS = "YYYY-MM-DD, today, yesterday or -Nd"  # days to read: ``last`` is a job's
