@@ -10,11 +10,13 @@ Generates N trade records as a DBN file (metadata by databento-dbn), then measur
       decodes the file to 9 columns (float prices, microsecond timestamps), pgpq binary COPY
       into a plain table with no index; compared with (b) as `marketpipe ingest` run by a
       user onto the migrated store, both fresh processes timed end to end (start-up included);
+  (e) the same pipelines again with --force onto the stores (b) and (c) left: the day stored
+      is replaced, not added (compared with each first ingest);
   and the start-up of `marketpipe version` and the whole of `marketpipe status` on (c)'s
   DuckDB store (fresh processes, best of three).
 Prints rows/s, the ratios (b)/(a), (c)/(bare DuckDB) and (b)/(d), peak RSS, and last one line:
   RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n> pg_vs_lossy=<v> startup_s=<s>
-         status_s=<t>
+         status_s=<t> pg_force_ratio=<f> duckdb_force_ratio=<g>
 
     python bench/ingest_bench.py [--records N] [--db postgresql://user@host:port/admin_db]
 
@@ -232,9 +234,11 @@ def main() -> None:
             tables = standardized_tables(file, args.batch_size)
             bare_pg = bare_postgres(pg_url, tables)
             pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)
+            force_pg, _ = run_child("postgres --force", file, pg_url, args.batch_size)
             bare_dd = bare_duckdb(work / "bare.duckdb", tables)
             del tables
             pipe_dd, rss_dd = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
+            force_dd, _ = run_child("duckdb --force", file, str(work / "pipeline.duckdb"), args.batch_size)
             wall_pg, wall_lossy, rss_lossy = whole_processes(
                 file, pg_url, args.batch_size, work / "cli.jsonl"
             )
@@ -251,6 +255,8 @@ def main() -> None:
         ("(c) pipeline DBN -> DuckDB", pipe_dd, rss_dd),
         ("(b) `marketpipe ingest`, whole process", wall_pg, None),
         ("(d) lossy client + COPY, whole process", wall_lossy, rss_lossy),
+        ("(e) --force onto (b)'s stored day", force_pg, None),
+        ("(e) --force onto (c)'s stored day", force_dd, None),
     ]
     print(f"\n{'':38} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")
     for name, seconds, rss in rows:
@@ -267,10 +273,13 @@ def main() -> None:
     pg_vs_lossy = wall_lossy / wall_pg
     print(f"(b)/(d) = {pg_vs_lossy:.2f} (target >= 0.65)   marketpipe version starts in {startup:.2f} s,")
     print(f"  marketpipe status of (c)'s DuckDB store takes {status:.2f} s")
+    pg_force, duckdb_force = force_pg / pipe_pg, force_dd / pipe_dd
+    print(f"(e)/(b) = {pg_force:.2f}, (e)/(c) = {duckdb_force:.2f}: a --force re-ingest against the first")
     print(f"trades columns: {columns} + chunk_id; batch size {args.batch_size:,}")
     print(
         f"RESULT pg_ratio={pg_ratio:.3f} duckdb_ratio={duckdb_ratio:.3f} peak_rss_mb={peak:.0f} records={n}"
         f" pg_vs_lossy={pg_vs_lossy:.3f} startup_s={startup:.3f} status_s={status:.3f}"
+        f" pg_force_ratio={pg_force:.3f} duckdb_force_ratio={duckdb_force:.3f}"
     )
 
 
