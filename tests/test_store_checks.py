@@ -123,7 +123,7 @@ CHANGES = {
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
-@pytest.mark.parametrize("store", ["duckdb", POSTGRES, "lake"])
+@pytest.mark.parametrize("store", ["duckdb", POSTGRES, TIMESCALE, "lake"])
 def test_a_table_made_by_another_transformation_file_is_refused_at_start_with_nothing_changed(  # type: ignore[no-untyped-def]
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request, store: str, change: str
 ) -> None:
@@ -131,6 +131,7 @@ def test_a_table_made_by_another_transformation_file_is_refused_at_start_with_no
     db = {
         "duckdb": str(tmp_path / "store.duckdb"),
         "postgresql": request.getfixturevalue("pg_url") if store == "postgresql" else "",
+        "timescaledb": request.getfixturevalue("timescale_url") if store == "timescaledb" else "",
         "lake": f"lake:{tmp_path / 'lake'}",
     }[store]
     assert cli("ingest", "--from-file", str(tmp_path / "s"), "--db", db).exit_code == 0
