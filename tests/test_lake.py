@@ -25,7 +25,13 @@ import pytest
 import marketpipe
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.pipeline import ingest
-from marketpipe.samples import synthetic_trades, write_trade_days, write_trades_file
+from marketpipe.samples import (
+    metadata_bytes,
+    synthetic_trades,
+    write_dbn,
+    write_trade_days,
+    write_trades_file,
+)
 
 from dbn_reference import MODEL
 
@@ -386,3 +392,23 @@ def test_one_process_writes_two_chunks_at_once_with_either_ledger(
         assert {json.loads(line).get("lane") for line in lines if '"chunk.start"' in line} == {1, 2}, name
         with marketpipe.open(f"lake:{lake}", ledger) as reader:
             assert reader.read("trades").equals(expected), name
+
+
+@pytest.mark.parametrize("ledger", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_file_of_no_records_is_a_done_chunk_in_the_lake(cli, tmp_path: Path, request, ledger: str) -> None:  # type: ignore[no-untyped-def]
+    """Databento delivers zero-record files for days without data: the chunk is done, no file is
+    written, and a re-run skips it (the DuckDB ledger once failed on an empty file list)."""
+    start = 1_709_510_400 * 10**9  # 2024-03-04
+    metadata = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+    empty = write_dbn(tmp_path / "empty.dbn", metadata, [])
+    lake = tmp_path / "lake"
+    extra = ["--ledger", request.getfixturevalue("pg_url")] if ledger == "postgresql" else []
+    first = cli("ingest", "--from-file", str(empty), "--db", f"lake:{lake}", *extra, "--json")
+    assert first.exit_code == 0, first.output
+    counts = json.loads(first.stdout)["schemas"]["trades"]
+    assert {k: v for k, v in counts.items() if k != "seconds"} == dict.fromkeys(
+        ("read", "stored", "quarantined", "skipped", "failed"), 0
+    )
+    assert _files(lake) == []
+    again = cli("ingest", "--from-file", str(empty), "--db", f"lake:{lake}", *extra, "--json")
+    assert json.loads(again.stdout)["schemas"]["trades"]["skipped"] == 1

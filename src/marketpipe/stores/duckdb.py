@@ -224,6 +224,8 @@ class DuckDBLedger(sql.SqlLedger):
         self.execute_translated(_q(statement), params)
 
     def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:  # DuckDB refuses an empty parameter list (psycopg runs nothing)
+            return
         with self._translated():
             self.con.executemany(_q(statement), [list(r) for r in rows])
 
