@@ -422,6 +422,7 @@ def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> Non
         if FILES_TABLE not in tables:
             raise StoreRejected(f"{ledger.location} is a marketpipe ledger but not of a lake")
         return
+    ledger._lock_schema()  # writers starting at once: one makes the file list, the others find it
     for statement in FILES_DDL:
         ledger._execute(statement)
     ledger._execute(sql.RECORD_MIGRATION, [FILES_VERSION, FILES_NAME])

@@ -331,7 +331,7 @@ class PostgresStore(sql.SqlStore):
         """Checked first (``catalog``: someone else's table, a table another transformation file
         made), then migrated, in one transaction: a refusal changes nothing."""
         with self.translated("schema migration"), self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            self._lock_schema()
             if self.schema is not None:  # rolled back with the rest if the store is refused
                 self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.identifier(self.schema)}")
             _, pending = self.inspect_catalog()
@@ -402,6 +402,9 @@ class PostgresStore(sql.SqlStore):
     def _rollback(self) -> None:
         with suppress(psycopg.Error):  # the connection is gone; so is the transaction
             self.conn.rollback()
+
+    def _lock_schema(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
     def _ns(self, column: str) -> str:
         return sql.identifier(column)

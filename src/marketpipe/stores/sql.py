@@ -388,6 +388,10 @@ class SqlLedger:
     def _rollback(self) -> None:
         raise NotImplementedError
 
+    def _lock_schema(self) -> None:
+        """Hold, until the transaction ends, the lock under which other processes change this
+        database's schema (one embedded file has one writer process: nothing to lock)."""
+
     def _begin(self) -> None:
         raise NotImplementedError
 
