@@ -312,3 +312,26 @@ def test_an_earlier_stores_b_tree_is_replaced_by_the_brin(server_url: str) -> No
             "SELECT count(*) FROM marketpipe_migrations WHERE version = %s", (BRIN_INDEX_VERSION,)
         ).fetchone()  # type: ignore[misc]
     assert count == 1
+
+
+def test_force_on_a_compressed_day_holding_several_chunks_replaces_only_its_own(  # type: ignore[no-untyped-def]
+    cli, timescale_url: str, tmp_path: Path
+) -> None:
+    """Two files of one day, compressed together (160,000 rows in one chunk): deleting one
+    file's rows decompresses more than TimescaleDB's default 100,000 tuples per transaction,
+    which used to fail every --force of the day (#23); now its rows are replaced and the
+    other file's kept."""
+    day = dt.date(2024, 3, 4)
+    files = [
+        write_trades_file(tmp_path / "d" / f"t{seed}.dbn", synthetic_trades(80_000, day, seed=seed))
+        for seed in (0, 1)
+    ]
+    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", timescale_url).exit_code == 0
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        compressed = conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('trades') c").fetchone()
+    assert compressed == (1,)
+    before = fingerprint(timescale_url, "trades")
+    result = cli("ingest", "--from-file", str(files[0]), "--db", timescale_url, "--force", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["totals"]["stored"] == 80_000
+    assert fingerprint(timescale_url, "trades") == before  # the same rows, each once

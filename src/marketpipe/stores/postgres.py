@@ -441,6 +441,15 @@ class PostgresStore(sql.SqlStore):
         )
         return bool(rows)
 
+    def open_chunk(self, family: Family, chunk_id: int, earlier: sql.TimeRange | None) -> sql.ChunkSink:
+        if earlier is not None and self.mode == "timescaledb":
+            # Deleting a chunk's earlier rows from a compressed day decompresses the segments
+            # they sit in (an instrument's day, other chunks' rows too), and TimescaleDB stops
+            # a transaction past 100,000 decompressed rows: a --force of any busy compressed day
+            # would fail every time. 0 is unlimited (TimescaleDB's own hint); this transaction only.
+            self._execute("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
+        return super().open_chunk(family, chunk_id, earlier)
+
     def _sink(self, family: Family, chunk_id: int) -> _PgSink:
         return _PgSink(self, family, chunk_id)
 
