@@ -185,3 +185,31 @@ def test_a_large_ranged_read_stays_in_bounded_memory(tmp_path: Path) -> None:
     assert rows == 1_800_000
     # One batch of trades is ~7 MB in Arrow; the whole range would be ~250 MB.
     assert peak < 64 * 2**20, f"peak Arrow allocation {peak:,} bytes"
+
+
+@pytest.mark.parametrize("store", ["duckdb", POSTGRES, "lake"])
+def test_reads_interleave_on_one_open_store(
+    tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    """A second read while the first one's batches are still open (a notebook, a generator
+    pipeline): each read has its own cursor, and both return every row (#23)."""
+    trades = synthetic_trades(3_000, DAY, seed=6)
+    start = int(trades["ts_event"].min())
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
+    path = write_dbn(tmp_path / "t.dbn", meta, [trades.tobytes()])
+    db = {
+        "duckdb": str(tmp_path / "s.duckdb"),
+        "lake": f"lake:{tmp_path / 'lake'}",
+        "postgresql": request.getfixturevalue("pg_url") if store == "postgresql" else "",
+    }[store]
+    summary = ingest(IngestRequest(from_file=str(path)), load_settings(db=db), model=MODEL)
+    assert summary.totals().stored == 3_000
+    with marketpipe.open(db) as reader:
+        first = reader.batches("trades", batch_size=500)
+        head = next(first)
+        whole = reader.read("trades")  # while ``first`` is open
+        second = reader.batches("trades", batch_size=700)
+        interleaved = [b.num_rows for pair in zip(first, second, strict=False) for b in pair]
+        rest = [b.num_rows for b in [*first, *second]]
+    assert whole.num_rows == 3_000
+    assert head.num_rows + sum(interleaved) + sum(rest) == 6_000

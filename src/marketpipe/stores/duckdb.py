@@ -313,9 +313,12 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
         statement, params = sql.export_statement(query, self._time_ns(family))
-        reader = self.con.sql(_q(statement), params=params).to_arrow_reader(batch_size)
-        for batch in reader:
-            yield batch.cast(family.arrow_schema)
+        # A cursor of its own: a connection holds one open result, and reads may interleave
+        # (a second read while a first one's batches are still being consumed).
+        with self.con.cursor() as cursor:
+            reader = cursor.sql(_q(statement), params=params).to_arrow_reader(batch_size)
+            for batch in reader:
+                yield batch.cast(family.arrow_schema)
 
 
 def open_store(settings: Settings, model: Model, read_only: bool) -> Store:

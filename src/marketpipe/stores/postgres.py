@@ -287,6 +287,7 @@ class PostgresStore(sql.SqlStore):
         self.retries = retries
         self.retry_wait = retry_wait
         self.read_only = read_only
+        self._reads = 0  # exports being consumed on this store (``export``)
         self.conn = self._connect()
         self.mode = self._inspect() if read_only else self._migrate(compress_after_days)
         self.ahead = (
@@ -482,17 +483,27 @@ class PostgresStore(sql.SqlStore):
             for c in family.columns
             if c.is_timestamp or c.arrow_type == pa.uint64()
         }
-        with self.translated("export"), self.conn.cursor(name="marketpipe_export") as cur:
-            cur.itersize = batch_size
-            cur.execute(statement, params)
-            while rows := cur.fetchmany(batch_size):
-                values = list(zip(*rows, strict=True))
-                arrays = []
-                for column, data in zip(family.columns, values, strict=True):
-                    array = pa.array(data, type=via.get(column.name, column.arrow_type))
-                    arrays.append(array.cast(column.arrow_type))
-                yield pa.RecordBatch.from_arrays(arrays, schema=family.arrow_schema)
-        self.conn.commit()
+        # A read runs in a transaction of its own (its server-side cursor lives until that
+        # commits): a read while another is still being consumed gets a connection of its own.
+        reading = self._reads > 0
+        conn = self._connect() if reading else self.conn
+        self._reads += 1
+        try:
+            with self.translated("export"), conn.cursor(name="marketpipe_export") as cur:
+                cur.itersize = batch_size
+                cur.execute(statement, params)
+                while rows := cur.fetchmany(batch_size):
+                    values = list(zip(*rows, strict=True))
+                    arrays = []
+                    for column, data in zip(family.columns, values, strict=True):
+                        array = pa.array(data, type=via.get(column.name, column.arrow_type))
+                        arrays.append(array.cast(column.arrow_type))
+                    yield pa.RecordBatch.from_arrays(arrays, schema=family.arrow_schema)
+            conn.commit()
+        finally:
+            self._reads -= 1
+            if reading:
+                conn.close()
 
 
 def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
