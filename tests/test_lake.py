@@ -34,7 +34,7 @@ from marketpipe.samples import (
 )
 
 from dbn_reference import MODEL
-from pg import admin_url, fresh_database
+from pg import POSTGRES, SERVER, TIMESCALE, admin_url, fresh_database
 
 FAMILY = MODEL.family_of("trades")
 NO_S3FS = pytest.mark.skipif(
@@ -395,24 +395,40 @@ def test_one_process_writes_two_chunks_at_once_with_either_ledger(
             assert reader.read("trades").equals(expected), name
 
 
-@pytest.mark.parametrize("ledger", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_a_file_of_no_records_is_a_done_chunk_in_the_lake(cli, tmp_path: Path, request, ledger: str) -> None:  # type: ignore[no-untyped-def]
-    """Databento delivers zero-record files for days without data: the chunk is done, no file is
-    written, and a re-run skips it (the DuckDB ledger once failed on an empty file list)."""
+@pytest.mark.parametrize(
+    "store", ["duckdb", POSTGRES, TIMESCALE, "lake", pytest.param("lake-postgresql", marks=SERVER)]
+)
+def test_a_file_of_no_records_is_a_done_chunk_in_every_store(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, request, store: str
+) -> None:
+    """Databento delivers zero-record files for days without data: the chunk is done with 0
+    rows, nothing is written to the lake, and a re-run skips it (the lake's DuckDB ledger once
+    failed on an empty file list, #23)."""
     start = 1_709_510_400 * 10**9  # 2024-03-04
     metadata = metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {})
     empty = write_dbn(tmp_path / "empty.dbn", metadata, [])
     lake = tmp_path / "lake"
-    extra = ["--ledger", request.getfixturevalue("pg_url")] if ledger == "postgresql" else []
-    first = cli("ingest", "--from-file", str(empty), "--db", f"lake:{lake}", *extra, "--json")
+    where = {
+        "duckdb": ["--db", str(tmp_path / "s.duckdb")],
+        "postgresql": ["--db", request.getfixturevalue("pg_url") if store == "postgresql" else ""],
+        "timescaledb": ["--db", request.getfixturevalue("timescale_url") if store == "timescaledb" else ""],
+        "lake": ["--db", f"lake:{lake}"],
+        "lake-postgresql": ["--db", f"lake:{lake}", "--ledger", request.getfixturevalue("pg_url")]
+        if store == "lake-postgresql"
+        else [],
+    }[store]
+    first = cli("ingest", "--from-file", str(empty), *where, "--json")
     assert first.exit_code == 0, first.output
     counts = json.loads(first.stdout)["schemas"]["trades"]
     assert {k: v for k, v in counts.items() if k != "seconds"} == dict.fromkeys(
         ("read", "stored", "quarantined", "skipped", "failed"), 0
     )
-    assert _files(lake) == []
-    again = cli("ingest", "--from-file", str(empty), "--db", f"lake:{lake}", *extra, "--json")
+    if store.startswith("lake"):
+        assert _files(lake) == []
+    again = cli("ingest", "--from-file", str(empty), *where, "--json")
     assert json.loads(again.stdout)["schemas"]["trades"]["skipped"] == 1
+    status = cli("status", *where, "--json")
+    assert {t["table"]: t["rows"] for t in json.loads(status.stdout)["tables"]}["trades"] == 0
 
 
 def _open_at_once(lake: str, ledger: str, writers: int) -> list[str]:
