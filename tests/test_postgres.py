@@ -227,3 +227,21 @@ def test_plain_postgresql_mode_is_detected_and_said(pg_url: str) -> None:
         assert store.mode == "postgresql"  # no TimescaleDB on this server
     finally:
         store.close()
+
+
+def test_errors_that_retrying_cannot_fix_fail_at_once(cli, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """TLS required of a server without it, an unknown role: one line at once, no retries (#23:
+    about 9 s of retries before the same line)."""
+    with psycopg.connect(pg_url) as conn:
+        ssl = conn.execute("SHOW ssl").fetchone()
+    if ssl == ("on",):
+        pytest.skip("the test server offers TLS: sslmode=require would connect")
+    host = pg_url.rpartition("@")[2]
+    for url, message in (
+        (f"postgresql://postgres@{host}?sslmode=require", "does not support SSL, but SSL was required"),
+        (f"postgresql://no_such_role_x@{host}", 'role "no_such_role_x" does not exist'),
+    ):
+        started = time.monotonic()
+        result = cli("status", "--db", url)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "db.retry" not in result.output and time.monotonic() - started < 3

@@ -69,6 +69,10 @@ _PERMANENT_MESSAGES = (
     "password",
     "invalid connection option",
     "invalid URI",
+    # TLS set up differently on the two ends: the same answer on every attempt.
+    "does not support SSL",
+    "SSL was required",
+    "certificate verify failed",
 )
 
 
