@@ -134,9 +134,17 @@ def test_a_chunk_failing_in_one_lane_fails_alone(pg_url: str, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path) -> None:
-    """Ctrl-C while two lanes load: each lane's chunk rolls back at its next batch, so every
-    row in the table belongs to a chunk the ledger calls done, and a re-run completes."""
+@pytest.mark.parametrize(
+    ("stop", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_interrupted_writers_roll_back_their_chunks(
+    pg_url: str, tmp_path: Path, stop: signal.Signals, code: int, word: str
+) -> None:
+    """Ctrl-C, or SIGTERM (a scheduler stopping the run), while two lanes load: each lane's chunk
+    rolls back at its next batch, so every row in the table belongs to a chunk the ledger calls
+    done, the run says so in one line, and a re-run completes."""
     write_trade_days(tmp_path / "d", 6, 250_000)
     command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
     env = {**os.environ, "MARKETPIPE_DB": pg_url, "MARKETPIPE_BATCH_SIZE": "25000", "MARKETPIPE_WRITERS": "2"}
@@ -145,10 +153,11 @@ def test_interrupted_writers_roll_back_their_chunks(pg_url: str, tmp_path: Path)
     while time.monotonic() < deadline and _statuses(pg_url).get("running", 0) < 2:
         time.sleep(0.01)
     assert _statuses(pg_url).get("running", 0) == 2, "two lanes were never loading at once"
-    run.send_signal(signal.SIGINT)
+    run.send_signal(stop)
     out, err = run.communicate(timeout=60)
-    assert run.returncode == 130, (out, err)
+    assert run.returncode == code, (out, err)
     assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == f"{word}: finished chunks are kept; run again to resume", err
     with psycopg.connect(pg_url) as conn:
         (done_rows,) = conn.execute(
             "SELECT coalesce(sum(stored), 0) FROM marketpipe_chunks WHERE status = 'done'"

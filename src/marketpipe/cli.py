@@ -9,18 +9,19 @@ option names at 80 columns), which wraps at the terminal's width.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from typer.core import TyperCommand
 
 from marketpipe import defaults
-from marketpipe.errors import MarketpipeError
+from marketpipe.errors import MarketpipeError, Terminated
 from marketpipe.version import __version__
 
 if TYPE_CHECKING:
@@ -171,9 +172,11 @@ def _guarded(action: Callable[[], T]) -> T:
     except MarketpipeError as exc:
         _error(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _error("interrupted: finished chunks are kept; run again to resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        word = "terminated" if terminated else "interrupted"
+        _error(f"{word}: finished chunks are kept; run again to resume")
+        raise typer.Exit(143 if terminated else 130) from None
     except BrokenPipeError:
         # The reader went away (`status --json | head`): nothing left to tell it. Point stdout
         # at /dev/null so the interpreter's own flush at exit does not fail a second time.
@@ -417,5 +420,11 @@ def version() -> None:
     typer.echo(f"marketpipe {__version__}")
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    """The console script: SIGTERM stops a run as Ctrl-C does (exit 143 instead of 130)."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()

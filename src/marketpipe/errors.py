@@ -47,3 +47,8 @@ class ApiRejected(SourceError):
     """Databento refused the request for good (bad key, unknown dataset, bad parameters)."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, a container or systemd stopping the run), handled as Ctrl-C is:
+    the chunks in flight roll back, finished ones are kept, the run is recorded interrupted."""
