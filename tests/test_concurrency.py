@@ -163,6 +163,9 @@ def test_interrupted_writers_roll_back_their_chunks(
             "SELECT coalesce(sum(stored), 0) FROM marketpipe_chunks WHERE status = 'done'"
         ).fetchone()  # type: ignore[misc]
     assert fingerprint(pg_url, "trades")[0] == done_rows < 6 * 250_000
+    with psycopg.connect(pg_url) as conn:
+        run_row = conn.execute("SELECT status, stored FROM marketpipe_runs").fetchall()
+    assert run_row == [("interrupted", done_rows)]  # what its finished chunks stored (#23)
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert fingerprint(pg_url, "trades")[0] == 6 * 250_000

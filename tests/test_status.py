@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn, write_trade_days
 from test_postgres import _ingest_in_background
 
@@ -81,3 +83,35 @@ def test_a_run_that_failed_its_only_chunk_shows_what_it_read(cli, tmp_path: Path
         0,
         1,
     )
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_records_what_its_finished_chunks_stored(tmp_path: Path) -> None:
+    """SIGTERM into a DuckDB run once a chunk has committed: exit 143, one line, and the run's
+    row says interrupted with the rows its finished chunks stored, those a lane committed as
+    the run stopped included (#23: it said 0)."""
+    import os
+    import subprocess
+    import sys
+
+    import duckdb
+
+    write_trade_days(tmp_path / "d", 8, 500_000)
+    db, log = tmp_path / "s.duckdb", tmp_path / "run.jsonl"
+    command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
+    command += ["--db", str(db)]
+    env = {**os.environ, "MARKETPIPE_LOG_FILE": str(log), "MARKETPIPE_BATCH_SIZE": "25000"}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and '"chunk.end"' not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.01)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 143, (out, err)
+    assert err.strip().splitlines()[-1] == "terminated: finished chunks are kept; run again to resume"
+    with duckdb.connect(str(db), read_only=True) as con:
+        [(status, stored)] = con.execute("SELECT status, stored FROM marketpipe_runs").fetchall()
+        done_rows = "SELECT sum(stored) FROM marketpipe_chunks WHERE status = 'done'"
+        (done,) = con.execute(done_rows).fetchone()  # type: ignore[misc]
+        (rows,) = con.execute("SELECT count(*) FROM trades").fetchone()  # type: ignore[misc]
+    assert status == "interrupted" and stored == done == rows and 0 < rows < 8 * 500_000

@@ -432,7 +432,14 @@ class Pipeline:
             for future in inflight:  # finished by the other lanes meanwhile
                 if not future.cancelled() and future.exception() is None:
                     finished(future.result())
-        summary.results = [results[c.key] for c in chunks if c.key in results]
+        finally:
+            # Interrupted too: the run's row then counts what its finished chunks stored, those
+            # a lane committed as the run stopped included.
+            for future in inflight:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    result = future.result()
+                    results.setdefault(result.chunk.key, result)
+            summary.results = [results[c.key] for c in chunks if c.key in results]
 
     def _group(self, fetched: Fetched, force: bool) -> _Group:
         """A fetched chunk and the parts of it still to write. Its data may turn out to hold
