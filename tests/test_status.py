@@ -43,8 +43,11 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
     deadline = time.monotonic() + 15
     while _status(cli, pg_url)["runs"][0]["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
-    [run] = _status(cli, pg_url)["runs"]
+    report = _status(cli, pg_url)
+    [run] = report["runs"]
     assert run["status"] == "interrupted"
+    states = {state for _, state, _ in report["chunks"]}
+    assert "running" not in states and "interrupted" in states, report["chunks"]
 
 
 def test_a_killed_duckdb_run_shows_as_interrupted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -59,8 +62,11 @@ def test_a_killed_duckdb_run_shows_as_interrupted(cli, tmp_path: Path) -> None: 
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait(30)
-    [run] = _status(cli, db)["runs"]
+    report = _status(cli, db)
+    [run] = report["runs"]
     assert run["status"] == "interrupted"
+    # Killed at its first chunk's start: that chunk, if marked running yet, shows interrupted.
+    assert "running" not in {state for _, state, _ in report["chunks"]}, report["chunks"]
 
 
 def test_a_run_that_failed_its_only_chunk_shows_what_it_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -421,6 +421,7 @@ def version() -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    Terminated.requested = True
     raise Terminated()
 
 

@@ -52,3 +52,14 @@ class ApiRejected(SourceError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, a container or systemd stopping the run), handled as Ctrl-C is:
     the chunks in flight roll back, finished ones are kept, the run is recorded interrupted."""
+
+    # Set by the console script's SIGTERM handler, so that an interrupt a library reported as
+    # its own error is still known to be a SIGTERM (``interruption``): the process's signal
+    # record, not state of marketpipe's.
+    requested = False
+
+
+def interruption() -> KeyboardInterrupt:
+    """The interrupt that a library turned into its own error (DuckDB raises ``RuntimeError:
+    Query interrupted`` in place of the exception a signal handler raised during a query)."""
+    return Terminated() if Terminated.requested else KeyboardInterrupt()

@@ -12,13 +12,16 @@ import pyarrow as pa
 
 
 class ChunkStatus(StrEnum):
-    """A chunk's state in the ledger; ``skipped`` is only ever a run's result, never stored."""
+    """A chunk's state in the ledger; ``skipped`` is only ever a run's result, and
+    ``interrupted`` only what ``status`` shows of a ``running`` chunk whose run is gone: neither
+    is stored."""
 
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
 
 
 class RunStatus(StrEnum):

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 import marketpipe.stores.sql as sql
 from marketpipe.config import DUCKDB_MEMORY_LIMIT, Settings
-from marketpipe.errors import StoreError, StoreRejected, UsageError
+from marketpipe.errors import StoreError, StoreRejected, UsageError, interruption
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import Capabilities, ExportQuery, Store
 
@@ -200,9 +200,14 @@ class DuckDBLedger(sql.SqlLedger):
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        """A full disk as one line naming the store; any other DuckDB error stays a bug."""
+        """A full disk as one line naming the store; an interrupt as the interrupt it was; any
+        other DuckDB error stays a bug."""
         try:
             yield
+        except RuntimeError as exc:
+            if str(exc) == "Query interrupted":  # Ctrl-C or SIGTERM while DuckDB ran a query
+                raise interruption() from None
+            raise
         except duckdb.Error as exc:
             folder = Path(self.location).parent
             free = 0

@@ -13,6 +13,7 @@ later attempt failed and rolled back, leaving the earlier rows and their range i
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -218,7 +219,8 @@ INSERT_QUARANTINE = f"""INSERT INTO {QUARANTINE_TABLE}
   (run_id, chunk_id, chunk_key, schema, stage, rule, message, record, quarantined_at)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"""
 
-CHUNK_COUNTS = f"SELECT job, status, count(*) FROM {CHUNKS_TABLE} GROUP BY job, status ORDER BY job, status"
+CHUNK_COUNTS = f"""SELECT job, status, run_id, count(*) FROM {CHUNKS_TABLE}
+GROUP BY job, status, run_id ORDER BY job, status"""
 
 FAILED_CHUNKS = f"""SELECT job, label, coalesce(error, '') FROM {CHUNKS_TABLE}
 WHERE status = '{ChunkStatus.FAILED}' ORDER BY updated_at DESC LIMIT 20"""
@@ -562,12 +564,25 @@ class SqlLedger:
         return max(full) if full else None
 
     def report(self, status: StoreStatus) -> None:
-        status.chunks = [(str(j), str(s), int(n)) for j, s, n in self._query(CHUNK_COUNTS)]
+        alive: dict[str, bool] = {}
+
+        def gone(run_id: object) -> bool:
+            """Its process is gone: killed, or the machine stopped."""
+            key = str(run_id)
+            if key not in alive:
+                alive[key] = self._run_alive(key)
+            return not alive[key]
+
+        counts: Counter[tuple[str, str]] = Counter()
+        for job, state, run_id, count in self._query(CHUNK_COUNTS):
+            if state == ChunkStatus.RUNNING and gone(run_id):  # the next run takes it
+                state = ChunkStatus.INTERRUPTED
+            counts[str(job), str(state)] += int(count)
+        status.chunks = [(job, state, n) for (job, state), n in sorted(counts.items())]
         status.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
         status.runs = [dict(zip(RUN_FIELDS, r, strict=True)) for r in self._query(LAST_RUNS)]
         for run in status.runs:
-            if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
-                # Its process is gone: killed, or the machine stopped.
+            if run["status"] == RunStatus.RUNNING and gone(run["run_id"]):
                 run["status"] = RunStatus.INTERRUPTED.value
 
 
