@@ -327,15 +327,16 @@ class LakeStore:
 
     @contextmanager
     def _readable(self) -> Iterator[None]:
-        """A listed file that is gone or damaged (removed or changed by hand) as one line."""
+        """A read's error as one line; a listed file that is gone or damaged (removed or
+        changed by hand: DuckDB's IO or invalid-input errors) with the remedy for that alone."""
         try:
             yield
         except duckdb.Error as exc:
             reason = str(exc).strip().splitlines()[0]
-            raise StoreError(
-                f"cannot read the lake {self.location}: {reason} (a file its ledger lists is missing"
-                " or damaged; ingest the chunk again with --force)"
-            ) from None
+            remedy = ""
+            if isinstance(exc, duckdb.IOException | duckdb.InvalidInputException):
+                remedy = " (a listed file is missing or damaged; ingest its chunk again with --force)"
+            raise StoreError(f"cannot read the lake {self.location}: {reason}{remedy}") from None
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         with self._readable():
