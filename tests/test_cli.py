@@ -55,6 +55,10 @@ def _one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-d
             "unknown stype_in 'ticker'",
         ),
         (["export", "--schema", "quotes", "--out", "x.parquet"], "unknown schema 'quotes'"),
+        (
+            ["export", "--schema", "trades", "--out", "x.parquet", "--start-date", "nope"],
+            "--start-date: 'nope' is not a date (expected YYYY-MM-DD, today, yesterday or -Nd)",
+        ),
         (["export", "--schema", "trades", "--out", "x.parquet", "--format", "xlsx"], "unknown format 'xlsx'"),
         (
             [

@@ -27,6 +27,7 @@ from marketpipe.config import (
     write_project,
 )
 from marketpipe.coverage import coverage as coverage_report
+from marketpipe.defaults import DAY_FORMS, READ_DAY_FORMS
 from marketpipe.errors import UsageError
 from marketpipe.exporting import FORMATS, as_text, check_output, write_file
 from marketpipe.exporting import export as export_records
@@ -52,12 +53,12 @@ def _read_only_store(settings: Settings) -> Store:
     return open_store(settings, load_model(settings.transformation_file), read_only=True)
 
 
-def _day(flag: str, value: str | None) -> dt.date | str | None:
+def _day(flag: str, value: str | None, forms: str = DAY_FORMS) -> dt.date | str | None:
     """A date or a relative day (today, yesterday, -Nd, last), resolved when the run starts."""
     if value is None:
         return None
     try:
-        return parse_day(value)
+        return parse_day(value, forms)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from None
 
@@ -269,7 +270,7 @@ def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date 
     """The days a report or an export covers: dates or relative days, resolved now (UTC)."""
     days = []
     for flag, value in (("--start-date", start_date), ("--end-date", end_date)):
-        day = _day(flag, value)
+        day = _day(flag, value, READ_DAY_FORMS)
         if day == LAST:
             raise UsageError(f"{flag}: last names where a job's next ingest starts, not a day to read")
         days.append(None if day is None else resolve_day(day, utc_today()))

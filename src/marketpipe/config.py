@@ -38,8 +38,9 @@ LAST = "last"
 _RELATIVE = re.compile(r"today|yesterday|last|-(\d{1,5})d")
 
 
-def parse_day(value: str | dt.date) -> dt.date | str:
-    """A date, or a relative day kept as its word until the run resolves it."""
+def parse_day(value: str | dt.date, forms: str = DAY_FORMS) -> dt.date | str:
+    """A date, or a relative day kept as its word until the run resolves it; ``forms`` is
+    what the error names as expected (reads take no ``last``)."""
     if isinstance(value, dt.date):
         return value
     text = value.strip().lower()
@@ -48,7 +49,7 @@ def parse_day(value: str | dt.date) -> dt.date | str:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{value!r} is not a date (expected {DAY_FORMS})") from None
+        raise ValueError(f"{value!r} is not a date (expected {forms})") from None
 
 
 def utc_today() -> dt.date:
