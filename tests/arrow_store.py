@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketpipe.model import Family, Model
-from marketpipe.stores.base import Capabilities, ExportQuery, TableStatus, TimeRange
+from marketpipe.stores.base import Capabilities, ExportQuery, ReplacingTransaction, TableStatus, TimeRange
 
 
 class _Sink:
@@ -46,6 +46,25 @@ class ArrowStore:
     def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> _Sink:
         return _Sink(self, family, chunk_id)
 
+    def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
+        """Published at once: memory holds no transaction (the ledger commits after)."""
+        chunks = self.tables.get(family.table, {})
+        for chunk_id in tx.replaced:
+            rows = chunks.get(chunk_id)
+            if rows is None:
+                continue
+            time = rows[family.time_column].cast(pa.int64())
+            inside = pa.array([False] * rows.num_rows)
+            for instrument, start, end in tx.spans:
+                hit = pc.and_(pc.greater_equal(time, start), pc.less(time, end))
+                if instrument is not None:
+                    hit = pc.and_(hit, pc.equal(rows["instrument_id"], instrument))
+                inside = pc.or_(inside, hit)
+            dropped = pc.sum(inside.cast(pa.int64())).as_py() or 0
+            if dropped:
+                chunks[chunk_id] = rows.filter(pc.invert(inside))
+                tx.dropped[chunk_id] = dropped
+
     def _rows(self, family: Family) -> pa.Table:
         chunks = self.tables.get(family.table, {}).values()
         return pa.concat_tables([family.arrow_schema.empty_table(), *chunks])
@@ -78,7 +97,7 @@ class ArrowStore:
         )
         return [(r["symbol"], r["day"], r["day_count"]) for r in counts.to_pylist()]
 
-    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
         """No definitions table and no symbology of its own: the ledger's alone would do."""
         return []
 

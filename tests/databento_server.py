@@ -62,6 +62,30 @@ class Universe:
         self.raw = {raw: iid for children in self.parents.values() for raw, iid in children.items()}
         # Listed only from this day on: resolves for part of a range.
         self.listed_from = {"NGH4": dt.date(2024, 1, 10), "NG.FUT": dt.date(2024, 1, 10)}
+        # Continuous symbols (Databento's ``continuous`` stype): the front month by calendar,
+        # rolling from CLH4 to CLJ4 on 2024-01-05.
+        self.continuous = {
+            "CL.c.0": [
+                (EPOCH, dt.date(2024, 1, 5), "CLH4"),
+                (dt.date(2024, 1, 5), dt.date(2099, 1, 1), "CLJ4"),
+            ]
+        }
+
+    def intervals(
+        self, symbol: str, stype_in: str, start: dt.date, end: dt.date
+    ) -> list[tuple[dt.date, dt.date, int]]:
+        """What ``symbol`` stands for within [start, end): (first day, end day, instrument)."""
+        if stype_in == "continuous":
+            pieces = [
+                (max(a, start), min(b, end), self.raw[raw]) for a, b, raw in self.continuous.get(symbol, [])
+            ]
+            return [p for p in pieces if p[0] < p[1]]
+        found = []
+        for raw, iid in self.instruments(symbol, stype_in).items():
+            first = max(start, self.first_day(raw), self.first_day(symbol))
+            if first < end:
+                found.append((first, end, iid))
+        return found
 
     def instruments(self, symbol: str, stype_in: str) -> dict[str, int]:
         if stype_in == "parent":
@@ -174,13 +198,10 @@ class DatabentoServer:
         mappings: dict[str, list[Interval]] = {}
         blocks = []
         for symbol in params["symbols"].split(","):
-            for raw, iid in self.universe.instruments(symbol, stype_in).items():
-                first = max(start, self.universe.first_day(raw))
-                if first >= end:
-                    continue
-                mappings.setdefault(symbol, []).append(Interval(first, end, str(iid)))
+            for first, last, iid in self.universe.intervals(symbol, stype_in, start, end):
+                mappings.setdefault(symbol, []).append(Interval(first, last, str(iid)))
                 day = first
-                while day < end:
+                while day < last:
                     blocks.append(records_for(schema, iid, day, self.per_day))
                     day += dt.timedelta(days=1)
         dtype = LAYOUT_OF_SCHEMA[schema].dtype
@@ -196,17 +217,22 @@ class DatabentoServer:
         not_found, partial = [], []
         symbols = params["symbols"].split(",")
         for symbol in symbols:
-            instruments = self.universe.instruments(symbol, params.get("stype_in", "raw_symbol"))
-            first = max(start, self.universe.first_day(symbol))
-            if not instruments or first >= end:
+            intervals = self.universe.intervals(symbol, params.get("stype_in", "raw_symbol"), start, end)
+            if not intervals:
                 not_found.append(symbol)
                 continue
-            if first > start:
+            if min(first for first, _, _ in intervals) > start:
                 partial.append(symbol)
             # stype_out raw_symbol (from instrument_id): the contract's own name.
             named = params.get("stype_out") == "raw_symbol"
-            outputs = self.universe.raw_names(instruments.values()) if named else instruments.values()
-            result[symbol] = [{"d0": str(first), "d1": str(end), "s": str(o)} for o in outputs]
+            result[symbol] = [
+                {
+                    "d0": str(first),
+                    "d1": str(last),
+                    "s": self.universe.raw_names([iid])[0] if named else str(iid),
+                }
+                for first, last, iid in intervals
+            ]
         return {
             "result": result,
             "symbols": symbols,

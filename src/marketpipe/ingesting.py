@@ -28,6 +28,7 @@ from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.logs import as_library
 from marketpipe.model import Model
 from marketpipe.pipeline import LanesFactory, Progress, RunSummary, prepare
+from marketpipe.pipeline import estimate as quote_source
 from marketpipe.pipeline import ingest as run_pipeline
 from marketpipe.rules.transformation import load_model
 
@@ -218,12 +219,12 @@ def run(
     local Dask cluster of ``workers`` processes, or on the scheduler at ``cluster``."""
     model = model or load_model(settings.transformation_file)
     if dry_run:
-        return _quote(request, settings, model)
+        return _quote(request, settings, model, force)
     with _lanes(request, settings, workers, cluster) as lanes:
         return run_pipeline(request, settings, progress, model, force=force, lanes=lanes)
 
 
-def _quote(request: IngestRequest, settings: Settings, model: Model) -> RunSummary:
+def _quote(request: IngestRequest, settings: Settings, model: Model, force: bool) -> RunSummary:
     """What an API plan would download and cost, from the free metadata calls only."""
     if request.from_file:
         raise UsageError("--dry-run quotes API downloads; it does not apply to --from-file")
@@ -237,7 +238,7 @@ def _quote(request: IngestRequest, settings: Settings, model: Model) -> RunSumma
     try:
         if not isinstance(source, Quoting):
             raise UsageError(f"--dry-run is not available for api type {resolved.api!r}")
-        estimate = source.estimate()
+        estimate = quote_source(source, settings, model, force)
     finally:
         source.close()
     return RunSummary("", resolved.name, settings.db, request=resolved, estimate=estimate)

@@ -44,7 +44,7 @@ from marketpipe.retries import retrying
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
-from marketpipe.sources.base import Fetched, Source
+from marketpipe.sources.base import Fetched, Quoting, Source
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Ledger, Store
 from marketpipe.transform import to_table
@@ -266,6 +266,19 @@ def resolve_days(
     return make_request(**{**request.model_dump(exclude_unset=True), **days}), None
 
 
+def estimate(source: Quoting, settings: Settings, model: Model, force: bool) -> Estimate:
+    """A dry run's quote of what the store does not hold yet (all of it with ``force``, or
+    where there is no store yet)."""
+    if force:
+        return source.estimate(None)
+    try:
+        store = open_store(settings, model, read_only=True)
+    except StoreRejected:
+        return source.estimate(None)
+    with closing(store):
+        return source.estimate(store.ledger)
+
+
 def load_rules(settings: Settings, model: Model | None = None) -> tuple[Model, Validator]:
     """The compiled transformation (``model`` if given) and the validation rules bound to it."""
     model = model or load_model(settings.transformation_file)
@@ -332,7 +345,7 @@ class Pipeline:
         )
         self.log.info("stage.start", stage="plan")
         started = time.perf_counter()
-        plan = self.source.plan()
+        plan = self.source.plan(None if force else self.ledger)
         self.log.info(
             "stage.end",
             stage="plan",
@@ -352,7 +365,7 @@ class Pipeline:
         if self.progress:
             self.progress.plan(len(plan.chunks))
         self.ledger.plan_chunks(plan.chunks, self.request.name)
-        self.ledger.record_instruments(plan.instruments)
+        self.ledger.record_symbology(plan.symbology)
         self.ledger.start_run(self.run_id, self.request.name)
         try:
             self._run_chunks(plan.chunks, summary, force)
@@ -380,9 +393,14 @@ class Pipeline:
         results: dict[str, ChunkResult] = {}
         current: list[Chunk] = []  # the chunk the run is at, for the error that stops it
         inflight: dict[Future[ChunkResult], tuple[Chunk, _Group]] = {}
+        waiting = Counter(c.input for c in chunks)  # planned chunks of each input not stored yet
 
         def finished(result: ChunkResult) -> None:
             results[result.chunk.key] = result
+            if result.status in (ChunkStatus.DONE, ChunkStatus.SKIPPED):
+                waiting[result.chunk.input] -= 1
+                if waiting[result.chunk.input] == 0:
+                    self._complete(result.chunk, force)
             if self.progress:
                 self.progress.chunk_finished(result)
 
@@ -472,6 +490,22 @@ class Pipeline:
                 self.ledger.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
         self.source.finish(chunk, merged.status is ChunkStatus.DONE)
         return merged
+
+    def _complete(self, chunk: Chunk, force: bool) -> None:
+        """Every chunk of ``chunk``'s input is stored: its coverage replaces what other inputs
+        stored there (once: an input whole before, and not forced again, is left as it is)."""
+        if not force and self.ledger.is_complete(chunk):
+            return
+
+        def log_retry(attempt: int, reason: str, wait: float) -> None:
+            self.log.warning("input.retry", input=chunk.input, attempt=attempt, reason=reason, wait=wait)
+
+        for attempt in retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.store.reconnect()
+                self.store.complete_input(chunk)
+        self.log.info("input.complete", input=chunk.input, complete=chunk.coverage.complete)
 
     def _done_before(self, chunk: Chunk, force: bool) -> bool:
         """Stored by an earlier run (and not forced again): skipped, and logged so."""

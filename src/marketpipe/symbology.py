@@ -74,6 +74,8 @@ class SymbolMap:
         stype_in: str | None,
         stype_out: str | None,
     ) -> None:
+        # The symbols' own type: what the mappings map to or from instrument ids.
+        self.stype = stype_out if stype_in == "instrument_id" else stype_in
         rows: list[tuple[int, int, int, str]] = []
         for symbol_in, intervals in mappings.items():
             for interval in intervals:
@@ -89,6 +91,8 @@ class SymbolMap:
                 start, end = _days(interval["start_date"]), _days(interval["end_date"])
                 rows.append((instrument_id, start, end, symbol))
         rows.sort()
+        # (instrument_id, first day, end day exclusive, symbol) as days since the epoch.
+        self.intervals = rows
         # What the mappings say, independent of how the file spelled them: part of the data's identity.
         self.fingerprint = hashlib.sha256(repr(rows).encode()).digest()
         names = sorted({r[3] for r in rows})

@@ -44,8 +44,49 @@ def record_parts(records: int, size: int) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
+class SymbolInterval:
+    """Point-in-time symbology: ``symbol`` of symbology type ``stype`` (raw_symbol, parent,
+    continuous, ...) stands for ``instrument_id`` of ``dataset`` over [start, end) in ns."""
+
+    dataset: str
+    stype: str
+    symbol: str
+    instrument_id: int
+    start_ns: int
+    end_ns: int
+
+
+Span = tuple[int | None, int, int]  # instrument_id (None: every instrument), start, end ns
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What an input (a historical response or file) holds every record of, by Databento's
+    guarantee for a request of (dataset, schema, instruments, [start, end)): each span is an
+    instrument (None: every instrument of the dataset) over [start, end) in nanoseconds of the
+    index time. Storing the input replaces whatever the store holds in its spans.
+
+    ``complete`` is False for an input that holds only its own records: a live recording (the
+    gateway may drop records), a file cut by a ``limit``. It replaces nothing but its own
+    earlier rows, and a complete input of the same instruments and time replaces its rows."""
+
+    dataset: str
+    spans: tuple[Span, ...]
+    complete: bool = True
+    # What the input's symbols stood for (its metadata's mappings).
+    symbology: tuple[SymbolInterval, ...] = ()
+
+
+NOTHING = Coverage("", (), complete=False)
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """A unit of work: writing the same ``key`` again replaces what it stored before."""
+    """A unit of work: writing the same ``key`` again replaces what it stored before.
+
+    ``input_key`` names the input the chunk is a part of (a file's schema, an API download):
+    once all its parts are stored, the input's ``coverage`` replaces the rows other inputs
+    stored there."""
 
     key: str
     schema: str
@@ -57,6 +98,12 @@ class Chunk:
     # For a part of a file: its records first_record .. first_record + record_count.
     first_record: int = 0
     record_count: int | None = None
+    input_key: str = ""  # empty: the chunk is its input
+    coverage: Coverage = field(default=NOTHING, compare=False, repr=False)
+
+    @property
+    def input(self) -> str:
+        return self.input_key or self.key
 
 
 @dataclass(frozen=True)
@@ -67,17 +114,6 @@ class RawBatch:
     symbols: pa.Array
     # Live data recorded with ts_out: the gateway's send time after each record.
     ts_out: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Instrument:
-    """A contract's own (raw) symbol for an instrument id of a dataset, over [start, end)."""
-
-    dataset: str
-    instrument_id: int
-    raw_symbol: str
-    start_ns: int
-    end_ns: int
 
 
 @dataclass
@@ -93,8 +129,9 @@ class Plan:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     # Worth saying, not a warning (e.g. a live recording's system messages).
     notes: list[str] = field(default_factory=list)
-    # Contracts behind the requested symbols (parent, continuous), from symbology resolution.
-    instruments: list[Instrument] = field(default_factory=list)
+    # What the requested symbols (parent, continuous) and their contracts stand for, from
+    # symbology resolution.
+    symbology: list[SymbolInterval] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

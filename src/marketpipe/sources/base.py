@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from marketpipe.types import Chunk, Estimate, Plan, RawBatch
+from marketpipe.types import Chunk, Estimate, Plan, RawBatch, Span
 
 
 @dataclass(frozen=True)
@@ -19,8 +19,19 @@ class Fetched:
     error: str | None = None
 
 
+class Stored(Protocol):
+    """What the store already holds for good: a source plans only what is missing."""
+
+    def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
+        """Spans of whole inputs of the dataset's schema that meet [start, end) (ns)."""
+        ...
+
+
 class Source(Protocol):
-    def plan(self) -> Plan: ...
+    def plan(self, stored: Stored | None = None) -> Plan:
+        """The chunks to fetch; a source that pays for data leaves out what ``stored`` holds
+        (None: nothing is, as for ``--force``)."""
+        ...
 
     def fetch(self, chunks: Iterable[Chunk]) -> Iterator[Fetched]:
         """Each chunk in order once its data is at hand. ``chunks`` is drawn lazily (the caller
@@ -43,4 +54,4 @@ class Source(Protocol):
 class Quoting(Protocol):
     """A source that can price its plan before fetching anything (``ingest --dry-run``)."""
 
-    def estimate(self) -> Estimate: ...
+    def estimate(self, stored: Stored | None = None) -> Estimate: ...

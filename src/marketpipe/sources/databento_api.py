@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import itertools
 import shutil
 import tempfile
 import threading
@@ -39,14 +38,23 @@ import structlog
 
 from marketpipe.config import IngestRequest, Settings, load_settings
 from marketpipe.errors import SourceError, UsageError
-from marketpipe.sources.base import Fetched
+from marketpipe.sources.base import Fetched, Stored
 from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
-from marketpipe.sources.dbn_reader import DbnFile
-from marketpipe.symbology import day_ns, iso_ns
-from marketpipe.types import PART_RECORDS, Chunk, Estimate, Instrument, Plan, Quote, RawBatch, record_parts
+from marketpipe.sources.dbn_reader import ALL_SYMBOLS, DbnFile
+from marketpipe.symbology import NS_PER_DAY, day_ns, iso_ns
+from marketpipe.types import (
+    PART_RECORDS,
+    Chunk,
+    Estimate,
+    Plan,
+    Quote,
+    RawBatch,
+    Span,
+    SymbolInterval,
+    record_parts,
+)
 
 MAX_SYMBOLS = 2_000  # per request, Databento's limit
-ALL_SYMBOLS = "ALL_SYMBOLS"
 log = structlog.get_logger("marketpipe.databento_api")
 
 
@@ -109,7 +117,10 @@ class DatabentoApiSource:
         # A part of a download too large for one transaction: part key -> (chunk key, first, count).
         self._slices: dict[str, tuple[str, int, int]] = {}
         self._records: dict[str, int] = {}
-        self._instrument_ids: set[str] = set()
+        # Requested symbol -> (instrument_id, first day, end day exclusive), from symbology.
+        self._resolved: dict[str, list[tuple[int, dt.date, dt.date]]] = {}
+        # Per schema, the runs of days to fetch and their symbols (what is stored left out).
+        self._wanted: dict[str, list[tuple[dt.date, dt.date, tuple[str, ...]]]] = {}
 
     # What belongs to one machine's process: never pickled for a cluster worker.
     _LOCAL = ("api", "client", "_ahead", "_pending", "download_slot")
@@ -145,9 +156,13 @@ class DatabentoApiSource:
             self._raw_dir = Path(tempfile.mkdtemp(prefix="marketpipe-"))
 
     # Planning: free metadata calls only.
-    def plan(self) -> Plan:
+    def plan(self, stored: Stored | None = None) -> Plan:
+        """Downloads of what ``stored`` does not hold yet: a (schema, symbol, day) whose
+        instruments a whole earlier input covers is not downloaded again, however it was
+        requested then (another split, a parent or continuous symbol, a longer list)."""
         self.check_request()
         warnings = self.resolve_symbols()
+        notes = self._leave_out(stored)
         if self.request.max_cost is not None:
             cost = sum(q.cost_usd for q in self.quote())
             if cost > self.request.max_cost:
@@ -155,7 +170,7 @@ class DatabentoApiSource:
                     f"the plan is quoted at ${cost:,.2f}, above --max-cost ${self.request.max_cost:,.2f}:"
                     " nothing was downloaded"
                 )
-        plan = Plan(warnings=warnings, instruments=self.instruments())
+        plan = Plan(warnings=warnings, notes=notes, symbology=self.symbology())
         for download in self.downloads():
             key = (
                 f"api:{self.dataset}:{download.schema}:{self.request.stype_in}:{download.start}:{download.end}"
@@ -167,13 +182,76 @@ class DatabentoApiSource:
                 if download.end == download.start + dt.timedelta(days=1)
                 else f"..{download.end - dt.timedelta(days=1)}"
             )
-            if len(self._symbol_batches) > 1:
+            if len(download.symbols) < len(self._symbols) or len(self._symbol_batches) > 1:
                 label += f" [{download.symbols[0]}..{download.symbols[-1]}]"
             plan.chunks.append(
                 Chunk(key, download.schema, label, self.dataset, day_ns(download.start), day_ns(download.end))
             )
         plan.inputs.append(f"{self.dataset} {','.join(self.request.schemas)}")
         return plan
+
+    @property
+    def _symbols(self) -> list[str]:
+        return [symbol for batch in self._symbol_batches for symbol in batch]
+
+    def _leave_out(self, stored: Stored | None) -> list[str]:
+        """What each schema fetches: the requested days (with ``--fill-gaps`` the sessions not
+        done) less each symbol's days whose instruments ``stored`` holds whole. The notes say
+        what was left out."""
+        notes = []
+        for schema in self.request.schemas:
+            held = None
+            if stored is not None:
+                held = _Held(stored.covered(self.dataset, schema, day_ns(self.start), day_ns(self.end)))
+            left = self._runs(schema, held)
+            for symbol, stored_days in left.items():
+                span = str(stored_days[0]) + (f"..{stored_days[-1]}" if len(stored_days) > 1 else "")
+                notes.append(
+                    f"already stored: {self.dataset} {schema} {symbol} {span} ({len(stored_days)} days):"
+                    " not downloaded again (--force does)"
+                )
+        for note in notes:
+            log.info("plan.already_stored", note=note)
+        return notes
+
+    def _runs(self, schema: str, held: _Held | None) -> dict[str, list[dt.date]]:
+        """Runs of consecutive days with the same symbols to fetch, kept for the schema's
+        requests; returns the days left out of each symbol because ``held`` has them."""
+        runs: list[tuple[dt.date, dt.date, tuple[str, ...]]] = []
+        left: dict[str, list[dt.date]] = {}
+        for day in self._days(schema):
+            missing = []
+            for symbol in self._symbols:
+                instruments = self._instruments_on(symbol, day)
+                if symbol in self._resolved and not instruments:
+                    continue  # the symbol stood for nothing that day: nothing to fetch
+                if held is not None and held.day(instruments, day):
+                    left.setdefault(symbol, []).append(day)
+                else:
+                    missing.append(symbol)
+            if not missing:
+                continue
+            following = day + dt.timedelta(days=1)
+            if runs and runs[-1][1] == day and runs[-1][2] == tuple(missing):
+                runs[-1] = (runs[-1][0], following, runs[-1][2])
+            else:
+                runs.append((day, following, tuple(missing)))
+        self._wanted[schema] = runs
+        return left
+
+    def _days(self, schema: str) -> list[dt.date]:
+        """The days to fetch: the whole range, or with ``--fill-gaps`` the sessions coverage
+        found not done."""
+        if self.request.gap_days is not None:
+            return sorted(d for d in self.request.gap_days.get(schema, []) if self.start <= d < self.end)
+        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days)]
+
+    def _instruments_on(self, symbol: str, day: dt.date) -> list[int] | None:
+        """The instruments ``symbol`` stood for on ``day`` (None: every instrument, or not
+        resolved: only a store that holds every instrument holds it)."""
+        if symbol not in self._resolved:
+            return None
+        return [i for i, first, end in self._resolved.get(symbol, []) if first <= day < end]
 
     def check_request(self) -> None:
         """Dataset, schemas and dates against the metadata API, before anything is billed."""
@@ -212,17 +290,20 @@ class DatabentoApiSource:
 
     def resolve_symbols(self) -> list[str]:
         """Symbols not found fail the plan; symbols found for part of the range are reported.
-        The instrument ids they resolve to are kept for ``instruments``."""
+        What each symbol stood for, and when, is kept for planning and the symbology table."""
         if list(self.request.symbols) == [ALL_SYMBOLS]:
             return []
         not_found: list[str] = []
         partly: list[str] = []
-        symbols = [symbol for batch in self._symbol_batches for symbol in batch]
-        for result in self._resolve("symbology", symbols, self.request.stype_in, "instrument_id"):
+        for result in self._resolve("symbology", self._symbols, self.request.stype_in, "instrument_id"):
             not_found += result.get("not_found", [])
             partly += result.get("partial", [])
-            for intervals in (result.get("result") or {}).values():
-                self._instrument_ids.update(str(i["s"]) for i in intervals if str(i.get("s", "")).isdigit())
+            for symbol, intervals in (result.get("result") or {}).items():
+                self._resolved[str(symbol)] = [
+                    (int(i["s"]), _date(i["d0"]), _date(i["d1"]))
+                    for i in intervals
+                    if str(i.get("s", "")).isdigit()
+                ]
         if not_found:
             raise UsageError(
                 f"symbols not found in {self.dataset} ({self.request.stype_in}) from {self.start} to"
@@ -234,27 +315,31 @@ class DatabentoApiSource:
             return [message]
         return []
 
-    def instruments(self) -> list[Instrument]:
-        """The contracts behind the requested symbols: their instrument ids resolved to raw
-        symbols over the range (Databento's ``instrument_id`` -> ``raw_symbol`` combination).
-        Raw symbols requested as such are stored under their own name: nothing to add."""
-        if self.request.stype_in == "raw_symbol" or not self._instrument_ids:
-            return []
-        ids = sorted(self._instrument_ids, key=int)
-        found: list[Instrument] = []
+    def symbology(self) -> list[SymbolInterval]:
+        """What the requested symbols stood for (Databento's point-in-time symbology), and
+        the contracts' own raw symbols (the ``instrument_id`` -> ``raw_symbol`` combination)."""
+        found = [
+            SymbolInterval(self.dataset, self.request.stype_in, symbol, i, day_ns(first), day_ns(end))
+            for symbol, intervals in self._resolved.items()
+            for i, first, end in intervals
+        ]
+        ids = sorted({str(i) for intervals in self._resolved.values() for i, _, _ in intervals}, key=int)
+        if self.request.stype_in == "raw_symbol" or not ids:
+            return found
         for result in self._resolve("raw symbols", ids, "instrument_id", "raw_symbol"):
             for instrument_id, intervals in (result.get("result") or {}).items():
-                for interval in intervals:
-                    if interval.get("s"):
-                        found.append(
-                            Instrument(
-                                self.dataset,
-                                int(instrument_id),
-                                str(interval["s"]),
-                                day_ns(dt.date.fromisoformat(str(interval["d0"]))),
-                                day_ns(dt.date.fromisoformat(str(interval["d1"]))),
-                            )
-                        )
+                found.extend(
+                    SymbolInterval(
+                        self.dataset,
+                        "raw_symbol",
+                        str(interval["s"]),
+                        int(instrument_id),
+                        day_ns(_date(interval["d0"])),
+                        day_ns(_date(interval["d1"])),
+                    )
+                    for interval in intervals
+                    if interval.get("s")
+                )
         return found
 
     def _resolve(
@@ -274,21 +359,23 @@ class DatabentoApiSource:
             result: dict[str, Any] = self.api.call(f"{what} of {self.dataset}", resolve)
             yield result
 
-    def estimate(self) -> Estimate:
-        """Checks, symbol resolution and the quote: the free metadata calls, nothing billed."""
+    def estimate(self, stored: Stored | None = None) -> Estimate:
+        """Checks, symbol resolution and the quote of what ``stored`` does not hold: the free
+        metadata calls, nothing billed."""
         self.check_request()
         warnings = self.resolve_symbols()
+        self._leave_out(stored)
         return Estimate(self.quote(), len(self.downloads()), warnings)
 
     def quote(self) -> list[Quote]:
-        """Records, billable bytes and cost of the whole request (or of its gaps), per schema:
-        free calls, one per run of consecutive days and symbol batch."""
+        """Records, billable bytes and cost of what the plan downloads, per schema: free
+        calls, one per run of consecutive days and symbol batch."""
         quotes = []
         for schema in self.request.schemas:
             records = size = 0
             cost = 0.0
             metadata = self.client.metadata
-            for (start, end), batch in itertools.product(self._runs(schema), self._symbol_batches):
+            for start, end, batch in self._requests(schema, None):
                 query = self._request_params(schema, start, end, batch)
                 records += int(self.api.call("record count", partial(metadata.get_record_count, **query)))
                 size += int(self.api.call("billable size", partial(metadata.get_billable_size, **query)))
@@ -297,35 +384,27 @@ class DatabentoApiSource:
         return quotes
 
     def downloads(self) -> list[Download]:
-        """The plan's requests: schema x ``chunk_days`` days x at most 2,000 symbols."""
-        parts: list[Download] = []
-        for schema in self.request.schemas:
-            for start, end in self._spans(schema):
-                parts.extend(Download(schema, start, end, batch) for batch in self._symbol_batches)
-        return parts
-
-    def _runs(self, schema: str) -> list[tuple[dt.date, dt.date]]:
-        """[start, end) runs of consecutive days to fetch: the whole range, or with
-        ``--fill-gaps`` the sessions coverage found not done."""
-        if self.request.gap_days is None:
-            return [(self.start, self.end)]
-        runs: list[tuple[dt.date, dt.date]] = []
-        for day in sorted(d for d in self.request.gap_days.get(schema, []) if self.start <= d < self.end):
-            following = day + dt.timedelta(days=1)
-            runs[-1:] = (
-                [(runs[-1][0], following)] if runs and runs[-1][1] == day else [*runs[-1:], (day, following)]
-            )
-        return runs
-
-    def _spans(self, schema: str) -> list[tuple[dt.date, dt.date]]:
-        """The runs cut into requests of at most ``chunk_days`` days."""
+        """The plan's requests: schema x at most ``chunk_days`` days x at most 2,000 symbols."""
         step = dt.timedelta(days=self.request.chunk_days)
-        spans = []
-        for start, end in self._runs(schema):
+        return [
+            Download(schema, start, end, batch)
+            for schema in self.request.schemas
+            for start, end, batch in self._requests(schema, step)
+        ]
+
+    def _requests(
+        self, schema: str, step: dt.timedelta | None
+    ) -> Iterator[tuple[dt.date, dt.date, tuple[str, ...]]]:
+        """[start, end) and symbols of each request: the runs to fetch, cut into ``step``
+        days (None: whole runs) and batches of at most ``MAX_SYMBOLS`` symbols."""
+        if schema not in self._wanted:
+            self._runs(schema, None)
+        for start, end, symbols in self._wanted[schema]:
             while start < end:
-                spans.append((start, min(start + step, end)))
-                start = spans[-1][1]
-        return spans
+                following = min(start + step, end) if step is not None else end
+                for first in range(0, len(symbols), MAX_SYMBOLS):
+                    yield start, following, symbols[first : first + MAX_SYMBOLS]
+                start = following
 
     def _request_params(
         self, schema: str, start: dt.date, end: dt.date, symbols: tuple[str, ...]
@@ -347,7 +426,7 @@ class DatabentoApiSource:
         chunk = next(upcoming, None)
         while chunk is not None:
             try:
-                fetched = Fetched(chunk, self._parts(chunk))
+                fetched = self._fetched(chunk)
             except SourceError as exc:
                 fetched = Fetched(chunk, [], str(exc))
             following = next(upcoming, None)
@@ -356,22 +435,29 @@ class DatabentoApiSource:
             yield fetched
             chunk = following
 
-    def _parts(self, chunk: Chunk) -> list[Chunk]:
-        """Downloads the chunk; more than ``PART_RECORDS`` records become parts of that many."""
+    def _fetched(self, chunk: Chunk) -> Fetched:
+        """Downloads the chunk, which covers what its response's metadata says; more than
+        ``PART_RECORDS`` records become parts of that many."""
         path = self._download(chunk)
+        dbn = DbnFile(path)
         records = self._records.get(chunk.key)
         if records is None:  # kept from an earlier run (--keep-raw): count it again
-            records = self._records[chunk.key] = DbnFile(path).inspect().total
+            records = self._records[chunk.key] = dbn.inspect().total
+        chunk = replace(chunk, coverage=dbn.coverage())
         slices = record_parts(records, self.PART_RECORDS)
         if len(slices) == 1:
-            return [chunk]
+            return Fetched(chunk, [chunk])
         parts = []
         for first, count in slices:
             key = f"{chunk.key}:{first}+{self.PART_RECORDS}"
             self._slices[key] = (chunk.key, first, count)
             label = f"{chunk.label} [records {first:,}-{first + count - 1:,}]"
-            parts.append(replace(chunk, key=key, label=label, first_record=first, record_count=count))
-        return parts
+            parts.append(
+                replace(
+                    chunk, key=key, label=label, first_record=first, record_count=count, input_key=chunk.key
+                )
+            )
+        return Fetched(chunk, parts)
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[RawBatch]:
         key, first, count = self._slices.get(chunk.key, (chunk.key, 0, None))
@@ -439,6 +525,31 @@ class DatabentoApiSource:
             thread=threading.current_thread().name,
         )
         return path
+
+
+class _Held:
+    """Spans of whole inputs, asked per instrument and day."""
+
+    def __init__(self, spans: list[Span]) -> None:
+        self._spans: dict[int | None, list[tuple[int, int]]] = {}
+        for instrument, start, end in spans:
+            self._spans.setdefault(instrument, []).append((start, end))
+
+    def day(self, instruments: list[int] | None, day: dt.date) -> bool:
+        """Every one of ``instruments`` (None: every instrument) is held for all of ``day``."""
+        start = day_ns(day)
+        end = start + NS_PER_DAY
+
+        def whole(spans: list[tuple[int, int]]) -> bool:
+            return any(s <= start and end <= e for s, e in spans)
+
+        if whole(self._spans.get(None, [])):
+            return True
+        return instruments is not None and all(whole(self._spans.get(i, [])) for i in instruments)
+
+
+def _date(value: object) -> dt.date:
+    return dt.date.fromisoformat(str(value)[:10])
 
 
 def _day(value: dt.date | str | None) -> dt.date:

@@ -24,9 +24,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from marketpipe.config import missing_filesystem
 from marketpipe.errors import SourceError, UsageError
-from marketpipe.sources.base import Fetched
+from marketpipe.sources.base import Fetched, Stored
 from marketpipe.sources.dbn_reader import DbnFile, Inspection
-from marketpipe.types import PART_RECORDS, Chunk, Plan, RawBatch, record_parts
+from marketpipe.types import PART_RECORDS, Chunk, Coverage, Plan, RawBatch, record_parts
 
 _SUFFIXES = (".dbn", ".dbn.zst")
 log = structlog.get_logger("marketpipe.files")
@@ -127,7 +127,9 @@ class DbnFileSource:
         dbn = DbnFile(self._local(path))
         return dbn, dbn.inspect(self._stop)
 
-    def plan(self) -> Plan:
+    def plan(self, stored: Stored | None = None) -> Plan:
+        """Every input (files cost nothing to read again; what they cover replaces the rows
+        other inputs stored there)."""
         plan = Plan()
         seen: dict[str, str] = {}
         for index, path in enumerate(self._paths):
@@ -151,8 +153,11 @@ class DbnFileSource:
             seen[inspection.digest] = path
             plan.inputs.append(str(path))
             self._note_live(path, inspection, plan)
+            coverage = dbn.coverage()
             for schema, records in sorted(inspection.records.items()):
-                plan.chunks.extend(self._parts(path, dbn, schema, inspection.digest, records))
+                plan.chunks.extend(
+                    self._parts(path, dbn, schema, f"dbn:{inspection.digest}:{schema}", records, coverage)
+                )
         return plan
 
     @staticmethod
@@ -170,7 +175,9 @@ class DbnFileSource:
                 f"{text}{': ' + shown if shown else ''}"
             )
 
-    def _parts(self, path: str, dbn: DbnFile, schema: str, digest: str, records: int) -> list[Chunk]:
+    def _parts(
+        self, path: str, dbn: DbnFile, schema: str, input_key: str, records: int, coverage: Coverage
+    ) -> list[Chunk]:
         size = self.PART_RECORDS
         parts = record_parts(records, size)
         chunks = []
@@ -178,7 +185,7 @@ class DbnFileSource:
             label = str(path) if len(parts) == 1 else f"{path} [records {first:,}-{first + count - 1:,}]"
             if dbn.live:
                 label = f"{label} ({schema})"
-            key = f"dbn:{digest}:{schema}:{first}+{size}"
+            key = f"{input_key}:{first}+{size}"
             self._path_of[key] = path
             chunks.append(
                 Chunk(
@@ -190,6 +197,8 @@ class DbnFileSource:
                     end_ns=dbn.end_ns,
                     first_record=first,
                     record_count=count,
+                    input_key=input_key,
+                    coverage=coverage,
                 )
             )
         return chunks

@@ -32,8 +32,8 @@ from databento_dbn import DBNDecoder, Metadata, RType, Schema, VersionUpgradePol
 
 from marketpipe.errors import SourceError
 from marketpipe.model import DBN_VERSIONS, LAYOUT_OF_SCHEMA, check_schema, record_dtype
-from marketpipe.symbology import SymbolMap
-from marketpipe.types import RawBatch
+from marketpipe.symbology import NS_PER_DAY, SymbolMap
+from marketpipe.types import Coverage, RawBatch, SymbolInterval
 
 _HEADER = struct.Struct("<3sBI")  # b"DBN", version, metadata length
 _SKIPPABLE_FRAME = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # zstd's magic 0x184D2A5?, little-endian
@@ -43,6 +43,7 @@ _SYMBOL_MAPPING = int(RType.SYMBOL_MAPPING.value)
 _SYSTEM = int(RType.SYSTEM.value)
 _ERROR = int(RType.ERROR.value)
 _MESSAGES_KEPT = 5
+ALL_SYMBOLS = "ALL_SYMBOLS"  # a request's symbols for every instrument of the dataset
 # Real metadata is kilobytes to a few megabytes (a year of 2,000 symbols' daily mappings is
 # about 60 MB); a larger declared length is a corrupt header or a decompression bomb, which
 # databento would read into memory whole.
@@ -107,6 +108,9 @@ class DbnFile:
         # The request's range of the index timestamp, [start, end): every record lies inside it.
         self.start_ns: int = int(meta.start)
         self.end_ns: int | None = None if meta.end is None else int(meta.end)
+        self.stype_in = _plain(meta.stype_in)
+        self._all_symbols = ALL_SYMBOLS in (meta.symbols or [])
+        self._limit = int(meta.limit or 0)
         try:
             self.symbol_map = SymbolMap(meta.mappings, _plain(meta.stype_in), _plain(meta.stype_out))
         except (ValueError, KeyError, TypeError) as exc:
@@ -120,6 +124,31 @@ class DbnFile:
             # The layout records have in this file's DBN version; read as is when it is v3's.
             self._native = record_dtype(self.schema, self.version)
             self._decode = self.live or self._native != LAYOUT_OF_SCHEMA[self.schema].dtype
+
+    def coverage(self) -> Coverage:
+        """What the file holds every record of. Databento's historical response for (dataset,
+        schema, symbols, [start, end)) holds every record of the instruments its symbols map
+        to, each over its mapping intervals (``Metadata.mappings``, ``start_date`` inclusive,
+        ``end_date`` exclusive, clipped to the request), or of every instrument for
+        ``ALL_SYMBOLS``. A live recording (no end, several schemas, ``ts_out``) and a file
+        cut by a ``limit`` are not complete: they cover their own records only."""
+        stype = self.symbol_map.stype or ""
+        symbology = tuple(
+            SymbolInterval(self.dataset, stype, symbol, instrument_id, first * NS_PER_DAY, last * NS_PER_DAY)
+            for instrument_id, first, last, symbol in self.symbol_map.intervals
+        )
+        if self.live or self.end_ns is None or self._limit:
+            return Coverage(self.dataset, (), complete=False, symbology=symbology)
+        start, end = self.start_ns, self.end_ns
+        if self._all_symbols:
+            return Coverage(self.dataset, ((None, start, end),), symbology=symbology)
+        spans = set()
+        for instrument_id, first, last, _ in self.symbol_map.intervals:
+            low, high = max(start, first * NS_PER_DAY), min(end, last * NS_PER_DAY)
+            if low < high:
+                spans.add((instrument_id, low, high))
+        # Mappings that name no instrument (a file made without them): its own records only.
+        return Coverage(self.dataset, tuple(sorted(spans)), complete=bool(spans), symbology=symbology)
 
     def _metadata(self) -> Metadata:
         """The header and the metadata it declares, decoded by databento-dbn as the file has

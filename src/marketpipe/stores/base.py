@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -17,13 +17,23 @@ from typing import Protocol, runtime_checkable
 import pyarrow as pa
 
 from marketpipe.model import Family, Model
-from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Instrument, Rejection, RunStatus
+from marketpipe.types import (
+    Chunk,
+    ChunkCounts,
+    ChunkStatus,
+    Rejection,
+    RunStatus,
+    Span,
+    SymbolInterval,
+)
 
 CHUNKS_TABLE = "marketpipe_chunks"
 RUNS_TABLE = "marketpipe_runs"
 QUARANTINE_TABLE = "marketpipe_quarantine"
 MIGRATIONS_TABLE = "marketpipe_migrations"
-INSTRUMENTS_TABLE = "marketpipe_instruments"
+INSTRUMENTS_TABLE = "marketpipe_instruments"  # the previous release's symbology
+SYMBOLOGY_TABLE = "marketpipe_symbology"
+COVERAGE_TABLE = "marketpipe_coverage"
 
 
 TimeRange = tuple[int, int]  # first and last index timestamp, nanoseconds since the epoch
@@ -178,9 +188,14 @@ class DataStore(Protocol):
         """(symbol, UTC day as days since the epoch, rows) of the rows ``query`` selects."""
         ...
 
-    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
-        """(instrument_id, start, end in ns) of the contracts with these raw symbols, from the
-        ledger's symbology and the stored definitions."""
+    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(instrument_id, start, end in ns) of the instruments these symbols (of any
+        symbology type) stood for, from the ledger's symbology and the stored definitions."""
+        ...
+
+    def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
+        """Delete the rows of ``tx.replaced``'s chunks inside ``tx.spans`` in the ledger's
+        transaction, and count them per chunk in ``tx.dropped``."""
         ...
 
     def close(self) -> None: ...
@@ -201,6 +216,17 @@ class LedgerTransaction(Protocol):
     def finish(self, counts: ChunkCounts, stored: TimeRange | None) -> None:
         """Quarantined records and the done mark, committed together."""
         ...
+
+
+class ReplacingTransaction(Protocol):
+    """An input being marked whole: its spans, the chunks of other inputs they replace, the
+    rows dropped of each, and what to do once the ledger has committed or rolled back."""
+
+    spans: list[Span]
+    replaced: list[int]
+    dropped: dict[int, int]
+    committed: list[Callable[[], None]]
+    rolled_back: list[Callable[[], None]]
 
 
 class Ledger(Protocol):
@@ -246,8 +272,22 @@ class Ledger(Protocol):
         updated first: where chunks overlap, the later word on a day is the one that holds."""
         ...
 
-    def record_instruments(self, instruments: Sequence[Instrument]) -> None:
-        """Remember which contracts stand behind the requested symbols, and when."""
+    def record_symbology(self, symbology: Sequence[SymbolInterval]) -> None:
+        """Remember what symbols stood for, and when."""
+        ...
+
+    def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
+        """The spans of whole inputs that meet [start, end): what is stored for good."""
+        ...
+
+    def is_complete(self, chunk: Chunk) -> bool:
+        """The chunk's input is whole and its coverage recorded."""
+        ...
+
+    def coverage_transaction(self, chunk: Chunk) -> AbstractContextManager[ReplacingTransaction]:
+        """Mark the chunk's input whole: its coverage (or, for an input that is not complete,
+        the time its rows span) is recorded with its symbology, and replaces the rows other
+        whole inputs stored in its spans, in one transaction."""
         ...
 
     def report(self, status: StoreStatus) -> None:
@@ -316,6 +356,15 @@ class Store:
                 yield ChunkWriter(family, sink, tx)
             finally:
                 sink.close()
+
+    def complete_input(self, chunk: Chunk) -> None:
+        """Every part of ``chunk``'s input is stored: what it covers replaces the rows other
+        inputs stored there (an input of the same records in another request, split, symbol
+        or file), so each record is stored once."""
+        family = self.model.family_of(chunk.schema)
+        with self.ledger.coverage_transaction(chunk) as tx:
+            if tx.replaced:
+                self.data.drop_covered(family, chunk.schema, tx)
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         return self.data.export(query, batch_size)

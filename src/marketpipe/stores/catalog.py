@@ -25,10 +25,12 @@ from marketpipe.errors import StoreRejected
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
+    COVERAGE_TABLE,
     INSTRUMENTS_TABLE,
     MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUNS_TABLE,
+    SYMBOLOGY_TABLE,
 )
 
 DEFINITIONS_TABLE = "marketpipe_tables"
@@ -39,7 +41,15 @@ DEFINITIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {DEFINITIONS_TABLE} (
 RECORD_DEFINITION = (
     f"INSERT INTO {DEFINITIONS_TABLE} (table_name, definition) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 )
-LEDGER_TABLES = (CHUNKS_TABLE, RUNS_TABLE, QUARANTINE_TABLE, MIGRATIONS_TABLE, INSTRUMENTS_TABLE)
+LEDGER_TABLES = (
+    CHUNKS_TABLE,
+    RUNS_TABLE,
+    QUARANTINE_TABLE,
+    MIGRATIONS_TABLE,
+    INSTRUMENTS_TABLE,
+    SYMBOLOGY_TABLE,
+    COVERAGE_TABLE,
+)
 
 
 def definition(family: Family) -> dict[str, Any]:

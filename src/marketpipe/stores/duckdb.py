@@ -136,7 +136,8 @@ _LEDGER_TABLES = {
     sql.RUNS_TABLE,
     sql.QUARANTINE_TABLE,
     sql.MIGRATIONS_TABLE,
-    sql.INSTRUMENTS_TABLE,
+    sql.SYMBOLOGY_TABLE,
+    sql.COVERAGE_TABLE,
 }
 
 
@@ -183,10 +184,17 @@ class DuckDBLedger(sql.SqlLedger):
             sql.MODEL_VERSION: sql.MODEL_NAME,
             sql.CHUNK_RANGES_VERSION: sql.CHUNK_RANGES_NAME,
             sql.INSTRUMENTS_VERSION: sql.INSTRUMENTS_NAME,
+            sql.COVERAGE_VERSION: sql.COVERAGE_NAME,
         }
         if applied >= migrations.keys() and tables >= _LEDGER_TABLES:
             return
-        ddl = (*sql.BOOKKEEPING_DDL, sql.MIGRATIONS_DDL, *sql.CHUNK_RANGES_DDL, sql.INSTRUMENTS_DDL)
+        ddl = (
+            *sql.BOOKKEEPING_DDL,
+            sql.MIGRATIONS_DDL,
+            *sql.CHUNK_RANGES_DDL,
+            sql.INSTRUMENTS_DDL,
+            *sql.COVERAGE_DDL,
+        )
         for statement in ddl:
             self.con.execute(statement)
         for version, name in migrations.items():

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import cast
 
@@ -37,16 +37,18 @@ from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES
 from marketpipe.errors import StoreError, StoreRejected, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import (
-    INSTRUMENTS_TABLE,
+    SYMBOLOGY_TABLE,
     Capabilities,
     Connected,
     ExportQuery,
+    ReplacingTransaction,
     Store,
     TableStatus,
     TimeRange,
 )
 from marketpipe.stores.duckdb import DuckDBLedger, DuckDBStore, integer_type
 from marketpipe.symbology import NS_PER_DAY
+from marketpipe.types import Span
 
 log = structlog.get_logger("marketpipe.lake")
 
@@ -226,7 +228,7 @@ class _LakeTables(DuckDBStore):
     def _prepare(self, read_only: bool) -> None:
         if not isinstance(self._lake.fs, LocalFileSystem):
             self.con.register_filesystem(self._lake.fs)
-        self.con.execute(sql.INSTRUMENTS_DDL)  # the views come with each read's ``refresh``
+        self.con.execute(sql.SYMBOLOGY_DDL)  # the symbology; views come with each read's ``refresh``
 
     def refresh(
         self, families: Sequence[Family], start_ns: int | None = None, end_ns: int | None = None
@@ -252,10 +254,10 @@ class _LakeTables(DuckDBStore):
     def refresh_instruments(self) -> _LakeTables:
         """The symbology the ledger keeps now, beside the lake's definitions: what
         ``instrument_ranges`` and a user's query read (an export is handed the ranges)."""
-        instruments = self._lake.ledger._query(f"SELECT * FROM {INSTRUMENTS_TABLE}")
-        self.con.execute(f"DELETE FROM {INSTRUMENTS_TABLE}")
-        if instruments:
-            self._executemany(f"INSERT INTO {INSTRUMENTS_TABLE} VALUES (%s, %s, %s, %s, %s)", instruments)
+        columns = "dataset, stype, symbol, instrument_id, start_ns, end_ns"
+        symbology = self._lake.ledger._query(f"SELECT {columns} FROM {SYMBOLOGY_TABLE}")
+        self.con.execute(f"DELETE FROM {SYMBOLOGY_TABLE}")
+        self._executemany(f"INSERT INTO {SYMBOLOGY_TABLE} VALUES (%s, %s, %s, %s, %s, %s)", symbology)
         return self
 
     def _view(self, family: Family, files: list[str]) -> str:
@@ -269,6 +271,22 @@ class _LakeTables(DuckDBStore):
             f"CAST(NULL AS {column_type(c)}) AS {sql.identifier(c.name)}" for c in family.columns
         )
         return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
+
+
+def _inside(table: pa.Table, family: Family, schema: str, spans: Sequence[Span]) -> np.ndarray:
+    """Which rows of ``table`` lie inside ``spans`` (and are of ``schema``, where the table
+    holds several)."""
+    times = table[family.time_column].cast(pa.int64()).to_numpy()
+    instruments = table["instrument_id"].to_numpy()
+    inside = np.zeros(table.num_rows, dtype=bool)
+    for (start, end), ids in sql.span_ranges(spans).items():
+        hit = (times >= start) & (times < end)
+        if ids is not None:
+            hit &= np.isin(instruments, ids)
+        inside |= hit
+    if "schema" in family.column_names:
+        inside &= np.asarray(table["schema"].to_pylist(), dtype=object) == schema
+    return inside
 
 
 def filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -325,6 +343,47 @@ class LakeStore:
     def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> _LakeSink:
         return _LakeSink(self, family, chunk_id)
 
+    def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
+        """Each listed file of ``tx.replaced``'s chunks that holds rows inside ``tx.spans`` is
+        written again without them (under its chunk's prefix, so a later write of that chunk
+        still finds it) and listed in its place in the ledger's open transaction; the old file
+        goes once the ledger has committed, the new one if it rolls back."""
+        low, high = min(s for _, s, _ in tx.spans), max(e for _, _, e in tx.spans)
+        listed = self.ledger._query(
+            f"SELECT path, chunk_id FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = ANY(%s)"
+            " AND last_ns >= %s AND first_ns < %s ORDER BY path",
+            [family.table, list(tx.replaced), low, high],
+        )
+        for path, owner in listed:
+            table = pq.read_table(self.full(str(path)), filesystem=self.fs)
+            drop = _inside(table, family, schema, tx.spans)
+            if not drop.any():
+                continue
+            kept = table.filter(pa.array(~drop))
+            self.ledger._execute(f"DELETE FROM {FILES_TABLE} WHERE path = %s", [path])
+            if kept.num_rows:
+                folder, name = str(path).rsplit("/", 1)
+                new = f"{folder}/{name.split('-', 1)[0]}-{uuid.uuid4().hex[:12]}-r.parquet"
+                temporary = self.full(f"{folder}/_{new.rsplit('/', 1)[1]}.tmp")
+                pq.write_table(kept, temporary, filesystem=self.fs, compression="zstd")
+                self.fs.mv(temporary, self.full(new))
+                times = kept[family.time_column].cast(pa.int64()).to_numpy()
+                self.ledger._execute(
+                    f"INSERT INTO {FILES_TABLE} (path, table_name, chunk_id, rows, first_ns, last_ns)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    [new, family.table, owner, kept.num_rows, int(times.min()), int(times.max())],
+                )
+                tx.rolled_back.append(partial(self._remove, new))
+            tx.committed.append(partial(self._remove, str(path)))
+            tx.dropped[int(owner)] = tx.dropped.get(int(owner), 0) + int(drop.sum())
+
+    def _remove(self, path: str) -> None:
+        """Best effort: the ledger, not the directory, says which files hold the lake."""
+        try:
+            self.fs.rm(self.full(path))
+        except OSError as exc:
+            log.warning("lake.cleanup_failed", path=path, reason=str(exc))
+
     @contextmanager
     def _readable(self) -> Iterator[None]:
         """A read's error as one line; a listed file that is gone or damaged (removed or
@@ -361,10 +420,10 @@ class LakeStore:
         with self._readable():
             return self._tables.refresh([query.family], query.start_ns, query.end_ns).day_counts(query)
 
-    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
         with self._readable():
             definitions = [f for f in self.model.families.values() if "definition" in f.schemas]
-            return self._tables.refresh(definitions).refresh_instruments().instrument_ranges(raw_symbols)
+            return self._tables.refresh(definitions).refresh_instruments().instrument_ranges(symbols)
 
     def table_status(self, family: Family) -> TableStatus:
         """From the ledger's file list: no file is opened."""

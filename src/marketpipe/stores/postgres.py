@@ -35,7 +35,7 @@ from marketpipe.config import Settings
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError, UsageError
 from marketpipe.model import Family, Model
 from marketpipe.retries import retrying
-from marketpipe.stores.base import QUARANTINE_TABLE, Capabilities, ExportQuery, Store
+from marketpipe.stores.base import QUARANTINE_TABLE, Capabilities, ExportQuery, ReplacingTransaction, Store
 from marketpipe.types import Chunk
 
 log = structlog.get_logger("marketpipe.postgres")
@@ -185,6 +185,7 @@ def _brin_index_statements(model: Model) -> list[str]:
 
 
 Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
+DECOMPRESS_UNLIMITED = "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0"
 
 
 TIMESCALE_VERSION = sql.MODEL_VERSION + 1
@@ -205,6 +206,7 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
     migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, _run(*sql.CHUNK_RANGES_DDL)))
     migrations.append((sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME, _run(sql.INSTRUMENTS_DDL)))
     migrations.append((BRIN_INDEX_VERSION, BRIN_INDEX_NAME, _run(*_brin_index_statements(model))))
+    migrations.append((sql.COVERAGE_VERSION, sql.COVERAGE_NAME, _run(*sql.COVERAGE_DDL)))
     return migrations
 
 
@@ -411,6 +413,16 @@ class PostgresStore(sql.SqlStore):
     def _lock_schema(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
+    def _lock_coverage(self, dataset: str, schema: str) -> None:
+        # Inputs of one dataset's schema complete one at a time across processes; READ
+        # COMMITTED then shows each the coverage the one before it recorded.
+        self._execute("SELECT pg_advisory_xact_lock(%s)", [sql.chunk_id(f"coverage:{dataset}:{schema}")])
+
+    def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
+        if self.mode == "timescaledb":
+            self._execute(DECOMPRESS_UNLIMITED)  # see open_chunk
+        super().drop_covered(family, schema, tx)
+
     def _ns(self, column: str) -> str:
         return sql.identifier(column)
 
@@ -452,7 +464,7 @@ class PostgresStore(sql.SqlStore):
             # they sit in (an instrument's day, other chunks' rows too), and TimescaleDB stops
             # a transaction past 100,000 decompressed rows: a --force of any busy compressed day
             # would fail every time. 0 is unlimited (TimescaleDB's own hint); this transaction only.
-            self._execute("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
+            self._execute(DECOMPRESS_UNLIMITED)
         return super().open_chunk(family, chunk_id, earlier)
 
     def _sink(self, family: Family, chunk_id: int) -> _PgSink:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -26,24 +27,35 @@ from marketpipe.errors import StoreRejected, UsageError
 from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
+    COVERAGE_TABLE,
     INSTRUMENTS_TABLE,
     MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUN_FIELDS,
     RUNS_TABLE,
+    SYMBOLOGY_TABLE,
     Capabilities,
     ChunkAlreadyStored,
     ChunkSink,
     ExportQuery,
     QuarantinedRecord,
     QuarantineQuery,
+    ReplacingTransaction,
     StoreStatus,
     TableStatus,
     TimeRange,
     chunk_id,
 )
 from marketpipe.symbology import NS_PER_DAY, days_touched
-from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Instrument, Rejection, RunStatus
+from marketpipe.types import (
+    Chunk,
+    ChunkCounts,
+    ChunkStatus,
+    Rejection,
+    RunStatus,
+    Span,
+    SymbolInterval,
+)
 
 
 def identifier(name: str) -> str:
@@ -120,10 +132,56 @@ INSTRUMENTS_DDL = f"""CREATE TABLE IF NOT EXISTS {INSTRUMENTS_TABLE} (
   end_ns BIGINT NOT NULL,
   PRIMARY KEY (dataset, instrument_id, raw_symbol, start_ns)
 )"""
-UPSERT_INSTRUMENT = f"""INSERT INTO {INSTRUMENTS_TABLE} (dataset, instrument_id, raw_symbol, start_ns, end_ns)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (dataset, instrument_id, raw_symbol, start_ns) DO UPDATE SET
-  end_ns = greatest({INSTRUMENTS_TABLE}.end_ns, excluded.end_ns)"""
+# Identity by coverage: each input's coverage, each chunk's input, one symbology table (the
+# instruments table's raw symbols move into it). A store of the previous release keeps each
+# stored input as covering its own rows only (what it was asked for is not recorded).
+COVERAGE_VERSION = MODEL_VERSION + 7
+COVERAGE_NAME = "coverage of each input, chunks by input, point-in-time symbology"
+_PART_SUFFIX = r"':[0-9]+\+[0-9]+$'"  # a part's key is its input's and ':<first>+<size>'
+SYMBOLOGY_DDL = f"""CREATE TABLE IF NOT EXISTS {SYMBOLOGY_TABLE} (
+  dataset TEXT NOT NULL,
+  stype TEXT NOT NULL,
+  symbol TEXT NOT NULL,
+  instrument_id BIGINT NOT NULL,
+  start_ns BIGINT NOT NULL,
+  end_ns BIGINT NOT NULL,
+  PRIMARY KEY (dataset, stype, symbol, instrument_id, start_ns)
+)"""
+COVERAGE_DDL = (
+    f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS input_key TEXT",
+    f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS replaced BIGINT",
+    f"""CREATE TABLE IF NOT EXISTS {COVERAGE_TABLE} (
+  input_key TEXT NOT NULL,
+  dataset TEXT NOT NULL,
+  schema TEXT NOT NULL,
+  instrument_id BIGINT,
+  start_ns BIGINT NOT NULL,
+  end_ns BIGINT NOT NULL,
+  complete BOOLEAN NOT NULL
+)""",
+    f"CREATE INDEX IF NOT EXISTS marketpipe_coverage_input ON {COVERAGE_TABLE} (input_key)",
+    f"CREATE INDEX IF NOT EXISTS marketpipe_coverage_time ON {COVERAGE_TABLE} (dataset, schema, start_ns)",
+    SYMBOLOGY_DDL,
+    INSTRUMENTS_DDL,
+    f"""INSERT INTO {SYMBOLOGY_TABLE} (dataset, stype, symbol, instrument_id, start_ns, end_ns)
+SELECT dataset, 'raw_symbol', raw_symbol, instrument_id, start_ns, end_ns FROM {INSTRUMENTS_TABLE}
+ON CONFLICT DO NOTHING""",
+    f"DROP TABLE {INSTRUMENTS_TABLE}",
+    f"""INSERT INTO {COVERAGE_TABLE} (input_key, dataset, schema, instrument_id, start_ns, end_ns, complete)
+SELECT regexp_replace(chunk_key, {_PART_SUFFIX}, ''), coalesce(dataset, ''), schema, NULL,
+  min(first_ns), max(last_ns) + 1, false
+FROM {CHUNKS_TABLE} WHERE input_key IS NULL AND first_ns IS NOT NULL AND status = '{ChunkStatus.DONE}'
+GROUP BY 1, 2, 3""",
+    f"UPDATE {CHUNKS_TABLE} SET input_key = regexp_replace(chunk_key, {_PART_SUFFIX}, '')"
+    " WHERE input_key IS NULL",
+)
+UPSERT_SYMBOL = f"""INSERT INTO {SYMBOLOGY_TABLE} (dataset, stype, symbol, instrument_id, start_ns, end_ns)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (dataset, stype, symbol, instrument_id, start_ns) DO UPDATE SET
+  end_ns = greatest({SYMBOLOGY_TABLE}.end_ns, excluded.end_ns)"""
+INSERT_COVERAGE = f"""INSERT INTO {COVERAGE_TABLE}
+  (input_key, dataset, schema, instrument_id, start_ns, end_ns, complete)
+VALUES (%s, %s, %s, %s, %s, %s, %s)"""
 
 
 def run_lock_key(run_id: str) -> int:
@@ -187,11 +245,13 @@ BOOKKEEPING_DDL = (
 # first_ns/last_ns: event-time range of the chunk's stored rows; only a commit sets them.
 UPSERT_CHUNK = f"""INSERT INTO {CHUNKS_TABLE}
   (chunk_key, chunk_id, job, schema, label, status, records_read, stored, quarantined,
-   seconds, first_ns, last_ns, run_id, updated_at, error, dataset, start_ns, end_ns)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s)
+   seconds, first_ns, last_ns, run_id, updated_at, error, dataset, start_ns, end_ns, input_key)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s, %s)
 ON CONFLICT (chunk_key) DO UPDATE SET
   job = excluded.job, label = excluded.label, status = excluded.status,
   dataset = excluded.dataset, start_ns = excluded.start_ns, end_ns = excluded.end_ns,
+  input_key = excluded.input_key,
+  replaced = CASE WHEN excluded.status = '{ChunkStatus.DONE}' THEN NULL ELSE {CHUNKS_TABLE}.replaced END,
   records_read = excluded.records_read, stored = excluded.stored,
   quarantined = excluded.quarantined, seconds = excluded.seconds,
   first_ns = CASE WHEN excluded.status = '{ChunkStatus.DONE}' THEN excluded.first_ns
@@ -201,8 +261,8 @@ ON CONFLICT (chunk_key) DO UPDATE SET
   run_id = excluded.run_id, updated_at = excluded.updated_at, error = excluded.error"""
 
 INSERT_PENDING = f"""INSERT INTO {CHUNKS_TABLE}
-  (chunk_key, chunk_id, job, schema, label, status, updated_at, dataset, start_ns, end_ns)
-VALUES (%s, %s, %s, %s, %s, '{ChunkStatus.PENDING}', now(), %s, %s, %s)
+  (chunk_key, chunk_id, job, schema, label, status, updated_at, dataset, start_ns, end_ns, input_key)
+VALUES (%s, %s, %s, %s, %s, '{ChunkStatus.PENDING}', now(), %s, %s, %s, %s)
 ON CONFLICT (chunk_key) DO NOTHING"""
 
 CHUNK_STATE = f"SELECT status, first_ns, last_ns, run_id FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
@@ -254,6 +314,41 @@ def filters(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
         where.append(f"{time_ns} < %s")
         params.append(query.end_ns)
     return ((" WHERE " + " AND ".join(where)) if where else ""), params
+
+
+def span_ranges(spans: Sequence[Span]) -> dict[tuple[int, int], list[int] | None]:
+    """Spans grouped by time range, in order: the instruments of each (None: every one). A
+    day's input covers one range, whatever its number of instruments."""
+    ranges: dict[tuple[int, int], set[int] | None] = {}
+    for instrument, start, end in spans:
+        held = ranges.setdefault((start, end), set())
+        if instrument is None or held is None:
+            ranges[start, end] = None
+        else:
+            held.add(instrument)
+    return {r: None if i is None else sorted(i) for r, i in sorted(ranges.items())}
+
+
+def covered_rows(
+    family: Family, schema: str, tx: ReplacingTransaction, time_ns: str
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of the rows a coverage replaces: ``tx.replaced``'s chunks, inside the
+    spans (grouped by time range: an instrument list each, or every instrument)."""
+    where = ["chunk_id = ANY(%s)"]
+    params: list[Any] = [list(tx.replaced)]
+    if "schema" in family.column_names:
+        where.append("schema = %s")
+        params.append(schema)
+    spans = []
+    for (start, end), instruments in span_ranges(tx.spans).items():
+        term = f"({time_ns} >= %s AND {time_ns} < %s"
+        params.extend([start, end])
+        if instruments is not None:
+            term += " AND instrument_id = ANY(%s)"
+            params.append(instruments)
+        spans.append(term + ")")
+    where.append("(" + " OR ".join(spans) + ")")
+    return " WHERE " + " AND ".join(where), params
 
 
 def export_statement(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
@@ -369,6 +464,19 @@ class ChunkTransaction:
         self.committed = True
 
 
+@dataclass
+class CoverageTransaction:
+    """An input's spans, the chunk ids of the other inputs they replace, and the rows dropped
+    of each (filled in by the data side, with what to do once the ledger has committed or
+    rolled back)."""
+
+    spans: list[Span]
+    replaced: list[int]
+    dropped: dict[int, int] = field(default_factory=dict)
+    committed: list[Callable[[], None]] = field(default_factory=list)
+    rolled_back: list[Callable[[], None]] = field(default_factory=list)
+
+
 class SqlLedger:
     """Bookkeeping and chunk transactions over a DB-API-like connection (DuckDB, psycopg)."""
 
@@ -437,7 +545,7 @@ class SqlLedger:
         return (
             chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status.value,
             c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
-            first, last, run_id, error, chunk.dataset, chunk.start_ns, chunk.end_ns,
+            first, last, run_id, error, chunk.dataset, chunk.start_ns, chunk.end_ns, chunk.input,
         )  # fmt: skip
 
     def is_done(self, chunk: Chunk) -> bool:
@@ -449,7 +557,7 @@ class SqlLedger:
             self._executemany(
                 INSERT_PENDING,
                 [
-                    (c.key, chunk_id(c.key), job, c.schema, c.label, c.dataset, c.start_ns, c.end_ns)
+                    (c.key, chunk_id(c.key), job, c.schema, c.label, c.dataset, c.start_ns, c.end_ns, c.input)
                     for c in chunks
                 ],
             )
@@ -542,13 +650,126 @@ class SqlLedger:
             )
         ]
 
-    def record_instruments(self, instruments: Sequence[Instrument]) -> None:
-        if instruments:
-            self._executemany(
-                UPSERT_INSTRUMENT,
-                [(i.dataset, i.instrument_id, i.raw_symbol, i.start_ns, i.end_ns) for i in instruments],
+    def record_symbology(self, symbology: Sequence[SymbolInterval]) -> None:
+        self._record_symbology(symbology)
+        self._commit()
+
+    def _record_symbology(self, symbology: Sequence[SymbolInterval]) -> None:
+        self._executemany(
+            UPSERT_SYMBOL,
+            [(i.dataset, i.stype, i.symbol, i.instrument_id, i.start_ns, i.end_ns) for i in symbology],
+        )
+
+    def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
+        return [
+            (None if i is None else int(i), int(s), int(e))
+            for i, s, e in self._query(
+                f"SELECT instrument_id, start_ns, end_ns FROM {COVERAGE_TABLE} WHERE complete"
+                " AND dataset = %s AND schema = %s AND start_ns < %s AND end_ns > %s",
+                [dataset, schema, end_ns, start_ns],
             )
+        ]
+
+    def _coverage_of(self, chunk: Chunk) -> list[Span]:
+        """An input's spans: what its coverage guarantees, else its own rows' time range."""
+        if chunk.coverage.complete:
+            return list(chunk.coverage.spans)
+        first, last = self._query(
+            f"SELECT min(first_ns), max(last_ns) FROM {CHUNKS_TABLE} WHERE input_key = %s", [chunk.input]
+        )[0]
+        return [] if first is None else [(None, int(first), int(last) + 1)]
+
+    def _meeting(self, chunk: Chunk, spans: Sequence[Span]) -> list[tuple[str, Span, bool]]:
+        """Other inputs' recorded coverage that meets ``spans``: (input, span, complete).
+        Inputs still being stored have none yet (they replace these once they are whole)."""
+        if not spans:
+            return []
+        low, high = min(s for _, s, _ in spans), max(e for _, _, e in spans)
+        mine: dict[int | None, list[tuple[int, int]]] = {}
+        for instrument, start, end in spans:
+            mine.setdefault(instrument, []).append((start, end))
+        every = [w for v in mine.values() for w in v]
+
+        def meets(instrument: int | None, start: int, end: int) -> bool:
+            wanted = every if instrument is None else mine.get(instrument, []) + mine.get(None, [])
+            return any(s < end and start < e for s, e in wanted)
+
+        rows = self._query(
+            f"SELECT input_key, instrument_id, start_ns, end_ns, complete FROM {COVERAGE_TABLE}"
+            " WHERE dataset = %s AND schema = %s AND start_ns < %s AND end_ns > %s AND input_key <> %s",
+            [chunk.coverage.dataset or chunk.dataset, chunk.schema, high, low, chunk.input],
+        )
+        found = []
+        for key, instrument, start, end, complete in rows:
+            span = (None if instrument is None else int(instrument), int(start), int(end))
+            if meets(*span):
+                found.append((str(key), span, bool(complete)))
+        return found
+
+    def _chunk_ids(self, inputs: Sequence[str]) -> list[int]:
+        """The chunks of these inputs that hold rows."""
+        if not inputs:
+            return []
+        return [
+            int(i)
+            for (i,) in self._query(
+                f"SELECT chunk_id FROM {CHUNKS_TABLE} WHERE input_key = ANY(%s) AND first_ns IS NOT NULL",
+                [sorted(set(inputs))],
+            )
+        ]
+
+    def _replacement(self, chunk: Chunk, spans: Sequence[Span]) -> tuple[list[Span], list[int]]:
+        """What completing the input drops: a complete input, the rows other inputs stored in
+        its spans; an input of its own records only (a live recording, a file cut by a
+        limit), its own rows inside other inputs' complete coverage (the historical copy is
+        the whole one). (spans, chunk ids)."""
+        meeting = self._meeting(chunk, spans)
+        if chunk.coverage.complete:
+            return list(spans), self._chunk_ids([key for key, _, _ in meeting])
+        theirs = [span for _, span, complete in meeting if complete]
+        return theirs, self._chunk_ids([chunk.input]) if theirs else []
+
+    def is_complete(self, chunk: Chunk) -> bool:
+        rows = self._query(f"SELECT 1 FROM {COVERAGE_TABLE} WHERE input_key = %s LIMIT 1", [chunk.input])
+        return bool(rows)
+
+    def _lock_coverage(self, dataset: str, schema: str) -> None:
+        """Until the transaction ends, no other process replaces rows of this dataset's schema
+        (the embedded file has one writer process, whose inputs complete one at a time)."""
+
+    @contextmanager
+    def coverage_transaction(self, chunk: Chunk) -> Iterator[CoverageTransaction]:
+        """The input's coverage replaces what other inputs stored there and is recorded, in
+        one transaction: the caller drops ``tx.replaced``'s rows in ``tx.spans`` inside it."""
+        self._begin()
+        try:
+            self._lock_coverage(chunk.coverage.dataset or chunk.dataset, chunk.schema)
+            spans = self._coverage_of(chunk)
+            tx = CoverageTransaction(*self._replacement(chunk, spans))
+            try:
+                yield tx
+            except BaseException:
+                for undo in tx.rolled_back:
+                    undo()
+                raise
+            for chunk_id_, rows in tx.dropped.items():
+                self._execute(
+                    f"UPDATE {CHUNKS_TABLE} SET replaced = coalesce(replaced, 0) + %s WHERE chunk_id = %s",
+                    [rows, chunk_id_],
+                )
+            self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
+            dataset = chunk.coverage.dataset or chunk.dataset
+            self._executemany(
+                INSERT_COVERAGE,
+                [(chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete) for i, s, e in spans],
+            )
+            self._record_symbology(chunk.coverage.symbology)
             self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        for done in tx.committed:
+            done()
 
     def stored_through(self, job: str) -> dt.date | None:
         done: set[dt.date] = set()
@@ -651,6 +872,16 @@ class SqlStore(SqlLedger):
             )
         return self._sink(family, chunk_id)
 
+    def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
+        """Rows of ``tx.replaced``'s chunks inside ``tx.spans``, counted per chunk and deleted,
+        in the ledger's open transaction."""
+        clause, params = covered_rows(family, schema, tx, self._time_ns(family))
+        table = identifier(family.table)
+        counts = self._query(f"SELECT chunk_id, count(*) FROM {table}{clause} GROUP BY chunk_id", params)
+        if counts:
+            self._execute(f"DELETE FROM {table}{clause}", params)
+        tx.dropped = {int(c): int(n) for c, n in counts}
+
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
         time_ns = self._time_ns(query.family)
         clause, params = filters(query, time_ns)
@@ -662,12 +893,10 @@ class SqlStore(SqlLedger):
         )
         return [(None if s is None else str(s), int(d), int(n)) for s, d, n in rows]
 
-    def instrument_ranges(self, raw_symbols: Sequence[str]) -> list[tuple[int, int, int]]:
-        statement = (
-            f"SELECT instrument_id, start_ns, end_ns FROM {INSTRUMENTS_TABLE} WHERE raw_symbol = ANY(%s)"
-        )
+    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+        statement = f"SELECT instrument_id, start_ns, end_ns FROM {SYMBOLOGY_TABLE} WHERE symbol = ANY(%s)"
         definitions = next((f for f in self.model.families.values() if "definition" in f.schemas), None)
-        params: list[Any] = [list(raw_symbols)]
+        params: list[Any] = [list(symbols)]
         if definitions is not None and {"raw_symbol", "activation", "expiration"} <= set(
             definitions.column_names
         ):
@@ -679,7 +908,7 @@ class SqlStore(SqlLedger):
                 f" UNION SELECT instrument_id, min({since}), max({until})"
                 f" FROM {identifier(definitions.table)} WHERE raw_symbol = ANY(%s) GROUP BY instrument_id"
             )
-            params.append(list(raw_symbols))
+            params.append(list(symbols))
         return sorted({(int(i), int(s), int(e)) for i, s, e in self._query(statement, params)})
 
     def table_status(self, family: Family) -> TableStatus:
