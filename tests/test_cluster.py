@@ -34,7 +34,6 @@ from pg import admin_url, fingerprint, fresh_database
 pytest.importorskip("distributed", reason="the cluster extra (dask[distributed]) is not installed")
 
 
-
 def _command(directory: Path | str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(directory), *extra]
 

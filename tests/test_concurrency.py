@@ -35,7 +35,6 @@ from pg import admin_url, fingerprint, fresh_database
 TRADES = MODEL.family_of("trades")
 
 
-
 def _ingest(spec: str, env: dict[str, str]) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", spec]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

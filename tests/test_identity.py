@@ -17,7 +17,11 @@ server serves for each (instrument, day) once.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+import tarfile
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +34,7 @@ import marketpipe
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.pipeline import RunSummary, ingest
 from marketpipe.samples import write_dbn
-from marketpipe.stores import open_store
+from marketpipe.stores import open_store, sql
 
 from databento_server import DatabentoServer, records_for
 from dbn_reference import MODEL
@@ -248,3 +252,105 @@ def test_replaced_rows_are_counted_in_the_ledger(api: DatabentoServer, tmp_path:
     first, second = rows
     assert first[1] == first[2] == sum(served([1001], JAN).values())  # every CLH4 row replaced
     assert second[1] == sum(served(list(CL.values()), JAN).values()) and second[2] is None
+
+
+# main as it was before identity by coverage: the release whose stores this one migrates.
+PREVIOUS_RELEASE = "1e1569f"
+
+
+@pytest.fixture
+def previous_release(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The previous release's CLI, from this repository's history, with today's dependencies."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("no git history here: the previous release's source cannot be had")
+    archive = tmp_path / "previous.tar"
+    subprocess.run(
+        ["git", "-C", str(root), "archive", f"--output={archive}", PREVIOUS_RELEASE, "src"], check=True
+    )
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "previous", filter="data")
+    source = tmp_path / "previous" / "src"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        code = f"import sys; sys.path.insert(0, {str(source)!r}); from marketpipe.cli import main; main()"
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+    return cli
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["duckdb", POSTGRES])
+def test_a_store_of_the_previous_release_is_migrated(  # type: ignore[no-untyped-def]
+    server: DatabentoServer, previous_release, cli, kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    db = str(tmp_path / "old.duckdb") if kind == "duckdb" else str(request.getfixturevalue("pg_url"))
+    for day in JAN:
+        _file(server, tmp_path / "daily" / f"{day}.dbn.zst", "CL.FUT", [day])
+    old = previous_release("ingest", "--from-file", str(tmp_path / "daily"), "--db", db)
+    assert old.returncode == 0, old.stderr
+    # This release opens it, moves its ledger on, and the same records again by another file
+    # (the week) replace the days' rows instead of doubling them.
+    _file(server, tmp_path / "weekly" / "week.dbn.zst", "CL.FUT", JAN)
+    result = cli("ingest", "--from-file", str(tmp_path / "weekly"), "--db", db)
+    assert result.exit_code == 0, result.output
+    assert stored(db) == served(list(CL.values()), JAN)
+    with closing(open_store(load_settings(db=db), MODEL, read_only=True)) as store:
+        ledger = store.ledger
+        versions = {v for (v,) in ledger._query("SELECT version FROM marketpipe_migrations")}  # type: ignore[attr-defined]
+        inputs = ledger._query(  # type: ignore[attr-defined]
+            "SELECT DISTINCT input_key, complete FROM marketpipe_coverage ORDER BY complete, input_key"
+        )
+    assert sql.COVERAGE_VERSION in versions
+    # The previous release's inputs cover their own rows (what was asked is not recorded).
+    assert [c for _, c in inputs] == [False] * 4 + [True], inputs
+    assert all(k.startswith("dbn:") and not k.endswith("+1000000") for k, _ in inputs)
+
+
+def test_overlapping_inputs_in_one_run_with_writer_threads(
+    server: DatabentoServer, db: str, cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Day files and the week they make up, in one directory: lanes store them at once."""
+    for day in JAN:
+        _file(server, tmp_path / "in" / f"a-{day}.dbn.zst", "CL.FUT", [day])
+    _file(server, tmp_path / "in" / "b-week.dbn.zst", "CL.FUT", JAN)
+    result = cli("ingest", "--from-file", str(tmp_path / "in"), "--db", db)  # two writers by default
+    assert result.exit_code == 0, result.output
+    assert stored(db) == served(list(CL.values()), JAN)
+
+
+@pytest.mark.slow
+def test_overlapping_inputs_from_two_processes_at_once(
+    server: DatabentoServer, pg_url: str, tmp_path: Path
+) -> None:
+    """Two runs complete inputs of the same days at the same moment: the later one replaces
+    the earlier's rows, whichever it is, so each record is stored once."""
+    for day in JAN:
+        _file(server, tmp_path / "daily" / f"{day}.dbn.zst", "CL.FUT", [day])
+    _file(server, tmp_path / "weekly" / "week.dbn.zst", "CL.FUT", JAN)
+    _file(server, tmp_path / "contract" / "clh4.dbn.zst", "CLH4", JAN, stype_in="raw_symbol")
+    expected = served(list(CL.values()), JAN)
+    for round_ in range(3):
+        runs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "marketpipe",
+                    "ingest",
+                    "--from-file",
+                    str(tmp_path / folder),
+                    "--db",
+                    pg_url,
+                    "--force",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for folder in ("daily", "weekly", "contract")
+        ]
+        for process in runs:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        assert stored(pg_url) == expected, f"round {round_}"

@@ -147,6 +147,8 @@ class DuckDBLedger(sql.SqlLedger):
     def __init__(self, path: str, memory_limit: str = DUCKDB_MEMORY_LIMIT, read_only: bool = False) -> None:
         """``read_only``: the file must hold a store already; nothing is created or changed."""
         self.location = path
+        # Shared by the writer threads' connections (``another``): one file, one process.
+        self._coverage_mutex = threading.Lock()
         file = Path(path).expanduser()
         if read_only and not file.is_file():
             raise StoreRejected(f"no marketpipe store at {path}: nothing has been ingested there")
@@ -199,6 +201,13 @@ class DuckDBLedger(sql.SqlLedger):
             self.con.execute(statement)
         for version, name in migrations.items():
             self._execute(sql.RECORD_MIGRATION, [version, name])
+
+    @contextmanager
+    def _coverage_lock(self, dataset: str, schema: str) -> Iterator[None]:
+        # Taken before the transaction begins, so its snapshot holds what the one before it
+        # committed.
+        with self._coverage_mutex:
+            yield
 
     def close(self) -> None:
         self.con.close()

@@ -413,10 +413,13 @@ class PostgresStore(sql.SqlStore):
     def _lock_schema(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
-    def _lock_coverage(self, dataset: str, schema: str) -> None:
-        # Inputs of one dataset's schema complete one at a time across processes; READ
-        # COMMITTED then shows each the coverage the one before it recorded.
+    @contextmanager
+    def _coverage_lock(self, dataset: str, schema: str) -> Iterator[None]:
+        # Taken by the transaction's first statement, released by its end: inputs of one
+        # dataset's schema complete one at a time across processes, and READ COMMITTED shows
+        # each what the one before it recorded.
         self._execute("SELECT pg_advisory_xact_lock(%s)", [sql.chunk_id(f"coverage:{dataset}:{schema}")])
+        yield
 
     def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
         if self.mode == "timescaledb":

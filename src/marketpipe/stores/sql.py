@@ -608,8 +608,13 @@ class SqlLedger:
         try:
             if not force and self.is_done(chunk):
                 raise ChunkAlreadyStored(chunk.label)
-            self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id))
-            self._commit()
+            # An input written again is not whole until it is completed again: other inputs'
+            # completions leave its rows alone meanwhile (they would replace rows it is about
+            # to replace itself, then lose the overlap to its own completion).
+            with self._coverage_lock(chunk.coverage.dataset or chunk.dataset, chunk.schema):
+                self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id))
+                self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
+                self._commit()
             self._begin()
             try:
                 rows = self._query(CHUNK_STATE + self.ROW_LOCK, [chunk.key])
@@ -733,41 +738,47 @@ class SqlLedger:
         rows = self._query(f"SELECT 1 FROM {COVERAGE_TABLE} WHERE input_key = %s LIMIT 1", [chunk.input])
         return bool(rows)
 
-    def _lock_coverage(self, dataset: str, schema: str) -> None:
-        """Until the transaction ends, no other process replaces rows of this dataset's schema
-        (the embedded file has one writer process, whose inputs complete one at a time)."""
+    @contextmanager
+    def _coverage_lock(self, dataset: str, schema: str) -> Iterator[None]:
+        """Held around a transaction that reads or changes which inputs of the dataset's
+        schema are whole, until it has ended: across processes for a server, across the
+        writer threads of the one process an embedded file has."""
+        yield
 
     @contextmanager
     def coverage_transaction(self, chunk: Chunk) -> Iterator[CoverageTransaction]:
         """The input's coverage replaces what other inputs stored there and is recorded, in
-        one transaction: the caller drops ``tx.replaced``'s rows in ``tx.spans`` inside it."""
-        self._begin()
-        try:
-            self._lock_coverage(chunk.coverage.dataset or chunk.dataset, chunk.schema)
-            spans = self._coverage_of(chunk)
-            tx = CoverageTransaction(*self._replacement(chunk, spans))
+        one transaction under the coverage lock: the caller drops ``tx.replaced``'s rows in
+        ``tx.spans`` inside it."""
+        dataset = chunk.coverage.dataset or chunk.dataset
+        with self._coverage_lock(dataset, chunk.schema):
+            self._begin()
             try:
-                yield tx
-            except BaseException:
-                for undo in tx.rolled_back:
-                    undo()
-                raise
-            for chunk_id_, rows in tx.dropped.items():
-                self._execute(
+                spans = self._coverage_of(chunk)
+                tx = CoverageTransaction(*self._replacement(chunk, spans))
+                try:
+                    yield tx
+                except BaseException:
+                    for undo in tx.rolled_back:
+                        undo()
+                    raise
+                self._executemany(
                     f"UPDATE {CHUNKS_TABLE} SET replaced = coalesce(replaced, 0) + %s WHERE chunk_id = %s",
-                    [rows, chunk_id_],
+                    [(rows, owner) for owner, rows in tx.dropped.items()],
                 )
-            self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
-            dataset = chunk.coverage.dataset or chunk.dataset
-            self._executemany(
-                INSERT_COVERAGE,
-                [(chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete) for i, s, e in spans],
-            )
-            self._record_symbology(chunk.coverage.symbology)
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
+                self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
+                self._executemany(
+                    INSERT_COVERAGE,
+                    [
+                        (chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete)
+                        for i, s, e in spans
+                    ],
+                )
+                self._record_symbology(chunk.coverage.symbology)
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
         for done in tx.committed:
             done()
 
