@@ -12,11 +12,15 @@ Generates N trade records as a DBN file (metadata by databento-dbn), then measur
       user onto the migrated store, both fresh processes timed end to end (start-up included);
   (e) the same pipelines again with --force onto the stores (b) and (c) left: the day stored
       is replaced, not added (compared with each first ingest);
+  (f) the same records again as another input (mapped by their parent symbol instead of their
+      raw symbols, as another request would bring them) onto those stores: stored, and the
+      first input's rows, which its coverage holds, replaced (compared with each first ingest);
   and the start-up of `marketpipe version` and the whole of `marketpipe status` on (c)'s
   DuckDB store (fresh processes, best of three).
 Prints rows/s, the ratios (b)/(a), (c)/(bare DuckDB) and (b)/(d), peak RSS, and last one line:
   RESULT pg_ratio=<x> duckdb_ratio=<y> peak_rss_mb=<z> records=<n> pg_vs_lossy=<v> startup_s=<s>
-         status_s=<t> pg_force_ratio=<f> duckdb_force_ratio=<g>
+         status_s=<t> pg_force_ratio=<f> duckdb_force_ratio=<g> pg_replace_ratio=<r>
+         duckdb_replace_ratio=<q>
 
     python bench/ingest_bench.py [--records N] [--db postgresql://user@host:port/admin_db]
 
@@ -51,7 +55,7 @@ from marketpipe.config import DUCKDB_MEMORY_LIMIT, IngestRequest, Settings, load
 from marketpipe.logs import configure  # noqa: E402
 from marketpipe.pipeline import ingest  # noqa: E402
 from marketpipe.rules.transformation import load_model  # noqa: E402
-from marketpipe.samples import metadata_bytes, synthetic_trades  # noqa: E402
+from marketpipe.samples import Interval, metadata_bytes, synthetic_trades  # noqa: E402
 from marketpipe.sources.dbn_reader import DbnFile  # noqa: E402
 from marketpipe.stores import open_store  # noqa: E402
 from marketpipe.stores.duckdb import CONFIG as DUCKDB_CONFIG  # noqa: E402
@@ -64,15 +68,28 @@ MODEL = load_model()
 BLOCK = 1_000_000
 
 
-def write_trades(path: Path, records: int) -> None:
+DAY = dt.date(2024, 3, 4)
+INSTRUMENTS = 4  # synthetic_trades' default
+
+
+def mappings(parent: bool) -> tuple[str, dict[str, list[Interval]]]:
+    """The day's symbol mappings of instruments 1..4: by raw symbol, or all by one parent."""
+    day = [DAY, DAY + dt.timedelta(days=1)]
+    if parent:
+        return "parent", {"ES.FUT": [Interval(*day, str(i)) for i in range(1, INSTRUMENTS + 1)]}
+    return "raw_symbol", {f"ES{i}": [Interval(*day, str(i))] for i in range(1, INSTRUMENTS + 1)}
+
+
+def write_trades(path: Path, records: int, parent: bool = False) -> None:
     """``records`` trades over one day in time order, as Databento's files are ordered by the
     index timestamp; written a block at a time (bounded memory), each block its share of the day."""
-    day = dt.date(2024, 3, 4)
+    day = DAY
     start = (day - dt.date(1970, 1, 1)).days * 86_400 * 10**9
     blocks = -(-records // BLOCK)
     span = 86_400 * 10**9 // blocks
+    stype_in, symbols = mappings(parent)
     with path.open("wb") as out:
-        out.write(metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, "raw_symbol", {}))
+        out.write(metadata_bytes("GLBX.MDP3", "trades", start, start + 86_400 * 10**9, stype_in, symbols))
         for i, offset in enumerate(range(0, records, BLOCK)):
             block = synthetic_trades(min(BLOCK, records - offset), day, seed=i)
             for field in ("ts_event", "ts_recv"):  # the block's day squeezed into its share
@@ -148,7 +165,10 @@ def run_child(kind: str, file: Path, db: str, batch_size: int) -> tuple[float, f
 def truncate(url: str) -> None:
     """The store as a run finds it the next day: migrated, no rows, no chunk done."""
     with psycopg.connect(url) as conn:
-        conn.execute("TRUNCATE trades, marketpipe_chunks, marketpipe_runs, marketpipe_quarantine")
+        conn.execute(
+            "TRUNCATE trades, marketpipe_chunks, marketpipe_runs, marketpipe_quarantine, marketpipe_coverage,"
+            " marketpipe_symbology"
+        )
 
 
 def whole_processes(file: Path, db: str, batch_size: int, logs: Path) -> tuple[float, float, float]:
@@ -195,6 +215,13 @@ def child(file: Path, db: str, batch_size: int) -> None:
     seconds = time.perf_counter() - started
     if summary.exit_code != 0 or summary.totals().stored == 0:
         raise SystemExit(f"pipeline did not store the records: {summary.failed} {summary.stopped}")
+    status = open_store(settings, MODEL, read_only=True)
+    try:
+        [rows] = [t.rows for t in status.status().tables if t.table == "trades"]
+    finally:
+        status.close()
+    if rows != summary.totals().stored:  # another input's day is replaced, never added to
+        raise SystemExit(f"{rows:,} rows stored after a run that stored {summary.totals().stored:,}")
     print(json.dumps({"seconds": seconds, "stored": summary.totals().stored, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -229,21 +256,26 @@ def main() -> None:
             write_trades(file, n)
             print(f"generated {n:,} trade records ({file.stat().st_size / 1e6:,.0f} MB DBN) in "
                   f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+            other = work / f"trades-{n}-by-parent.dbn"
+            write_trades(other, n, parent=True)
 
             open_store(load_settings(db=pg_url), MODEL).close()
             tables = standardized_tables(file, args.batch_size)
             bare_pg = bare_postgres(pg_url, tables)
             pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)
             force_pg, _ = run_child("postgres --force", file, pg_url, args.batch_size)
+            replace_pg, _ = run_child("postgres, another input", other, pg_url, args.batch_size)
             bare_dd = bare_duckdb(work / "bare.duckdb", tables)
             del tables
-            pipe_dd, rss_dd = run_child("duckdb", file, str(work / "pipeline.duckdb"), args.batch_size)
-            force_dd, _ = run_child("duckdb --force", file, str(work / "pipeline.duckdb"), args.batch_size)
+            duck = str(work / "pipeline.duckdb")
+            pipe_dd, rss_dd = run_child("duckdb", file, duck, args.batch_size)
+            force_dd, _ = run_child("duckdb --force", file, duck, args.batch_size)
+            replace_dd, _ = run_child("duckdb, another input", other, duck, args.batch_size)
             wall_pg, wall_lossy, rss_lossy = whole_processes(
                 file, pg_url, args.batch_size, work / "cli.jsonl"
             )
             startup = command_seconds("version")
-            status = command_seconds("status", "--db", str(work / "pipeline.duckdb"))
+            status = command_seconds("status", "--db", duck)
     finally:
         with psycopg.connect(args.db, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
@@ -257,6 +289,8 @@ def main() -> None:
         ("(d) lossy client + COPY, whole process", wall_lossy, rss_lossy),
         ("(e) --force onto (b)'s stored day", force_pg, None),
         ("(e) --force onto (c)'s stored day", force_dd, None),
+        ("(f) another input of (b)'s day", replace_pg, None),
+        ("(f) another input of (c)'s day", replace_dd, None),
     ]
     print(f"\n{'':38} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")
     for name, seconds, rss in rows:
@@ -275,11 +309,14 @@ def main() -> None:
     print(f"  marketpipe status of (c)'s DuckDB store takes {status:.2f} s")
     pg_force, duckdb_force = force_pg / pipe_pg, force_dd / pipe_dd
     print(f"(e)/(b) = {pg_force:.2f}, (e)/(c) = {duckdb_force:.2f}: a --force re-ingest against the first")
+    pg_replace, duckdb_replace = replace_pg / pipe_pg, replace_dd / pipe_dd
+    print(f"(f)/(b) = {pg_replace:.2f}, (f)/(c) = {duckdb_replace:.2f}: the day replaced by coverage")
     print(f"trades columns: {columns} + chunk_id; batch size {args.batch_size:,}")
     print(
         f"RESULT pg_ratio={pg_ratio:.3f} duckdb_ratio={duckdb_ratio:.3f} peak_rss_mb={peak:.0f} records={n}"
         f" pg_vs_lossy={pg_vs_lossy:.3f} startup_s={startup:.3f} status_s={status:.3f}"
         f" pg_force_ratio={pg_force:.3f} duckdb_force_ratio={duckdb_force:.3f}"
+        f" pg_replace_ratio={pg_replace:.3f} duckdb_replace_ratio={duckdb_replace:.3f}"
     )
 
 

@@ -200,17 +200,22 @@ def _file(
     return write_dbn(path, meta, [records.tobytes()], compress=True)
 
 
+def _days_and_week(server: DatabentoServer, days: Path, week: Path) -> None:
+    """CL.FUT's trades of JAN as one file per day under ``days`` and one file ``week``."""
+    for day in JAN:
+        _file(server, days / f"{day}.dbn.zst", "CL.FUT", [day])
+    _file(server, week, "CL.FUT", JAN)
+
+
 def test_day_files_then_a_multi_day_file_store_each_record_once(
     server: DatabentoServer, db: str, cli, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    for day in JAN:
-        _file(server, tmp_path / "daily" / f"{day}.dbn.zst", "CL.FUT", [day])
-    _file(server, tmp_path / "weekly" / "week.dbn.zst", "CL.FUT", JAN)
+    _days_and_week(server, tmp_path / "daily", tmp_path / "weekly" / "week.dbn.zst")
     assert cli("ingest", "--from-file", str(tmp_path / "daily"), "--db", db).exit_code == 0
     result = cli("ingest", "--from-file", str(tmp_path / "weekly"), "--db", db)
     assert result.exit_code == 0, result.output
     assert stored(db) == served(list(CL.values()), JAN)
-    # The other way round, in one run: a contract's day file after the week.
+    # The other way round: a contract's day file after the week replaces its part of the week.
     _file(server, tmp_path / "contract" / "clh4.dbn.zst", "CLH4", [JAN[1]], stype_in="raw_symbol")
     assert cli("ingest", "--from-file", str(tmp_path / "contract"), "--db", db).exit_code == 0
     assert stored(db) == served(list(CL.values()), JAN)
@@ -285,23 +290,30 @@ def test_a_store_of_the_previous_release_is_migrated(  # type: ignore[no-untyped
     server: DatabentoServer, previous_release, cli, kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     db = str(tmp_path / "old.duckdb") if kind == "duckdb" else str(request.getfixturevalue("pg_url"))
-    for day in JAN:
-        _file(server, tmp_path / "daily" / f"{day}.dbn.zst", "CL.FUT", [day])
+    _days_and_week(server, tmp_path / "daily", tmp_path / "weekly" / "week.dbn.zst")
     old = previous_release("ingest", "--from-file", str(tmp_path / "daily"), "--db", db)
     assert old.returncode == 0, old.stderr
+
+    def versions() -> set[int]:
+        with closing(open_store(load_settings(db=db), MODEL, read_only=True)) as store:
+            return {v for (v,) in store.ledger._query("SELECT version FROM marketpipe_migrations")}  # type: ignore[attr-defined]
+
+    # Readers of this release read it as it is and migrate nothing.
+    before = versions()
+    assert sql.COVERAGE_VERSION not in before
+    assert cli("status", "--db", db).exit_code == 0
+    assert stored(db, ["CL.FUT"]) == served(list(CL.values()), JAN)
+    assert versions() == before
     # This release opens it, moves its ledger on, and the same records again by another file
     # (the week) replace the days' rows instead of doubling them.
-    _file(server, tmp_path / "weekly" / "week.dbn.zst", "CL.FUT", JAN)
     result = cli("ingest", "--from-file", str(tmp_path / "weekly"), "--db", db)
     assert result.exit_code == 0, result.output
     assert stored(db) == served(list(CL.values()), JAN)
     with closing(open_store(load_settings(db=db), MODEL, read_only=True)) as store:
-        ledger = store.ledger
-        versions = {v for (v,) in ledger._query("SELECT version FROM marketpipe_migrations")}  # type: ignore[attr-defined]
-        inputs = ledger._query(  # type: ignore[attr-defined]
+        inputs = store.ledger._query(  # type: ignore[attr-defined]
             "SELECT DISTINCT input_key, complete FROM marketpipe_coverage ORDER BY complete, input_key"
         )
-    assert sql.COVERAGE_VERSION in versions
+    assert sql.COVERAGE_VERSION in versions()
     # The previous release's inputs cover their own rows (what was asked is not recorded).
     assert [c for _, c in inputs] == [False] * 4 + [True], inputs
     assert all(k.startswith("dbn:") and not k.endswith("+1000000") for k, _ in inputs)
@@ -311,9 +323,7 @@ def test_overlapping_inputs_in_one_run_with_writer_threads(
     server: DatabentoServer, db: str, cli, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Day files and the week they make up, in one directory: lanes store them at once."""
-    for day in JAN:
-        _file(server, tmp_path / "in" / f"a-{day}.dbn.zst", "CL.FUT", [day])
-    _file(server, tmp_path / "in" / "b-week.dbn.zst", "CL.FUT", JAN)
+    _days_and_week(server, tmp_path / "in", tmp_path / "in" / "week.dbn.zst")
     result = cli("ingest", "--from-file", str(tmp_path / "in"), "--db", db)  # two writers by default
     assert result.exit_code == 0, result.output
     assert stored(db) == served(list(CL.values()), JAN)
@@ -325,9 +335,7 @@ def test_overlapping_inputs_from_two_processes_at_once(
 ) -> None:
     """Two runs complete inputs of the same days at the same moment: the later one replaces
     the earlier's rows, whichever it is, so each record is stored once."""
-    for day in JAN:
-        _file(server, tmp_path / "daily" / f"{day}.dbn.zst", "CL.FUT", [day])
-    _file(server, tmp_path / "weekly" / "week.dbn.zst", "CL.FUT", JAN)
+    _days_and_week(server, tmp_path / "daily", tmp_path / "weekly" / "week.dbn.zst")
     _file(server, tmp_path / "contract" / "clh4.dbn.zst", "CLH4", JAN, stype_in="raw_symbol")
     expected = served(list(CL.values()), JAN)
     for round_ in range(3):

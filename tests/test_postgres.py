@@ -214,7 +214,13 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         # Each step of a fresh plain-PostgreSQL store recorded once, by one of the four starts.
         versions = conn.execute("SELECT version FROM marketpipe_migrations ORDER BY version").fetchall()
-        steps = (sql.MODEL_VERSION, sql.CHUNK_RANGES_VERSION, sql.INSTRUMENTS_VERSION, BRIN_INDEX_VERSION)
+        steps = (
+            sql.MODEL_VERSION,
+            sql.CHUNK_RANGES_VERSION,
+            sql.INSTRUMENTS_VERSION,
+            BRIN_INDEX_VERSION,
+            sql.COVERAGE_VERSION,
+        )
         assert versions == [(v,) for v in steps]
         assert conn.execute("SELECT marketpipe_ns(marketpipe_ts(1709510400123456789))").fetchone() == (
             1709510400123456000,

@@ -90,6 +90,8 @@ def render_quote(request: IngestRequest, estimate: Estimate) -> None:
     out.print(table)
     for warning in estimate.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    for note in estimate.notes:
+        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     out.print("dry run: nothing was downloaded")
 
 
@@ -143,7 +145,8 @@ def render_summary(summary: RunSummary) -> None:
             f"{row.skipped}",
             f"{row.failed}",
         )
-    out.print(table)
+    if summary.results:  # a run of nothing (all stored already) has its notes to say so
+        out.print(table)
     rules: Counter[str] = Counter()
     for r in summary.results:
         rules.update(r.rules)

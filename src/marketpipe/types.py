@@ -167,3 +167,4 @@ class Estimate:
     quotes: list[Quote]
     requests: int
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # e.g. what is already stored, left out

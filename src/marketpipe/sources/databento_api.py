@@ -364,8 +364,8 @@ class DatabentoApiSource:
         metadata calls, nothing billed."""
         self.check_request()
         warnings = self.resolve_symbols()
-        self._leave_out(stored)
-        return Estimate(self.quote(), len(self.downloads()), warnings)
+        notes = self._leave_out(stored)
+        return Estimate(self.quote(), len(self.downloads()), warnings, notes)
 
     def quote(self) -> list[Quote]:
         """Records, billable bytes and cost of what the plan downloads, per schema: free

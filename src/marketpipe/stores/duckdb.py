@@ -173,6 +173,7 @@ class DuckDBLedger(sql.SqlLedger):
         elif sql.CHUNKS_TABLE in tables:
             applied = {1}  # the first release kept no migrations table in DuckDB
         sql.check_release(self.location, applied)
+        self._opened(applied, read_only)
         if read_only:
             if not applied:
                 raise StoreRejected(f"{self.location} is not a marketpipe store")

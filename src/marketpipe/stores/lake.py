@@ -254,8 +254,7 @@ class _LakeTables(DuckDBStore):
     def refresh_instruments(self) -> _LakeTables:
         """The symbology the ledger keeps now, beside the lake's definitions: what
         ``instrument_ranges`` and a user's query read (an export is handed the ranges)."""
-        columns = "dataset, stype, symbol, instrument_id, start_ns, end_ns"
-        symbology = self._lake.ledger._query(f"SELECT {columns} FROM {SYMBOLOGY_TABLE}")
+        symbology = self._lake.ledger._query(self._lake.ledger.symbology_select)
         self.con.execute(f"DELETE FROM {SYMBOLOGY_TABLE}")
         self._executemany(f"INSERT INTO {SYMBOLOGY_TABLE} VALUES (%s, %s, %s, %s, %s, %s)", symbology)
         return self

@@ -175,6 +175,12 @@ GROUP BY 1, 2, 3""",
     f"UPDATE {CHUNKS_TABLE} SET input_key = regexp_replace(chunk_key, {_PART_SUFFIX}, '')"
     " WHERE input_key IS NULL",
 )
+SYMBOLOGY_SELECT = f"SELECT dataset, stype, symbol, instrument_id, start_ns, end_ns FROM {SYMBOLOGY_TABLE}"
+# What a reader of a store the previous release made reads instead: readers migrate nothing.
+PREVIOUS_SYMBOLOGY_SELECT = (
+    "SELECT dataset, 'raw_symbol' AS stype, raw_symbol AS symbol, instrument_id, start_ns, end_ns"
+    f" FROM {INSTRUMENTS_TABLE}"
+)
 UPSERT_SYMBOL = f"""INSERT INTO {SYMBOLOGY_TABLE} (dataset, stype, symbol, instrument_id, start_ns, end_ns)
 VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (dataset, stype, symbol, instrument_id, start_ns) DO UPDATE SET
@@ -481,6 +487,19 @@ class SqlLedger:
     """Bookkeeping and chunk transactions over a DB-API-like connection (DuckDB, psycopg)."""
 
     location: str
+    # False for a reader of a store the previous release made (not migrated): it has no
+    # coverage recorded and keeps its symbology in the instruments table.
+    coverage_recorded = True
+
+    def _opened(self, applied: set[int], read_only: bool) -> None:
+        """What the store's migrations say about reading it."""
+        if read_only and COVERAGE_VERSION not in applied:
+            self.coverage_recorded = False
+
+    @property
+    def symbology_select(self) -> str:
+        """A SELECT of (dataset, stype, symbol, instrument_id, start_ns, end_ns)."""
+        return SYMBOLOGY_SELECT if self.coverage_recorded else PREVIOUS_SYMBOLOGY_SELECT
 
     # The database-specific parts.
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
@@ -666,6 +685,8 @@ class SqlLedger:
         )
 
     def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
+        if not self.coverage_recorded:
+            return []
         return [
             (None if i is None else int(i), int(s), int(e))
             for i, s, e in self._query(
@@ -905,7 +926,9 @@ class SqlStore(SqlLedger):
         return [(None if s is None else str(s), int(d), int(n)) for s, d, n in rows]
 
     def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
-        statement = f"SELECT instrument_id, start_ns, end_ns FROM {SYMBOLOGY_TABLE} WHERE symbol = ANY(%s)"
+        statement = (
+            f"SELECT instrument_id, start_ns, end_ns FROM ({self.symbology_select}) s WHERE symbol = ANY(%s)"
+        )
         definitions = next((f for f in self.model.families.values() if "definition" in f.schemas), None)
         params: list[Any] = [list(symbols)]
         if definitions is not None and {"raw_symbol", "activation", "expiration"} <= set(
