@@ -909,10 +909,12 @@ class SqlStore(SqlLedger):
         in the ledger's open transaction."""
         clause, params = covered_rows(family, schema, tx, self._time_ns(family))
         table = identifier(family.table)
+        # Counted, then deleted: one DELETE ... RETURNING counted in a CTE reads each row again
+        # through TimescaleDB's hypertable (2M rows: 10.5 s against 0.4 + 1.0 s).
         counts = self._query(f"SELECT chunk_id, count(*) FROM {table}{clause} GROUP BY chunk_id", params)
         if counts:
             self._execute(f"DELETE FROM {table}{clause}", params)
-        tx.dropped = {int(c): int(n) for c, n in counts}
+        tx.dropped = {int(owner): int(rows) for owner, rows in counts}
 
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
         time_ns = self._time_ns(query.family)
