@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL 15 cluster that preloads TimescaleDB, for the TimescaleDB-mode tests.
 #   start DIR   initdb into DIR (trust auth, 127.0.0.1, a free port), start it, print its admin URL
+#   restart DIR stop it at once (connections dropped, as a crash or failover does) and start it
+#               again on the same port
 #   stop DIR    stop it and remove DIR
 # The machine's own cluster is left alone: there TimescaleDB is installed but not preloaded.
 set -euo pipefail
@@ -29,9 +31,12 @@ case "$action" in
     tail -n 20 "$dir/server.log" >&2
     exit 1
     ;;
+  restart)
+    as_postgres "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m immediate -w -t 60 restart >/dev/null
+    ;;
   stop)
     if [ -d "$dir/data" ]; then as_postgres "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true; fi
     rm -rf "$dir"
     ;;
-  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start|restart|stop DIR" >&2; exit 2 ;;
 esac

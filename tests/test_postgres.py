@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from marketpipe.stores.postgres import BRIN_INDEX_VERSION
 
 from conftest import SAMPLES
 from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
-from pg import admin_url, fingerprint, fresh_database
+from pg import TIMESCALE_ADMIN_URL, admin_url, fingerprint, fresh_database
 from tcp_proxy import TcpProxy
 
 
@@ -251,3 +253,105 @@ def test_errors_that_retrying_cannot_fix_fail_at_once(cli, pg_url: str) -> None:
         result = cli("status", "--db", url)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "db.retry" not in result.output and time.monotonic() - started < 3
+
+
+def _run_row(url: str) -> tuple[object, ...]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT status, records_read, stored, extract(epoch FROM finished_at - started_at)"
+            " FROM marketpipe_runs"
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.mark.slow
+def test_no_session_of_a_run_idles_in_a_transaction(pg_url: str, tmp_path: Path) -> None:
+    """Managed servers end sessions idle in a transaction (idle_in_transaction_session_timeout):
+    a run's own bookkeeping and its writers' chunks never are, so none is ended or retried."""
+    write_trade_days(tmp_path / "d", 4, 250_000)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        name = admin.info.dbname
+        admin.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 300')
+    command, env = _ingest_command(pg_url, tmp_path / "d")
+    log = tmp_path / "run.jsonl"
+    result = subprocess.run(command, env={**env, "MARKETPIPE_LOG_FILE": str(log)}, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert _statuses(pg_url) == {"done": 4}
+    assert fingerprint(pg_url, "trades")[0] == 1_000_000
+    assert '"db.retry"' not in log.read_text() and '"chunk.retry"' not in log.read_text()
+    status, read, stored, seconds = _run_row(pg_url)
+    assert (status, read, stored) == ("done", 1_000_000, 1_000_000)
+    assert float(seconds) > 0.3  # the wall clock of the run, not one transaction's now()  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_every_session_of_a_run_terminated_mid_run_is_reconnected(pg_url: str, tmp_path: Path) -> None:
+    """A DBA or a failover ends the run's backends, its own bookkeeping session included: the
+    run reconnects each, takes its run lock again, and ends done with every record once."""
+    write_trade_days(tmp_path / "d", 4, 250_000)
+    cfg = load_settings(db=pg_url, batch_size=50_000, db_retry_wait=0.05)
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "summary", ingest(IngestRequest(from_file=str(tmp_path / "d")), cfg)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    while worker.is_alive() and _statuses(pg_url).get("done", 0) < 1:
+        time.sleep(0.01)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'marketpipe' AND datname = current_database()"
+        ).fetchone()[0]  # type: ignore[index]
+    worker.join(120)
+    assert ended >= 2, "the run's own session and a writer's were to be ended"
+    summary = outcome["summary"]
+    assert summary.exit_code == 0, summary.failed  # type: ignore[attr-defined]
+    assert _statuses(pg_url) == {"done": 4}
+    assert fingerprint(pg_url, "trades")[0] == 1_000_000
+    assert _run_row(pg_url)[:3] == ("done", 1_000_000, 1_000_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timescale
+def test_a_server_restarted_mid_run_is_waited_for(tmp_path: Path) -> None:
+    """A real restart of a throw-away TimescaleDB cluster (connections dropped, the server away
+    for a moment): the run waits for it, resumes its chunks and ends done and true."""
+    if not TIMESCALE_ADMIN_URL:  # scripts/test.sh sets it where it could build and start one
+        reason = "no TimescaleDB cluster here: MARKETPIPE_TEST_TIMESCALE is unset"
+        if os.environ.get("MARKETPIPE_REQUIRE_TIMESCALE"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "timescale_cluster.sh"
+    home = Path(tempfile.mkdtemp(prefix="marketpipe-restart-"))  # the server's user reaches it
+    home.chmod(0o755)
+    cluster = home / "cluster"
+    started = subprocess.run(["bash", str(script), "start", str(cluster)], capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip().rpartition("/")[0] + "/postgres"
+    try:
+        write_trade_days(tmp_path / "d", 4, 250_000)
+        command, env = _ingest_command(url, tmp_path / "d")
+        run = subprocess.Popen(
+            command,
+            env={**env, "MARKETPIPE_DB_RETRIES": "10"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while run.poll() is None and _statuses(url).get("done", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run.poll() is None, "the run ended before the restart"
+        subprocess.run(["bash", str(script), "restart", str(cluster)], check=True)
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err
+        assert _statuses(url) == {"done": 4}
+        assert fingerprint(url, "trades")[0] == 1_000_000
+        status, read, stored, seconds = _run_row(url)
+        assert (status, read, stored) == ("done", 1_000_000, 1_000_000) and seconds is not None
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(cluster)], check=False)
+        shutil.rmtree(home, ignore_errors=True)

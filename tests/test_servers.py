@@ -13,13 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import psycopg
 import pytest
 
 from marketpipe.config import load_settings
-from marketpipe.samples import synthetic_trades, write_trades_file
+from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn, write_trades_file
 from marketpipe.stores import open_store
 from marketpipe.stores.postgres import BRIN_INDEX_VERSION
+from marketpipe.symbology import NS_PER_DAY, day_ns
 
 from dbn_reference import MODEL
 from pg import fingerprint
@@ -335,3 +337,50 @@ def test_force_on_a_compressed_day_holding_several_chunks_replaces_only_its_own(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["totals"]["stored"] == 80_000
     assert fingerprint(timescale_url, "trades") == before  # the same rows, each once
+
+
+@pytest.mark.slow
+def test_compressed_days_of_a_million_rows_take_force_late_files_and_replacement(  # type: ignore[no-untyped-def]
+    cli, timescale_url: str, tmp_path: Path
+) -> None:
+    """A day of 1,200,000 rows in several chunks (a file of two parts and another file),
+    compressed; then, with no server setting changed: --force of the two-part file, a late
+    file of the same day, and a whole-day input (mapped, as Databento's files are) whose
+    coverage replaces all of them. Each time every record is stored once."""
+    day = dt.date(2024, 3, 4)
+    start = day_ns(day)
+    big = synthetic_trades(1_100_000, day, seed=0)
+    write_trades_file(tmp_path / "d" / "a.dbn", big)  # two parts: 1,000,000 and 100,000
+    small = synthetic_trades(100_000, day, seed=1)
+    write_trades_file(tmp_path / "d" / "b.dbn", small)
+    assert cli("ingest", "--from-file", str(tmp_path / "d"), "--db", timescale_url).exit_code == 0
+
+    def compress() -> None:
+        with psycopg.connect(timescale_url, autocommit=True) as conn:
+            conn.execute("SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('trades') c")
+
+    compress()
+    assert fingerprint(timescale_url, "trades")[0] == 1_200_000
+    forced = cli("ingest", "--from-file", str(tmp_path / "d" / "a.dbn"), "--db", timescale_url, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert fingerprint(timescale_url, "trades")[0] == 1_200_000
+    compress()
+    late = synthetic_trades(50_000, day, seed=2)
+    write_trades_file(tmp_path / "late" / "c.dbn", late)
+    assert cli("ingest", "--from-file", str(tmp_path / "late"), "--db", timescale_url).exit_code == 0
+    assert fingerprint(timescale_url, "trades")[0] == 1_250_000
+    compress()
+    # The whole day, as one historical file of instruments 1-4: it replaces all three inputs.
+    whole = np.sort(np.concatenate([big, small, late]), order="ts_recv")
+    mappings = {f"ES{i}": [Interval(day, day + dt.timedelta(days=1), str(i))] for i in range(1, 5)}
+    meta = metadata_bytes("GLBX.MDP3", "trades", start, start + NS_PER_DAY, "raw_symbol", mappings)
+    write_dbn(tmp_path / "whole" / "day.dbn", meta, [whole.tobytes()])
+    replaced = cli("ingest", "--from-file", str(tmp_path / "whole"), "--db", timescale_url)
+    assert replaced.exit_code == 0, replaced.output
+    with psycopg.connect(timescale_url) as conn:
+        rows, distinct, owners = conn.execute(
+            "SELECT count(*), count(DISTINCT (instrument_id, ts_recv, sequence, price, size)),"
+            " count(DISTINCT chunk_id) FROM trades"
+        ).fetchone()  # type: ignore[misc]
+    assert rows == distinct == 1_250_000
+    assert owners == 2  # the whole day's two parts, nothing of the inputs it replaced

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from marketpipe.samples import metadata_bytes, synthetic_trades, write_dbn, write_trade_days
-from test_postgres import _ingest_in_background
+from test_postgres import _ingest_in_background, _statuses
 
 
 def _status(cli, db: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -37,6 +37,11 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
             break
         time.sleep(0.05)
     assert seen_running, "the run was never seen running"
+    # Killed once a chunk is being written (the run row comes first: killed between the two,
+    # no chunk would be left to show interrupted).
+    while time.monotonic() < deadline and victim.poll() is None and not _statuses(pg_url).get("running"):
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run ended before a chunk was seen running"
     victim.send_signal(signal.SIGKILL)
     victim.wait(30)
     # The server ends the dead client's session (and its lock) once it sees the socket close.

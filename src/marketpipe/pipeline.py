@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 import structlog
@@ -46,11 +46,12 @@ from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Fetched, Quoting, Source
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Ledger, Store
+from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Store
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Estimate, RawBatch, RunStatus
 
 STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
+T = TypeVar("T")
 
 
 class CountMismatch(MarketpipeError):
@@ -359,14 +360,16 @@ class Pipeline:
         summary.duplicates = plan.duplicates
         for label, reason in plan.failures:
             self.log.warning("input.rejected", input=label, reason=reason)
-            self.ledger.mark_failed(input_chunk(label), self.run_id, self.request.name, reason)
+            self._bookkeeping(
+                self.ledger.mark_failed, input_chunk(label), self.run_id, self.request.name, reason
+            )
         for label in plan.inputs:
-            self.ledger.forget_failure(input_chunk(label))
+            self._bookkeeping(self.ledger.forget_failure, input_chunk(label))
         if self.progress:
             self.progress.plan(len(plan.chunks))
-        self.ledger.plan_chunks(plan.chunks, self.request.name)
-        self.ledger.record_symbology(plan.symbology)
-        self.ledger.start_run(self.run_id, self.request.name)
+        self._bookkeeping(self.ledger.plan_chunks, plan.chunks, self.request.name)
+        self._bookkeeping(self.ledger.record_symbology, plan.symbology)
+        self._bookkeeping(self.ledger.start_run, self.run_id, self.request.name)
         try:
             self._run_chunks(plan.chunks, summary, force)
             summary.seconds = time.perf_counter() - started
@@ -464,11 +467,11 @@ class Pipeline:
         several parts: the chunk is done once every part is, and a re-run skips those done."""
         chunk = fetched.chunk
         if fetched.error is not None:
-            failed = self._failed(chunk, ChunkResult(chunk, ChunkStatus.RUNNING), fetched.error, self.ledger)
+            failed = self._failed(chunk, ChunkResult(chunk, ChunkStatus.RUNNING), fetched.error, self.store)
             return _Group(fetched, [], failed)
         if fetched.parts == [chunk]:
             return _Group(fetched, [chunk], ChunkResult(chunk, ChunkStatus.DONE))
-        self.ledger.plan_chunks(fetched.parts, self.request.name)
+        self._bookkeeping(self.ledger.plan_chunks, fetched.parts, self.request.name)
         parts = [p for p in fetched.parts if not self._done_before(p, force)]
         return _Group(fetched, parts, ChunkResult(chunk, ChunkStatus.DONE))
 
@@ -485,39 +488,51 @@ class Pipeline:
         if group.fetched.error is None and group.fetched.parts != [chunk]:
             counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
             if merged.status is ChunkStatus.DONE:
-                self.ledger.mark_done(chunk, self.run_id, self.request.name, counts)
+                self._bookkeeping(self.ledger.mark_done, chunk, self.run_id, self.request.name, counts)
             else:
-                self.ledger.mark_failed(chunk, self.run_id, self.request.name, merged.error or "")
+                error = merged.error or ""
+                self._bookkeeping(self.ledger.mark_failed, chunk, self.run_id, self.request.name, error)
         self.source.finish(chunk, merged.status is ChunkStatus.DONE)
         return merged
 
     def _complete(self, chunk: Chunk, force: bool) -> None:
         """Every chunk of ``chunk``'s input is stored: its coverage replaces what other inputs
         stored there (once: an input whole before, and not forced again, is left as it is)."""
-        if not force and self.ledger.is_complete(chunk):
+        if not force and self._bookkeeping(self.ledger.is_complete, chunk):
             return
 
-        def log_retry(attempt: int, reason: str, wait: float) -> None:
-            self.log.warning("input.retry", input=chunk.input, attempt=attempt, reason=reason, wait=wait)
-
-        for attempt in retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    self.store.reconnect()
-                self.store.complete_input(chunk)
+        self._bookkeeping(self.store.complete_input, chunk)
         self.log.info("input.complete", input=chunk.input, complete=chunk.coverage.complete)
 
     def _done_before(self, chunk: Chunk, force: bool) -> bool:
         """Stored by an earlier run (and not forced again): skipped, and logged so."""
-        if force or not self.ledger.is_done(chunk):
+        if force or not self._bookkeeping(self.ledger.is_done, chunk):
             return False
         self.log.info("chunk.skipped", chunk=chunk.label, reason="done in an earlier run")
         return True
 
+    def _bookkeeping(self, action: Callable[..., T], *args: object, store: Store | None = None) -> T:
+        """A ledger call through ``store`` (the run's own by default): a transient fault (the
+        server restarted or failed over, the session was terminated or timed out, the
+        connection dropped) reconnects and calls it again, as a chunk's writer does. Each call
+        is its own short transaction, so calling it again is safe."""
+        store = store or self.store
+
+        def log_retry(attempt: int, reason: str, wait: float) -> None:
+            name = getattr(action, "__name__", "bookkeeping")
+            self.log.warning("db.retry", action=name, attempt=attempt, reason=reason, wait=wait)
+
+        for attempt in retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    store.reconnect()
+                return action(*args)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _record_quietly(self, action: Callable[..., None], *args: object) -> None:
         """Bookkeeping after the store failed: try, but a dead store must not hide the cause."""
         try:
-            action(*args)
+            self._bookkeeping(action, *args)
         except StoreError as exc:
             self.log.warning("bookkeeping.skipped", error=str(exc))
 
@@ -567,12 +582,12 @@ class Pipeline:
             log.info("chunk.skipped", reason="stored by another run while this one waited")
             return ChunkResult(chunk, ChunkStatus.SKIPPED)
         except SourceError as exc:
-            return self._failed(chunk, result, str(exc), lane.store.ledger, log)
+            return self._failed(chunk, result, str(exc), lane.store, log)
         except StoreError:
             raise  # retried, or it stops the run: other chunks would fail the same way
         except Exception as exc:  # a bug or a store fault: keep the traceback in the log file
             log.error("chunk.crashed", error=repr(exc), traceback=traceback.format_exc())
-            return self._failed(chunk, result, f"{chunk.label}: {exc}", lane.store.ledger, log)
+            return self._failed(chunk, result, f"{chunk.label}: {exc}", lane.store, log)
         result.status = ChunkStatus.DONE
         for stage in STAGES:
             log.info(
@@ -604,11 +619,12 @@ class Pipeline:
         chunk: Chunk,
         result: ChunkResult,
         error: str,
-        ledger: Ledger,
+        store: Store,
         log: structlog.BoundLogger | None = None,
     ) -> ChunkResult:
+        """The chunk failed: recorded through ``store`` (the lane's, whose chunk it was)."""
         (log or self.log).warning("chunk.failed", chunk=chunk.label, error=error)
-        ledger.mark_failed(chunk, self.run_id, self.request.name, error)
+        self._bookkeeping(store.ledger.mark_failed, chunk, self.run_id, self.request.name, error, store=store)
         return ChunkResult(chunk, ChunkStatus.FAILED, read=result.read, error=error)
 
     def advance(self, records: int) -> None:

@@ -16,6 +16,7 @@ retried as a whole by the pipeline.
 from __future__ import annotations
 
 import copy
+import queue
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import structlog
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
@@ -225,49 +227,89 @@ def _run(*statements: str) -> Callable[[psycopg.Connection[Any]], None]:
 COPY_SLICE_ROWS = 16_384
 
 
+class _Abandoned(Exception):
+    """The chunk ended without a commit: its COPY fails and the transaction rolls back."""
+
+
+def copy_schema(family: Family) -> pa.Schema:
+    """What ``copy_table`` makes of a family's rows: known before the first batch."""
+    fields = [
+        pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in family.arrow_schema
+    ]
+    return pa.schema([*fields, pa.field("chunk_id", pa.int64())])
+
+
 class _PgSink:
+    """A chunk's rows in one COPY, started as the chunk opens and fed its batches through a
+    short queue while the pipeline reads and checks the next: the session is in that COPY
+    from the chunk's first statements to its last, never idle inside the transaction (what
+    idle_in_transaction_session_timeout ends, and what holds VACUUM back)."""
+
     def __init__(self, store: PostgresStore, family: Family, chunk_id: int) -> None:
         self._store = store
         self._family = family
         self._chunk_id = chunk_id
         self._time_column = family.time_column
-        self._background = sql.Background()
+        self._schema = copy_schema(family)
         columns = [*family.column_names, "chunk_id"]
         self._copy = (
             f"COPY {sql.identifier(family.table)} ({', '.join(sql.identifier(c) for c in columns)})"
             " FROM STDIN WITH (FORMAT BINARY)"
         )
+        # Two batches at most wait for the server: memory stays bounded when COPY is slower.
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        self._abandoned = False
+        self._ended = False
+        self._copying = sql.Background()
+        self._copying.submit(self._copy_rows)
 
     def write(self, table: pa.Table) -> None:
-        # COPY runs on a background thread (psycopg waits on the socket without the GIL), so
-        # the server loads this batch while the pipeline reads and checks the next one. Rows in
-        # (instrument, time) order: what keeps the BRIN on (instrument_id, time) narrow; sorted
-        # here, so the background thread starts streaming at once.
+        # Rows in (instrument, time) order: what keeps the BRIN on (instrument_id, time)
+        # narrow; sorted here, on the pipeline's thread, while the server loads the batch before.
         rows = table.sort_by([("instrument_id", "ascending"), (self._time_column, "ascending")])
-        data = copy_table(rows, self._chunk_id)
+        data = copy_table(rows, self._chunk_id).cast(self._schema)
         if self._store.ahead is not None and data.num_rows:
             times = pc.min_max(data[self._time_column])
             self._store.ahead.make(self._family, times["min"].as_py(), times["max"].as_py())
-        self._background.submit(self._copy_rows, data)
+        self._hand_over(data)
 
-    def _copy_rows(self, data: pa.Table) -> None:
+    def _hand_over(self, data: pa.Table | None) -> None:
+        """Queue ``data`` (None: the end) unless the COPY stopped: then raise its error."""
+        while True:
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                self._copying.check()
+
+    def _copy_rows(self) -> None:
         # Encoded and sent a slice at a time: the server parses each slice while the next is
         # encoded (one 250,000-row message would leave it idle while the whole batch encodes).
-        encoder = pgpq.ArrowToPostgresBinaryEncoder(data.schema)
+        encoder = pgpq.ArrowToPostgresBinaryEncoder(self._schema)
         with self._store.translated("COPY"), self._store.conn.cursor() as cur, cur.copy(self._copy) as copy:
             copy.write(encoder.write_header())
-            for batch in data.to_batches(max_chunksize=COPY_SLICE_ROWS):
-                copy.write(encoder.write_batch(batch))
+            while (data := self._queue.get()) is not None:
+                for batch in data.to_batches(max_chunksize=COPY_SLICE_ROWS):
+                    copy.write(encoder.write_batch(batch))
+            if self._abandoned:
+                raise _Abandoned  # psycopg ends the COPY with an error: nothing of it stays
             copy.write(encoder.finish())
 
     def commit(self) -> None:
-        self._background.wait()
+        self._ended = True
+        self._hand_over(None)
+        self._copying.wait()
 
     def published(self) -> None:
         """The rows replaced went in the chunk's transaction."""
 
     def close(self) -> None:
-        self._background.close()
+        """Without a commit, the COPY is failed (and the transaction rolls back after)."""
+        if not self._ended:
+            self._abandoned = True
+            with suppress(Exception):  # the COPY's own error is the one raised already
+                self._hand_over(None)
+        self._copying.close()
 
 
 class PostgresStore(sql.SqlStore):
@@ -294,6 +336,10 @@ class PostgresStore(sql.SqlStore):
         self.retry_wait = retry_wait
         self.read_only = read_only
         self._reads = 0  # exports being consumed on this store (``export``)
+        # Inside a transaction the ledger began (a chunk's, an input's completion): reads keep
+        # it open. Outside one, a read ends the transaction it opened at once.
+        self._explicit = False
+        self._run_locks: set[int] = set()  # held for the runs of this process, across reconnects
         self.conn = self._connect()
         self.mode = self._inspect() if read_only else self._migrate(compress_after_days)
         self.ahead = (
@@ -321,12 +367,17 @@ class PostgresStore(sql.SqlStore):
         """Migrated and inspected already: only the connection is new."""
         twin = copy.copy(self)
         twin.conn = self._connect()
+        twin._explicit, twin._run_locks = False, set()
         return Store(twin, twin)
 
     def reconnect(self) -> None:
+        """A new session: the run locks the old one held (released with it) are taken again."""
         with suppress(psycopg.Error):
             self.conn.close()
         self.conn = self._connect()
+        self._explicit = False
+        for key in sorted(self._run_locks):
+            self._hold_run(key)
 
     def close(self) -> None:
         """A writer thread's store shares the chunks made ahead (a later use reconnects)."""
@@ -397,17 +448,27 @@ class PostgresStore(sql.SqlStore):
             cur.executemany(statement, rows)
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # A read that opened a transaction ends it: a session idle in a transaction holds back
+        # VACUUM, freezes now() for the run's later rows, and is what
+        # idle_in_transaction_session_timeout (managed servers set it) terminates.
+        opened = not self._explicit and self.conn.info.transaction_status == TransactionStatus.IDLE
         with self.translated("query"):
-            return self.conn.execute(statement, params).fetchall()
+            rows = self.conn.execute(statement, params).fetchall()
+            if opened:
+                self.conn.commit()
+            return rows
 
     def _begin(self) -> None:
-        """psycopg opens a transaction with the first statement."""
+        """psycopg opens the transaction with the first statement; until it ends, reads keep it."""
+        self._explicit = True
 
     def _commit(self) -> None:
+        self._explicit = False
         with self.translated("commit"):
             self.conn.commit()
 
     def _rollback(self) -> None:
+        self._explicit = False
         with suppress(psycopg.Error):  # the connection is gone; so is the transaction
             self.conn.rollback()
 
@@ -443,11 +504,13 @@ class PostgresStore(sql.SqlStore):
             self.conn.commit()
 
     def _release(self, key: int) -> None:
+        self._run_locks.discard(key)
         with suppress(psycopg.Error):  # a lost connection released it already
             self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
             self.conn.commit()
 
     def _hold_run(self, key: int) -> None:
+        self._run_locks.add(key)
         with self.translated("run lock"):
             self.conn.execute("SELECT pg_advisory_lock(%s)", (key,))
             self.conn.commit()

@@ -274,7 +274,7 @@ ON CONFLICT (chunk_key) DO NOTHING"""
 CHUNK_STATE = f"SELECT status, first_ns, last_ns, run_id FROM {CHUNKS_TABLE} WHERE chunk_key = %s"
 
 INSERT_RUN = f"""INSERT INTO {RUNS_TABLE} (run_id, job, started_at, status)
-VALUES (%s, %s, now(), '{RunStatus.RUNNING}')"""
+VALUES (%s, %s, now(), '{RunStatus.RUNNING}') ON CONFLICT (run_id) DO NOTHING"""
 
 FINISH_RUN = f"""UPDATE {RUNS_TABLE} SET finished_at = now(), status = %s,
   records_read = %s, stored = %s, quarantined = %s, failed = %s WHERE run_id = %s"""
@@ -399,6 +399,11 @@ class Background:
     def submit(self, write: Callable[..., None], *args: object) -> None:
         self.wait()
         self._inflight = self._executor.submit(write, *args)
+
+    def check(self) -> None:
+        """Raises what the write in flight raised, if it has ended so."""
+        if self._inflight is not None and self._inflight.done():
+            self._inflight.result()
 
     def wait(self) -> None:
         """Until the write in flight is done; raises what it raised."""
