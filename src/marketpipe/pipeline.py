@@ -398,9 +398,11 @@ class Pipeline:
         inflight: dict[Future[ChunkResult], tuple[Chunk, _Group]] = {}
         waiting = Counter(c.input for c in chunks)  # planned chunks of each input not stored yet
 
-        def finished(result: ChunkResult) -> None:
+        def finished(result: ChunkResult, store_alive: bool = True) -> None:
+            """A chunk's result; its input completed once all of it is stored (not where the
+            store went away: the next run's skip of its chunks completes it)."""
             results[result.chunk.key] = result
-            if result.status in (ChunkStatus.DONE, ChunkStatus.SKIPPED):
+            if store_alive and result.status in (ChunkStatus.DONE, ChunkStatus.SKIPPED):
                 waiting[result.chunk.input] -= 1
                 if waiting[result.chunk.input] == 0:
                     self._complete(result.chunk, force)
@@ -452,7 +454,7 @@ class Pipeline:
             self._record_quietly(self.ledger.mark_failed, chunk, self.run_id, self.request.name, str(exc))
             for future in inflight:  # finished by the other lanes meanwhile
                 if not future.cancelled() and future.exception() is None:
-                    finished(future.result())
+                    finished(future.result(), store_alive=False)
         finally:
             # Interrupted too: the run's row then counts what its finished chunks stored, those
             # a lane committed as the run stopped included.
