@@ -6,7 +6,7 @@ chunk's earlier rows when published, whatever the ledger recorded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,6 +45,10 @@ class ArrowStore:
 
     def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> _Sink:
         return _Sink(self, family, chunk_id)
+
+    def verify(self, family: Family, expected: Mapping[int, int], repair: bool) -> dict[int, str]:
+        held = {chunk: rows.num_rows for chunk, rows in self.tables.get(family.table, {}).items()}
+        return {c: f"{held.get(c, 0)} rows" for c, n in expected.items() if held.get(c, 0) != n}
 
     def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
         """Published at once: memory holds no transaction (the ledger commits after)."""

@@ -374,6 +374,21 @@ def status(
     _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json))
 
 
+@app.command(cls=Command)
+def verify(
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Mark damaged chunks failed, so the next run stores them again")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every done chunk's rows (and a lake's files) against the ledger; exit 1 if any is damaged."""
+    code = _guarded(lambda: _commands().verify(db, ledger, pg_schema, repair, as_json))
+    raise typer.Exit(code)
+
+
 @app.command("quarantine", cls=SchemaCommand)
 def quarantine_command(
     db: DbOption = None,

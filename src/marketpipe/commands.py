@@ -290,6 +290,26 @@ def status(db: str | None, ledger: str | None, pg_schema: str | None, as_json: b
         console.render_status(report)
 
 
+def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bool, as_json: bool) -> int:
+    """Every done chunk's rows against the ledger; the exit code: 1 when any is damaged."""
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
+    # Reading opens the store read-only; marking damage is a write (a store's migrations with it).
+    store = (
+        open_store(settings, load_model(settings.transformation_file))
+        if repair
+        else _read_only_store(settings)
+    )
+    try:
+        report = store.verify(repair)
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(report)
+    else:
+        console.render_verification(report)
+    return 1 if report.damaged else 0
+
+
 def quarantine(
     db: str | None,
     ledger: str | None,

@@ -16,7 +16,7 @@ from rich.table import Table
 from marketpipe.config import IngestRequest
 from marketpipe.errors import UsageError
 from marketpipe.exporting import as_text
-from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus
+from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus, Verification
 from marketpipe.types import Chunk, ChunkStatus, Estimate
 
 if TYPE_CHECKING:  # types only: the pipeline is imported by the commands that run it
@@ -195,6 +195,26 @@ def render_jobs(jobs: dict[str, IngestRequest], jobs_file: Path) -> None:
         dates = f"{job.start_date or ''} .. {job.end_date or ''}" if job.start_date or job.end_date else ""
         table.add_row(name, source, ", ".join(job.schemas), ", ".join(job.symbols), dates, job.description)
     out.print(table)
+
+
+def render_verification(report: Verification) -> None:
+    """The damaged chunks, one line each (labels and reasons whole), then the count."""
+    for _, label, reason in report.damaged:
+        out.print(f"damaged: {label}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    out.print(
+        f"verified {report.chunks:,} chunks of {report.location}: {len(report.damaged):,} damaged",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.damaged:
+        out.print(
+            "marked failed: run the same ingest again to store them"
+            if report.repaired
+            else "verify --repair marks them failed, so the next run stores them again",
+            markup=False,
+            highlight=False,
+        )
 
 
 def render_quarantine(records: list[QuarantinedRecord], show: int | None) -> None:

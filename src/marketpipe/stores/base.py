@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -116,6 +116,16 @@ class StoreStatus:
     runs: list[dict[str, object]] = field(default_factory=list)
 
 
+@dataclass
+class Verification:
+    """``verify``'s finding: the chunks checked, the damaged ones (chunk id, label, reason)."""
+
+    location: str
+    chunks: int = 0
+    damaged: list[tuple[int, str, str]] = field(default_factory=list)
+    repaired: bool = False
+
+
 @runtime_checkable
 class Querying(Protocol):
     """A data side that runs the user's own read-only SQL (``marketpipe query``)."""
@@ -191,6 +201,12 @@ class DataStore(Protocol):
     def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
         """(instrument_id, start, end in ns) of the instruments these symbols (of any
         symbology type) stood for, from the ledger's symbology and the stored definitions."""
+        ...
+
+    def verify(self, family: Family, expected: Mapping[int, int], repair: bool) -> dict[int, str]:
+        """What is wrong with the rows the data side holds of each chunk of ``expected``
+        (chunk id -> rows the ledger says it holds): chunk id -> reason. With ``repair``, what
+        would fail every read (a lake's missing file) is taken out of the store's listing."""
         ...
 
     def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
@@ -274,6 +290,16 @@ class Ledger(Protocol):
 
     def record_symbology(self, symbology: Sequence[SymbolInterval]) -> None:
         """Remember what symbols stood for, and when."""
+        ...
+
+    def expected_rows(self, schemas: Sequence[str]) -> dict[int, tuple[str, int]]:
+        """Done chunks of these schemas that wrote rows: chunk id -> (label, rows it still
+        holds: what it stored less what later inputs replaced)."""
+        ...
+
+    def mark_damaged(self, damaged: Mapping[int, str]) -> None:
+        """These chunks (chunk id -> reason) failed verification: failed, with the reason,
+        and their input no longer whole, so the next run of it stores them again."""
         ...
 
     def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
@@ -365,6 +391,22 @@ class Store:
         with self.ledger.coverage_transaction(chunk) as tx:
             if tx.replaced:
                 self.data.drop_covered(family, chunk.schema, tx)
+
+    def verify(self, repair: bool = False) -> Verification:
+        """Every done chunk's rows against the ledger; with ``repair`` the damaged ones are
+        marked so that the next run stores them again."""
+        report = Verification(self.location)
+        for family in self.model.families.values():
+            expected = self.ledger.expected_rows(family.schemas)
+            report.chunks += len(expected)
+            found = self.data.verify(family, {i: rows for i, (_, rows) in expected.items()}, repair)
+            for chunk, reason in sorted(found.items()):
+                label = expected[chunk][0] if chunk in expected else f"chunk {chunk} (not in the ledger)"
+                report.damaged.append((chunk, label, reason))
+        if repair:
+            self.ledger.mark_damaged({c: r for c, _, r in report.damaged})
+            report.repaired = True
+        return report
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         return self.data.export(query, batch_size)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -689,6 +689,40 @@ class SqlLedger:
             [(i.dataset, i.stype, i.symbol, i.instrument_id, i.start_ns, i.end_ns) for i in symbology],
         )
 
+    def expected_rows(self, schemas: Sequence[str]) -> dict[int, tuple[str, int]]:
+        # A chunk stored as parts wrote its rows under the parts' ids: its own row has no range.
+        rows = self._query(
+            f"SELECT chunk_id, label, coalesce(stored, 0) - coalesce(replaced, 0) FROM {CHUNKS_TABLE}"
+            f" WHERE status = '{ChunkStatus.DONE}' AND first_ns IS NOT NULL AND schema = ANY(%s)",
+            [list(schemas)],
+        )
+        return {int(i): (str(label), int(n)) for i, label, n in rows}
+
+    def mark_damaged(self, damaged: Mapping[int, str]) -> None:
+        if not damaged:
+            return
+        ids = sorted(damaged)
+        inputs = f"SELECT input_key FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)"
+        self._begin()
+        try:
+            self._executemany(
+                f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.FAILED}', error = %s, updated_at = now()"
+                " WHERE chunk_id = %s",
+                [(f"damaged (verify): {damaged[i]}", i) for i in ids],
+            )
+            # The chunk a download's parts make up is not done either (a re-run would skip it).
+            self._execute(
+                f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.FAILED}', updated_at = now(),"
+                f" error = 'damaged (verify): a part of it' WHERE chunk_key IN ({inputs})"
+                f" AND status = '{ChunkStatus.DONE}'",
+                [ids],
+            )
+            self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key IN ({inputs})", [ids])
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
     def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
         if not self.coverage_recorded:
             return []
@@ -908,6 +942,18 @@ class SqlStore(SqlLedger):
                 [chunk_id, *earlier],
             )
         return self._sink(family, chunk_id)
+
+    def verify(self, family: Family, expected: Mapping[int, int], repair: bool) -> dict[int, str]:
+        """Rows per chunk id against the ledger (rows a chunk no longer holds show on a read;
+        rows of no chunk the ledger has done are left alone: a failed later attempt keeps its
+        earlier rows until the chunk is stored again)."""
+        table = identifier(family.table)
+        held = {int(c): int(n) for c, n in self._query(f"SELECT chunk_id, count(*) FROM {table} GROUP BY 1")}
+        return {
+            chunk: f"{held.get(chunk, 0):,} rows in {family.table}, the ledger says {rows:,}"
+            for chunk, rows in expected.items()
+            if held.get(chunk, 0) != rows
+        }
 
     def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
         """Rows of ``tx.replaced``'s chunks inside ``tx.spans``, counted per chunk and deleted,
