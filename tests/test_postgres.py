@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import marketpipe
 import marketpipe.stores.sql as sql
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.model import SCHEMAS
@@ -355,3 +356,22 @@ def test_a_server_restarted_mid_run_is_waited_for(tmp_path: Path) -> None:
     finally:
         subprocess.run(["bash", str(script), "stop", str(cluster)], check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_lake_with_a_postgresql_ledger_never_idles_in_a_transaction(pg_url: str, tmp_path: Path) -> None:
+    """The lake's files are written before the ledger's transaction begins: it lists them and
+    marks the chunk done at once, so the ledger's session is never idle inside it."""
+    write_trade_days(tmp_path / "d", 2, 500_000)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{admin.info.dbname}" SET idle_in_transaction_session_timeout = 300')
+    lake = f"lake:{tmp_path / 'lake'}"
+    command, env = _ingest_command(lake, tmp_path / "d")
+    log = tmp_path / "run.jsonl"
+    env = {**env, "MARKETPIPE_LEDGER": pg_url, "MARKETPIPE_LOG_FILE": str(log)}
+    result = subprocess.run(command, env=env, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert '"db.retry"' not in log.read_text() and '"chunk.retry"' not in log.read_text()
+    assert _statuses(pg_url) == {"done": 2}
+    with marketpipe.open(lake, ledger=pg_url) as reader:
+        assert reader.read("trades", columns=["ts_recv"]).num_rows == 1_000_000

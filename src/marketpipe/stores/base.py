@@ -227,6 +227,10 @@ class LedgerTransaction(Protocol):
     id: int
     earlier: TimeRange | None
 
+    def open(self) -> None:
+        """The transaction begins (where it did not as the chunk opened)."""
+        ...
+
     def quarantine(self, rejections: Sequence[Rejection]) -> None: ...
 
     def finish(self, counts: ChunkCounts, stored: TimeRange | None) -> None:
@@ -255,10 +259,12 @@ class Ledger(Protocol):
         ...
 
     def chunk_transaction(
-        self, chunk: Chunk, run_id: str, job: str, force: bool
+        self, chunk: Chunk, run_id: str, job: str, force: bool, hold: bool = True
     ) -> AbstractContextManager[LedgerTransaction]:
         """One writer at a time per chunk, across processes: a run that finds the chunk stored
-        by another once it has it raises ChunkAlreadyStored (unless ``force``)."""
+        by another once it has it raises ChunkAlreadyStored (unless ``force``). ``hold``: the
+        transaction begins at once (rows written into the ledger's database), else at
+        ``open``."""
         ...
 
     def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None: ...
@@ -348,6 +354,7 @@ class ChunkWriter:
 
     def commit(self, counts: ChunkCounts) -> None:
         """Make the chunk's rows visible and mark it done (atomically where the store can)."""
+        self._tx.open()
         self._sink.commit()
         self._tx.finish(counts, self._range)
         self._sink.published()
@@ -376,7 +383,9 @@ class Store:
     def write_chunk(self, chunk: Chunk, run_id: str, job: str, force: bool = False) -> Iterator[ChunkWriter]:
         """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is dropped."""
         family = self.model.family_of(chunk.schema)
-        with self.ledger.chunk_transaction(chunk, run_id, job, force) as tx:
+        # A data side in the ledger's own database writes inside the ledger's transaction.
+        hold = self.data is self.ledger
+        with self.ledger.chunk_transaction(chunk, run_id, job, force, hold) as tx:
             sink = self.data.open_chunk(family, tx.id, tx.earlier)
             try:
                 yield ChunkWriter(family, sink, tx)

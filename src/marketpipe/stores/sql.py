@@ -436,15 +436,33 @@ def record_definitions(ledger: SqlLedger, families: Sequence[Family]) -> None:
 class ChunkTransaction:
     """A chunk's ledger side inside the database transaction its rows are written in."""
 
-    def __init__(self, ledger: SqlLedger, chunk: Chunk, run_id: str, job: str) -> None:
+    def __init__(self, ledger: SqlLedger, chunk: Chunk, run_id: str, job: str, force: bool) -> None:
         self.ledger = ledger
         self.chunk = chunk
         self.run_id = run_id
         self.job = job
+        self.force = force
         self.id = chunk_id(chunk.key)
         self.earlier: TimeRange | None = None
         self.rejections: list[Rejection] = []
+        self.opened = False
         self.committed = False
+
+    def open(self) -> None:
+        """Begin the database transaction: the chunk's ledger row locked, its earlier
+        quarantined records dropped, the range its earlier rows span read (once)."""
+        if self.opened:
+            return
+        self.opened = True
+        ledger = self.ledger
+        ledger._begin()
+        rows = ledger._query(CHUNK_STATE + ledger.ROW_LOCK, [self.chunk.key])
+        status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, self.run_id)
+        if owner != self.run_id and status == ChunkStatus.DONE and not self.force:
+            raise ChunkAlreadyStored(self.chunk.label)
+        if first_ns is not None:
+            self.earlier = (int(first_ns), int(last_ns))
+        ledger._execute(DELETE_QUARANTINE, [self.id])
 
     def quarantine(self, rejections: Sequence[Rejection]) -> None:
         self.rejections.extend(rejections)
@@ -618,16 +636,19 @@ class SqlLedger:
 
     @contextmanager
     def chunk_transaction(
-        self, chunk: Chunk, run_id: str, job: str, force: bool
+        self, chunk: Chunk, run_id: str, job: str, force: bool, hold: bool = True
     ) -> Iterator[ChunkTransaction]:
-        """Claim the chunk, mark it running, then yield inside one transaction that holds its
-        ledger row and has dropped its earlier quarantined records.
+        """Claim the chunk, mark it running, then yield its transaction, which holds its
+        ledger row and has dropped its earlier quarantined records: from the start with
+        ``hold`` (the rows go into this database, inside it), else from ``tx.open()`` as the
+        rows are handed over (a data side of its own: the session is not left idle in a
+        transaction while the rows are written elsewhere).
 
         The claim spares a second writer the work; the row lock makes a second copy impossible
         even without it: a writer that got this far waits for the first to commit, then reads
         the range the first stored, which its data side deletes before writing its own.
         """
-        tx = ChunkTransaction(self, chunk, run_id, job)
+        tx = ChunkTransaction(self, chunk, run_id, job, force)
         self._claim(chunk, tx.id)
         try:
             if not force and self.is_done(chunk):
@@ -639,15 +660,9 @@ class SqlLedger:
                 self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id))
                 self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
                 self._commit()
-            self._begin()
             try:
-                rows = self._query(CHUNK_STATE + self.ROW_LOCK, [chunk.key])
-                status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, run_id)
-                if owner != run_id and status == ChunkStatus.DONE and not force:
-                    raise ChunkAlreadyStored(chunk.label)
-                if first_ns is not None:
-                    tx.earlier = (int(first_ns), int(last_ns))
-                self._execute(DELETE_QUARANTINE, [tx.id])
+                if hold:
+                    tx.open()
                 yield tx
             finally:
                 if not tx.committed:
