@@ -15,6 +15,8 @@ installed); DuckDB reads them, through fsspec where they are not local.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import cast
+from typing import IO, cast
 
 import duckdb
 import fsspec
@@ -66,11 +68,12 @@ FILES_DDL = (
   last_ns BIGINT NOT NULL
 )""",
     f"CREATE INDEX IF NOT EXISTS marketpipe_lake_files_chunk ON {FILES_TABLE} (chunk_id)",
-    # Each file's size as written, for ``verify`` (files listed before it have none).
+    # Each file's size and SHA-256 as written, for ``verify`` (files listed before: none).
     f"ALTER TABLE {FILES_TABLE} ADD COLUMN IF NOT EXISTS bytes BIGINT",
+    f"ALTER TABLE {FILES_TABLE} ADD COLUMN IF NOT EXISTS sha256 TEXT",
 )
-LIST_FILE = f"""INSERT INTO {FILES_TABLE} (path, table_name, chunk_id, rows, first_ns, last_ns, bytes)
-VALUES (%s, %s, %s, %s, %s, %s, %s)"""
+LIST_FILE = f"""INSERT INTO {FILES_TABLE} (path, table_name, chunk_id, rows, first_ns, last_ns, bytes, sha256)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
 # A file is closed once this much Arrow data went in. Measured: 2M synthetic trades, 159 MB of
 # Arrow, became 61 MB of zstd Parquet (2.6x; random values compress worse than real ones), so
 # files stay at about 200 MB at most.
@@ -86,12 +89,40 @@ def _literal(text: str) -> str:
 
 
 @dataclass
+class _Hashed(io.RawIOBase):
+    """A file being written, hashed as its bytes go by (the file is never read back)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.sha256.update(data)
+        self._raw.write(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+@dataclass
 class _File:
     """One Parquet file of a chunk: written under ``temporary``, published as ``path``."""
 
     path: str  # relative to the lake's root
     temporary: str
     writer: pq.ParquetWriter | None
+    stream: _Hashed
     rows: int = 0
     arrow_bytes: int = 0
     first_ns: int = 2**63 - 1
@@ -150,10 +181,9 @@ class _LakeSink:
         name = f"{self._prefix}-{self._token}-{len(self._files)}.parquet"
         temporary = self._lake.full(f"{folder}/_{name}.tmp")
         self._lake.fs.makedirs(self._lake.full(folder), exist_ok=True)
-        writer = pq.ParquetWriter(
-            temporary, self._family.arrow_schema, filesystem=self._lake.fs, compression="zstd"
-        )
-        file = _File(f"{folder}/{name}", temporary, writer)
+        stream = _Hashed(self._lake.fs.open(temporary, "wb"))
+        writer = pq.ParquetWriter(stream, self._family.arrow_schema, compression="zstd")
+        file = _File(f"{folder}/{name}", temporary, writer, stream)
         self._files.append(file)
         self._open[day] = file
         return file
@@ -163,6 +193,7 @@ class _LakeSink:
         if file.writer is not None:
             file.writer.close()
             file.writer = None
+            file.stream.close()
 
     def commit(self) -> None:
         """Files under their final names, listed in the ledger's open chunk transaction in place
@@ -181,7 +212,7 @@ class _LakeSink:
         ledger._executemany(
             LIST_FILE,
             [
-                (f.path, *where, f.rows, f.first_ns, f.last_ns, lake.fs.size(lake.full(f.path)))
+                (f.path, *where, f.rows, f.first_ns, f.last_ns, f.stream.tell(), f.stream.sha256.hexdigest())
                 for f in self._files
             ],
         )
@@ -219,6 +250,8 @@ class _LakeSink:
             if file.writer is not None:
                 with suppress(Exception):
                     file.writer.close()
+                with suppress(Exception):
+                    file.stream.close()
             if not self._published:
                 with suppress(OSError):
                     self._lake.fs.rm(file.temporary)
@@ -371,14 +404,15 @@ class LakeStore:
                 folder, name = str(path).rsplit("/", 1)
                 new = f"{folder}/{name.split('-', 1)[0]}-{uuid.uuid4().hex[:12]}-r.parquet"
                 temporary = self.full(f"{folder}/_{new.rsplit('/', 1)[1]}.tmp")
-                pq.write_table(kept, temporary, filesystem=self.fs, compression="zstd")
+                with _Hashed(self.fs.open(temporary, "wb")) as stream:
+                    pq.write_table(kept, stream, compression="zstd")
                 self.fs.mv(temporary, self.full(new))
                 times = kept[family.time_column].cast(pa.int64()).to_numpy()
                 self.ledger._execute(
                     LIST_FILE,
                     [
                         new, family.table, owner, kept.num_rows, int(times.min()), int(times.max()),
-                        self.fs.size(self.full(new)),
+                        stream.tell(), stream.sha256.hexdigest(),
                     ],
                 )  # fmt: skip
                 tx.rolled_back.append(partial(self._remove, new))
@@ -397,15 +431,15 @@ class LakeStore:
                 [FILES_TABLE],
             )
         }
-        size = "bytes" if "bytes" in columns else "NULL"
+        recorded = ", ".join(c if c in columns else "NULL" for c in ("bytes", "sha256"))
         listed = self.ledger._query(
-            f"SELECT path, chunk_id, rows, {size} FROM {FILES_TABLE} WHERE table_name = %s ORDER BY path",
+            f"SELECT path, chunk_id, rows, {recorded} FROM {FILES_TABLE} WHERE table_name = %s ORDER BY path",
             [family.table],
         )
         problems: dict[int, list[str]] = {}
         held: Counter[int] = Counter()
-        for path, chunk, rows, written in listed:
-            problem = self._file_problem(str(path), int(rows), written)
+        for path, chunk, rows, written, digest in listed:
+            problem = self._file_problem(str(path), int(rows), written, digest)
             if problem is None:
                 held[int(chunk)] += int(rows)
             else:
@@ -421,7 +455,9 @@ class LakeStore:
                 )
         return reasons
 
-    def _file_problem(self, path: str, rows: int, written: int | None) -> str | None:
+    def _file_problem(self, path: str, rows: int, written: int | None, digest: str | None) -> str | None:
+        """What is wrong with a listed file, if anything: missing, another size, other bytes
+        (its SHA-256, where recorded), or a footer unreadable or of other rows."""
         full = self.full(path)
         try:
             if not self.fs.exists(full):
@@ -429,6 +465,13 @@ class LakeStore:
             size = int(self.fs.size(full))
             if written is not None and size != written:
                 return f"{size:,} bytes, {written:,} when written"
+            if digest is not None:
+                sha256 = hashlib.sha256()
+                with self.fs.open(full, "rb") as file:
+                    while block := file.read(1 << 20):
+                        sha256.update(block)
+                if sha256.hexdigest() != digest:
+                    return "its bytes changed since it was written (SHA-256)"
             with self.fs.open(full, "rb") as file:
                 found = pq.ParquetFile(file).metadata.num_rows
         except (OSError, pa.ArrowException) as exc:
