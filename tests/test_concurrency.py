@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from marketpipe.types import Chunk, ChunkCounts
 from test_postgres import _statuses
 
 from dbn_reference import MODEL
-from pg import admin_url, fingerprint, fresh_database
+from pg import POSTGRES, admin_url, fingerprint, fresh_database
 
 TRADES = MODEL.family_of("trades")
 
@@ -232,3 +233,48 @@ def test_a_timescaledb_chunk_that_cannot_be_made_ahead_is_made_by_the_copy(
         assert "timescale.chunks_ahead_off" in events
     finally:
         store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["duckdb", "lake", POSTGRES])
+@pytest.mark.parametrize(
+    ("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_at_a_random_moment_leaves_every_store_true(  # type: ignore[no-untyped-def]
+    cli, kind: str, stop: signal.Signals, code: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A stop at a moment drawn at random (seeded by the test's id, so a failure replays):
+    the table holds exactly what the run's row says it stored, `verify` finds every done chunk
+    whole, and a re-run stores the rest, each record once."""
+    db = {
+        "duckdb": lambda: str(tmp_path / "store.duckdb"),
+        "lake": lambda: f"lake:{tmp_path / 'lake'}",
+        "postgresql": lambda: str(request.getfixturevalue("pg_url")),
+    }[kind]()
+    write_trade_days(tmp_path / "d", 6, 250_000)
+    command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
+    env = {**os.environ, "MARKETPIPE_DB": db, "MARKETPIPE_BATCH_SIZE": "25000"}
+    moment = random.Random(request.node.nodeid).uniform(0.8, 2.5)
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(moment)
+    run.send_signal(stop)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode in (code, 0), (moment, out, err)  # 0: it ended before the signal came
+    assert "Traceback" not in out + err
+    report = cli("status", "--db", db, "--json")
+    if report.exit_code == 0 and json.loads(report.stdout)["runs"]:
+        status = json.loads(report.stdout)
+        [run_row] = status["runs"]
+        [trades] = [t for t in status["tables"] if t["table"] == "trades"]
+        assert run_row["status"] == ("interrupted" if run.returncode else "done"), (moment, run_row)
+        assert trades["rows"] == run_row["stored"], (moment, trades, run_row)
+        assert cli("verify", "--db", db).exit_code == 0
+    else:  # stopped while starting, before its run began: nothing of it was stored
+        assert run.returncode == code, (moment, out, err)
+        tables = json.loads(report.stdout)["tables"] if report.exit_code == 0 else []  # 2: no store yet
+        assert all(t["rows"] == 0 for t in tables), (moment, tables)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert cli("verify", "--db", db).exit_code == 0
+    status = json.loads(cli("status", "--db", db, "--json").stdout)
+    assert [t["rows"] for t in status["tables"] if t["table"] == "trades"] == [6 * 250_000]
