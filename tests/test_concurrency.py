@@ -31,7 +31,7 @@ from marketpipe.types import Chunk, ChunkCounts
 from test_postgres import _statuses
 
 from dbn_reference import MODEL
-from pg import POSTGRES, admin_url, fingerprint, fresh_database
+from pg import POSTGRES, TIMESCALE, admin_url, fingerprint, fresh_database
 
 TRADES = MODEL.family_of("trades")
 
@@ -236,7 +236,7 @@ def test_a_timescaledb_chunk_that_cannot_be_made_ahead_is_made_by_the_copy(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["duckdb", "lake", POSTGRES])
+@pytest.mark.parametrize("kind", ["duckdb", "lake", POSTGRES, TIMESCALE])
 @pytest.mark.parametrize(
     ("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )
@@ -250,6 +250,7 @@ def test_a_signal_at_a_random_moment_leaves_every_store_true(  # type: ignore[no
         "duckdb": lambda: str(tmp_path / "store.duckdb"),
         "lake": lambda: f"lake:{tmp_path / 'lake'}",
         "postgresql": lambda: str(request.getfixturevalue("pg_url")),
+        "timescaledb": lambda: str(request.getfixturevalue("timescale_url")),
     }[kind]()
     write_trade_days(tmp_path / "d", 6, 250_000)
     command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
