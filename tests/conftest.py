@@ -78,6 +78,16 @@ def server_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
 
 
+@pytest.fixture(params=["duckdb", POSTGRES, TIMESCALE, "lake"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store of each kind: a DuckDB file, plain PostgreSQL, TimescaleDB, a lake."""
+    if request.param == "duckdb":
+        return str(tmp_path / "store.duckdb")
+    if request.param == "lake":
+        return f"lake:{tmp_path / 'lake'}"
+    return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+
+
 # Markers a test gets from the fixtures it uses: what it needs to run.
 _NEEDS = {
     "pg_url": ("postgres",),

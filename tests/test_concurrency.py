@@ -31,7 +31,7 @@ from marketpipe.types import Chunk, ChunkCounts
 from test_postgres import _statuses
 
 from dbn_reference import MODEL
-from pg import POSTGRES, TIMESCALE, admin_url, fingerprint, fresh_database
+from pg import admin_url, fingerprint, fresh_database
 
 TRADES = MODEL.family_of("trades")
 
@@ -236,22 +236,16 @@ def test_a_timescaledb_chunk_that_cannot_be_made_ahead_is_made_by_the_copy(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["duckdb", "lake", POSTGRES, TIMESCALE])
 @pytest.mark.parametrize(
     ("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )
 def test_a_signal_at_a_random_moment_leaves_every_store_true(  # type: ignore[no-untyped-def]
-    cli, kind: str, stop: signal.Signals, code: int, tmp_path: Path, request: pytest.FixtureRequest
+    cli, store_location: str, stop: signal.Signals, code: int, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A stop at a moment drawn at random (seeded by the test's id, so a failure replays):
     the table holds exactly what the run's row says it stored, `verify` finds every done chunk
     whole, and a re-run stores the rest, each record once."""
-    db = {
-        "duckdb": lambda: str(tmp_path / "store.duckdb"),
-        "lake": lambda: f"lake:{tmp_path / 'lake'}",
-        "postgresql": lambda: str(request.getfixturevalue("pg_url")),
-        "timescaledb": lambda: str(request.getfixturevalue("timescale_url")),
-    }[kind]()
+    db = store_location
     write_trade_days(tmp_path / "d", 6, 250_000)
     command = [sys.executable, "-m", "marketpipe", "ingest", "--from-file", str(tmp_path / "d")]
     env = {**os.environ, "MARKETPIPE_DB": db, "MARKETPIPE_BATCH_SIZE": "25000"}

@@ -38,20 +38,16 @@ from marketpipe.stores import open_store, sql
 
 from databento_server import DatabentoServer, records_for
 from dbn_reference import MODEL
-from pg import POSTGRES, TIMESCALE
+from pg import POSTGRES
 
 DATASET = "GLBX.MDP3"
 JAN = [dt.date(2024, 1, d) for d in range(2, 6)]  # 2024-01-02 .. 2024-01-05
 CL = {"CLH4": 1001, "CLJ4": 1002}
 
 
-@pytest.fixture(params=["duckdb", POSTGRES, TIMESCALE, "lake"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return str(tmp_path / "store.duckdb")
-    if request.param == "lake":
-        return f"lake:{tmp_path / 'lake'}"
-    return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+@pytest.fixture
+def db(store_location: str) -> str:
+    return store_location
 
 
 def served(instruments: list[int], days: list[dt.date]) -> Counter[tuple[object, ...]]:

@@ -13,19 +13,15 @@ import pytest
 from marketpipe.samples import write_trade_days
 
 from databento_server import DatabentoServer
-from pg import POSTGRES, TIMESCALE, fingerprint
+from pg import fingerprint
 
 DAYS = 3
 ROWS = 20_000
 
 
-@pytest.fixture(params=["duckdb", POSTGRES, TIMESCALE, "lake"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return str(tmp_path / "store.duckdb")
-    if request.param == "lake":
-        return f"lake:{tmp_path / 'lake'}"
-    return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
+@pytest.fixture
+def db(store_location: str) -> str:
+    return store_location
 
 
 def _rows(db: str) -> int:
