@@ -38,7 +38,14 @@ from marketpipe.config import (
     utc_today,
 )
 from marketpipe.coverage import coverage, sessions
-from marketpipe.errors import MarketpipeError, SourceError, StoreError, StoreRejected, UsageError
+from marketpipe.errors import (
+    MarketpipeError,
+    SourceError,
+    StoreError,
+    StoreRejected,
+    TransientStoreError,
+    UsageError,
+)
 from marketpipe.model import Model
 from marketpipe.retries import retrying
 from marketpipe.rules.transformation import load_model
@@ -519,15 +526,23 @@ class Pipeline:
         connection dropped) reconnects and calls it again, as a chunk's writer does. Each call
         is its own short transaction, so calling it again is safe."""
         store = store or self.store
+        name = getattr(action, "__name__", "bookkeeping")
+        # The first call outside tenacity: a Ctrl-C or SIGTERM landing inside its machinery
+        # (each attempt's outcome is a concurrent Future) came out as CancelledError, a crash,
+        # not the interrupt it was; the main thread spends most of a run here.
+        try:
+            return action(*args)
+        except TransientStoreError as exc:
+            if self.settings.db_retries <= 1:
+                raise
+            self.log.warning("db.retry", action=name, attempt=1, reason=str(exc), wait=0.0)
 
         def log_retry(attempt: int, reason: str, wait: float) -> None:
-            name = getattr(action, "__name__", "bookkeeping")
-            self.log.warning("db.retry", action=name, attempt=attempt, reason=reason, wait=wait)
+            self.log.warning("db.retry", action=name, attempt=attempt + 1, reason=reason, wait=wait)
 
-        for attempt in retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry):
+        for attempt in retrying(self.settings.db_retries - 1, self.settings.db_retry_wait, log_retry):
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    store.reconnect()
+                store.reconnect()
                 return action(*args)
         raise AssertionError("unreachable")  # pragma: no cover
 
