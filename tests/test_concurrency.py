@@ -254,18 +254,20 @@ def test_a_signal_at_a_random_moment_leaves_every_store_true(  # type: ignore[no
     time.sleep(moment)
     run.send_signal(stop)
     out, err = run.communicate(timeout=120)
-    assert run.returncode in (code, 0), (moment, out, err)  # 0: it ended before the signal came
+    # 0: it ended before the signal came; -signal (a shell's 128+N): the signal came as the
+    # interpreter started or shut down, outside marketpipe's handling.
+    assert run.returncode in (code, 0, -stop), (moment, out, err)
     assert "Traceback" not in out + err
     report = cli("status", "--db", db, "--json")
     if report.exit_code == 0 and json.loads(report.stdout)["runs"]:
         status = json.loads(report.stdout)
         [run_row] = status["runs"]
         [trades] = [t for t in status["tables"] if t["table"] == "trades"]
-        assert run_row["status"] == ("interrupted" if run.returncode else "done"), (moment, run_row)
+        assert run_row["status"] == ("interrupted" if run.returncode == code else "done"), (moment, run_row)
         assert trades["rows"] == run_row["stored"], (moment, trades, run_row)
         assert cli("verify", "--db", db).exit_code == 0
     else:  # stopped while starting, before its run began: nothing of it was stored
-        assert run.returncode == code, (moment, out, err)
+        assert run.returncode in (code, -stop), (moment, out, err)
         tables = json.loads(report.stdout)["tables"] if report.exit_code == 0 else []  # 2: no store yet
         assert all(t["rows"] == 0 for t in tables), (moment, tables)
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
