@@ -86,3 +86,36 @@ def test_output_arguments_are_checked_before_the_store_opens(cli, tmp_path: Path
     own = cli("query", "SELECT 1", "--db", str(store), "--format", "csv", "--out", str(store))
     assert own.exit_code == 2
     assert not store.exists()
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "lake"])
+def test_query_reads_the_store_and_nothing_else(cli, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The escapes a DuckDB query could take (#24): writing a file, reading any file, attaching
+    another database, installing an extension, a second statement, turning the switches back.
+    Each is refused in one line, exit 2, and no file appears."""
+    db = str(tmp_path / "store.duckdb") if kind == "duckdb" else f"lake:{tmp_path / 'lake'}"
+    make_sample(tmp_path / "sample")
+    assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.csv"
+    secret.write_text("a\n42\n")
+    escapes = [
+        f"COPY (SELECT 42) TO '{outside / 'x.csv'}'",
+        f"SELECT * FROM read_csv('{secret}')",
+        f"SELECT * FROM '{secret}'",
+        f"ATTACH '{outside / 'y.duckdb'}' AS y",
+        "INSTALL httpfs",
+        "SELECT 1; SELECT 2",
+        "SET enable_external_access = true",
+        f"SELECT count(*) FROM trades UNION ALL SELECT count(*) FROM read_csv('{secret}')",
+    ]
+    for statement in escapes:
+        result = cli("query", statement, "--db", db)
+        assert result.exit_code == 2, (statement, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: query: "), (statement, result.output)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.csv"]
+    # Reading the store itself still works, views and all.
+    result = cli("query", "SELECT count(*) AS n FROM trades_v", "--format", "json", "--db", db)
+    assert result.exit_code == 0, result.output

@@ -311,11 +311,25 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
     def _sink(self, family: Family, chunk_id: int) -> _DuckDBSink:
         return _DuckDBSink(self, family, chunk_id)
 
+    # Where the user's SQL may read files besides the store's own: nowhere for a DuckDB file
+    # (its tables are inside it); a lake's views read its root.
+    readable_roots: tuple[str, ...] = ()
+    _confined = False
+
     def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
-        """The user's SQL on a read-only connection, with the ``<table>_v`` views PostgreSQL
-        has (here as temporary views), so one query runs on either store."""
+        """The user's SQL, one SELECT (or EXPLAIN of one), on a read-only connection with the
+        ``<table>_v`` views PostgreSQL has (here as temporary views), so one query runs on either
+        store; confined to the store (``_confine``)."""
+        try:
+            kinds = [s.type for s in self.con.extract_statements(statement)]
+        except duckdb.Error as exc:
+            raise sql.query_error(exc) from None
+        if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+            found = ", ".join(k.name for k in kinds) or "nothing"
+            raise UsageError(f"query: query runs one SELECT statement (or EXPLAIN of one); found: {found}")
         for family in self.model.families.values():
             self.con.execute(sql.readable_view(family, lambda column: column, "TEMP VIEW"))
+        self._confine()
         try:
             relation = self.con.sql(statement)
             reader = None if relation is None else relation.to_arrow_reader(batch_size)
@@ -332,6 +346,24 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
                 raise sql.query_error(exc) from None
 
         return pa.RecordBatchReader.from_batches(sql.utc_schema(reader.schema), batches())
+
+    def _confine(self) -> None:
+        """The user's SQL reads the store and nothing else: no other file (``COPY ... TO``,
+        ``read_csv``, ``ATTACH``), no extension installed or loaded, and no setting changed back
+        (DuckDB's own switches; the configuration is locked last)."""
+        if self._confined:
+            return
+        if self.readable_roots:
+            roots = ", ".join("'" + r.replace("'", "''") + "'" for r in self.readable_roots)
+            self.con.execute(f"SET allowed_directories = [{roots}]")
+        for setting in (
+            "enable_external_access = false",
+            "autoinstall_known_extensions = false",
+            "autoload_known_extensions = false",
+            "lock_configuration = true",
+        ):
+            self.con.execute(f"SET {setting}")
+        self._confined = True
 
     def export(self, query: ExportQuery, batch_size: int) -> Iterator[pa.RecordBatch]:
         family = query.family
