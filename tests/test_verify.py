@@ -119,8 +119,9 @@ def test_an_api_chunk_repaired_is_downloaded_again(api: DatabentoServer, cli, tm
     assert cli("verify", "--db", db).exit_code == 0
 
 
-def test_verify_of_no_store_is_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = cli("verify", "--db", str(tmp_path / "none.duckdb"))
+@pytest.mark.parametrize("repair", [[], ["--repair"]], ids=["verify", "repair"])
+def test_verify_of_no_store_is_one_line(cli, tmp_path: Path, repair: list[str]) -> None:  # type: ignore[no-untyped-def]
+    result = cli("verify", "--db", str(tmp_path / "none.duckdb"), *repair)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"error: no marketpipe store at {tmp_path / 'none.duckdb'}: nothing has been ingested there"

@@ -293,12 +293,12 @@ def status(db: str | None, ledger: str | None, pg_schema: str | None, as_json: b
 def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bool, as_json: bool) -> int:
     """Every done chunk's rows against the ledger; the exit code: 1 when any is damaged."""
     settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
-    # Reading opens the store read-only; marking damage is a write (a store's migrations with it).
-    store = (
-        open_store(settings, load_model(settings.transformation_file))
-        if repair
-        else _read_only_store(settings)
-    )
+    # Reading opens the store read-only; marking damage is a write (a store's migrations with
+    # it), of a store that must exist: a mistyped --db is refused, never made.
+    store = _read_only_store(settings)
+    if repair:
+        store.close()
+        store = open_store(settings, load_model(settings.transformation_file))
     try:
         report = store.verify(repair)
     finally:
