@@ -231,16 +231,26 @@ def gap_days(request: IngestRequest, settings: Settings, model: Model) -> dict[s
     if not isinstance(start, dt.date) or not isinstance(end, dt.date) or not request.dataset:
         raise UsageError("--fill-gaps needs --dataset, --start-date and --end-date")
     calendars = load_calendars(settings.calendars_file)
-    try:
-        store = open_store(settings, model, read_only=True)
-    except StoreRejected:
-        calendar = calendars.get(request.dataset)
-        return dict.fromkeys(request.schemas, sessions(calendar, start, end))
-    with closing(store):
+    with _existing_store(settings, model) as store:
+        if store is None:
+            calendar = calendars.get(request.dataset)
+            return dict.fromkeys(request.schemas, sessions(calendar, start, end))
         return {
             schema: coverage(store, calendars, schema, request.dataset, None, start, end).gaps()
             for schema in request.schemas
         }
+
+
+@contextmanager
+def _existing_store(settings: Settings, model: Model) -> Iterator[Store | None]:
+    """The store, read-only; None where there is none to read (nothing stored there yet)."""
+    try:
+        store = open_store(settings, model, read_only=True)
+    except StoreRejected:
+        yield None
+        return
+    with closing(store):
+        yield store
 
 
 def resolve_days(
@@ -279,12 +289,8 @@ def estimate(source: Quoting, settings: Settings, model: Model, force: bool) -> 
     where there is no store yet)."""
     if force:
         return source.estimate(None)
-    try:
-        store = open_store(settings, model, read_only=True)
-    except StoreRejected:
-        return source.estimate(None)
-    with closing(store):
-        return source.estimate(store.ledger)
+    with _existing_store(settings, model) as store:
+        return source.estimate(None if store is None else store.ledger)
 
 
 def load_rules(settings: Settings, model: Model | None = None) -> tuple[Model, Validator]:
@@ -509,7 +515,6 @@ class Pipeline:
         stored there (once: an input whole before, and not forced again, is left as it is)."""
         if not force and self._bookkeeping(self.ledger.is_complete, chunk):
             return
-
         self._bookkeeping(self.store.complete_input, chunk)
         self.log.info("input.complete", input=chunk.input, complete=chunk.coverage.complete)
 
