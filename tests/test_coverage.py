@@ -86,8 +86,8 @@ def test_coverage_reports_the_session_left_out_and_the_one_that_failed_and_fill_
     assert sum(document["symbols"][s]["rows"] for s in ("ESH4", "CLG4")) == 400
     text = cli("coverage", "--schema", "trades", "--db", db)
     assert (
-        "1 sessions failed: 2024-01-04" in text.stdout
-        and "1 sessions never requested: 2024-01-03" in text.stdout
+        "1 session failed: 2024-01-04" in text.stdout
+        and "1 session never requested: 2024-01-03" in text.stdout
     )
     # --fill-gaps against the local Historical API server: exactly those two sessions.
     filled = cli(

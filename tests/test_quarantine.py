@@ -76,7 +76,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
     assert by_rule == {rule: {r.tobytes() for r in records} for rule, records in bads.items()}
 
     listing = cli("quarantine", "--db", db, "--rule", "trade_size_positive")
-    assert listing.exit_code == 0 and "quarantined records (3 shown)" in listing.output
+    assert listing.exit_code == 0 and "quarantined records (3 of 3 shown)" in listing.output
     shown = cli("quarantine", "--db", db, "--rule", "trade_price_defined", "--show", "2")
     assert shown.exit_code == 0 and '"price": 9223372036854775807' in shown.output
     assert cli("quarantine", "--db", db, "--show", "99").exit_code == 2

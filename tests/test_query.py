@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,9 +70,84 @@ def test_bad_or_writing_sql_fails_in_one_line_and_changes_nothing(  # type: igno
     before = _json(cli, db, "SELECT count(*) AS n FROM trades")
     result = cli("query", statement, "--db", db)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    [line] = [line for line in result.output.splitlines() if line.strip()]
-    assert line.startswith(fragment)
+    assert result.output.startswith(fragment)
     assert _json(cli, db, "SELECT count(*) AS n FROM trades") == before
+
+
+def test_the_databases_hints_and_caret_are_kept(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    """DuckDB suggests the table meant; PostgreSQL points at the place of the error."""
+    result = cli("query", "SELECT * FROM trade", "--db", db)
+    assert result.exit_code == 2
+    if db.startswith("postgresql"):
+        assert 'relation "trade" does not exist' in result.output
+        assert "LINE 1: SELECT * FROM trade" in result.output and "^" in result.output
+    else:
+        assert 'Did you mean "trades"' in result.output
+
+
+def test_one_statement_only(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    result = cli("query", "SELECT count(*) FROM trades; SELECT 1", "--db", db)
+    assert result.exit_code == 2 and result.output.startswith("error: query: ")
+    assert "┃" not in result.output  # neither statement's rows
+
+
+def test_columns_and_expanded_mode(cli, db: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A row wider than the terminal is shown as psql's expanded mode, every value whole;
+    --columns picks the columns; --no-expanded keeps the table and folds, never cuts."""
+    monkeypatch.setenv("COLUMNS", "80")
+    wide = cli("query", "SELECT * FROM trades_v ORDER BY ts_recv, sequence", "--db", db, "--limit", "2")
+    assert wide.exit_code == 0 and "…" not in wide.output
+    assert wide.output.startswith("-[ RECORD 1 ]") and "-[ RECORD 2 ]" in wide.output
+    assert "ts_recv_time  | 2024-01-02 14:00:00.000025" in wide.output
+    picked = cli(
+        "query", "SELECT * FROM trades_v ORDER BY ts_recv", "--db", db, "--limit", "1",
+        "--columns", "symbol,price",
+    )  # fmt: skip
+    assert picked.exit_code == 0 and "RECORD" not in picked.output
+    header = picked.output.splitlines()[1]
+    assert "symbol" in header and "price" in header and "size" not in header
+    unknown = cli("query", "SELECT 1 AS a", "--db", db, "--columns", "b")
+    assert unknown.exit_code == 2 and "--columns: no column b in the result; it has a" in unknown.output
+
+
+@pytest.mark.postgres
+def test_postgresql_query_reads_no_server_file_even_as_a_superuser(  # type: ignore[no-untyped-def]
+    cli, pg_url: str, tmp_path: Path
+) -> None:
+    """The README's URLs connect as a superuser, who may write and read the server's files:
+    query runs the statement as pg_read_all_data, so COPY TO a file, COPY TO PROGRAM and the
+    server-file functions are refused (exit 2) and no file appears. The same COPY, run as that
+    superuser outside marketpipe, does write the file: the test can fail."""
+    import psycopg
+
+    make_sample(tmp_path / "sample")
+    assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", pg_url).exit_code == 0
+    outside = Path(tempfile.mkdtemp(prefix="marketpipe-query-"))
+    outside.chmod(0o777)  # the server's own user may write here: only the role stops it
+    try:
+        proof = outside / "proof.csv"
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"COPY (SELECT 42) TO '{proof}'")
+        assert proof.exists()
+        proof.unlink()
+        escapes = [
+            f"COPY (SELECT 42) TO '{outside / 'x.csv'}'",
+            f"COPY (SELECT 42) TO PROGRAM 'touch {outside / 'y'}'",
+            "SELECT pg_read_file('/etc/hostname')",
+            "SELECT pg_ls_dir('.')",
+            f"SELECT lo_export(lo_import('/etc/hostname'), '{outside / 'z'}')",
+            "SELECT 1; SELECT 2",
+            "CREATE TABLE stolen (a int)",
+        ]
+        for statement in escapes:
+            result = cli("query", statement, "--db", pg_url)
+            assert result.exit_code == 2, (statement, result.output)
+            assert result.output.startswith("error: query: "), (statement, result.output)
+        assert list(outside.iterdir()) == []
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT to_regclass('stolen')").fetchone() == (None,)
+    finally:
+        shutil.rmtree(outside)
 
 
 def test_table_shows_the_first_rows_and_the_count(cli, db: str) -> None:  # type: ignore[no-untyped-def]
@@ -113,8 +190,7 @@ def test_query_reads_the_store_and_nothing_else(cli, kind: str, tmp_path: Path) 
     for statement in escapes:
         result = cli("query", statement, "--db", db)
         assert result.exit_code == 2, (statement, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: query: "), (statement, result.output)
+        assert result.output.startswith("error: query: "), (statement, result.output)
     assert sorted(p.name for p in outside.iterdir()) == ["secret.csv"]
     # Reading the store itself still works, views and all.
     result = cli("query", "SELECT count(*) AS n FROM trades_v", "--format", "json", "--db", db)

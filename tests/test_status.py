@@ -51,7 +51,7 @@ def test_a_killed_run_shows_as_interrupted_and_a_live_one_as_running(
     report = _status(cli, pg_url)
     [run] = report["runs"]
     assert run["status"] == "interrupted"
-    states = {state for _, state, _ in report["chunks"]}
+    states = {c["status"] for c in report["chunks"]}
     assert "running" not in states and "interrupted" in states, report["chunks"]
 
 
@@ -71,7 +71,7 @@ def test_a_killed_duckdb_run_shows_as_interrupted(cli, tmp_path: Path) -> None: 
     [run] = report["runs"]
     assert run["status"] == "interrupted"
     # Killed at its first chunk's start: that chunk, if marked running yet, shows interrupted.
-    assert "running" not in {state for _, state, _ in report["chunks"]}, report["chunks"]
+    assert "running" not in {c["status"] for c in report["chunks"]}, report["chunks"]
 
 
 def test_a_run_that_failed_its_only_chunk_shows_what_it_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

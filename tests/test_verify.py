@@ -86,8 +86,8 @@ def test_damage_is_found_repaired_and_stored_again(cli, db: str, tmp_path: Path)
     code, repaired = _verify(cli, db, "--repair")
     assert code == 1 and repaired["repaired"] and repaired["damaged"] == report["damaged"]
     status = json.loads(cli("status", "--db", db, "--json").stdout)
-    assert sum(n for _, state, n in status["chunks"] if state == "failed") == damaged_count
-    assert all(error.startswith("damaged (verify): ") for _, _, error in status["failed"])
+    assert sum(c["chunks"] for c in status["chunks"] if c["status"] == "failed") == damaged_count
+    assert all(f["error"].startswith("damaged (verify): ") for f in status["failed"])
     assert (
         cli("export", "--schema", "trades", "--out", str(tmp_path / "y.parquet"), "--db", db).exit_code == 0
     )

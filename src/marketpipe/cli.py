@@ -106,6 +106,9 @@ ReadEndOption = Annotated[
     str | None, typer.Option("--end-date", help=f"Last day, inclusive: {defaults.READ_DAY_FORMS}")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for monitoring")]
+WideOption = Annotated[
+    bool, typer.Option("--wide", help="Every column, however wide (else some are left out to fit)")
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it is an existing file")]
 
 
@@ -255,6 +258,7 @@ def ingest(
         bool, typer.Option("--fill-gaps", help="Only the sessions `coverage` finds not done (API)")
     ] = False,
     as_json: JsonOption = False,
+    wide: WideOption = False,
     workers: Annotated[
         int | None,
         typer.Option("--workers", help="Run the chunks on a local Dask cluster of this many processes"),
@@ -295,12 +299,31 @@ def query(
     format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file (needed for parquet)")] = None,
     overwrite: OverwriteOption = False,
-    limit: Annotated[int, typer.Option("--limit", help="Rows shown by --format table")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Rows shown by --format table")] = 50,
+    expanded: Annotated[
+        bool | None,
+        typer.Option(
+            "--expanded/--no-expanded",
+            "-x",
+            help="One block per row, psql's expanded mode [default: when a row does not fit]",
+            show_default=False,
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="Comma-separated columns of the result to show")
+    ] = None,
+    wide: WideOption = False,
 ) -> None:
-    """Run your own read-only SQL against the store.
+    """Run your own read-only SQL against the store: one statement that returns rows.
 
-    The <table>_v views add readable *_time columns."""
-    _guarded(lambda: _commands().query(statement, db, ledger, pg_schema, format, out, overwrite, limit))
+    The <table>_v views add readable *_time columns. On DuckDB and a lake the statement reads
+    the store and no other file, under MARKETPIPE_QUERY_MEMORY_LIMIT (default DuckDB's own);
+    on PostgreSQL it runs READ ONLY, as pg_read_all_data where the URL's role has file access."""
+    _guarded(
+        lambda: _commands().query(
+            statement, db, ledger, pg_schema, format, out, overwrite, limit, expanded, columns, wide
+        )
+    )
 
 
 @app.command(cls=SchemaCommand)
@@ -325,15 +348,26 @@ def export(
 
 
 @app.command("list-jobs", cls=Command)
-def list_jobs() -> None:
+def list_jobs(as_json: JsonOption = False, wide: WideOption = False) -> None:
     """Show the jobs of the jobs file.
 
     The project's configs/databento.yaml (marketpipe init), MARKETPIPE_JOBS_FILE, or the
     default that ships with marketpipe."""
-    _guarded(lambda: _commands().list_jobs())
+    _guarded(lambda: _commands().list_jobs(as_json, wide))
 
 
-@app.command("coverage", cls=SchemaCommand)
+class CoverageCommand(SchemaCommand):
+    """Its help also lists the calendar of each dataset (the packaged calendars file)."""
+
+    def format_epilog(self, ctx: Context, formatter: HelpFormatter) -> None:
+        from marketpipe.config import load_calendars
+
+        with formatter.section("Calendars"):
+            formatter.write_text(", ".join(f"{d}: {c}" for d, c in load_calendars(None).items()))
+        super().format_epilog(ctx, formatter)
+
+
+@app.command("coverage", cls=CoverageCommand)
 def coverage_command(
     schema: Annotated[str, typer.Option("--schema", help="Schema, e.g. trades")],
     db: DbOption = None,
@@ -352,15 +386,22 @@ def coverage_command(
         typer.Option("--end-date", help=f"Last day (default: last requested): {defaults.READ_DAY_FORMS}"),
     ] = None,
     as_json: JsonOption = False,
+    wide: WideOption = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 unless complete: every session done, every symbol known"),
+    ] = False,
 ) -> None:
     """Stored rows and chunk states per symbol and session.
 
-    Sessions are the exchange calendar's trading days (configs/calendars.yaml)."""
-    _guarded(
+    Sessions are the exchange calendar's trading days (configs/calendars.yaml, listed below;
+    other datasets: every weekday). Rows on other days are counted and named."""
+    code = _guarded(
         lambda: _commands().coverage(
-            schema, db, ledger, pg_schema, dataset, symbols, start_date, end_date, as_json
+            schema, db, ledger, pg_schema, dataset, symbols, start_date, end_date, as_json, strict, wide
         )
     )
+    raise typer.Exit(code)
 
 
 @app.command(cls=Command)
@@ -369,9 +410,10 @@ def status(
     ledger: LedgerOption = None,
     pg_schema: PgSchemaOption = None,
     as_json: JsonOption = False,
+    wide: WideOption = False,
 ) -> None:
     """What is stored: tables, rows, time ranges, chunks, runs."""
-    _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json))
+    _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json, wide))
 
 
 @app.command(cls=Command)
@@ -399,9 +441,13 @@ def quarantine_command(
     rule: Annotated[str | None, typer.Option("--rule", help="Only this rule")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many records")] = 50,
     show: Annotated[int | None, typer.Option("--show", help="Print record N of the listing in full")] = None,
+    as_json: JsonOption = False,
+    wide: WideOption = False,
 ) -> None:
     """List quarantined records (by run, schema, rule), or one."""
-    _guarded(lambda: _commands().quarantine(db, ledger, pg_schema, run, schema, rule, limit, show))
+    _guarded(
+        lambda: _commands().quarantine(db, ledger, pg_schema, run, schema, rule, limit, show, as_json, wide)
+    )
 
 
 @app.command("make-sample", cls=Command)

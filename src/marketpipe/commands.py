@@ -63,7 +63,8 @@ def _day(flag: str, value: str | None, forms: str = DAY_FORMS) -> dt.date | str 
         raise UsageError(f"{flag}: {exc}") from None
 
 
-def _symbols(value: str | None) -> list[str]:
+def _list(value: str | None) -> list[str]:
+    """A comma-separated flag (symbols, columns) as its items."""
     return [s.strip() for s in (value or "").split(",") if s.strip()]
 
 
@@ -91,6 +92,7 @@ def ingest(
     dry_run: bool,
     fill_gaps: bool,
     as_json: bool,
+    wide: bool = False,
     workers: int | None = None,
     max_concurrent_downloads: int | None = None,
     cluster: str | None = None,
@@ -127,7 +129,7 @@ def ingest(
     if dry_run:
         summary = run(request, settings, model=model, dry_run=True)
         if summary.estimate is None or summary.request is None:
-            console.out.print(*summary.notes)
+            console.out().print(*summary.notes)
         else:
             console.render_quote(summary.request, summary.estimate)
         return 0
@@ -137,7 +139,7 @@ def ingest(
         return summary.exit_code
     with console.RichProgress() as progress:
         summary = run(request, settings, progress, model, force, workers=workers, cluster=cluster)
-    console.render_summary(summary)
+    console.render_summary(summary, wide)
     return summary.exit_code
 
 
@@ -150,6 +152,9 @@ def query(
     out: Path | None,
     overwrite: bool,
     limit: int,
+    expanded: bool | None = None,
+    columns: str | None = None,
+    wide: bool = False,
 ) -> None:
     settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     if format not in QUERY_FORMATS:
@@ -164,12 +169,12 @@ def query(
     try:
         if not isinstance(store.data, Querying):
             raise UsageError(f"{store.mode} stores do not run SQL")
-        reader = store.data.query(statement, settings.batch_size)
+        reader = store.data.query(statement, settings.batch_size, settings.query_memory_limit)
         if format == "table":
-            console.render_rows(reader, limit)
+            console.render_rows(reader, limit, expanded, _list(columns) or None, wide)
         elif out is not None and format != "json":
             rows = write_file(reader, reader.schema, format, out)
-            console.err.print(f"wrote {rows:,} rows to {out}")
+            console.err().print(f"wrote {rows:,} rows to {out}")
         else:
             _write_stream(reader, format, out)
     finally:
@@ -229,15 +234,21 @@ def export(
     check_output(out, overwrite, _store_files(settings))
     store = _read_only_store(settings)
     try:
-        rows = export_records(store, schema, format, out, _symbols(symbols), start, end, settings.batch_size)
+        rows = export_records(store, schema, format, out, _list(symbols), start, end, settings.batch_size)
     finally:
         store.close()
-    console.out.print(f"wrote {rows:,} {schema} records to {out}")
+    console.out().print(f"wrote {rows:,} {schema} records to {out}")
 
 
-def list_jobs() -> None:
+def list_jobs(as_json: bool = False, wide: bool = False) -> None:
     jobs_file = config_file(_settings().jobs_file, JOBS_FILE)
-    console.render_jobs(load_jobs(jobs_file), jobs_file)
+    jobs = load_jobs(jobs_file)
+    if as_json:
+        console.print_json(
+            {"jobs_file": str(jobs_file), "jobs": {n: j.model_dump(mode="json") for n, j in jobs.items()}}
+        )
+    else:
+        console.render_jobs(jobs, jobs_file, wide)
 
 
 def coverage(
@@ -250,20 +261,24 @@ def coverage(
     start_date: str | None,
     end_date: str | None,
     as_json: bool,
-) -> None:
+    strict: bool = False,
+    wide: bool = False,
+) -> int:
+    """The exit code: 1 with ``strict`` when coverage is not complete."""
     settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     start, end = _report_days(start_date, end_date)
     check_schema(schema)
     calendars = load_calendars(settings.calendars_file)
     store = _read_only_store(settings)
     try:
-        report = coverage_report(store, calendars, schema, dataset, _symbols(symbols) or None, start, end)
+        report = coverage_report(store, calendars, schema, dataset, _list(symbols) or None, start, end)
     finally:
         store.close()
     if as_json:
         console.print_json(report.document())
     else:
-        console.render_coverage(report)
+        console.render_coverage(report, wide)
+    return 1 if strict and not report.complete() else 0
 
 
 def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date | None, dt.date | None]:
@@ -277,7 +292,9 @@ def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date 
     return days[0], days[1]
 
 
-def status(db: str | None, ledger: str | None, pg_schema: str | None, as_json: bool) -> None:
+def status(
+    db: str | None, ledger: str | None, pg_schema: str | None, as_json: bool, wide: bool = False
+) -> None:
     settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     store = _read_only_store(settings)
     try:
@@ -285,9 +302,9 @@ def status(db: str | None, ledger: str | None, pg_schema: str | None, as_json: b
     finally:
         store.close()
     if as_json:
-        console.print_json(report)
+        console.print_json(console.status_document(report))
     else:
-        console.render_status(report)
+        console.render_status(report, wide)
 
 
 def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bool, as_json: bool) -> int:
@@ -319,16 +336,37 @@ def quarantine(
     rule: str | None,
     limit: int,
     show: int | None,
+    as_json: bool = False,
+    wide: bool = False,
 ) -> None:
     settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
     if schema is not None:
         check_schema(schema)
+    query = QuarantineQuery(run, schema, rule, limit)
     store = _read_only_store(settings)
     try:
-        records = store.ledger.quarantined(QuarantineQuery(run, schema, rule, limit))
+        ledger_ = store.ledger
+        if run is not None and not ledger_.runs(1, run):
+            raise UsageError(f"--run {run}: no such run in {store.location} (marketpipe runs lists them)")
+        rules = ledger_.quarantine_rules()
+        if rule is not None and rule not in rules:
+            known = f"rules that quarantined records here: {', '.join(rules)}" if rules else "none here does"
+            raise UsageError(f"--rule {rule}: no quarantined record names it ({known})")
+        records, total = ledger_.quarantined(query), ledger_.quarantine_count(query)
     finally:
         store.close()
-    console.render_quarantine(records, show)
+    if as_json:
+        console.print_json(
+            {
+                "total": total,
+                "shown": len(records),
+                "records": [console.quarantined_document(r) for r in records],
+            }
+        )
+    elif not total:
+        console.out().print("no quarantined records" + (" match" if run or schema or rule else ""))
+    else:
+        console.render_quarantine(records, show, f"{len(records):,} of {total:,} shown", wide)
 
 
 def make_sample(out: Path) -> None:
@@ -338,11 +376,11 @@ def make_sample(out: Path) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write the sample to {out}: {exc.strerror or exc}") from None
     for path in paths:
-        console.out.print(f"wrote {path}")
+        console.out().print(f"wrote {path}")
 
 
 def init(directory: Path, force: bool) -> None:
     _settings()  # logging as every command has it
     for path in write_project(directory, force):
-        console.out.print(f"wrote {path}")
-    console.out.print(f"a project in {directory}: every marketpipe command run there reads its configs/")
+        console.out().print(f"wrote {path}")
+    console.out().print(f"a project in {directory}: every marketpipe command run there reads its configs/")

@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     # (2M trades) to 612 MB (20M); 128MB keeps it at 409-488 MB, and a 20M-row export still
     # runs (10.6 s, 461 MB).
     duckdb_memory_limit: str = DUCKDB_MEMORY_LIMIT
+    # ``marketpipe query`` on DuckDB and a lake: the user's own SQL is not an ingest, and a
+    # count(distinct ...) over millions of rows needs more than ingest's cap. None: DuckDB's
+    # own default (80% of the machine's memory). DuckDB's units: 2GB, 512MiB.
+    query_memory_limit: str | None = None
     # TimescaleDB: compress chunks whose data is older than this many days (opt-in).
     compress_after_days: int | None = Field(None, gt=0)
     # Databento API faults (429, 5xx, resets, truncation): attempts per request, first and

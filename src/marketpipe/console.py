@@ -13,18 +13,28 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from marketpipe import tables
 from marketpipe.config import IngestRequest
 from marketpipe.errors import UsageError
 from marketpipe.exporting import as_text
-from marketpipe.stores.base import RUN_FIELDS, QuarantinedRecord, StoreStatus, Verification
+from marketpipe.stores.base import QuarantinedRecord, StoreStatus, Verification
+from marketpipe.tables import Cell, Col
 from marketpipe.types import Chunk, ChunkStatus, Estimate
 
 if TYPE_CHECKING:  # types only: the pipeline is imported by the commands that run it
     from marketpipe.coverage import Coverage
     from marketpipe.pipeline import ChunkResult, RunSummary
 
-out = Console()
-err = Console(stderr=True)
+
+def out() -> Console:
+    """Standard output's console, made when used: it takes the terminal's width (or
+    ``COLUMNS``) as it is when the command prints, not when marketpipe was imported."""
+    return Console()
+
+
+def err() -> Console:
+    """Standard error's console (progress, warnings), made when used."""
+    return Console(stderr=True)
 
 
 class RichProgress:
@@ -39,7 +49,7 @@ class RichProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[records]:,} records"),
             TimeElapsedColumn(),
-            console=err,
+            console=err(),
             transient=True,
         )
         self._task = self._progress.add_task("ingest", total=0, records=0)
@@ -87,12 +97,12 @@ def render_quote(request: IngestRequest, estimate: Estimate) -> None:
         _size(sum(q.billable_bytes for q in quotes)),
         f"{sum(q.cost_usd for q in quotes):,.2f}",
     )
-    out.print(table)
+    out().print(table)
     for warning in estimate.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+        err().print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     for note in estimate.notes:
-        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-    out.print("dry run: nothing was downloaded")
+        err().print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    out().print("dry run: nothing was downloaded")
 
 
 def _size(count: int) -> str:
@@ -103,10 +113,35 @@ _DUPLICATES_SHOWN = 5
 
 
 def print_json(document: object) -> None:
-    """One JSON document on standard output (dataclasses and timestamps included)."""
+    """One JSON document on standard output (dataclasses included; timestamps in ISO 8601)."""
     if dataclasses.is_dataclass(document) and not isinstance(document, type):
         document = dataclasses.asdict(document)
-    print(json.dumps(document, default=str, indent=2))
+    print(json.dumps(document, default=_json_value, indent=2))
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def quarantined_document(record: QuarantinedRecord) -> dict[str, object]:
+    """A quarantined record as data: the raw DBN fields as an object, its index time as
+    nanoseconds and ISO 8601."""
+    fields = json.loads(record.record)
+    ts = fields.get("ts_recv", fields.get("ts_event"))
+    return {
+        "run_id": record.run_id,
+        "chunk_key": record.chunk_key,
+        "schema": record.schema,
+        "stage": record.stage,
+        "rule": record.rule,
+        "message": record.message,
+        "index_time_ns": ts,
+        "index_time": tables.iso_ns(ts),
+        "quarantined_at": record.quarantined_at,
+        "record": fields,
+    }
 
 
 def summary_document(summary: RunSummary) -> dict[str, object]:
@@ -128,25 +163,42 @@ def summary_document(summary: RunSummary) -> dict[str, object]:
     }
 
 
-def render_summary(summary: RunSummary) -> None:
-    out.print(f"store: {summary.store}", markup=False, highlight=False, soft_wrap=True)
-    table = Table(title=f"run {summary.run_id} ({summary.job})")
-    for name in ("schema", "read", "stored", "rejected", "seconds", "records/s", "skipped", "failed"):
-        table.add_column(name, justify="left" if name == "schema" else "right")
-    for schema, row in summary.schemas().items():
-        rate = f"{row.read / row.seconds:,.0f}" if row.seconds > 0 else "-"
-        table.add_row(
+SUMMARY_COLUMNS = (
+    Col("schema"),
+    Col("read", right=True),
+    Col("stored", right=True),
+    Col("quarantined", right=True),
+    Col("seconds", right=True, drop=2),
+    Col("records/s", right=True, drop=3),
+    Col("skipped", right=True, drop=1),
+    Col("failed", right=True),
+)
+
+
+def rate(records: int, seconds: float | None) -> Cell:
+    """Records per second, compact from a million up."""
+    return tables.count(round(records / seconds)) if seconds else "-"
+
+
+def render_summary(summary: RunSummary, wide: bool = False) -> None:
+    out().print(f"store: {summary.store}", markup=False, highlight=False, soft_wrap=True)
+    rows = [
+        [
             schema,
             f"{row.read:,}",
             f"{row.stored:,}",
             f"{row.quarantined:,}",
-            f"{row.seconds:.2f}",
-            rate,
-            f"{row.skipped}",
-            f"{row.failed}",
-        )
+            tables.seconds(row.seconds),
+            rate(row.read, row.seconds),
+            f"{row.skipped:,}",
+            f"{row.failed:,}",
+        ]
+        for schema, row in summary.schemas().items()
+    ]
     if summary.results:  # a run of nothing (all stored already) has its notes to say so
-        out.print(table)
+        tables.print_table(
+            out(), SUMMARY_COLUMNS, rows, title=f"run {summary.run_id} ({summary.job})", wide=wide
+        )
     rules: Counter[str] = Counter()
     for r in summary.results:
         rules.update(r.rules)
@@ -154,31 +206,31 @@ def render_summary(summary: RunSummary) -> None:
     for r in summary.results:
         warnings.update(r.warnings)
     for rule, count in sorted(rules.items()):
-        out.print(f"quarantined by {rule}: {count:,}")
+        out().print(f"quarantined by {rule}: {count:,}")
     for rule, count in sorted(warnings.items()):
-        out.print(f"warned by {rule} (stored): {count:,}")
+        out().print(f"warned by {rule} (stored): {count:,}")
     skipped = sum(r.status is ChunkStatus.SKIPPED for r in summary.results)
     if skipped:
-        out.print(f"skipped {skipped:,} chunks already stored by an earlier run (--force redoes them)")
+        out().print(f"skipped {skipped:,} chunks already stored by an earlier run (--force redoes them)")
     for path, same_as in summary.duplicates[:_DUPLICATES_SHOWN]:
-        out.print(
+        out().print(
             f"skipped {path}: the same records as {same_as}", markup=False, highlight=False, soft_wrap=True
         )
     if len(summary.duplicates) > _DUPLICATES_SHOWN:
-        out.print(
+        out().print(
             f"skipped {len(summary.duplicates):,} inputs in all that hold the same records as another"
             " input of this run (each is named in the log: input.duplicate)"
         )
     for note in summary.notes:
-        out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        out().print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for warning in summary.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+        err().print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if summary.stopped:
-        err.print(
+        err().print(
             f"stopped: {summary.stopped}; run again to resume", markup=False, highlight=False, soft_wrap=True
         )
     for label, reason in summary.failed:
-        err.print(
+        err().print(
             f"failed: {reason if label in reason else f'{label}: {reason}'}",
             markup=False,
             highlight=False,
@@ -186,29 +238,38 @@ def render_summary(summary: RunSummary) -> None:
         )
 
 
-def render_jobs(jobs: dict[str, IngestRequest], jobs_file: Path) -> None:
-    table = Table(title="jobs", caption=f"from {jobs_file}")
-    for name in ("name", "source", "schemas", "symbols", "dates", "description"):
-        table.add_column(name, no_wrap=name == "name")
+def render_jobs(jobs: dict[str, IngestRequest], jobs_file: Path, wide: bool = False) -> None:
+    rows = []
     for name, job in jobs.items():
         source = f"files: {job.from_file}" if job.from_file else f"{job.api}: {job.dataset}"
         dates = f"{job.start_date or ''} .. {job.end_date or ''}" if job.start_date or job.end_date else ""
-        table.add_row(name, source, ", ".join(job.schemas), ", ".join(job.symbols), dates, job.description)
-    out.print(table)
+        rows.append([name, source, ", ".join(job.schemas), ", ".join(job.symbols), dates, job.description])
+    tables.print_table(out(), JOB_COLUMNS, rows, title="jobs", wide=wide)
+    out().print(f"from {jobs_file}", markup=False, highlight=False, soft_wrap=True)
+
+
+JOB_COLUMNS = (
+    Col("name"),
+    Col("source", wrap=True),
+    Col("schemas", wrap=True),
+    Col("symbols", wrap=True),
+    Col("dates", drop=1),
+    Col("description", wrap=True, drop=2),
+)
 
 
 def render_verification(report: Verification) -> None:
     """The damaged chunks, one line each (labels and reasons whole), then the count."""
     for _, label, reason in report.damaged:
-        out.print(f"damaged: {label}: {reason}", markup=False, highlight=False, soft_wrap=True)
-    out.print(
+        out().print(f"damaged: {label}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    out().print(
         f"verified {report.chunks:,} chunks of {report.location}: {len(report.damaged):,} damaged",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
     if report.damaged:
-        out.print(
+        out().print(
             "marked failed: run the same ingest again to store them"
             if report.repaired
             else "verify --repair marks them failed, so the next run stores them again",
@@ -217,72 +278,198 @@ def render_verification(report: Verification) -> None:
         )
 
 
-def render_quarantine(records: list[QuarantinedRecord], show: int | None) -> None:
+def render_quarantine(
+    records: list[QuarantinedRecord], show: int | None, shown: str, wide: bool = False
+) -> None:
     if show is not None:
         if not 1 <= show <= len(records):
             raise UsageError(f"--show {show}: the listing has {len(records)} records")
         chosen = records[show - 1]
         for name in ("run_id", "schema", "stage", "rule", "message", "quarantined_at", "chunk_key"):
-            out.print(f"{name}: {getattr(chosen, name)}", markup=False, highlight=False)
-        out.print_json(chosen.record)
+            out().print(f"{name}: {getattr(chosen, name)}", markup=False, highlight=False)
+        out().print_json(chosen.record)
         return
-    table = Table(title=f"quarantined records ({len(records)} shown)")
-    for name in ("#", "run_id", "schema", "stage", "rule", "message", "index time", "quarantined_at"):
-        table.add_column(name, overflow="fold")
+    rows = []
     for i, r in enumerate(records, start=1):
         fields = json.loads(r.record)
         ts = fields.get("ts_recv", fields.get("ts_event"))
-        table.add_row(
-            str(i), r.run_id, r.schema, r.stage, r.rule, r.message, _ns_text(ts), str(r.quarantined_at)
+        rows.append(
+            [
+                str(i),
+                r.run_id,
+                r.schema,
+                r.stage,
+                r.rule,
+                r.message,
+                tables.ns_time(ts),
+                _time(r.quarantined_at),
+            ]
         )
-    out.print(table)
+    tables.print_table(out(), QUARANTINE_COLUMNS, rows, title=f"quarantined records ({shown})", wide=wide)
 
 
-def _ns_text(ns: int | None) -> str:
-    """UTC ISO-8601 with all nine fractional digits (datetime stops at microseconds)."""
-    if ns is None or not 0 <= ns < 2**63:
-        return "" if ns is None else str(ns)
-    seconds, fraction = divmod(ns, 10**9)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{fraction:09d}Z"
+QUARANTINE_COLUMNS = (
+    Col("#", right=True),
+    Col("run_id"),
+    Col("schema", drop=2),
+    Col("stage", drop=4),
+    Col("rule"),
+    Col("message", wrap=True),
+    Col("index time", drop=1),
+    Col("quarantined_at", drop=3),
+)
 
 
-def render_status(status: StoreStatus) -> None:
-    out.print(f"store: {status.location} ({status.mode})")
-    tables = Table(title="tables")
-    for name in ("table", "rows", "time column", "first", "last"):
-        tables.add_column(name, justify="right" if name == "rows" else "left")
-    for t in status.tables:
-        tables.add_row(t.table, f"{t.rows:,}", t.time_column, _ns_text(t.first_ns), _ns_text(t.last_ns))
-    out.print(tables)
-    chunks = Table(title="chunks")
-    for name in ("job", "status", "chunks"):
-        chunks.add_column(name)
-    for job, state, count in status.chunks:
-        chunks.add_row(job, state, str(count))
-    out.print(chunks)
+def _time(value: object) -> Cell:
+    """A database timestamp in ISO 8601 (UTC), compact to the second."""
+    if not isinstance(value, dt.datetime):
+        return "" if value is None else str(value)
+    value = value.astimezone(dt.UTC)
+    return value.isoformat(), value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_document(status: StoreStatus) -> dict[str, object]:
+    """What status shows, as objects; times as nanoseconds and ISO 8601 side by side."""
+    return {
+        "location": status.location,
+        "mode": status.mode,
+        "tables": [
+            {
+                "table": t.table,
+                "rows": t.rows,
+                "time_column": t.time_column,
+                "first_ns": t.first_ns,
+                "first": tables.iso_ns(t.first_ns),
+                "last_ns": t.last_ns,
+                "last": tables.iso_ns(t.last_ns),
+            }
+            for t in status.tables
+        ],
+        "chunks": [{"job": job, "status": state, "chunks": n} for job, state, n in status.chunks],
+        "failed": [{"job": job, "input": label, "error": error} for job, label, error in status.failed],
+        "runs": [run_document(run) for run in status.runs],
+    }
+
+
+def run_document(run: dict[str, object]) -> dict[str, object]:
+    """A run as data, with its duration in seconds."""
+    return {**run, "seconds": _took(run)}
+
+
+def _took(run: dict[str, object]) -> float | None:
+    started, finished = run["started_at"], run["finished_at"]
+    if isinstance(started, dt.datetime) and isinstance(finished, dt.datetime):
+        return (finished - started).total_seconds()
+    return None
+
+
+def render_status(status: StoreStatus, wide: bool = False) -> None:
+    out().print(f"store: {status.location} ({status.mode})", markup=False, highlight=False, soft_wrap=True)
+    rows = [
+        [t.table, f"{t.rows:,}", t.time_column, tables.ns_time(t.first_ns), tables.ns_time(t.last_ns)]
+        for t in status.tables
+    ]
+    tables.print_table(out(), TABLE_COLUMNS, rows, title="tables", wide=wide)
+    chunks = [[job, state, f"{count:,}"] for job, state, count in status.chunks]
+    tables.print_table(out(), CHUNK_COLUMNS, chunks, title="chunks", wide=wide)
     for job, label, error in status.failed:
-        out.print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False, soft_wrap=True)
-    runs = Table(title="last runs")
-    for name in RUN_FIELDS:
-        runs.add_column(name)
-    for run in status.runs:
-        runs.add_row(*("" if v is None else str(v) for v in run.values()))
-    out.print(runs)
+        out().print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False, soft_wrap=True)
+    render_runs(status.runs, wide, title="last runs")
 
 
-def render_rows(reader: pa.RecordBatchReader, limit: int) -> None:
-    """The first ``limit`` rows of a query as a table, and how many there were in all."""
-    table = Table(*reader.schema.names, show_lines=False)
+TABLE_COLUMNS = (
+    Col("table"),
+    Col("rows", right=True),
+    Col("time column", drop=1),
+    Col("first"),
+    Col("last"),
+)
+CHUNK_COLUMNS = (Col("job"), Col("status"), Col("chunks", right=True))
+RUN_COLUMNS = (
+    Col("run_id"),
+    Col("job", drop=4),
+    Col("started", drop=2),
+    Col("seconds", right=True, drop=3),
+    Col("status"),
+    Col("read", right=True, drop=5),  # stored + quarantined
+    Col("stored", right=True),
+    Col("quarantined", right=True),
+    Col("failed", right=True),
+)
+
+
+def render_runs(runs: list[dict[str, object]], wide: bool = False, title: str = "runs") -> None:
+    rows = []
+    for run in runs:
+        rows.append(
+            [
+                str(run["run_id"]),
+                str(run["job"]),
+                _time(run["started_at"]),
+                tables.seconds(_took(run)),
+                str(run["status"]),
+                *(_number(run[name]) for name in ("read", "stored", "quarantined", "failed")),
+            ]
+        )
+    tables.print_table(out(), RUN_COLUMNS, rows, title=title, wide=wide)
+
+
+def _number(value: object) -> str:
+    return "" if value is None else f"{int(value):,}"  # type: ignore[call-overload]
+
+
+def render_rows(
+    reader: pa.RecordBatchReader,
+    limit: int,
+    expanded: bool | None = None,
+    columns: list[str] | None = None,
+    wide: bool = False,
+) -> None:
+    """The first ``limit`` rows of a query, then how many there were in all: a table, or one
+    block per row (psql's expanded mode: ``expanded`` None chooses it when the table would
+    not fit the terminal). ``columns``: only these, in this order."""
+    names = reader.schema.names
+    missing = [c for c in columns or () if c not in names]
+    if missing:
+        raise UsageError(
+            f"--columns: no column {', '.join(missing)} in the result; it has {', '.join(names)}"
+        )
+    chosen = columns or names
+    rows: list[list[str]] = []
     total = 0
     for batch in reader:
         if total < limit:
-            for row in as_text(batch.slice(0, limit - total)):
-                table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+            shown = batch.slice(0, limit - total).select(chosen)
+            rows += [["NULL" if v is None else str(v) for v in row.values()] for row in as_text(shown)]
         total += batch.num_rows
-    out.print(table)
-    shown = f"first {limit:,} of " if total > limit else ""
-    out.print(f"{shown}{total:,} row{'s' if total != 1 else ''}")
+    console = out()
+    cols = [tables.Col(name) for name in chosen]
+    if expanded is None:
+        expanded = not wide and tables.need(cols, rows) > console.width
+    if expanded:
+        width = max((len(n) for n in chosen), default=0)
+        for i, row in enumerate(rows, start=1):
+            header = f"-[ RECORD {i} ]"
+            console.print(header + "-" * max(0, width + 3 - len(header)), markup=False, highlight=False)
+            for name, value in zip(chosen, row, strict=True):
+                console.print(f"{name:<{width}} | {value}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        tables.print_table(console, cols, rows, wide=wide)
+    first = f"first {limit:,} of " if total > limit else ""
+    console.print(f"{first}{total:,} row{'s' if total != 1 else ''}")
+
+
+COVERAGE_COLUMNS = (
+    Col("symbol"),
+    Col("sessions with rows", right=True),
+    Col("rows", right=True),
+    Col("done, no rows", right=True, drop=2),
+    Col("rows off-session", right=True, drop=1),
+)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 _CELL = {"stored": ("█", "green"), "empty": ("·", "dim"), "pending": ("?", "yellow"),
@@ -303,17 +490,21 @@ def _ranges(days: list[dt.date], sessions: list[dt.date]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
 
 
-def render_coverage(report: Coverage) -> None:
-    """One line per symbol, one cell per session (or per group of sessions on a long range),
-    then totals and the gaps."""
+def render_coverage(report: Coverage, wide: bool = False) -> None:
+    """One line per symbol, one cell per session (or per group of sessions where the range has
+    more sessions than the line has room), then totals and the gaps."""
+    console = out()
     sessions = report.sessions
-    per_cell = max(1, -(-len(sessions) // _GRID_WIDTH))
-    out.print(
-        f"{report.schema} · {report.dataset or 'no dataset'} · calendar {report.calendar} ·"
-        f" {report.start}..{report.end}: {len(sessions):,} sessions"
-        + (f" ({per_cell} per cell)" if per_cell > 1 else "")
-    )
     width = max([len(s) for s in report.rows] + [6])
+    room = max(10, min(_GRID_WIDTH, console.width - width - 1))
+    per_cell = max(1, -(-len(sessions) // room))
+    console.print(
+        f"{report.schema} · {report.dataset or 'no dataset'} · calendar {report.calendar} ·"
+        f" {report.start}..{report.end}: {_plural(len(sessions), 'session')}"
+        + (f" ({per_cell} per cell)" if per_cell > 1 else ""),
+        markup=False,
+        highlight=False,
+    )
     for symbol, days in sorted(report.rows.items()):
         cells = []
         for i in range(0, len(sessions), per_cell):
@@ -323,28 +514,39 @@ def render_coverage(report: Coverage) -> None:
                 kinds.append(("stored" if days.get(session) else "empty") if state == "done" else state)
             char, style = _CELL[min(kinds, key=_WORST.index)]
             cells.append(f"[{style}]{char}[/]")
-        out.print(f"{symbol:<{width}} " + "".join(cells), highlight=False)
-    out.print(
+        console.print(f"{symbol:<{width}} " + "".join(cells), highlight=False, soft_wrap=True)
+    out().print(
         "[green]█[/] rows  [dim]·[/] done, no rows  [yellow]?[/] pending  [red]x[/] failed"
         "  [red]-[/] never requested"
     )
-    table = Table("symbol", "sessions with rows", "rows", "done, no rows")
-    for symbol, days in sorted(report.rows.items()):
-        with_rows = sum(1 for s in sessions if days.get(s))
-        table.add_row(
+    rows = [
+        [
             symbol,
-            f"{with_rows:,} / {len(sessions):,}",
-            f"{sum(days.values()):,}",
+            f"{sum(1 for s in sessions if days.get(s)):,} / {len(sessions):,}",
+            f"{report.total(symbol):,}",
             f"{len(report.empty(symbol)):,}",
+            f"{sum(report.off_session.get(symbol, {}).values()):,}",
+        ]
+        for symbol, days in sorted(report.rows.items())
+    ]
+    tables.print_table(console, COVERAGE_COLUMNS, rows, wide=wide)
+    off = sorted({day for days in report.off_session.values() for day in days})
+    if off:
+        out().print(
+            f"rows on {_plural(len(off), 'day')} that are not {report.calendar} sessions (counted above):"
+            f" {', '.join(str(d) for d in off)}"
         )
-    out.print(table)
+    for symbol in report.unknown:
+        out().print(f"{symbol}: never stored (no instrument or row of {report.schema} under that name)")
     gaps = report.gaps()
-    if not gaps:
-        out.print("complete: every session's chunks are done")
+    if report.complete():
+        out().print("complete: every session's chunks are done")
         return
     words = {"failed": "failed", "pending": "pending or interrupted", "never": "never requested"}
     for state, word in words.items():
         missing = [s for s in gaps if report.states[s] == state]
         if missing:
-            out.print(f"{len(missing):,} sessions {word}: {_ranges(missing, sessions)}")
-    out.print(f"{len(gaps):,} sessions to fetch: ingest ... --fill-gaps")
+            console.print(f"{_plural(len(missing), 'session')} {word}: {_ranges(missing, sessions)}")
+    if gaps:
+        console.print(f"{_plural(len(gaps), 'session')} to fetch: ingest ... --fill-gaps")
+    out().print("not complete")

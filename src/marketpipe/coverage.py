@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from marketpipe.errors import UsageError
-from marketpipe.model import check_schema
+from marketpipe.model import Family, check_schema
 from marketpipe.stores.base import ExportQuery, Store
 from marketpipe.symbology import EPOCH, NS_PER_DAY, day_ns, day_of, days_touched
 from marketpipe.types import ChunkStatus
@@ -25,8 +25,14 @@ NEVER = "never"  # no chunk of the schema covers the day
 WEEKDAYS = "weekdays"
 
 
+# exchange_calendars refuses a calendar whose start is not before its end, and one whose
+# range holds no session (a weekend): it is asked for a week more on each side, then cut.
+_MARGIN = dt.timedelta(days=7)
+
+
 def sessions(calendar: str | None, start: dt.date, end: dt.date) -> list[dt.date]:
-    """Trading sessions in [start, end] by the calendar (``None``: every weekday)."""
+    """Trading sessions in [start, end] by the calendar (``None``: every weekday); any range,
+    one day included."""
     if calendar is None:
         days = (start + dt.timedelta(days=i) for i in range((end - start).days + 1))
         return [d for d in days if d.weekday() < 5]
@@ -35,10 +41,12 @@ def sessions(calendar: str | None, start: dt.date, end: dt.date) -> list[dt.date
     with warnings.catch_warnings():  # its pandas deprecation notices are not the user's business
         warnings.simplefilter("ignore")
         try:
-            exchange = exchange_calendars.get_calendar(calendar, start=start.isoformat(), end=end.isoformat())
+            exchange = exchange_calendars.get_calendar(
+                calendar, start=(start - _MARGIN).isoformat(), end=(end + _MARGIN).isoformat()
+            )
         except (exchange_calendars.errors.CalendarError, ValueError) as exc:
             raise UsageError(f"calendar {calendar}: {str(exc).splitlines()[0]}") from None
-        return [s.date() for s in exchange.sessions]
+        return [d for d in (s.date() for s in exchange.sessions) if start <= d <= end]
 
 
 @dataclass
@@ -51,10 +59,24 @@ class Coverage:
     sessions: list[dt.date]
     states: dict[dt.date, str]  # session -> done, failed, pending or never
     rows: dict[str, dict[dt.date, int]] = field(default_factory=dict)  # symbol -> session -> rows
+    # symbol -> day -> rows stored on days in [start, end] that are not sessions of the
+    # calendar (CME's Good Friday half-sessions, a weekend's test records): counted, shown.
+    off_session: dict[str, dict[dt.date, int]] = field(default_factory=dict)
+    # Asked-for symbols the store holds no instrument or row of, on any day (a typo, a symbol
+    # of another dataset): never complete.
+    unknown: list[str] = field(default_factory=list)
 
     def gaps(self) -> list[dt.date]:
         """Sessions whose chunks are not done: what ``--fill-gaps`` fetches."""
         return [s for s in self.sessions if self.states[s] != ChunkStatus.DONE]
+
+    def complete(self) -> bool:
+        """Every session done and every asked-for symbol known to the store."""
+        return not self.gaps() and not self.unknown
+
+    def total(self, symbol: str) -> int:
+        """Rows of ``symbol`` in [start, end], sessions or not: the store's count."""
+        return sum(self.rows.get(symbol, {}).values()) + sum(self.off_session.get(symbol, {}).values())
 
     def empty(self, symbol: str) -> list[dt.date]:
         """Sessions done with no row of ``symbol`` (nothing to fetch again: nothing was there)."""
@@ -70,14 +92,19 @@ class Coverage:
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
             "sessions": len(self.sessions),
+            "complete": self.complete(),
             "gaps": [s.isoformat() for s in self.gaps()],
+            "unknown_symbols": self.unknown,
             "states": {s.isoformat(): self.states[s] for s in self.sessions},
             "symbols": {
                 symbol: {
-                    "rows": sum(days.values()),
+                    "rows": self.total(symbol),
                     "sessions_with_rows": sum(1 for s in self.sessions if days.get(s)),
                     "empty": [s.isoformat() for s in self.empty(symbol)],
                     "rows_by_session": {s.isoformat(): days.get(s, 0) for s in self.sessions},
+                    "rows_off_session": {
+                        d.isoformat(): n for d, n in sorted(self.off_session.get(symbol, {}).items())
+                    },
                 }
                 for symbol, days in sorted(self.rows.items())
             },
@@ -129,13 +156,24 @@ def coverage(
         # instruments under its own name, whatever symbol they were stored under.
         counts = []
         for symbol in symbols:
-            report.rows[symbol] = {}
             contracts = store.data.instrument_ranges([symbol])
-            query = ExportQuery(family, schema, [symbol], *window, contracts)
-            counts += [(symbol, day, n) for _, day, n in store.data.day_counts(query)]
-    for found, day_number, count in counts:
-        session = EPOCH + dt.timedelta(days=day_number)
-        if session in states:
-            per_session = report.rows.setdefault(found or "(no symbol)", {})
-            per_session[session] = per_session.get(session, 0) + count
+            found = [(symbol, day, n) for _, day, n in store.data.day_counts(
+                ExportQuery(family, schema, [symbol], *window, contracts)
+            )]  # fmt: skip
+            if not contracts and not found and not _held(store, family, schema, symbol):
+                report.unknown.append(symbol)
+                continue
+            report.rows[symbol] = {}
+            counts += found
+    for stored_as, day_number, count in counts:
+        name = stored_as or "(no symbol)"
+        day = EPOCH + dt.timedelta(days=day_number)
+        per_day = (report.rows if day in states else report.off_session).setdefault(name, {})
+        per_day[day] = per_day.get(day, 0) + count
+        report.rows.setdefault(name, {})
     return report
+
+
+def _held(store: Store, family: Family, schema: str, symbol: str) -> bool:
+    """Whether any row of the schema, on any day, was stored under ``symbol``."""
+    return bool(store.data.day_counts(ExportQuery(family, schema, [symbol])))

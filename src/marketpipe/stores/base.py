@@ -130,8 +130,10 @@ class Verification:
 class Querying(Protocol):
     """A data side that runs the user's own read-only SQL (``marketpipe query``)."""
 
-    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
-        """The statement's rows; a statement that fails or changes anything is a UsageError."""
+    def query(self, statement: str, batch_size: int, memory_limit: str | None = None) -> pa.RecordBatchReader:
+        """The rows of one statement that returns rows, read from the store and nothing else;
+        a statement that fails, or would change or read anything else, is a UsageError.
+        ``memory_limit``: an embedded engine's cap for it (None: the engine's own default)."""
         ...
 
 
@@ -283,6 +285,19 @@ class Ledger(Protocol):
 
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
         """Quarantined records, oldest first."""
+        ...
+
+    def quarantine_count(self, query: QuarantineQuery) -> int:
+        """How many quarantined records ``query`` selects, its limit aside."""
+        ...
+
+    def quarantine_rules(self) -> list[str]:
+        """The rules the quarantined records name."""
+        ...
+
+    def runs(self, limit: int, run_id: str | None = None) -> list[dict[str, object]]:
+        """The last ``limit`` runs (or the one ``run_id``), latest first, as ``RUN_FIELDS``; a
+        run whose process is gone says interrupted."""
         ...
 
     def stored_through(self, job: str) -> dt.date | None:

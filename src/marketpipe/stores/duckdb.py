@@ -316,10 +316,11 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
     readable_roots: tuple[str, ...] = ()
     _confined = False
 
-    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+    def query(self, statement: str, batch_size: int, memory_limit: str | None = None) -> pa.RecordBatchReader:
         """The user's SQL, one SELECT (or EXPLAIN of one), on a read-only connection with the
         ``<table>_v`` views PostgreSQL has (here as temporary views), so one query runs on either
-        store; confined to the store (``_confine``)."""
+        store; confined to the store (``_confine``), under ``memory_limit`` (None: DuckDB's
+        default, 80% of the machine's memory, not ingest's cap)."""
         try:
             kinds = [s.type for s in self.con.extract_statements(statement)]
         except duckdb.Error as exc:
@@ -329,12 +330,12 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
             raise UsageError(f"query: query runs one SELECT statement (or EXPLAIN of one); found: {found}")
         for family in self.model.families.values():
             self.con.execute(sql.readable_view(family, lambda column: column, "TEMP VIEW"))
-        self._confine()
+        self._confine(memory_limit)
         try:
             relation = self.con.sql(statement)
             reader = None if relation is None else relation.to_arrow_reader(batch_size)
         except duckdb.Error as exc:
-            raise sql.query_error(exc) from None
+            raise _query_error(exc) from None
         if reader is None:
             raise UsageError("query: the statement returns no rows: query runs SELECT statements")
 
@@ -343,16 +344,23 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
                 for batch in reader:
                     yield sql.utc_timestamps(batch)
             except duckdb.Error as exc:
-                raise sql.query_error(exc) from None
+                raise _query_error(exc) from None
 
         return pa.RecordBatchReader.from_batches(sql.utc_schema(reader.schema), batches())
 
-    def _confine(self) -> None:
+    def _confine(self, memory_limit: str | None) -> None:
         """The user's SQL reads the store and nothing else: no other file (``COPY ... TO``,
         ``read_csv``, ``ATTACH``), no extension installed or loaded, and no setting changed back
         (DuckDB's own switches; the configuration is locked last)."""
         if self._confined:
             return
+        try:
+            self.con.execute(
+                "RESET memory_limit" if memory_limit is None else "SET memory_limit = ?",
+                None if memory_limit is None else [memory_limit],
+            )
+        except duckdb.Error as exc:
+            raise UsageError(f"MARKETPIPE_QUERY_MEMORY_LIMIT {memory_limit!r}: {exc}") from None
         if self.readable_roots:
             roots = ", ".join("'" + r.replace("'", "''") + "'" for r in self.readable_roots)
             self.con.execute(f"SET allowed_directories = [{roots}]")
@@ -374,6 +382,14 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
             reader = cursor.sql(_q(statement), params=params).to_arrow_reader(batch_size)
             for batch in reader:
                 yield batch.cast(family.arrow_schema)
+
+
+def _query_error(exc: duckdb.Error) -> UsageError:
+    """As ``sql.query_error``; running out of memory names the setting that gives more."""
+    error = sql.query_error(exc)
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return UsageError(f"{error} (MARKETPIPE_QUERY_MEMORY_LIMIT sets query's memory limit, e.g. 8GB)")
+    return error
 
 
 def open_store(settings: Settings, model: Model, read_only: bool) -> Store:

@@ -505,12 +505,12 @@ class LakeStore:
                 query, batch_size
             )
 
-    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
+    def query(self, statement: str, batch_size: int, memory_limit: str | None = None) -> pa.RecordBatchReader:
         """As a DuckDB store's; the views live in a scratch database, so where a read-only file
         refuses a change, statements other than reads are refused here."""
         with self._readable():
             tables = self._tables.refresh(list(self.model.families.values())).refresh_instruments()
-        return tables.query(statement, batch_size)
+        return tables.query(statement, batch_size, memory_limit)
 
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
         with self._readable():

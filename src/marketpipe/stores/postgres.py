@@ -537,12 +537,31 @@ class PostgresStore(sql.SqlStore):
     def _sink(self, family: Family, chunk_id: int) -> _PgSink:
         return _PgSink(self, family, chunk_id)
 
-    def query(self, statement: str, batch_size: int) -> pa.RecordBatchReader:
-        """The user's SQL in a READ ONLY transaction. Column types are inferred from the values
-        (NUMERIC as exact decimals), so the result is gathered before it is returned."""
+    def query(self, statement: str, batch_size: int, memory_limit: str | None = None) -> pa.RecordBatchReader:
+        """The user's SQL: one statement (prepared, so the server parses it as one), in a READ
+        ONLY transaction, as a role that reads tables and no server file. A role that may read
+        or write the server's files or run its programs (a superuser, the README's own URLs)
+        runs it as PostgreSQL's predefined ``pg_read_all_data`` (``SET LOCAL ROLE``): a READ
+        ONLY transaction alone still lets ``COPY ... TO 'file'`` and ``pg_read_file`` run.
+        Column types are inferred from the values (NUMERIC as exact decimals), so the result is
+        gathered before it is returned. ``memory_limit``: the server's own settings rule."""
+        self.conn.rollback()  # a transaction of its own, READ ONLY from its first statement
         try:
             with self.conn.cursor() as cur:
-                cur.execute(statement)
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(FILE_ACCESS)
+                row = cur.fetchone()
+                if row is not None and row[0]:
+                    try:
+                        cur.execute("SET LOCAL ROLE pg_read_all_data")
+                    except psycopg.errors.InsufficientPrivilege:
+                        raise UsageError(
+                            f"query: the role of {self.location} may read or write the server's files"
+                            " and is not a member of pg_read_all_data, as which query would run the"
+                            " statement: connect as a role without file access, or grant it"
+                            " pg_read_all_data"
+                        ) from None
+                cur.execute(statement, prepare=True)
                 if cur.description is None:
                     raise UsageError("query: the statement returns no rows: query runs SELECT statements")
                 names = [d.name for d in cur.description]
@@ -552,7 +571,10 @@ class PostgresStore(sql.SqlStore):
             if is_transient(exc) or isinstance(exc, psycopg.OperationalError):
                 raise translate(exc, f"query on {self.location}") from None
             raise sql.query_error(exc) from None
-        self.conn.commit()
+        except UsageError:
+            self._rollback()
+            raise
+        self.conn.rollback()  # nothing to keep: a read
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
         table = pa.table([pa.array(list(c)) for c in columns], names=names)
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch_size))
@@ -587,6 +609,14 @@ class PostgresStore(sql.SqlStore):
             self._reads -= 1
             if reading:
                 conn.close()
+
+
+# Whether the connection's role may read or write the server's files or run its programs.
+FILE_ACCESS = """SELECT rolsuper
+  OR pg_has_role(current_user, 'pg_read_server_files', 'USAGE')
+  OR pg_has_role(current_user, 'pg_write_server_files', 'USAGE')
+  OR pg_has_role(current_user, 'pg_execute_server_program', 'USAGE')
+FROM pg_roles WHERE rolname = current_user"""
 
 
 def open_store(settings: Settings, model: Model, read_only: bool) -> Store:

@@ -291,8 +291,19 @@ GROUP BY job, status, run_id ORDER BY job, status"""
 FAILED_CHUNKS = f"""SELECT job, label, coalesce(error, '') FROM {CHUNKS_TABLE}
 WHERE status = '{ChunkStatus.FAILED}' ORDER BY updated_at DESC LIMIT 20"""
 
-LAST_RUNS = f"""SELECT run_id, job, started_at, finished_at, status, records_read, stored, quarantined, failed
-FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT 5"""
+RUNS_SELECT = f"""SELECT run_id, job, started_at, finished_at, status,
+  records_read, stored, quarantined, failed
+FROM {RUNS_TABLE}"""
+LAST_RUNS = 5  # the runs status shows
+
+
+def _quarantine_filter(query: QuarantineQuery) -> tuple[str, list[Any]]:
+    where, params = [], []
+    for column, value in (("run_id", query.run_id), ("schema", query.schema), ("rule", query.rule)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    return (" WHERE " + " AND ".join(where)) if where else "", params
 
 
 def filters(query: ExportQuery, time_ns: str) -> tuple[str, list[Any]]:
@@ -385,8 +396,10 @@ def utc_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def query_error(exc: Exception) -> UsageError:
-    """A failed query as one line: it is the user's SQL, not a fault of the store."""
-    return UsageError(f"query: {str(exc).strip().splitlines()[0]}")
+    """A failed query as the database tells it, hints and the caret under the error's place
+    included: it is the user's SQL, not a fault of the store."""
+    lines = [line.rstrip() for line in str(exc).strip().splitlines()]
+    return UsageError("query: " + "\n".join(line for line in lines if line))
 
 
 class Background:
@@ -671,18 +684,31 @@ class SqlLedger:
             self._release(tx.id)
 
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
-        where, params = [], []
-        for column, value in (("run_id", query.run_id), ("schema", query.schema), ("rule", query.rule)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, params = _quarantine_filter(query)
         rows = self._query(
             "SELECT run_id, chunk_key, schema, stage, rule, message, record, quarantined_at"
             f" FROM {QUARANTINE_TABLE}{clause} ORDER BY quarantined_at, chunk_key, rule, record LIMIT %s",
             [*params, query.limit],
         )
         return [QuarantinedRecord(*row) for row in rows]
+
+    def quarantine_count(self, query: QuarantineQuery) -> int:
+        clause, params = _quarantine_filter(query)
+        return int(self._query(f"SELECT count(*) FROM {QUARANTINE_TABLE}{clause}", params)[0][0])
+
+    def quarantine_rules(self) -> list[str]:
+        return [str(r) for (r,) in self._query(f"SELECT DISTINCT rule FROM {QUARANTINE_TABLE} ORDER BY 1")]
+
+    def runs(self, limit: int, run_id: str | None = None) -> list[dict[str, object]]:
+        where, params = ("", []) if run_id is None else (" WHERE run_id = %s", [run_id])
+        runs = [
+            dict(zip(RUN_FIELDS, r, strict=True))
+            for r in self._query(f"{RUNS_SELECT}{where} ORDER BY started_at DESC LIMIT %s", [*params, limit])
+        ]
+        for run in runs:
+            if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
+                run["status"] = RunStatus.INTERRUPTED.value
+        return runs
 
     def chunk_ranges(self, schema: str) -> list[tuple[str, int, int, ChunkStatus]]:
         return [
@@ -887,10 +913,7 @@ class SqlLedger:
             counts[str(job), str(state)] += int(count)
         status.chunks = [(job, state, n) for (job, state), n in sorted(counts.items())]
         status.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
-        status.runs = [dict(zip(RUN_FIELDS, r, strict=True)) for r in self._query(LAST_RUNS)]
-        for run in status.runs:
-            if run["status"] == RunStatus.RUNNING and gone(run["run_id"]):
-                run["status"] = RunStatus.INTERRUPTED.value
+        status.runs = self.runs(LAST_RUNS)
 
 
 class SqlStore(SqlLedger):
