@@ -158,3 +158,52 @@ def test_calendars_file_maps_datasets_to_known_calendars() -> None:
     assert calendars["GLBX.MDP3"] == "CMES"
     assert set(calendars.values()) <= set(exchange_calendars.get_calendar_names())
     assert np.all([isinstance(k, str) for k in calendars])
+
+
+def test_coverage_is_true_about_unknown_symbols_off_session_days_and_one_day(  # type: ignore[no-untyped-def]
+    cli, db: str, tmp_path: Path
+) -> None:
+    """The README's sample: ES and CL trades on every weekday of 2024 Q1, 2024-03-29 (Good
+    Friday) included, which is not a CMES session in exchange_calendars. Its 20 rows per
+    symbol are counted, so coverage's totals equal the store's; a typo is never complete."""
+    from marketpipe.samples import make_sample
+
+    make_sample(tmp_path / "sample")
+    assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
+    stored = json.loads(
+        cli("query", "SELECT count(*) AS n FROM trades", "--db", db, "--format", "json").stdout
+    )
+    report = json.loads(cli("coverage", "--schema", "trades", "--db", db, "--json").stdout)
+    assert sum(s["rows"] for s in report["symbols"].values()) == stored[0]["n"] == 2560
+    assert report["symbols"]["ES.FUT"]["rows_off_session"] == {"2024-03-29": 20}
+    text = cli("coverage", "--schema", "trades", "--symbols", "ES.FUT", "--db", db)
+    assert "│ ES.FUT │" in text.stdout and "1,280" in text.stdout
+    assert "rows on 1 day that are not CMES sessions (counted above): 2024-03-29" in text.stdout
+
+    typo = cli("coverage", "--schema", "trades", "--symbols", "NOPE", "--db", db)
+    assert typo.exit_code == 0 and "NOPE: never stored" in typo.stdout
+    assert "complete:" not in typo.stdout and typo.stdout.rstrip().endswith("not complete")
+    strict = cli("coverage", "--schema", "trades", "--symbols", "ES.FUT,NOPE", "--db", db, "--strict")
+    assert strict.exit_code == 1
+    document = json.loads(
+        cli("coverage", "--schema", "trades", "--symbols", "NOPE", "--db", db, "--json").stdout
+    )
+    assert document["complete"] is False and document["unknown_symbols"] == ["NOPE"]
+    assert cli("coverage", "--schema", "trades", "--symbols", "ES.FUT", "--db", db, "--strict").exit_code == 0
+
+    one = ("--start-date", "2024-01-02", "--end-date", "2024-01-02")
+    day = json.loads(cli("coverage", "--schema", "trades", "--db", db, *one, "--json").stdout)
+    assert day["sessions"] == 1 and day["complete"] is True
+    assert {s: v["rows"] for s, v in day["symbols"].items()} == {"CL.FUT": 20, "ES.FUT": 20}
+    friday = ("--start-date", "2024-03-29", "--end-date", "2024-03-29")
+    holiday = json.loads(cli("coverage", "--schema", "trades", "--db", db, *friday, "--json").stdout)
+    assert holiday["sessions"] == 0 and holiday["symbols"]["ES.FUT"]["rows"] == 20
+
+
+def test_a_bare_coverage_of_a_store_holding_one_day(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _day_file(tmp_path / "files", DAYS[0])
+    db = str(tmp_path / "one.duckdb")
+    assert cli("ingest", "--from-file", str(tmp_path / "files"), "--db", db).exit_code == 0
+    result = cli("coverage", "--schema", "trades", "--db", db, "--strict")
+    assert result.exit_code == 0, result.output
+    assert f"{DAYS[0]}..{DAYS[0]}: 1 session" in result.stdout

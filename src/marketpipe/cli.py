@@ -417,6 +417,22 @@ def status(
 
 
 @app.command(cls=Command)
+def runs(
+    run_id: Annotated[str | None, typer.Argument(help="A run's id: its chunks", show_default=False)] = None,
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Runs listed")] = 20,
+    as_json: JsonOption = False,
+    wide: WideOption = False,
+) -> None:
+    """The last runs, latest first; with an id, what each of its chunks did.
+
+    A chunk a later run redid is shown under that run (the ledger keeps its latest state)."""
+    _guarded(lambda: _commands().runs(run_id, db, ledger, pg_schema, limit, as_json, wide))
+
+
+@app.command(cls=Command)
 def verify(
     db: DbOption = None,
     ledger: LedgerOption = None,

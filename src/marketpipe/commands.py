@@ -307,6 +307,33 @@ def status(
         console.render_status(report, wide)
 
 
+def runs(
+    run_id: str | None,
+    db: str | None,
+    ledger: str | None,
+    pg_schema: str | None,
+    limit: int,
+    as_json: bool,
+    wide: bool,
+) -> None:
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
+    store = _read_only_store(settings)
+    try:
+        found = store.ledger.runs(limit if run_id is None else 1, run_id)
+        if run_id is not None and not found:
+            raise UsageError(f"no run {run_id} in {store.location} (marketpipe runs lists them)")
+        chunks = store.ledger.run_chunks(run_id) if run_id is not None else []
+    finally:
+        store.close()
+    if as_json:
+        runs_ = [console.run_document(r) for r in found]
+        console.print_json({"run": runs_[0], "chunks": chunks} if run_id is not None else {"runs": runs_})
+    elif run_id is None:
+        console.render_runs(found, wide)
+    else:
+        console.render_run(found[0], chunks, wide)
+
+
 def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bool, as_json: bool) -> int:
     """Every done chunk's rows against the ledger; the exit code: 1 when any is damaged."""
     settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)

@@ -414,6 +414,42 @@ def render_runs(runs: list[dict[str, object]], wide: bool = False, title: str = 
     tables.print_table(out(), RUN_COLUMNS, rows, title=title, wide=wide)
 
 
+def render_run(run: dict[str, object], chunks: list[dict[str, object]], wide: bool = False) -> None:
+    """One run: its line, then each chunk it ran (errors whole, below the table)."""
+    render_runs([run], wide, title=f"run {run['run_id']}")
+    rows = [
+        [
+            str(c["label"]),
+            str(c["schema"]),
+            str(c["status"]),
+            _number(c["records_read"]),
+            _number(c["stored"]),
+            _number(c["quarantined"]),
+            tables.seconds(None if c["seconds"] is None else float(c["seconds"])),  # type: ignore[arg-type]
+            _time(c["updated_at"]),
+        ]
+        for c in chunks
+    ]
+    tables.print_table(out(), RUN_CHUNK_COLUMNS, rows, title=f"{len(chunks):,} chunks", wide=wide)
+    for c in chunks:
+        if c["error"]:
+            out().print(
+                f"{c['status']}: {c['label']}: {c['error']}", markup=False, highlight=False, soft_wrap=True
+            )
+
+
+RUN_CHUNK_COLUMNS = (
+    Col("input", wrap=True),
+    Col("schema", drop=3),
+    Col("status"),
+    Col("read", right=True, drop=4),
+    Col("stored", right=True),
+    Col("quarantined", right=True),
+    Col("seconds", right=True, drop=2),
+    Col("ended", drop=1),
+)
+
+
 def _number(value: object) -> str:
     return "" if value is None else f"{int(value):,}"  # type: ignore[call-overload]
 

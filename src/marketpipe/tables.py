@@ -11,6 +11,7 @@ not fit (a terminal narrower than one id) fold onto a second line, whole.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,13 +45,34 @@ def _text(cell: Cell, compact: bool) -> str:
     return cell
 
 
-def _width(col: Col, cells: Sequence[Cell], compact: bool) -> int:
+# Where free text may break: after white space or a path's slash.
+_PIECES = re.compile(r"[^\s/]*/|\S+|\s+")
+
+
+def _width(col: Col, cells: Sequence[Cell], compact: bool, natural: bool = False) -> int:
+    """The columns ``col`` needs: its longest value, or for free text its longest piece
+    (at least ``_WRAPPED_MIN``); ``natural``: its longest value either way."""
     texts = [col.name] + [_text(c, compact) for c in cells]
-    natural = max(cell_len(t) for t in texts)
-    if not col.wrap:
-        return natural
-    longest_word = max((cell_len(w) for t in texts for w in t.split()), default=0)
-    return min(natural, max(longest_word, _WRAPPED_MIN))
+    longest = max(cell_len(t) for t in texts)
+    if not col.wrap or natural:
+        return longest
+    piece = max((cell_len(w.strip()) for t in texts for w in _PIECES.findall(t)), default=0)
+    return min(longest, max(piece, _WRAPPED_MIN))
+
+
+def _reflow(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width``, broken after white space or a slash (a path
+    breaks between its directories); a piece longer than a line is folded."""
+    lines = [""]
+    for piece in _PIECES.findall(text):
+        if lines[-1] and cell_len(lines[-1] + piece.rstrip()) > width:
+            lines.append("")
+            piece = piece.lstrip()
+        lines[-1] += piece
+        while cell_len(lines[-1]) > width:
+            lines[-1], rest = lines[-1][:width], lines[-1][width:]
+            lines.append(rest)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def need(
@@ -87,6 +109,13 @@ def print_table(
 ) -> None:
     """Print ``rows`` under ``cols``, every value whole (see the module's docstring)."""
     shown, compact = fit(cols, rows, console.width, wide)
+    widths = {i: _width(cols[i], [row[i] for row in rows], compact) for i in shown}
+    room = console.width - need(cols, rows, shown, compact)
+    for i in shown:  # free text takes the room left, up to its longest value
+        if cols[i].wrap and not wide:
+            grown = min(_width(cols[i], [row[i] for row in rows], compact, natural=True), widths[i] + room)
+            room -= grown - widths[i]
+            widths[i] = grown
     table = Table(title=title)
     for i in shown:
         col = cols[i]
@@ -95,10 +124,17 @@ def print_table(
             justify="right" if col.right else "left",
             no_wrap=not col.wrap,
             overflow="fold",
-            min_width=None if col.wrap else _width(col, [row[i] for row in rows], compact),
+            min_width=widths[i],
+            max_width=widths[i] if col.wrap and not wide else None,
         )
     for row in rows:
-        table.add_row(*(_text(row[i], compact) for i in shown))
+        cells = [_text(row[i], compact) for i in shown]
+        table.add_row(
+            *(
+                _reflow(cell, widths[i]) if cols[i].wrap and not wide else cell
+                for i, cell in zip(shown, cells, strict=True)
+            )
+        )
     if wide:
         console.print(table, width=max(need(cols, rows), console.width), crop=False)
     else:

@@ -295,6 +295,11 @@ class Ledger(Protocol):
         """The rules the quarantined records name."""
         ...
 
+    def run_chunks(self, run_id: str) -> list[dict[str, object]]:
+        """The chunks whose latest run is ``run_id`` (a chunk a later run redid is that run's),
+        oldest first: label, schema, status, counts, seconds, when it ended and its error."""
+        ...
+
     def runs(self, limit: int, run_id: str | None = None) -> list[dict[str, object]]:
         """The last ``limit`` runs (or the one ``run_id``), latest first, as ``RUN_FIELDS``; a
         run whose process is gone says interrupted."""

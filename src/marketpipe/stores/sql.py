@@ -295,6 +295,10 @@ RUNS_SELECT = f"""SELECT run_id, job, started_at, finished_at, status,
   records_read, stored, quarantined, failed
 FROM {RUNS_TABLE}"""
 LAST_RUNS = 5  # the runs status shows
+# A chunk as ``runs ID`` shows it: the ledger keeps each chunk's latest run.
+RUN_CHUNK_FIELDS = (
+    "label", "schema", "status", "records_read", "stored", "quarantined", "seconds", "updated_at", "error"
+)  # fmt: skip
 
 
 def _quarantine_filter(query: QuarantineQuery) -> tuple[str, list[Any]]:
@@ -698,6 +702,14 @@ class SqlLedger:
 
     def quarantine_rules(self) -> list[str]:
         return [str(r) for (r,) in self._query(f"SELECT DISTINCT rule FROM {QUARANTINE_TABLE} ORDER BY 1")]
+
+    def run_chunks(self, run_id: str) -> list[dict[str, object]]:
+        rows = self._query(
+            f"SELECT {', '.join(RUN_CHUNK_FIELDS)} FROM {CHUNKS_TABLE}"
+            " WHERE run_id = %s ORDER BY updated_at, label",
+            [run_id],
+        )
+        return [dict(zip(RUN_CHUNK_FIELDS, r, strict=True)) for r in rows]
 
     def runs(self, limit: int, run_id: str | None = None) -> list[dict[str, object]]:
         where, params = ("", []) if run_id is None else (" WHERE run_id = %s", [run_id])
