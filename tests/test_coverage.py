@@ -35,13 +35,15 @@ def test_the_cme_calendar_has_no_session_on_new_years_day_or_the_weekend() -> No
 
 
 def _day_file(directory: Path, day: dt.date, broken: bool = False) -> Path:
-    """One day of ES and CL trades as Databento would send it for that UTC day."""
+    """One day of the two ES.FUT contracts' trades as Databento would send it for that UTC day
+    (the instrument ids the local API server gives them)."""
     records = synthetic_trades(200, day, instruments=2, seed=day.day)
+    records["instrument_id"] += 2000
     if broken:
         records["size"] = 0  # every record breaks trade_size_positive: the chunk fails whole
     mappings = {
-        "ESH4": [Interval(day, day + dt.timedelta(days=1), "1")],
-        "CLG4": [Interval(day, day + dt.timedelta(days=1), "2")],
+        "ESH4": [Interval(day, day + dt.timedelta(days=1), "2001")],
+        "ESM4": [Interval(day, day + dt.timedelta(days=1), "2002")],
     }
     meta = metadata_bytes(
         "GLBX.MDP3", "trades", day_ns(day), day_ns(day + dt.timedelta(days=1)), "raw_symbol", mappings
@@ -79,11 +81,11 @@ def test_coverage_reports_the_session_left_out_and_the_one_that_failed_and_fill_
         str(FAILED): "failed",
         str(DAYS[3]): "done",
     }
-    for symbol in ("ESH4", "CLG4"):
+    for symbol in ("ESH4", "ESM4"):
         rows = document["symbols"][symbol]["rows_by_session"]
         assert rows[str(LEFT_OUT)] == rows[str(FAILED)] == 0
         assert rows[str(DAYS[0])] > 0 and rows[str(DAYS[3])] > 0
-    assert sum(document["symbols"][s]["rows"] for s in ("ESH4", "CLG4")) == 400
+    assert sum(document["symbols"][s]["rows"] for s in ("ESH4", "ESM4")) == 400
     text = cli("coverage", "--schema", "trades", "--db", db)
     assert (
         "1 session failed: 2024-01-04" in text.stdout

@@ -295,7 +295,7 @@ def test_same_records_in_dbn_v1_v2_v3_are_stored_once(cli, tmp_path: Path) -> No
     for file in files:  # and one run each
         result = cli("ingest", "--from-file", str(file))
         assert result.exit_code == 0
-        assert "skipped 1 chunks already stored" in result.output
+        assert "skipped 1 chunk already stored" in result.output
     with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*), count(DISTINCT symbol) FROM trades").fetchone() == (2, 1)
 

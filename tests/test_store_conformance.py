@@ -168,7 +168,7 @@ def test_ledger_failures_runs_and_status(store: Store, trades: pa.Table) -> None
     assert status.failed == [("conformance", "chunk conformance:failed", "bad input")]
     [run] = status.runs
     assert (run["status"], run["read"], run["stored"], run["failed"]) == ("partial", 500, trades.num_rows, 1)
-    store.ledger.forget_failure(failed)
+    assert store.ledger.forget_failures([failed.key, "no such chunk"]) == 1
     assert [c for c in store.status().chunks if c[1] == "failed"] == []
 
 

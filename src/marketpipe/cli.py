@@ -416,6 +416,58 @@ def status(
     _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json, wide))
 
 
+@app.command(cls=SchemaCommand)
+def delete(
+    schema: Annotated[str, typer.Option("--schema", help="Schema whose rows go, e.g. trades")],
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset, when the schema comes from several")
+    ] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Comma-separated symbols (default: every one)")
+    ] = None,
+    start_date: Annotated[
+        str | None,
+        typer.Option("--start-date", help=f"First day (default: the first): {defaults.READ_DAY_FORMS}"),
+    ] = None,
+    end_date: Annotated[
+        str | None,
+        typer.Option("--end-date", help=f"Last day (default: the last): {defaults.READ_DAY_FORMS}"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the rows; delete nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking (scripts)")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a schema's rows (some symbols, some days) and the ledger's record of them.
+
+    One transaction per store. Chunks left with no row are forgotten: coverage shows their
+    days as never requested, and the next ingest of them stores them again. Asks first on a
+    terminal; --yes for scripts."""
+    _guarded(
+        lambda: _commands().delete(
+            schema, db, ledger, pg_schema, dataset, symbols, start_date, end_date, dry_run, yes, as_json
+        )
+    )
+
+
+@app.command("forget-failures", cls=Command)
+def forget_failures(
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    pg_schema: PgSchemaOption = None,
+    every: Annotated[bool, typer.Option("--all", help="Every failed chunk, its input there or not")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say which; forget nothing")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Clear failed chunks whose input file no longer exists from status.
+
+    A failed chunk holds no rows: forgetting it changes no data. A run of the same input
+    later stores it as new."""
+    _guarded(lambda: _commands().forget_failures(db, ledger, pg_schema, every, dry_run, as_json))
+
+
 @app.command(cls=Command)
 def runs(
     run_id: Annotated[str | None, typer.Argument(help="A run's id: its chunks", show_default=False)] = None,

@@ -37,6 +37,7 @@ from marketpipe.rules.transformation import load_model
 from marketpipe.samples import make_sample as write_sample
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery, Querying, Store
+from marketpipe.symbology import NS_PER_DAY, day_ns
 
 QUERY_FORMATS = ("table", "csv", "json", "parquet")
 
@@ -332,6 +333,134 @@ def runs(
         console.render_runs(found, wide)
     else:
         console.render_run(found[0], chunks, wide)
+
+
+def delete(
+    schema: str,
+    db: str | None,
+    ledger: str | None,
+    pg_schema: str | None,
+    dataset: str | None,
+    symbols: str | None,
+    start_date: str | None,
+    end_date: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Count, confirm, delete: a refused or dry run changes nothing."""
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
+    start, end = _report_days(start_date, end_date)
+    if start and end and end < start:
+        raise UsageError(f"end date {end} is before start date {start}")
+    check_schema(schema)
+    start_ns = 0 if start is None else day_ns(start)
+    end_ns = 2**63 - 1 if end is None else day_ns(end) + NS_PER_DAY
+    picked = _list(symbols)
+    # Counting reads; deleting writes (a store's migrations with it) a store that must exist:
+    # a mistyped --db is refused, never made.
+    store = _read_only_store(settings)
+    try:
+        deletion, rows = store.deletion(schema, dataset, picked, start_ns, end_ns)
+    finally:
+        store.close()
+    what = (
+        f"{rows:,} {schema} rows of {', '.join(picked) or 'every symbol'}"
+        f" from {start or 'the first day'} to {end or 'the last day'} in {store.location}"
+    )
+    if dry_run:
+        if as_json:
+            console.print_json({"dry_run": True, "rows": rows, "location": store.location})
+        else:
+            console.out().print(
+                f"dry run: would delete {what}", markup=False, highlight=False, soft_wrap=True
+            )
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"delete {what}: give --yes to delete without a terminal to confirm on")
+        if input(f"delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise UsageError("nothing deleted")
+    store = open_store(settings, load_model(settings.transformation_file))
+    try:
+        deleted, forgotten, unfinished = store.delete(deletion)
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(
+            {
+                "dry_run": False,
+                "rows": deleted,
+                "chunks_forgotten": forgotten,
+                "chunks_pending": unfinished,
+                "location": store.location,
+            }
+        )
+    else:
+        console.out().print(
+            f"deleted {deleted:,} {schema} rows; {_plural(forgotten, 'chunk')} forgotten (their days"
+            f" show as never requested), {_plural(unfinished, 'chunk')} partly deleted (pending: the"
+            " next run of its input stores it whole again)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def forget_failures(
+    db: str | None, ledger: str | None, pg_schema: str | None, every: bool, dry_run: bool, as_json: bool
+) -> None:
+    """Failed chunks whose input file is gone (all of them with ``every``) leave the ledger."""
+    settings = _settings(db=db, ledger=ledger, pg_schema=pg_schema)
+    store = _read_only_store(settings)
+    try:
+        failed = store.ledger.failed_chunks()
+    finally:
+        store.close()
+    gone = [f for f in failed if every or _input_gone(f[2])]
+    forgotten = 0
+    if gone and not dry_run:
+        store = open_store(settings, load_model(settings.transformation_file))
+        try:
+            forgotten = store.ledger.forget_failures([key for key, *_ in gone])
+        finally:
+            store.close()
+    if as_json:
+        console.print_json(
+            {
+                "dry_run": dry_run,
+                "forgotten": [{"job": j, "input": lb, "error": e} for _, j, lb, e in gone],
+                "kept": len(failed) - len(gone),
+            }
+        )
+        return
+    word = "would forget" if dry_run else "forgot"
+    console.out().print(
+        f"{word} {_plural(len(gone) if dry_run else forgotten, 'failed chunk')}"
+        + ("" if every else " whose input is gone")
+        + (
+            f"; kept {len(failed) - len(gone):,} whose input is there (--all forgets them too)"
+            if len(failed) > len(gone)
+            else ""
+        ),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _input_gone(label: str) -> bool:
+    """Whether a failed chunk's label names a local file that is not there: its path, maybe
+    followed by `` [records a-b]`` (a part) or `` (schema)`` (a live recording's). A remote
+    input (``s3://``) is never taken for gone."""
+    path = label.split(" [records ", 1)[0]
+    if path.endswith(")") and " (" in path:
+        path = path.rsplit(" (", 1)[0]
+    return "://" not in path and not Path(path).expanduser().exists()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bool, as_json: bool) -> int:

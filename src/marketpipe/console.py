@@ -110,6 +110,7 @@ def _size(count: int) -> str:
 
 
 _DUPLICATES_SHOWN = 5
+_FAILED_SHOWN = 5
 
 
 def print_json(document: object) -> None:
@@ -211,7 +212,9 @@ def render_summary(summary: RunSummary, wide: bool = False) -> None:
         out().print(f"warned by {rule} (stored): {count:,}")
     skipped = sum(r.status is ChunkStatus.SKIPPED for r in summary.results)
     if skipped:
-        out().print(f"skipped {skipped:,} chunks already stored by an earlier run (--force redoes them)")
+        out().print(
+            f"skipped {_plural(skipped, 'chunk')} already stored by an earlier run (--force redoes them)"
+        )
     for path, same_as in summary.duplicates[:_DUPLICATES_SHOWN]:
         out().print(
             f"skipped {path}: the same records as {same_as}", markup=False, highlight=False, soft_wrap=True
@@ -372,8 +375,17 @@ def render_status(status: StoreStatus, wide: bool = False) -> None:
     tables.print_table(out(), TABLE_COLUMNS, rows, title="tables", wide=wide)
     chunks = [[job, state, f"{count:,}"] for job, state, count in status.chunks]
     tables.print_table(out(), CHUNK_COLUMNS, chunks, title="chunks", wide=wide)
-    for job, label, error in status.failed:
-        out().print(f"failed chunk ({job}) {label}: {error}", markup=False, highlight=False, soft_wrap=True)
+    failed = sum(n for _, state, n in status.chunks if state == ChunkStatus.FAILED)
+    for job, label, error in status.failed[:_FAILED_SHOWN]:
+        reason = error if label in error else f"{label}: {error}"
+        out().print(f"failed ({job}): {reason}", markup=False, highlight=False, soft_wrap=True)
+    if failed > _FAILED_SHOWN:
+        out().print(
+            f"{failed:,} failed chunks in all (the latest {_FAILED_SHOWN} above): status --json lists"
+            f" {len(status.failed)}; forget-failures clears those whose input is gone",
+            markup=False,
+            highlight=False,
+        )
     render_runs(status.runs, wide, title="last runs")
 
 
@@ -546,7 +558,7 @@ def render_coverage(report: Coverage, wide: bool = False) -> None:
         for i in range(0, len(sessions), per_cell):
             kinds = []
             for session in sessions[i : i + per_cell]:
-                state = report.states[session]
+                state = report.state(symbol, session)
                 kinds.append(("stored" if days.get(session) else "empty") if state == "done" else state)
             char, style = _CELL[min(kinds, key=_WORST.index)]
             cells.append(f"[{style}]{char}[/]")
@@ -583,6 +595,13 @@ def render_coverage(report: Coverage, wide: bool = False) -> None:
         missing = [s for s in gaps if report.states[s] == state]
         if missing:
             console.print(f"{_plural(len(missing), 'session')} {word}: {_ranges(missing, sessions)}")
+    for symbol, lacking in sorted(report.missing.items()):
+        console.print(
+            f"{symbol}: {_plural(len(lacking), 'session')} without all its instruments (deleted, or never"
+            f" requested): {_ranges(lacking, sessions)}",
+            markup=False,
+            highlight=False,
+        )
     if gaps:
         console.print(f"{_plural(len(gaps), 'session')} to fetch: ingest ... --fill-gaps")
     out().print("not complete")

@@ -65,13 +65,22 @@ class Coverage:
     # Asked-for symbols the store holds no instrument or row of, on any day (a typo, a symbol
     # of another dataset): never complete.
     unknown: list[str] = field(default_factory=list)
+    # symbol -> done sessions on which an instrument the symbol stood for is not covered by a
+    # whole input (its rows were deleted, or never requested with the symbol's other ones).
+    missing: dict[str, list[dt.date]] = field(default_factory=dict)
 
     def gaps(self) -> list[dt.date]:
-        """Sessions whose chunks are not done: what ``--fill-gaps`` fetches."""
-        return [s for s in self.sessions if self.states[s] != ChunkStatus.DONE]
+        """Sessions whose chunks are not done, or that miss a symbol's instrument: what
+        ``--fill-gaps`` fetches (the plan then requests only what no whole input holds)."""
+        missing = {day for days in self.missing.values() for day in days}
+        return [s for s in self.sessions if self.states[s] != ChunkStatus.DONE or s in missing]
+
+    def state(self, symbol: str, session: dt.date) -> str:
+        """A session's state for one symbol: ``never`` where its instruments are missing."""
+        return NEVER if session in self.missing.get(symbol, ()) else self.states[session]
 
     def complete(self) -> bool:
-        """Every session done and every asked-for symbol known to the store."""
+        """Every session done, every asked-for symbol known and whole."""
         return not self.gaps() and not self.unknown
 
     def total(self, symbol: str) -> int:
@@ -81,7 +90,7 @@ class Coverage:
     def empty(self, symbol: str) -> list[dt.date]:
         """Sessions done with no row of ``symbol`` (nothing to fetch again: nothing was there)."""
         days = self.rows.get(symbol, {})
-        return [s for s in self.sessions if self.states[s] == ChunkStatus.DONE and not days.get(s)]
+        return [s for s in self.sessions if self.state(symbol, s) == ChunkStatus.DONE and not days.get(s)]
 
     def document(self) -> dict[str, object]:
         """The report as JSON-ready values."""
@@ -101,6 +110,7 @@ class Coverage:
                     "rows": self.total(symbol),
                     "sessions_with_rows": sum(1 for s in self.sessions if days.get(s)),
                     "empty": [s.isoformat() for s in self.empty(symbol)],
+                    "missing": [s.isoformat() for s in self.missing.get(symbol, [])],
                     "rows_by_session": {s.isoformat(): days.get(s, 0) for s in self.sessions},
                     "rows_off_session": {
                         d.isoformat(): n for d, n in sorted(self.off_session.get(symbol, {}).items())
@@ -171,7 +181,49 @@ def coverage(
         per_day = (report.rows if day in states else report.off_session).setdefault(name, {})
         per_day[day] = per_day.get(day, 0) + count
         report.rows.setdefault(name, {})
+    _find_missing(store, report, window)
     return report
+
+
+def _find_missing(store: Store, report: Coverage, window: tuple[int, int]) -> None:
+    """Per symbol, the done sessions on which one of its instruments (by the store's
+    symbology) is not inside a whole input's coverage. Where the ledger records no whole
+    input over the range (files without symbol mappings, a store of an earlier release) the
+    chunks' states are all there is to go by."""
+    covered = store.ledger.covered(report.dataset, report.schema, *window)
+    if not covered:
+        return
+    every = sorted((s, e) for i, s, e in covered if i is None)
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for instrument, start, end in covered:
+        if instrument is not None:
+            spans.setdefault(instrument, []).append((start, end))
+    done = [s for s in report.sessions if report.states[s] == ChunkStatus.DONE]
+    for symbol in report.rows:
+        instruments = store.data.instrument_ranges([symbol])
+        missing = []
+        for session in done:
+            low = day_ns(session)
+            high = low + NS_PER_DAY
+            for instrument, start, end in instruments:
+                need = (max(start, low), min(end, high))
+                if need[0] < need[1] and not _inside(need, sorted(spans.get(instrument, []) + every)):
+                    missing.append(session)
+                    break
+        if missing:
+            report.missing[symbol] = missing
+
+
+def _inside(need: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    """Whether sorted ``spans`` cover [need) without a hole."""
+    reached = need[0]
+    for start, end in spans:
+        if start > reached:
+            break
+        reached = max(reached, end)
+        if reached >= need[1]:
+            return True
+    return reached >= need[1]
 
 
 def _held(store: Store, family: Family, schema: str, symbol: str) -> bool:

@@ -376,8 +376,8 @@ class Pipeline:
             self._bookkeeping(
                 self.ledger.mark_failed, input_chunk(label), self.run_id, self.request.name, reason
             )
-        for label in plan.inputs:
-            self._bookkeeping(self.ledger.forget_failure, input_chunk(label))
+        if plan.inputs:
+            self._bookkeeping(self.ledger.forget_failures, [input_chunk(label).key for label in plan.inputs])
         if self.progress:
             self.progress.plan(len(plan.chunks))
         self._bookkeeping(self.ledger.plan_chunks, plan.chunks, self.request.name)

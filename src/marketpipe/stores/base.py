@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from marketpipe.errors import UsageError
 from marketpipe.model import Family, Model
 from marketpipe.types import (
     Chunk,
@@ -241,14 +242,33 @@ class LedgerTransaction(Protocol):
 
 
 class ReplacingTransaction(Protocol):
-    """An input being marked whole: its spans, the chunks of other inputs they replace, the
-    rows dropped of each, and what to do once the ledger has committed or rolled back."""
+    """An input being marked whole (or a deletion): its spans, the chunks of other inputs they
+    replace, the rows dropped of each, and what to do once the ledger has committed or rolled
+    back."""
 
     spans: list[Span]
     replaced: list[int]
     dropped: dict[int, int]
     committed: list[Callable[[], None]]
     rolled_back: list[Callable[[], None]]
+    forgotten: int  # a deletion's: the chunks the ledger no longer records
+    unfinished: int  # a deletion's: the chunks left pending, some of their rows gone
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """Rows to delete: a dataset's schema in [start_ns, end_ns), of the instruments of
+    ``spans`` (each clipped to that range; one span of no instrument: every one)."""
+
+    dataset: str
+    schema: str
+    spans: Sequence[Span]
+    start_ns: int
+    end_ns: int
+
+    @property
+    def every_symbol(self) -> bool:
+        return any(instrument is None for instrument, _, _ in self.spans)
 
 
 class Ledger(Protocol):
@@ -258,6 +278,12 @@ class Ledger(Protocol):
 
     def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
         """Record planned chunks as pending (chunks already known keep their state)."""
+        ...
+
+    def deletion_transaction(self, deletion: Deletion) -> AbstractContextManager[ReplacingTransaction]:
+        """One transaction under the coverage lock in which the caller drops the rows of
+        ``tx.replaced`` inside ``tx.spans``; the ledger then forgets what no longer holds rows
+        and withdraws the deleted coverage (``SqlLedger.deletion_transaction``)."""
         ...
 
     def chunk_transaction(
@@ -275,8 +301,13 @@ class Ledger(Protocol):
         """A chunk stored as parts, each in its own transaction: all of them are done."""
         ...
 
-    def forget_failure(self, chunk: Chunk) -> None:
-        """Drop a failed progress row that a later run made obsolete."""
+    def forget_failures(self, keys: Sequence[str]) -> int:
+        """Drop the failed progress rows of these chunk keys (a later run made them obsolete,
+        or their inputs are gone); how many there were."""
+        ...
+
+    def failed_chunks(self) -> list[tuple[str, str, str, str]]:
+        """Every failed chunk, oldest first: (chunk key, job, label, error)."""
         ...
 
     def start_run(self, run_id: str, job: str) -> None: ...
@@ -411,6 +442,38 @@ class Store:
                 yield ChunkWriter(family, sink, tx)
             finally:
                 sink.close()
+
+    def deletion(
+        self, schema: str, dataset: str | None, symbols: Sequence[str], start_ns: int, end_ns: int
+    ) -> tuple[Deletion, int]:
+        """What ``delete`` would remove and how many rows that is: the rows of ``symbols``
+        (every symbol when empty) through the store's symbology, in [start_ns, end_ns)."""
+        family = self.model.family_of(schema)
+        known = sorted({d for d, *_ in self.ledger.chunk_ranges(schema) if d})
+        if dataset is None:
+            if len(known) > 1:
+                raise UsageError(
+                    f"{schema} is stored from several datasets ({', '.join(known)}): give --dataset"
+                )
+            dataset = known[0] if known else ""
+        instruments = [
+            (i, max(s, start_ns), min(e, end_ns))
+            for i, s, e in (self.data.instrument_ranges(symbols) if symbols else [])
+            if s < end_ns and e > start_ns
+        ]
+        spans: list[Span] = list(instruments) if symbols else [(None, start_ns, end_ns)]
+        query = ExportQuery(family, schema, symbols, start_ns, end_ns, instruments)
+        rows = sum(n for _, _, n in self.data.day_counts(query)) if spans else 0
+        return Deletion(dataset, schema, spans, start_ns, end_ns), rows
+
+    def delete(self, deletion: Deletion) -> tuple[int, int, int]:
+        """Remove the rows of ``deletion`` and the ledger's record of them in one transaction;
+        the rows deleted, the chunks the ledger forgot and those it left pending."""
+        family = self.model.family_of(deletion.schema)
+        with self.ledger.deletion_transaction(deletion) as tx:
+            if tx.replaced and deletion.spans:
+                self.data.drop_covered(family, deletion.schema, tx)
+        return sum(tx.dropped.values()), tx.forgotten, tx.unfinished
 
     def complete_input(self, chunk: Chunk) -> None:
         """Every part of ``chunk``'s input is stored: what it covers replaces the rows other

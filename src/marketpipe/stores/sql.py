@@ -37,6 +37,7 @@ from marketpipe.stores.base import (
     Capabilities,
     ChunkAlreadyStored,
     ChunkSink,
+    Deletion,
     ExportQuery,
     QuarantinedRecord,
     QuarantineQuery,
@@ -295,6 +296,7 @@ RUNS_SELECT = f"""SELECT run_id, job, started_at, finished_at, status,
   records_read, stored, quarantined, failed
 FROM {RUNS_TABLE}"""
 LAST_RUNS = 5  # the runs status shows
+PARTLY_DELETED = "partly deleted (marketpipe delete): the next run of its input stores it whole again"
 # A chunk as ``runs ID`` shows it: the ledger keeps each chunk's latest run.
 RUN_CHUNK_FIELDS = (
     "label", "schema", "status", "records_read", "stored", "quarantined", "seconds", "updated_at", "error"
@@ -521,6 +523,8 @@ class CoverageTransaction:
     dropped: dict[int, int] = field(default_factory=dict)
     committed: list[Callable[[], None]] = field(default_factory=list)
     rolled_back: list[Callable[[], None]] = field(default_factory=list)
+    forgotten: int = 0  # a deletion's: the chunks the ledger no longer records
+    unfinished: int = 0  # a deletion's: the chunks left pending, some of their rows gone
 
 
 class SqlLedger:
@@ -632,12 +636,22 @@ class SqlLedger:
         self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.DONE, counts, run_id))
         self._commit()
 
-    def forget_failure(self, chunk: Chunk) -> None:
-        self._execute(
-            f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_key = %s AND status = '{ChunkStatus.FAILED}'",
-            [chunk.key],
-        )
+    def forget_failures(self, keys: Sequence[str]) -> int:
+        where = f" FROM {CHUNKS_TABLE} WHERE chunk_key = ANY(%s) AND status = '{ChunkStatus.FAILED}'"
+        (count,) = self._query("SELECT count(*)" + where, [list(keys)])[0]
+        if count:
+            self._execute("DELETE" + where, [list(keys)])
         self._commit()
+        return int(count)
+
+    def failed_chunks(self) -> list[tuple[str, str, str, str]]:
+        return [
+            (str(k), str(j), str(lb), str(e or ""))
+            for k, j, lb, e in self._query(
+                f"SELECT chunk_key, job, label, error FROM {CHUNKS_TABLE}"
+                f" WHERE status = '{ChunkStatus.FAILED}' ORDER BY updated_at, chunk_key"
+            )
+        ]
 
     def start_run(self, run_id: str, job: str) -> None:
         self._execute(INSERT_RUN, [run_id, job])
@@ -726,9 +740,12 @@ class SqlLedger:
         return [
             (str(dataset or ""), int(start), int(end), ChunkStatus(status))
             for dataset, start, end, status in self._query(
-                f"SELECT dataset, start_ns, end_ns, status FROM {CHUNKS_TABLE} WHERE schema = %s"
+                # A chunk a deletion left pending ran: its days are done; what was deleted
+                # from them is told by the coverage withdrawn (``covered``).
+                f"SELECT dataset, start_ns, end_ns, CASE WHEN error = %s THEN '{ChunkStatus.DONE}'"
+                f" ELSE status END FROM {CHUNKS_TABLE} WHERE schema = %s"
                 " AND start_ns IS NOT NULL AND end_ns IS NOT NULL ORDER BY updated_at, chunk_key",
-                [schema],
+                [PARTLY_DELETED, schema],
             )
         ]
 
@@ -894,6 +911,113 @@ class SqlLedger:
                 raise
         for done in tx.committed:
             done()
+
+    @contextmanager
+    def deletion_transaction(self, deletion: Deletion) -> Iterator[CoverageTransaction]:
+        """The rows of ``deletion`` go, with the ledger's record of them, in one transaction
+        under the coverage lock: the caller drops ``tx.replaced``'s rows in ``tx.spans``
+        inside it. Chunks requested inside the deletion's days that hold no row after it (all
+        of them when every symbol goes) are forgotten, with their quarantined records, so
+        coverage shows those days as never requested and a run of the same inputs stores them
+        again; the others keep their state with their rows counted out (``replaced``). The
+        coverage recorded for the deleted instruments (every one's, when a span covers every
+        instrument) over those days is withdrawn, so an API run requests them again."""
+        start, end = deletion.start_ns, deletion.end_ns
+        with self._coverage_lock(deletion.dataset, deletion.schema):
+            self._begin()
+            try:
+                chunks = self._query(
+                    f"SELECT chunk_id, chunk_key, coalesce(input_key, chunk_key), start_ns, end_ns,"
+                    f" first_ns, last_ns, coalesce(stored, 0) - coalesce(replaced, 0) FROM {CHUNKS_TABLE}"
+                    " WHERE schema = %s AND coalesce(dataset, '') = %s",
+                    [deletion.schema, deletion.dataset],
+                )
+                replaced = [
+                    int(i) for i, _, _, _, _, first, last, _ in chunks
+                    if first is not None and first < end and last >= start
+                ]  # fmt: skip
+                tx = CoverageTransaction(list(deletion.spans), replaced)
+                try:
+                    yield tx
+                except BaseException:
+                    for undo in tx.rolled_back:
+                        undo()
+                    raise
+                self._executemany(
+                    f"UPDATE {CHUNKS_TABLE} SET replaced = coalesce(replaced, 0) + %s WHERE chunk_id = %s",
+                    [(rows, owner) for owner, rows in tx.dropped.items()],
+                )
+                held: dict[str, int] = {}  # rows each input still holds, its parts' included
+                for chunk_id, key, input_key, *_, rows in chunks:
+                    left = int(rows) - tx.dropped.get(int(chunk_id), 0)
+                    held[str(input_key)] = held.get(str(input_key), 0) + left
+                    if input_key != key:
+                        held[str(key)] = held.get(str(key), 0)
+                inside = [
+                    (int(chunk_id), str(key), str(input_key))
+                    for chunk_id, key, input_key, first, stop, *_ in chunks
+                    if first is not None and stop is not None and first >= start and stop <= end
+                ]
+                forgotten = [
+                    chunk_id for chunk_id, key, input_key in inside
+                    if deletion.every_symbol or held.get(input_key, 0) <= 0 and held.get(key, 0) <= 0
+                ]  # fmt: skip
+                tx.forgotten = len(forgotten)
+                self._execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
+                self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
+                # A chunk that lost some rows is no longer whole: pending, so coverage shows its
+                # days as not done and the next run of its input stores it whole again (an
+                # API plan requests the deleted instruments' days anew: their coverage is gone).
+                partly = [i for i, n in tx.dropped.items() if n and i not in set(forgotten)]
+                tx.unfinished = len(partly)
+                inputs = f"SELECT input_key FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)"
+                self._execute(
+                    f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.PENDING}', updated_at = now(),"
+                    f" error = %s WHERE (chunk_id = ANY(%s) OR chunk_key IN ({inputs}))"
+                    f" AND status = '{ChunkStatus.DONE}'",
+                    [PARTLY_DELETED, partly, partly],
+                )
+                self._withdraw_coverage(deletion)
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+        for done in tx.committed:
+            done()
+
+    def _withdraw_coverage(self, deletion: Deletion) -> None:
+        """Cut the deletion's days out of the coverage recorded for its instruments."""
+        if not self.coverage_recorded:
+            return
+        start, end = deletion.start_ns, deletion.end_ns
+        instruments = {i for i, _, _ in deletion.spans}
+        rows = self._query(
+            f"SELECT input_key, instrument_id, start_ns, end_ns, complete FROM {COVERAGE_TABLE}"
+            " WHERE dataset = %s AND schema = %s AND start_ns < %s AND end_ns > %s",
+            [deletion.dataset, deletion.schema, end, start],
+        )
+        cut = [
+            r
+            for r in rows
+            if deletion.every_symbol or r[1] is None or None in instruments or r[1] in instruments
+        ]
+        for input_key, instrument, first, stop, complete in cut:
+            keep = " AND instrument_id IS NULL" if instrument is None else " AND instrument_id = %s"
+            self._execute(
+                f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s AND dataset = %s AND schema = %s"
+                f" AND start_ns = %s AND end_ns = %s{keep}",
+                [input_key, deletion.dataset, deletion.schema, first, stop]
+                + ([] if instrument is None else [instrument]),
+            )
+            pieces = [(first, min(stop, start)), (max(first, end), stop)]
+            self._executemany(
+                INSERT_COVERAGE,
+                [
+                    (input_key, deletion.dataset, deletion.schema, instrument, a, b, complete)
+                    for a, b in pieces
+                    if a < b
+                ],
+            )
 
     def stored_through(self, job: str) -> dt.date | None:
         done: set[dt.date] = set()
