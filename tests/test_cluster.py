@@ -218,8 +218,8 @@ class _Progress:
     def __init__(self) -> None:
         self.planned = self.records = self.finished = 0
 
-    def plan(self, chunks: int) -> None:
-        self.planned = chunks
+    def plan(self, chunks: list[object]) -> None:
+        self.planned = len(chunks)
 
     def chunk_started(self, chunk: object) -> None:
         """Chunks start on the workers, out of the client's sight."""

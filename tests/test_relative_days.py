@@ -124,7 +124,9 @@ def test_export_and_coverage_take_relative_days_but_not_last(cli, tmp_path: Path
     assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
     out = tmp_path / "recent.parquet"
     recent = cli("export", "--schema", "trades", "--out", str(out), "--start-date", "-7d", "--db", db)
-    assert recent.exit_code == 0 and "wrote 0 trades records" in recent.output  # the sample is 2024
+    # The sample is 2024: nothing matches, which is said (exit 3), and no file is written.
+    assert recent.exit_code == 3 and "error: no trades records from " in recent.output
+    assert not out.exists()
     for command in (["export", "--out", str(tmp_path / "x.parquet")], ["coverage"]):
         result = cli(*command, "--schema", "trades", "--end-date", "last", "--db", db)
         assert result.exit_code == 2

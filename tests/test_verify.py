@@ -78,9 +78,9 @@ def test_damage_is_found_repaired_and_stored_again(cli, db: str, tmp_path: Path)
     code, report = _verify(cli, db)
     assert code == 1 and len(report["damaged"]) == damaged_count, report
     if db.startswith("lake:"):
-        reasons = " ".join(reason for _, _, reason in report["damaged"])
+        reasons = " ".join(d["reason"] for d in report["damaged"])
         assert "missing" in reasons and "bytes, " in reasons and "SHA-256" in reasons, reasons
-    assert all("trades-2024-03-0" in label for _, label, _ in report["damaged"])
+    assert all("trades-2024-03-0" in d["input"] for d in report["damaged"])
     # Found, not changed: a second look finds the same.
     assert _verify(cli, db)[1]["damaged"] == report["damaged"]
     code, repaired = _verify(cli, db, "--repair")

@@ -18,6 +18,7 @@ from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from typer._click.exceptions import UsageError  # Typer's own copy of Click (0.2x)
 from typer.core import TyperCommand
 
 from marketpipe import defaults
@@ -25,7 +26,7 @@ from marketpipe.errors import MarketpipeError, Terminated
 from marketpipe.version import __version__
 
 if TYPE_CHECKING:
-    # Typer ships its own copy of Click (0.2x); its types, for the overrides below.
+    # Typer ships its own copy of Click; its types, for the overrides below.
     from typer._click import Context, HelpFormatter
 
 LOG_LEVEL_VARIABLE = "MARKETPIPE_LOG_LEVEL"
@@ -44,7 +45,15 @@ class Command(TyperCommand):
             if name.startswith("--") and "_" in name and dashed in names:
                 arg = dashed + equals + value
             spelled.append(arg)
-        return super().parse_args(ctx, spelled)
+        try:
+            return super().parse_args(ctx, list(spelled))  # the parser consumes its list
+        except UsageError as exc:
+            if "--json" not in spelled:
+                raise
+            # Monitoring reads standard output: a usage error is a JSON document there too.
+            _json_error(exc.format_message(), exc.exit_code)
+            _error(f"error: {exc.format_message()}")
+            raise typer.Exit(exc.exit_code) from None
 
 
 class SchemaCommand(Command):
@@ -168,11 +177,21 @@ def _error(text: str) -> None:
     typer.echo(text, err=True)
 
 
-def _guarded(action: Callable[[], T]) -> T:
-    """Run a command body: user errors become one line and their exit code."""
+def _json_error(message: str, exit_code: int) -> None:
+    """The error document ``--json`` prints on standard output: ``{"error": {...}}``."""
+    import json
+
+    typer.echo(json.dumps({"error": {"message": message, "exit_code": exit_code}}, indent=2))
+
+
+def _guarded(action: Callable[[], T], as_json: bool = False) -> T:
+    """Run a command body: user errors become one line and their exit code (and, under
+    ``--json``, an error document on standard output)."""
     try:
         return action()
     except MarketpipeError as exc:
+        if as_json:
+            _json_error(str(exc), exc.exit_code)
         _error(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
@@ -284,7 +303,7 @@ def ingest(
     post-transformation validation, store. Chunks done before are skipped (--force redoes
     them); a record that breaks a rule is quarantined and the run goes on."""
     flags = dict(locals())
-    code = _guarded(lambda: _commands().ingest(**flags))
+    code = _guarded(lambda: _commands().ingest(**flags), as_json)
     raise typer.Exit(code)
 
 
@@ -353,7 +372,7 @@ def list_jobs(as_json: JsonOption = False, wide: WideOption = False) -> None:
 
     The project's configs/databento.yaml (marketpipe init), MARKETPIPE_JOBS_FILE, or the
     default that ships with marketpipe."""
-    _guarded(lambda: _commands().list_jobs(as_json, wide))
+    _guarded(lambda: _commands().list_jobs(as_json, wide), as_json)
 
 
 class CoverageCommand(SchemaCommand):
@@ -399,7 +418,8 @@ def coverage_command(
     code = _guarded(
         lambda: _commands().coverage(
             schema, db, ledger, pg_schema, dataset, symbols, start_date, end_date, as_json, strict, wide
-        )
+        ),
+        as_json,
     )
     raise typer.Exit(code)
 
@@ -413,7 +433,7 @@ def status(
     wide: WideOption = False,
 ) -> None:
     """What is stored: tables, rows, time ranges, chunks, runs."""
-    _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json, wide))
+    _guarded(lambda: _commands().status(db, ledger, pg_schema, as_json, wide), as_json)
 
 
 @app.command(cls=SchemaCommand)
@@ -448,7 +468,8 @@ def delete(
     _guarded(
         lambda: _commands().delete(
             schema, db, ledger, pg_schema, dataset, symbols, start_date, end_date, dry_run, yes, as_json
-        )
+        ),
+        as_json,
     )
 
 
@@ -465,7 +486,7 @@ def forget_failures(
 
     A failed chunk holds no rows: forgetting it changes no data. A run of the same input
     later stores it as new."""
-    _guarded(lambda: _commands().forget_failures(db, ledger, pg_schema, every, dry_run, as_json))
+    _guarded(lambda: _commands().forget_failures(db, ledger, pg_schema, every, dry_run, as_json), as_json)
 
 
 @app.command(cls=Command)
@@ -481,7 +502,7 @@ def runs(
     """The last runs, latest first; with an id, what each of its chunks did.
 
     A chunk a later run redid is shown under that run (the ledger keeps its latest state)."""
-    _guarded(lambda: _commands().runs(run_id, db, ledger, pg_schema, limit, as_json, wide))
+    _guarded(lambda: _commands().runs(run_id, db, ledger, pg_schema, limit, as_json, wide), as_json)
 
 
 @app.command(cls=Command)
@@ -495,7 +516,7 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check every done chunk's rows (and a lake's files) against the ledger; exit 1 if any is damaged."""
-    code = _guarded(lambda: _commands().verify(db, ledger, pg_schema, repair, as_json))
+    code = _guarded(lambda: _commands().verify(db, ledger, pg_schema, repair, as_json), as_json)
     raise typer.Exit(code)
 
 
@@ -514,7 +535,8 @@ def quarantine_command(
 ) -> None:
     """List quarantined records (by run, schema, rule), or one."""
     _guarded(
-        lambda: _commands().quarantine(db, ledger, pg_schema, run, schema, rule, limit, show, as_json, wide)
+        lambda: _commands().quarantine(db, ledger, pg_schema, run, schema, rule, limit, show, as_json, wide),
+        as_json,
     )
 
 

@@ -28,7 +28,7 @@ from marketpipe.config import (
 )
 from marketpipe.coverage import coverage as coverage_report
 from marketpipe.defaults import DAY_FORMS, READ_DAY_FORMS
-from marketpipe.errors import UsageError
+from marketpipe.errors import NothingMatched, UsageError
 from marketpipe.exporting import FORMATS, as_text, check_output, write_file
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
@@ -238,6 +238,12 @@ def export(
         rows = export_records(store, schema, format, out, _list(symbols), start, end, settings.batch_size)
     finally:
         store.close()
+    if not rows:
+        picked = f" of {symbols}" if symbols else ""
+        days = f" from {start or 'the first day'} to {end or 'the last'}" if start or end else ""
+        raise NothingMatched(
+            f"no {schema} records{picked}{days} in {store.location}: nothing written to {out}"
+        )
     console.out().print(f"wrote {rows:,} {schema} records to {out}")
 
 
@@ -477,7 +483,16 @@ def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bo
     finally:
         store.close()
     if as_json:
-        console.print_json(report)
+        console.print_json(
+            {
+                "location": report.location,
+                "chunks": report.chunks,
+                "damaged": [
+                    {"chunk_id": i, "input": label, "reason": why} for i, label, why in report.damaged
+                ],
+                "repaired": report.repaired,
+            }
+        )
     else:
         console.render_verification(report)
     return 1 if report.damaged else 0

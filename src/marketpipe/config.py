@@ -139,6 +139,9 @@ LAKE_PREFIX = "lake:"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Settings(BaseSettings):
     """Where things live and how big batches are; ``MARKETPIPE_*`` variables or ``.env``."""
 
@@ -151,6 +154,7 @@ class Settings(BaseSettings):
     # PostgreSQL: the schema marketpipe's tables, views and ledger live in (made if missing);
     # None: the connection's current schema (public).
     pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # The console's level (the log file takes INFO and above).
     log_level: str = defaults.LOG_LEVEL
     log_file: Path = Field(default_factory=default_log_file)
     batch_size: int = Field(defaults.BATCH_SIZE, gt=0)
@@ -207,6 +211,13 @@ class Settings(BaseSettings):
                 )
             return LAKE_PREFIX + (root if "://" in root else _absolute(root))
         return _database(value, "a DuckDB file path, a postgresql:// URL or lake:DIR")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a level: {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("ledger")
     @classmethod

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import sys
+import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,23 +41,35 @@ def err() -> Console:
 
 
 class RichProgress:
-    """Chunks done out of planned, and records read so far."""
+    """Chunks done of planned, records read, records per second and the time left: from the
+    planned records where the plan knows them (files), else from the chunks. Without a
+    terminal (cron, a pipe) nothing redraws: one line per finished chunk goes to standard
+    error as it finishes, so a log shows progress before the summary."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        console = err()
+        self._lines = not console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[chunks]}"),
             TextColumn("{task.fields[records]:,} records"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
             TimeElapsedColumn(),
-            console=err(),
+            console=console,
             transient=True,
+            disable=self._lines,
         )
-        self._task = self._progress.add_task("ingest", total=0, records=0)
+        self._task = self._progress.add_task("ingest", total=None, records=0, chunks="", rate="")
         self._records = 0
+        self._done = 0
+        self._planned = 0
+        self._by_records = False
         self._started = False
+        self._clock = time.monotonic()
 
     def __enter__(self) -> RichProgress:
         return self
@@ -63,21 +78,53 @@ class RichProgress:
         if self._started:
             self._progress.stop()
 
-    def plan(self, chunks: int) -> None:
+    def plan(self, chunks: Sequence[Chunk]) -> None:
         """Shown from here: errors found before planning print nothing but their line."""
-        self._progress.update(self._task, total=chunks)
+        counts = [c.record_count for c in chunks]
+        self._planned = len(chunks)
+        self._by_records = bool(counts) and all(n is not None for n in counts)
+        total = sum(n or 0 for n in counts) if self._by_records else len(chunks)
+        self._progress.update(self._task, total=total, chunks=f"0/{len(chunks):,} chunks")
         self._progress.start()
         self._started = True
+        self._clock = time.monotonic()
 
     def chunk_started(self, chunk: Chunk) -> None:
         self._progress.update(self._task, description=chunk.schema)
 
     def advance(self, records: int) -> None:
         self._records += records
-        self._progress.update(self._task, records=self._records)
+        self._progress.update(
+            self._task,
+            records=self._records,
+            rate=f"{self._rate():,.0f} records/s",
+            advance=records if self._by_records else 0,
+        )
 
     def chunk_finished(self, result: ChunkResult) -> None:
-        self._progress.advance(self._task)
+        self._done += 1
+        skipped = result.status is ChunkStatus.SKIPPED
+        if self._by_records and skipped:  # what a skipped chunk holds is not read: not to wait for
+            task = self._progress.tasks[0]
+            self._progress.update(self._task, total=(task.total or 0) - (result.chunk.record_count or 0))
+        self._progress.update(
+            self._task,
+            chunks=f"{self._done:,}/{self._planned:,} chunks",
+            advance=0 if self._by_records else 1,
+        )
+        if self._lines and not skipped:
+            counts = f"read {result.read:,}, stored {result.stored:,}, quarantined {result.quarantined:,}"
+            print(
+                f"[{self._done:,}/{self._planned:,}] {result.status} {result.chunk.label}: {counts}"
+                f" in {result.seconds:.2f} s; {self._records:,} records so far,"
+                f" {self._rate():,.0f} records/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _rate(self) -> float:
+        elapsed = time.monotonic() - self._clock
+        return self._records / elapsed if elapsed > 0 else 0.0
 
 
 def render_quote(request: IngestRequest, estimate: Estimate) -> None:

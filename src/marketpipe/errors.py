@@ -15,6 +15,13 @@ class UsageError(MarketpipeError):
     exit_code = 2
 
 
+class NothingMatched(MarketpipeError):
+    """A read that selects no record (an export of a schema never ingested, of days or
+    symbols the store does not hold): said, and exit code 3, so a script can tell."""
+
+    exit_code = 3
+
+
 class ConfigError(UsageError):
     """A configuration file that cannot be used as it is."""
 

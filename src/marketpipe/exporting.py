@@ -52,8 +52,11 @@ def check_output(out: Path, overwrite: bool, protected: list[Path]) -> None:
         raise UsageError(f"--out {out} exists: give --overwrite to replace it")
 
 
-def write_file(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str, out: Path) -> int:
-    """Rows written to ``out``, which appears only once complete."""
+def write_file(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str, out: Path, empty: bool = True
+) -> int:
+    """Rows written to ``out``, which appears only once complete; with ``empty`` False, only
+    if it holds a row (``out`` as it was otherwise)."""
     partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,10 @@ def write_file(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str, o
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
-        os.replace(partial, out)
+        if rows or empty:
+            os.replace(partial, out)
+        else:
+            partial.unlink()
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -92,7 +98,8 @@ def export(
     end_date: dt.date | None,
     batch_size: int,
 ) -> int:
-    """Rows written; ``end_date`` is inclusive. Read as ``marketpipe.open(...).batches`` reads."""
+    """Rows written; ``end_date`` is inclusive. Read as ``marketpipe.open(...).batches`` reads.
+    No row matched: no file is written (0)."""
     reader = Reader(store)
     batches = reader.batches(
         schema,
@@ -101,4 +108,4 @@ def export(
         None if end_date is None else end_date + dt.timedelta(days=1),
         batch_size=batch_size,
     )
-    return write_file(batches, reader.schema(schema), fmt, out)
+    return write_file(batches, reader.schema(schema), fmt, out, empty=False)

@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -173,7 +173,9 @@ class RunSummary:
 
 
 class Progress(Protocol):
-    def plan(self, chunks: int) -> None: ...
+    def plan(self, chunks: Sequence[Chunk]) -> None:
+        """The chunks planned (a file's parts know their record counts; downloads do not)."""
+        ...
 
     def chunk_started(self, chunk: Chunk) -> None: ...
 
@@ -379,7 +381,7 @@ class Pipeline:
         if plan.inputs:
             self._bookkeeping(self.ledger.forget_failures, [input_chunk(label).key for label in plan.inputs])
         if self.progress:
-            self.progress.plan(len(plan.chunks))
+            self.progress.plan(plan.chunks)
         self._bookkeeping(self.ledger.plan_chunks, plan.chunks, self.request.name)
         self._bookkeeping(self.ledger.record_symbology, plan.symbology)
         self._bookkeeping(self.ledger.start_run, self.run_id, self.request.name)

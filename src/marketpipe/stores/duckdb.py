@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -158,7 +159,9 @@ class DuckDBLedger(sql.SqlLedger):
             config = {**CONFIG, "memory_limit": memory_limit}
             self.con = duckdb.connect(str(file), read_only=read_only, config=config)
         except (OSError, duckdb.Error) as exc:
-            raise StoreRejected(f"cannot open DuckDB database {path}: {exc}") from None
+            raise StoreRejected(
+                _busy(path, str(exc)) or f"cannot open DuckDB database {path}: {exc}"
+            ) from None
         try:
             self._prepare(read_only)
         except BaseException:
@@ -382,6 +385,25 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
             reader = cursor.sql(_q(statement), params=params).to_arrow_reader(batch_size)
             for batch in reader:
                 yield batch.cast(family.arrow_schema)
+
+
+def _busy(path: str, error: str) -> str | None:
+    """DuckDB's refusal of a file another process holds, as which process holds it (its
+    command line, where /proc shows it: ``marketpipe ingest --job ...``). DuckDB lets one
+    process open a file to write, and none other while it does, so the ledger cannot be read
+    to name the run."""
+    held = re.search(r"Conflicting lock is held in (.*) \(PID (\d+)\)", error)
+    if held is None:
+        return None
+    program, pid = held.groups()
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        command = program
+    return (
+        f"{path} is busy: another process is writing it (PID {pid}: {command}); a DuckDB store takes"
+        " one process at a time, so run this once it has finished (a PostgreSQL store takes many)"
+    )
 
 
 def _query_error(exc: duckdb.Error) -> UsageError:
