@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from marketpipe.pipeline import ingest
 from marketpipe.reading import Reader
 from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn
 
-from conftest import SAMPLES
+from conftest import SAMPLES, samples_dir
 from dbn_reference import MODEL
 from pg import POSTGRES
 
@@ -109,6 +110,11 @@ def test_batches_stay_bounded(reader: Reader, records: np.ndarray) -> None:
 def test_pandas_and_polars(reader: Reader, records: np.ndarray) -> None:
     frame = reader.to_pandas("trades", columns=["ts_recv", "price"], price_type="float")
     assert str(frame["ts_recv"].dtype) == "datetime64[ns, UTC]" and len(frame) == len(records)
+    assert frame["price"].dtype == np.float64
+    exact = reader.to_pandas("trades", columns=["price"])
+    # Exact decimals as an Arrow-backed column, not an object column of Python Decimals.
+    assert exact["price"].dtype == pd.ArrowDtype(pa.decimal128(19, 9))
+    assert exact["price"].sum() == sum(Decimal(int(p)) / 10**9 for p in records["price"])
     lazy = reader.to_polars("trades", columns=["ts_recv", "price"])
     assert lazy.schema["ts_recv"] == polars.Datetime("ns", "UTC")
     assert lazy.schema["price"] == polars.Decimal(19, 9)
@@ -155,10 +161,13 @@ def test_read_is_what_export_writes_for_every_schema(samples_store: str, cli, tm
         for schema in sorted({p.name.split(".")[1] for p in SAMPLES.glob("test_data.*.dbn*")}):
             out = tmp_path / f"{schema}.parquet"
             result = cli("export", "--schema", schema, "--out", str(out), "--db", samples_store)
+            read = reader.read(schema)
+            if not read.num_rows:  # the ohlcv-1d sample holds no record: said, no file written
+                assert result.exit_code == 3 and not out.exists(), result.output
+                continue
             assert result.exit_code == 0, result.output
             exported = pq.read_table(out)
-            read = reader.read(schema)
-            assert read.num_rows == exported.num_rows  # the ohlcv-1d sample holds no record
+            assert read.num_rows == exported.num_rows
             assert read.schema == exported.schema.remove_metadata()
             assert read.equals(exported.replace_schema_metadata(None)), schema
             checked += read.num_rows > 0
@@ -213,3 +222,35 @@ def test_reads_interleave_on_one_open_store(
         rest = [b.num_rows for b in [*first, *second]]
     assert whole.num_rows == 3_000
     assert head.num_rows + sum(interleaved) + sum(rest) == 6_000
+
+
+@pytest.mark.parametrize(
+    "name", ["test_data.trades.dbn", "test_data.mbp-1.dbn", "test_data.ohlcv-1d.v3.dbn.zst"]
+)
+def test_to_pandas_like_dbn_store_mirrors_the_clients_to_df(name: str, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Databento's DBNStore.to_df: "The DataFrame index will be set to ts_recv if it exists in
+    the schema, otherwise it will be set to ts_event" (api-historical/helpers/dbn-store-to-df),
+    the record's fields follow in order, then symbol. With price_type="float" (the client's
+    default) the frames are equal value for value; marketpipe's own columns come last."""
+    import databento as db
+
+    path = samples_dir() / name
+    store = str(tmp_path / "store.duckdb")
+    assert cli("ingest", "--from-file", str(path), "--db", store).exit_code == 0
+    expected = db.DBNStore.from_file(path).to_df()
+    schema = db.DBNStore.from_file(path).schema.value
+    with marketpipe.open(store) as reader:
+        got = reader.to_pandas(schema, price_type="float", like_dbn_store=True)
+    assert got.index.name == expected.index.name
+    assert list(got.columns[: len(expected.columns)]) == list(expected.columns)
+    got = got.sort_values([*expected.columns[:1]], kind="stable")
+    expected = expected.sort_values([*expected.columns[:1]], kind="stable")
+    for column in expected.columns:
+        mine, theirs = got[column].to_numpy(), expected[column].to_numpy()
+        if column in ("action", "side"):
+            theirs = np.array([str(v) for v in theirs])
+            mine = np.array([str(v) for v in mine])
+        assert (mine == theirs).all() or np.allclose(
+            mine.astype(float), theirs.astype(float), equal_nan=True
+        ), column
+    assert (got.index == expected.index).all()

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from marketpipe.config import load_settings
 from marketpipe.errors import UsageError
-from marketpipe.model import PRICE_SCALE, Family, Kind, check_schema
+from marketpipe.model import PRICE_SCALE, RECORD_OF_SCHEMA, Family, Kind, check_schema
 from marketpipe.rules.transformation import load_model
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ExportQuery, Store
@@ -197,10 +197,31 @@ class Reader:
         end: TimeBound = None,
         columns: Sequence[str] | None = None,
         price_type: PriceType = "decimal",
+        like_dbn_store: bool = False,
     ) -> pandas.DataFrame:
-        """``read`` as a pandas DataFrame: timestamps ``datetime64[ns, UTC]``, decimal prices
-        as Python ``Decimal`` objects (``price_type="float"`` for float64 columns)."""
-        return self.read(schema, symbols, start, end, columns, price_type).to_pandas()
+        """``read`` as a pandas DataFrame: timestamps ``datetime64[ns, UTC]``; exact decimal
+        prices Arrow-backed (``pd.ArrowDtype(decimal128(19, 9))``: vectorized, not Python
+        ``Decimal`` objects), float64 with ``price_type="float"``, int64 with ``"fixed"``.
+
+        ``like_dbn_store``: shaped as the Databento client's ``DBNStore.to_df()``: indexed by
+        the index timestamp (``ts_recv`` where the schema has it, else ``ts_event``), the
+        record's fields in DBN order, then ``symbol``, then marketpipe's own columns
+        (``ts_out``, ``chunk_id``, ...). The one difference left: prices stay exact decimals
+        unless ``price_type="float"`` is asked for (the client's default is float).
+        """
+        import pandas as pd
+
+        table = self.read(schema, symbols, start, end, columns, price_type)
+        frame = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_decimal(t) else None)
+        if not like_dbn_store:
+            return frame
+        family = self.store.model.family_of(schema)
+        index = family.time_column if family.time_column in frame.columns else None
+        record = [f for f in RECORD_OF_SCHEMA[schema]._ordered_fields if f in frame.columns and f != index]  # type: ignore[attr-defined]
+        named = ["symbol"] if "symbol" in frame.columns else []
+        rest = [c for c in frame.columns if c not in (*record, *named, index)]
+        frame = frame[[*([index] if index else []), *record, *named, *rest]]
+        return frame.set_index(index) if index else frame
 
     def to_polars(
         self,
