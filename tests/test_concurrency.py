@@ -82,7 +82,7 @@ def test_second_writer_on_a_duckdb_file_gets_one_line_naming_the_other(tmp_path:
         out, err = run.communicate(timeout=60)
         assert run.returncode == 2
         lines = [line for line in (out + err).splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith(f"error: cannot open DuckDB database {db}")
+        assert len(lines) == 1 and lines[0].startswith(f"error: {db} is busy: another process is writing it")
         assert f"PID {holder.pid}" in lines[0]
     finally:
         holder.kill()

@@ -32,6 +32,7 @@ LAYERS = [
     {"marketpipe.pipeline", "marketpipe.exporting"},
     {"marketpipe.cluster"},
     {"marketpipe.ingesting"},  # the Python API's ingest, which the CLI's renders
+    {"marketpipe.tables"},  # tables fit to the terminal: Rich only
     {"marketpipe.console"},
     {"marketpipe.commands"},
     {"marketpipe.cli"},

@@ -235,7 +235,9 @@ def export(
     check_output(out, overwrite, _store_files(settings))
     store = _read_only_store(settings)
     try:
-        rows = export_records(store, schema, format, out, _list(symbols), start, end, settings.batch_size)
+        rows = export_records(
+            store, schema, format, out, _list(symbols), start, end, settings.batch_size, empty=False
+        )
     finally:
         store.close()
     if not rows:

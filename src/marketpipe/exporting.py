@@ -97,9 +97,10 @@ def export(
     start_date: dt.date | None,
     end_date: dt.date | None,
     batch_size: int,
+    empty: bool = True,
 ) -> int:
     """Rows written; ``end_date`` is inclusive. Read as ``marketpipe.open(...).batches`` reads.
-    No row matched: no file is written (0)."""
+    No row matched: an empty file of the schema, or with ``empty`` False none (0 either way)."""
     reader = Reader(store)
     batches = reader.batches(
         schema,
@@ -108,4 +109,4 @@ def export(
         None if end_date is None else end_date + dt.timedelta(days=1),
         batch_size=batch_size,
     )
-    return write_file(batches, reader.schema(schema), fmt, out, empty=False)
+    return write_file(batches, reader.schema(schema), fmt, out, empty)
