@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -120,7 +121,7 @@ def test_kill_9_mid_load_then_rerun_equals_clean_run(server_url: str, tmp_path: 
 
 
 @pytest.mark.slow
-def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path: Path) -> None:
+def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     write_trade_days(tmp_path / "d", 1, 1_000_000)
     cfg = load_settings(db=pg_url, batch_size=20_000, db_retry_wait=0.05)
     outcome: dict[str, object] = {}
@@ -143,6 +144,9 @@ def test_terminated_backend_is_retried_and_nothing_is_lost(pg_url: str, tmp_path
     summary = outcome["summary"]
     assert [(r.status, r.attempts) for r in summary.results] == [("done", 2)]  # type: ignore[attr-defined]
     assert fingerprint(pg_url, "trades")[0] == 1_000_000
+    # The ledger keeps the re-run: `runs ID` shows it.
+    run = json.loads(cli("runs", summary.run_id, "--db", pg_url, "--json").stdout)  # type: ignore[attr-defined]
+    assert [(c["status"], c["attempts"]) for c in run["chunks"]] == [("done", 2)]
 
 
 @pytest.mark.slow

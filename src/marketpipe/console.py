@@ -485,6 +485,7 @@ def render_run(run: dict[str, object], chunks: list[dict[str, object]], wide: bo
             _number(c["stored"]),
             _number(c["quarantined"]),
             tables.seconds(None if c["seconds"] is None else float(c["seconds"])),  # type: ignore[arg-type]
+            "" if c["attempts"] is None else f"{int(c['attempts']) - 1:,}",  # type: ignore[call-overload]
             _time(c["updated_at"]),
         ]
         for c in chunks
@@ -505,6 +506,7 @@ RUN_CHUNK_COLUMNS = (
     Col("stored", right=True),
     Col("quarantined", right=True),
     Col("seconds", right=True, drop=2),
+    Col("retries", right=True, drop=5),
     Col("ended", drop=1),
 )
 

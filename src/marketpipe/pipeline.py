@@ -88,6 +88,7 @@ class ChunkResult:
         self.stored += part.stored
         self.quarantined += part.quarantined
         self.seconds += part.seconds
+        self.attempts += part.attempts - 1  # the parts' re-runs
         self.rules.update(part.rules)
         self.warnings.update(part.warnings)
         if part.status is ChunkStatus.FAILED:
@@ -503,7 +504,9 @@ class Pipeline:
     def _finish_group(self, group: _Group) -> ChunkResult:
         chunk, merged = group.fetched.chunk, group.merged
         if group.fetched.error is None and group.fetched.parts != [chunk]:
-            counts = ChunkCounts(merged.read, merged.stored, merged.quarantined, merged.seconds)
+            counts = ChunkCounts(
+                merged.read, merged.stored, merged.quarantined, merged.seconds, merged.attempts
+            )
             if merged.status is ChunkStatus.DONE:
                 self._bookkeeping(self.ledger.mark_done, chunk, self.run_id, self.request.name, counts)
             else:
@@ -572,12 +575,12 @@ class Pipeline:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
                     lane.store.reconnect()
-                result = self._run_chunk(chunk, force, lane)
+                result = self._run_chunk(chunk, force, lane, number)
                 result.attempts = number
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_chunk(self, chunk: Chunk, force: bool, lane: Lane) -> ChunkResult:
+    def _run_chunk(self, chunk: Chunk, force: bool, lane: Lane, attempt: int = 1) -> ChunkResult:
         log = self.log.bind(chunk=chunk.label, schema=chunk.schema, lane=lane.number)
         log.info("chunk.start")
         if self.progress:
@@ -601,7 +604,9 @@ class Pipeline:
                         f"{chunk.label}: read {result.read} != stored {result.stored}"
                         f" + quarantined {result.quarantined}"
                     )
-                writer.commit(ChunkCounts(result.read, result.stored, result.quarantined, result.seconds))
+                writer.commit(
+                    ChunkCounts(result.read, result.stored, result.quarantined, result.seconds, attempt)
+                )
         except ChunkAlreadyStored:
             log.info("chunk.skipped", reason="stored by another run while this one waited")
             return ChunkResult(chunk, ChunkStatus.SKIPPED)

@@ -148,6 +148,7 @@ class ChunkCounts:
     stored: int
     quarantined: int
     seconds: float
+    attempts: int = 1  # 2 and more: re-run after a transient store fault
 
 
 @dataclass(frozen=True)

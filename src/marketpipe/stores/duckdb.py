@@ -191,6 +191,7 @@ class DuckDBLedger(sql.SqlLedger):
             sql.CHUNK_RANGES_VERSION: sql.CHUNK_RANGES_NAME,
             sql.INSTRUMENTS_VERSION: sql.INSTRUMENTS_NAME,
             sql.COVERAGE_VERSION: sql.COVERAGE_NAME,
+            sql.ATTEMPTS_VERSION: sql.ATTEMPTS_NAME,
         }
         if applied >= migrations.keys() and tables >= _LEDGER_TABLES:
             return
@@ -200,6 +201,7 @@ class DuckDBLedger(sql.SqlLedger):
             *sql.CHUNK_RANGES_DDL,
             sql.INSTRUMENTS_DDL,
             *sql.COVERAGE_DDL,
+            sql.ATTEMPTS_DDL,
         )
         for statement in ddl:
             self.con.execute(statement)

@@ -209,6 +209,7 @@ def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
     migrations.append((sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME, _run(sql.INSTRUMENTS_DDL)))
     migrations.append((BRIN_INDEX_VERSION, BRIN_INDEX_NAME, _run(*_brin_index_statements(model))))
     migrations.append((sql.COVERAGE_VERSION, sql.COVERAGE_NAME, _run(*sql.COVERAGE_DDL)))
+    migrations.append((sql.ATTEMPTS_VERSION, sql.ATTEMPTS_NAME, _run(sql.ATTEMPTS_DDL)))
     return migrations
 
 

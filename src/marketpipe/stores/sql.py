@@ -138,6 +138,10 @@ INSTRUMENTS_DDL = f"""CREATE TABLE IF NOT EXISTS {INSTRUMENTS_TABLE} (
 # stored input as covering its own rows only (what it was asked for is not recorded).
 COVERAGE_VERSION = MODEL_VERSION + 7
 COVERAGE_NAME = "coverage of each input, chunks by input, point-in-time symbology"
+# Each chunk's attempts (re-runs after a transient store fault), for ``runs ID``.
+ATTEMPTS_VERSION = MODEL_VERSION + 8
+ATTEMPTS_NAME = "chunk attempts"
+ATTEMPTS_DDL = f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS attempts INTEGER"
 _PART_SUFFIX = r"':[0-9]+\+[0-9]+$'"  # a part's key is its input's and ':<first>+<size>'
 SYMBOLOGY_DDL = f"""CREATE TABLE IF NOT EXISTS {SYMBOLOGY_TABLE} (
   dataset TEXT NOT NULL,
@@ -252,10 +256,10 @@ BOOKKEEPING_DDL = (
 # first_ns/last_ns: event-time range of the chunk's stored rows; only a commit sets them.
 UPSERT_CHUNK = f"""INSERT INTO {CHUNKS_TABLE}
   (chunk_key, chunk_id, job, schema, label, status, records_read, stored, quarantined,
-   seconds, first_ns, last_ns, run_id, updated_at, error, dataset, start_ns, end_ns, input_key)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s, %s)
+   seconds, first_ns, last_ns, run_id, updated_at, error, dataset, start_ns, end_ns, input_key, attempts)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s, %s, %s)
 ON CONFLICT (chunk_key) DO UPDATE SET
-  job = excluded.job, label = excluded.label, status = excluded.status,
+  job = excluded.job, label = excluded.label, status = excluded.status, attempts = excluded.attempts,
   dataset = excluded.dataset, start_ns = excluded.start_ns, end_ns = excluded.end_ns,
   input_key = excluded.input_key,
   replaced = CASE WHEN excluded.status = '{ChunkStatus.DONE}' THEN NULL ELSE {CHUNKS_TABLE}.replaced END,
@@ -299,7 +303,8 @@ LAST_RUNS = 5  # the runs status shows
 PARTLY_DELETED = "partly deleted (marketpipe delete): the next run of its input stores it whole again"
 # A chunk as ``runs ID`` shows it: the ledger keeps each chunk's latest run.
 RUN_CHUNK_FIELDS = (
-    "label", "schema", "status", "records_read", "stored", "quarantined", "seconds", "updated_at", "error"
+    "label", "schema", "status", "records_read", "stored", "quarantined", "seconds", "attempts",
+    "updated_at", "error",
 )  # fmt: skip
 
 
@@ -534,11 +539,14 @@ class SqlLedger:
     # False for a reader of a store the previous release made (not migrated): it has no
     # coverage recorded and keeps its symbology in the instruments table.
     coverage_recorded = True
+    attempts_recorded = True  # False for a reader of a store without the attempts column
 
     def _opened(self, applied: set[int], read_only: bool) -> None:
         """What the store's migrations say about reading it."""
         if read_only and COVERAGE_VERSION not in applied:
             self.coverage_recorded = False
+        if read_only and ATTEMPTS_VERSION not in applied:
+            self.attempts_recorded = False
 
     @property
     def symbology_select(self) -> str:
@@ -609,6 +617,7 @@ class SqlLedger:
             chunk.key, chunk_id(chunk.key), job, chunk.schema, chunk.label, status.value,
             c and c.read, c and c.stored, c and c.quarantined, c and c.seconds,
             first, last, run_id, error, chunk.dataset, chunk.start_ns, chunk.end_ns, chunk.input,
+            c and c.attempts,
         )  # fmt: skip
 
     def is_done(self, chunk: Chunk) -> bool:
@@ -718,9 +727,10 @@ class SqlLedger:
         return [str(r) for (r,) in self._query(f"SELECT DISTINCT rule FROM {QUARANTINE_TABLE} ORDER BY 1")]
 
     def run_chunks(self, run_id: str) -> list[dict[str, object]]:
+        # A reader of a store no release since ATTEMPTS_VERSION wrote has no attempts column.
+        fields = [f if f != "attempts" or self.attempts_recorded else "NULL" for f in RUN_CHUNK_FIELDS]
         rows = self._query(
-            f"SELECT {', '.join(RUN_CHUNK_FIELDS)} FROM {CHUNKS_TABLE}"
-            " WHERE run_id = %s ORDER BY updated_at, label",
+            f"SELECT {', '.join(fields)} FROM {CHUNKS_TABLE} WHERE run_id = %s ORDER BY updated_at, label",
             [run_id],
         )
         return [dict(zip(RUN_CHUNK_FIELDS, r, strict=True)) for r in rows]
