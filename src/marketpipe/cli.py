@@ -114,6 +114,17 @@ ReadStartOption = Annotated[
 ReadEndOption = Annotated[
     str | None, typer.Option("--end-date", help=f"Last day, inclusive: {defaults.READ_DAY_FORMS}")
 ]
+DatasetOption = Annotated[
+    str | None, typer.Option("--dataset", help="Dataset, when the schema comes from several")
+]
+StoredStartOption = Annotated[
+    str | None,
+    typer.Option("--start-date", help=f"First day (default: the first requested): {defaults.READ_DAY_FORMS}"),
+]
+StoredEndOption = Annotated[
+    str | None,
+    typer.Option("--end-date", help=f"Last day (default: the last requested): {defaults.READ_DAY_FORMS}"),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for monitoring")]
 WideOption = Annotated[
     bool, typer.Option("--wide", help="Every column, however wide (else some are left out to fit)")
@@ -392,18 +403,10 @@ def coverage_command(
     db: DbOption = None,
     ledger: LedgerOption = None,
     pg_schema: PgSchemaOption = None,
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Dataset, when the schema comes from several")
-    ] = None,
+    dataset: DatasetOption = None,
     symbols: SymbolsOption = None,
-    start_date: Annotated[
-        str | None,
-        typer.Option("--start-date", help=f"First day (default: first requested): {defaults.READ_DAY_FORMS}"),
-    ] = None,
-    end_date: Annotated[
-        str | None,
-        typer.Option("--end-date", help=f"Last day (default: last requested): {defaults.READ_DAY_FORMS}"),
-    ] = None,
+    start_date: StoredStartOption = None,
+    end_date: StoredEndOption = None,
     as_json: JsonOption = False,
     wide: WideOption = False,
     strict: Annotated[
@@ -442,20 +445,12 @@ def delete(
     db: DbOption = None,
     ledger: LedgerOption = None,
     pg_schema: PgSchemaOption = None,
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Dataset, when the schema comes from several")
-    ] = None,
+    dataset: DatasetOption = None,
     symbols: Annotated[
         str | None, typer.Option("--symbols", help="Comma-separated symbols (default: every one)")
     ] = None,
-    start_date: Annotated[
-        str | None,
-        typer.Option("--start-date", help=f"First day (default: the first): {defaults.READ_DAY_FORMS}"),
-    ] = None,
-    end_date: Annotated[
-        str | None,
-        typer.Option("--end-date", help=f"Last day (default: the last): {defaults.READ_DAY_FORMS}"),
-    ] = None,
+    start_date: StoredStartOption = None,
+    end_date: StoredEndOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the rows; delete nothing")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking (scripts)")] = False,
     as_json: JsonOption = False,

@@ -16,7 +16,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -886,16 +886,21 @@ class SqlLedger:
         yield
 
     @contextmanager
-    def coverage_transaction(self, chunk: Chunk) -> Iterator[CoverageTransaction]:
-        """The input's coverage replaces what other inputs stored there and is recorded, in
-        one transaction under the coverage lock: the caller drops ``tx.replaced``'s rows in
-        ``tx.spans`` inside it."""
-        dataset = chunk.coverage.dataset or chunk.dataset
-        with self._coverage_lock(dataset, chunk.schema):
+    def _replacing(
+        self,
+        dataset: str,
+        schema: str,
+        begin: Callable[[], CoverageTransaction],
+        end: Callable[[CoverageTransaction], None],
+    ) -> Iterator[CoverageTransaction]:
+        """One transaction under the coverage lock of the dataset's schema: ``begin`` makes the
+        transaction's spans and the chunks they replace, the caller drops their rows, the
+        rows dropped are counted out of their chunks (``replaced``), ``end`` records the rest.
+        The data side's undo steps run if it fails, its clean-up once the ledger committed."""
+        with self._coverage_lock(dataset, schema):
             self._begin()
             try:
-                spans = self._coverage_of(chunk)
-                tx = CoverageTransaction(*self._replacement(chunk, spans))
+                tx = begin()
                 try:
                     yield tx
                 except BaseException:
@@ -906,15 +911,7 @@ class SqlLedger:
                     f"UPDATE {CHUNKS_TABLE} SET replaced = coalesce(replaced, 0) + %s WHERE chunk_id = %s",
                     [(rows, owner) for owner, rows in tx.dropped.items()],
                 )
-                self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
-                self._executemany(
-                    INSERT_COVERAGE,
-                    [
-                        (chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete)
-                        for i, s, e in spans
-                    ],
-                )
-                self._record_symbology(chunk.coverage.symbology)
+                end(tx)
                 self._commit()
             except BaseException:
                 self._rollback()
@@ -922,78 +919,90 @@ class SqlLedger:
         for done in tx.committed:
             done()
 
-    @contextmanager
-    def deletion_transaction(self, deletion: Deletion) -> Iterator[CoverageTransaction]:
+    def coverage_transaction(self, chunk: Chunk) -> AbstractContextManager[CoverageTransaction]:
+        """The input's coverage replaces what other inputs stored there and is recorded, in
+        one transaction under the coverage lock: the caller drops ``tx.replaced``'s rows in
+        ``tx.spans`` inside it."""
+        dataset = chunk.coverage.dataset or chunk.dataset
+
+        def begin() -> CoverageTransaction:
+            return CoverageTransaction(*self._replacement(chunk, self._coverage_of(chunk)))
+
+        def end(tx: CoverageTransaction) -> None:
+            self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
+            self._executemany(
+                INSERT_COVERAGE,
+                [
+                    (chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete)
+                    for i, s, e in tx.spans
+                ],
+            )
+            self._record_symbology(chunk.coverage.symbology)
+
+        return self._replacing(dataset, chunk.schema, begin, end)
+
+    def deletion_transaction(self, deletion: Deletion) -> AbstractContextManager[CoverageTransaction]:
         """The rows of ``deletion`` go, with the ledger's record of them, in one transaction
         under the coverage lock: the caller drops ``tx.replaced``'s rows in ``tx.spans``
         inside it. Chunks requested inside the deletion's days that hold no row after it (all
         of them when every symbol goes) are forgotten, with their quarantined records, so
         coverage shows those days as never requested and a run of the same inputs stores them
-        again; the others keep their state with their rows counted out (``replaced``). The
-        coverage recorded for the deleted instruments (every one's, when a span covers every
-        instrument) over those days is withdrawn, so an API run requests them again."""
-        start, end = deletion.start_ns, deletion.end_ns
-        with self._coverage_lock(deletion.dataset, deletion.schema):
-            self._begin()
-            try:
-                chunks = self._query(
+        again; a chunk that lost some rows is left pending (a run of its input stores it whole
+        again). The coverage recorded for the deleted instruments (every one's, when a span
+        covers every instrument) over those days is withdrawn, so an API run requests them
+        again."""
+        start, stop = deletion.start_ns, deletion.end_ns
+        chunks: list[tuple[Any, ...]] = []
+
+        def begin() -> CoverageTransaction:
+            chunks.extend(
+                self._query(
                     f"SELECT chunk_id, chunk_key, coalesce(input_key, chunk_key), start_ns, end_ns,"
                     f" first_ns, last_ns, coalesce(stored, 0) - coalesce(replaced, 0) FROM {CHUNKS_TABLE}"
                     " WHERE schema = %s AND coalesce(dataset, '') = %s",
                     [deletion.schema, deletion.dataset],
                 )
-                replaced = [
-                    int(i) for i, _, _, _, _, first, last, _ in chunks
-                    if first is not None and first < end and last >= start
-                ]  # fmt: skip
-                tx = CoverageTransaction(list(deletion.spans), replaced)
-                try:
-                    yield tx
-                except BaseException:
-                    for undo in tx.rolled_back:
-                        undo()
-                    raise
-                self._executemany(
-                    f"UPDATE {CHUNKS_TABLE} SET replaced = coalesce(replaced, 0) + %s WHERE chunk_id = %s",
-                    [(rows, owner) for owner, rows in tx.dropped.items()],
-                )
-                held: dict[str, int] = {}  # rows each input still holds, its parts' included
-                for chunk_id, key, input_key, *_, rows in chunks:
-                    left = int(rows) - tx.dropped.get(int(chunk_id), 0)
-                    held[str(input_key)] = held.get(str(input_key), 0) + left
-                    if input_key != key:
-                        held[str(key)] = held.get(str(key), 0)
-                inside = [
-                    (int(chunk_id), str(key), str(input_key))
-                    for chunk_id, key, input_key, first, stop, *_ in chunks
-                    if first is not None and stop is not None and first >= start and stop <= end
-                ]
-                forgotten = [
-                    chunk_id for chunk_id, key, input_key in inside
-                    if deletion.every_symbol or held.get(input_key, 0) <= 0 and held.get(key, 0) <= 0
-                ]  # fmt: skip
-                tx.forgotten = len(forgotten)
-                self._execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
-                self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
-                # A chunk that lost some rows is no longer whole: pending, so coverage shows its
-                # days as not done and the next run of its input stores it whole again (an
-                # API plan requests the deleted instruments' days anew: their coverage is gone).
-                partly = [i for i, n in tx.dropped.items() if n and i not in set(forgotten)]
-                tx.unfinished = len(partly)
-                inputs = f"SELECT input_key FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)"
-                self._execute(
-                    f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.PENDING}', updated_at = now(),"
-                    f" error = %s WHERE (chunk_id = ANY(%s) OR chunk_key IN ({inputs}))"
-                    f" AND status = '{ChunkStatus.DONE}'",
-                    [PARTLY_DELETED, partly, partly],
-                )
-                self._withdraw_coverage(deletion)
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
-        for done in tx.committed:
-            done()
+            )
+            replaced = [
+                int(i) for i, _, _, _, _, first, last, _ in chunks
+                if first is not None and first < stop and last >= start
+            ]  # fmt: skip
+            return CoverageTransaction(list(deletion.spans), replaced)
+
+        def end(tx: CoverageTransaction) -> None:
+            held: dict[str, int] = {}  # rows each input still holds, its parts' included
+            for owner, key, input_key, *_, rows in chunks:
+                left = int(rows) - tx.dropped.get(int(owner), 0)
+                held[str(input_key)] = held.get(str(input_key), 0) + left
+                if input_key != key:
+                    held[str(key)] = held.get(str(key), 0)
+            inside = [
+                (int(owner), str(key), str(input_key))
+                for owner, key, input_key, first, last, *_ in chunks
+                if first is not None and last is not None and first >= start and last <= stop
+            ]
+            forgotten = [
+                owner for owner, key, input_key in inside
+                if deletion.every_symbol or held.get(input_key, 0) <= 0 and held.get(key, 0) <= 0
+            ]  # fmt: skip
+            tx.forgotten = len(forgotten)
+            self._execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
+            self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
+            # A chunk that lost some rows is no longer whole: pending, so the next run of its
+            # input stores it whole again (an API plan requests the deleted instruments' days
+            # anew: their coverage is gone). Its days read as done (``chunk_ranges``).
+            partly = [i for i, n in tx.dropped.items() if n and i not in set(forgotten)]
+            tx.unfinished = len(partly)
+            inputs = f"SELECT input_key FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)"
+            self._execute(
+                f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.PENDING}', updated_at = now(),"
+                f" error = %s WHERE (chunk_id = ANY(%s) OR chunk_key IN ({inputs}))"
+                f" AND status = '{ChunkStatus.DONE}'",
+                [PARTLY_DELETED, partly, partly],
+            )
+            self._withdraw_coverage(deletion)
+
+        return self._replacing(deletion.dataset, deletion.schema, begin, end)
 
     def _withdraw_coverage(self, deletion: Deletion) -> None:
         """Cut the deletion's days out of the coverage recorded for its instruments."""
