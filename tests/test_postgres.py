@@ -230,6 +230,7 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
             sql.INSTRUMENTS_VERSION,
             BRIN_INDEX_VERSION,
             sql.COVERAGE_VERSION,
+            sql.ATTEMPTS_VERSION,
         )
         assert versions == [(v,) for v in steps]
         assert conn.execute("SELECT marketpipe_ns(marketpipe_ts(1709510400123456789))").fetchone() == (

@@ -924,18 +924,17 @@ class SqlLedger:
         one transaction under the coverage lock: the caller drops ``tx.replaced``'s rows in
         ``tx.spans`` inside it."""
         dataset = chunk.coverage.dataset or chunk.dataset
+        spans: list[Span] = []  # the input's own, recorded; the transaction's are what it drops
 
         def begin() -> CoverageTransaction:
-            return CoverageTransaction(*self._replacement(chunk, self._coverage_of(chunk)))
+            spans.extend(self._coverage_of(chunk))
+            return CoverageTransaction(*self._replacement(chunk, spans))
 
         def end(tx: CoverageTransaction) -> None:
             self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
             self._executemany(
                 INSERT_COVERAGE,
-                [
-                    (chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete)
-                    for i, s, e in tx.spans
-                ],
+                [(chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete) for i, s, e in spans],
             )
             self._record_symbology(chunk.coverage.symbology)
 
