@@ -76,13 +76,16 @@ marketpipe make-sample
 marketpipe ingest --job sample
 read_only marketpipe status
 read_only marketpipe export --schema ohlcv-1d --out "$tmp/bars.parquet"
-read_only marketpipe export --schema trades --symbols ESH4 --start-date 2024-01-02 --end-date 2024-01-31 \
-  --format csv --out "$tmp/esh4.csv"
-[ -s "$tmp/bars.parquet" ] && [ -s "$tmp/esh4.csv" ]
+read_only marketpipe export --schema trades --symbols ES.FUT --start-date 2024-01-02 --end-date 2024-01-31 \
+  --format csv --out "$tmp/es.csv"
+# The sample's ES trades of January (22 weekdays of 20 trades) and the CSV's header.
+[ -s "$tmp/bars.parquet" ] && [ "$(wc -l < "$tmp/es.csv")" -eq 441 ]
 read_only marketpipe query "SELECT symbol, count(*) AS trades FROM trades GROUP BY symbol ORDER BY symbol"
 read_only marketpipe coverage --schema trades --symbols ES.FUT
 read_only marketpipe coverage --schema ohlcv-1d --json
 read_only marketpipe status --json
+read_only marketpipe runs
+read_only marketpipe delete --schema trades --symbols ES.FUT --dry-run
 read_only marketpipe query "SELECT * FROM trades_v" --format parquet --out "$tmp/trades_v.parquet"
 read_only marketpipe query "SELECT * FROM ohlcv WHERE symbol = 'ES.FUT'" --format csv
 read_only marketpipe quarantine
