@@ -77,6 +77,11 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
 
     listing = cli("quarantine", "--db", db, "--rule", "trade_size_positive")
     assert listing.exit_code == 0 and "quarantined records (3 of 3 shown)" in listing.output
+    # A rule of the validation file that quarantined nothing here is known; a typo is not.
+    quiet = cli("quarantine", "--db", db, "--rule", "quote_not_crossed")
+    assert quiet.exit_code == 0 and quiet.output.strip() == "no quarantined records match"
+    typo = cli("quarantine", "--db", db, "--rule", "trade_size_positiv")
+    assert typo.exit_code == 2 and "--rule trade_size_positiv: no such rule; known: " in typo.output
     shown = cli("quarantine", "--db", db, "--rule", "trade_price_defined", "--show", "2")
     assert shown.exit_code == 0 and '"price": 9223372036854775807' in shown.output
     assert cli("quarantine", "--db", db, "--show", "99").exit_code == 2

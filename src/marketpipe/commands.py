@@ -16,6 +16,7 @@ from marketpipe.config import (
     JOBS_FILE,
     LAKE_PREFIX,
     LAST,
+    VALIDATION_FILE,
     Settings,
     config_file,
     load_calendars,
@@ -34,6 +35,7 @@ from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
 from marketpipe.model import check_schema
 from marketpipe.rules.transformation import load_model
+from marketpipe.rules.validation import read_rules
 from marketpipe.samples import make_sample as write_sample
 from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery, Querying, Store
@@ -521,10 +523,13 @@ def quarantine(
         ledger_ = store.ledger
         if run is not None and not ledger_.runs(1, run):
             raise UsageError(f"--run {run}: no such run in {store.location} (marketpipe runs lists them)")
-        rules = ledger_.quarantine_rules()
-        if rule is not None and rule not in rules:
-            known = f"rules that quarantined records here: {', '.join(rules)}" if rules else "none here does"
-            raise UsageError(f"--rule {rule}: no quarantined record names it ({known})")
+        if rule is not None:
+            # A rule of the validation file that quarantined nothing is known; a name neither
+            # it nor any quarantined record has is a typo.
+            configured = [r.name for r in read_rules(config_file(settings.validation_file, VALIDATION_FILE))]
+            known = sorted({*configured, *ledger_.quarantine_rules()})
+            if rule not in known:
+                raise UsageError(f"--rule {rule}: no such rule; known: {', '.join(known)}")
         records, total = ledger_.quarantined(query), ledger_.quarantine_count(query)
     finally:
         store.close()

@@ -154,6 +154,15 @@ def rebuild(record: str, dtype: np.dtype) -> bytes:
     return array.tobytes()
 
 
+def read_rules(path: Path) -> list[RuleSpec]:
+    """The rules a validation file declares, as written (``Validator`` checks them further)."""
+    document = read_yaml(path, "validation rules")
+    try:
+        return RuleFile.model_validate(document).rules
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {first_error(exc)}") from None
+
+
 class Validator:
     """The rules of one file, checked against every table they name, ready to run.
 
@@ -179,11 +188,7 @@ class Validator:
         return twin
 
     def _load(self, path: Path) -> list[RuleSpec]:
-        document = read_yaml(path, "validation rules")
-        try:
-            rules = RuleFile.model_validate(document).rules
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {first_error(exc)}") from None
+        rules = read_rules(path)
         names = Counter(r.name for r in rules)
         for rule in rules:
             if names[rule.name] > 1:
