@@ -263,7 +263,9 @@ def test_a_signal_at_a_random_moment_leaves_every_store_true(  # type: ignore[no
         status = json.loads(report.stdout)
         [run_row] = status["runs"]
         [trades] = [t for t in status["tables"] if t["table"] == "trades"]
-        assert run_row["status"] == ("interrupted" if run.returncode == code else "done"), (moment, run_row)
+        # A signal after the run's end was recorded (as its summary prints) leaves it done.
+        expected = ("interrupted", "done") if run.returncode == code else ("done",)
+        assert run_row["status"] in expected, (moment, run_row)
         assert trades["rows"] == run_row["stored"], (moment, trades, run_row)
         assert cli("verify", "--db", db).exit_code == 0
     else:  # stopped while starting, before its run began: nothing of it was stored

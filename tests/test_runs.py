@@ -89,3 +89,29 @@ def test_a_duckdb_store_another_process_writes_is_named_busy(cli, tmp_path: Path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_runs_ledger_counts_equal_its_summary(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``run_counts`` (what an interrupted run records: the ledger's rows of the run) adds up to
+    what the run itself counted, for downloads and for files."""
+    from marketpipe import ingest as ingest_files
+    from marketpipe.config import load_settings
+    from marketpipe.stores import open_store
+    from test_identity import run
+
+    from dbn_reference import MODEL
+
+    db = str(tmp_path / "store.duckdb")
+    make_sample(tmp_path / "sample")
+    summaries = [run(db, ["CL.FUT", "ES.FUT"], chunk_days=2), ingest_files(str(tmp_path / "sample"), db=db)]
+    store = open_store(load_settings(db=db), MODEL)
+    try:
+        for summary in summaries:
+            counted = store.ledger.run_counts(summary.run_id)
+            totals = summary.totals()
+            assert (counted.read, counted.stored, counted.quarantined) == (
+                totals.read, totals.stored, totals.quarantined,
+            )  # fmt: skip
+            assert counted.stored > 0
+    finally:
+        store.close()

@@ -389,21 +389,28 @@ class Pipeline:
         try:
             self._run_chunks(plan.chunks, summary, force)
             summary.seconds = time.perf_counter() - started
-        except KeyboardInterrupt:
+            status = (
+                RunStatus.STOPPED
+                if summary.stopped
+                else RunStatus.PARTIAL
+                if summary.failed
+                else RunStatus.DONE
+            )
             self._record_quietly(
-                self.ledger.finish_run,
-                self.run_id,
-                RunStatus.INTERRUPTED,
-                summary.totals(),
-                len(summary.failed),
+                self.ledger.finish_run, self.run_id, status, summary.totals(), len(summary.failed)
+            )
+        except KeyboardInterrupt:
+            # A signal can land between a chunk's commit and the run's count of it (a chunk
+            # the main thread ran), or while the run's end is being recorded: the ledger's rows
+            # of the run are the count.
+            try:
+                counts = self._bookkeeping(self.ledger.run_counts, self.run_id)
+            except StoreError:
+                counts = summary.totals()
+            self._record_quietly(
+                self.ledger.finish_run, self.run_id, RunStatus.INTERRUPTED, counts, len(summary.failed)
             )
             raise
-        status = (
-            RunStatus.STOPPED if summary.stopped else RunStatus.PARTIAL if summary.failed else RunStatus.DONE
-        )
-        self._record_quietly(
-            self.ledger.finish_run, self.run_id, status, summary.totals(), len(summary.failed)
-        )
         return summary
 
     def _run_chunks(self, chunks: list[Chunk], summary: RunSummary, force: bool) -> None:

@@ -312,6 +312,11 @@ class Ledger(Protocol):
 
     def start_run(self, run_id: str, job: str) -> None: ...
 
+    def run_counts(self, run_id: str) -> ChunkCounts:
+        """What the chunks ``run_id`` finished stored, as the ledger has them: the truth where
+        a run was stopped between a chunk's commit and the run's own count of it."""
+        ...
+
     def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None: ...
 
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:

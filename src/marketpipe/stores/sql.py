@@ -667,6 +667,17 @@ class SqlLedger:
         self._commit()
         self._hold_run(run_lock_key(run_id))
 
+    def run_counts(self, run_id: str) -> ChunkCounts:
+        # A download's own row sums its parts' rows: only the rows that wrote data count.
+        read, stored, quarantined, seconds = self._query(
+            "SELECT coalesce(sum(records_read), 0), coalesce(sum(stored), 0),"
+            f" coalesce(sum(quarantined), 0), coalesce(sum(seconds), 0) FROM {CHUNKS_TABLE}"
+            f" WHERE run_id = %s AND status = '{ChunkStatus.DONE}' AND chunk_key NOT IN"
+            f" (SELECT input_key FROM {CHUNKS_TABLE} WHERE run_id = %s AND input_key <> chunk_key)",
+            [run_id, run_id],
+        )[0]
+        return ChunkCounts(int(read), int(stored), int(quarantined), float(seconds))
+
     def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None:
         self._execute(
             FINISH_RUN, [status.value, counts.read, counts.stored, counts.quarantined, failed, run_id]
