@@ -117,6 +117,27 @@ def test_the_readme_layout_names_every_module() -> None:
     assert missing == [], f"README's layout section does not name: {missing}"
 
 
+def test_errors_live_in_errors_py() -> None:
+    """Every error a user can see is marketpipe's (one base, MarketpipeError, or the
+    KeyboardInterrupt a signal is) and is declared in errors.py. The rule's one exception is
+    an error that carries a stage's own type: IngestFailed holds the pipeline's RunSummary, so
+    it lives with ingesting.py. A module's private control flow (``_Abandoned``) stays there."""
+    errors = ast.parse((SRC / "errors.py").read_text())
+    names = {"Exception", "BaseException", "KeyboardInterrupt"} | {
+        node.name for node in errors.body if isinstance(node, ast.ClassDef)
+    }
+    outside = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                if bases & names:
+                    outside.append(f"{path.relative_to(SRC)}:{node.name}")
+    assert outside == ["ingesting.py:IngestFailed"]
+
+
 def test_ingesting_files_does_not_import_the_databento_client(tmp_path: Path) -> None:
     """The HTTP client costs an eighth of a second to import (its HTTP libraries, with pandas
     already imported): reading DBN files needs databento-dbn alone."""

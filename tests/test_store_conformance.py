@@ -14,10 +14,11 @@ import pyarrow as pa
 import pytest
 
 from marketpipe.config import load_settings
+from marketpipe.errors import ChunkAlreadyStored
 from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ChunkAlreadyStored, ExportQuery, QuarantineQuery, Store
+from marketpipe.stores.base import ExportQuery, QuarantineQuery, Store
 from marketpipe.stores.duckdb import DuckDBLedger
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus

@@ -56,6 +56,27 @@ class ApiRejected(SourceError):
     exit_code = 2
 
 
+class QuarantineRatioExceeded(SourceError):
+    """Too many records of one chunk broke rules: the chunk fails as a whole."""
+
+
+class TruncatedStream(TransientApiError):
+    """The download ended early but cleanly: only the quoted record count tells."""
+
+
+class Exhausted(SourceError):
+    """Retries of one call ran out: the chunk fails (the policy of an enclosing call must not retry)."""
+
+
+class CountMismatch(MarketpipeError):
+    """read != stored + quarantined: a bug, never data to keep."""
+
+
+class ChunkAlreadyStored(MarketpipeError):
+    """Another run stored the chunk while this one waited for it: the pipeline skips it (it
+    never reaches the user)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, a container or systemd stopping the run), handled as Ctrl-C is:
     the chunks in flight roll back, finished ones are kept, the run is recorded interrupted."""

@@ -39,7 +39,9 @@ from marketpipe.config import (
 )
 from marketpipe.coverage import coverage, sessions
 from marketpipe.errors import (
-    MarketpipeError,
+    ChunkAlreadyStored,
+    CountMismatch,
+    QuarantineRatioExceeded,
     SourceError,
     StoreError,
     StoreRejected,
@@ -53,20 +55,12 @@ from marketpipe.rules.validation import Validator
 from marketpipe.sources import make_source
 from marketpipe.sources.base import Fetched, Quoting, Source
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ChunkAlreadyStored, ChunkWriter, Store
+from marketpipe.stores.base import ChunkWriter, Store
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, ChunkCounts, ChunkStatus, Estimate, RawBatch, RunStatus
 
 STAGES = ("read", "validate_initial", "transform", "validate_post", "store")
 T = TypeVar("T")
-
-
-class CountMismatch(MarketpipeError):
-    """read != stored + quarantined: a bug, never data to keep."""
-
-
-class QuarantineRatioExceeded(SourceError):
-    """Too many records of one chunk broke rules: the chunk fails as a whole."""
 
 
 @dataclass

@@ -37,9 +37,9 @@ from typing import Any
 import structlog
 
 from marketpipe.config import IngestRequest, Settings, load_settings
-from marketpipe.errors import SourceError, UsageError
+from marketpipe.errors import SourceError, TruncatedStream, UsageError
 from marketpipe.sources.base import Fetched, Stored
-from marketpipe.sources.databento_client import ApiCalls, TruncatedStream
+from marketpipe.sources.databento_client import ApiCalls
 from marketpipe.sources.dbn_reader import ALL_SYMBOLS, DbnFile
 from marketpipe.symbology import NS_PER_DAY, day_ns, iso_ns
 from marketpipe.types import (

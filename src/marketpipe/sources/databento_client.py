@@ -18,20 +18,12 @@ from databento.common.error import BentoError, BentoHttpError
 from tenacity import Retrying
 
 from marketpipe.config import Settings
-from marketpipe.errors import ApiRejected, SourceError, TransientApiError, UsageError
+from marketpipe.errors import ApiRejected, Exhausted, SourceError, TransientApiError, UsageError
 from marketpipe.retries import retrying
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 T = TypeVar("T")
 log = structlog.get_logger("marketpipe.databento_api")
-
-
-class TruncatedStream(TransientApiError):
-    """The download ended early but cleanly: only the quoted record count tells."""
-
-
-class Exhausted(SourceError):
-    """Retries of one call ran out: the chunk fails (the policy of an enclosing call must not retry)."""
 
 
 class ApiCalls:

@@ -40,10 +40,6 @@ COVERAGE_TABLE = "marketpipe_coverage"
 TimeRange = tuple[int, int]  # first and last index timestamp, nanoseconds since the epoch
 
 
-class ChunkAlreadyStored(Exception):
-    """Another run stored the chunk while this one waited for it: nothing to do."""
-
-
 def chunk_id(chunk_key: str) -> int:
     """A signed 64-bit id for a chunk key, stored on every row the chunk wrote."""
     digest = hashlib.blake2b(chunk_key.encode(), digest_size=8).digest()

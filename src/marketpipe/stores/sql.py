@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 import marketpipe.stores.catalog as catalog
-from marketpipe.errors import StoreRejected, UsageError
+from marketpipe.errors import ChunkAlreadyStored, StoreRejected, UsageError
 from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
@@ -35,7 +35,6 @@ from marketpipe.stores.base import (
     RUNS_TABLE,
     SYMBOLOGY_TABLE,
     Capabilities,
-    ChunkAlreadyStored,
     ChunkSink,
     Deletion,
     ExportQuery,
