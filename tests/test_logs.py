@@ -47,3 +47,34 @@ def test_log_directory_that_cannot_exist_is_one_warning(cli, tmp_path: Path, mon
     assert result.stderr.startswith(
         f"warning: cannot write the log file {tmp_path / 'a_file' / 'logs' / 'm.jsonl'}"
     )
+
+
+def test_configure_replaces_only_its_own_handlers_and_a_worker_leaves_the_root_alone(
+    tmp_path: Path,
+) -> None:
+    """The CLI's set-up replaces the handlers it added before, never the application's (a
+    Dask worker's, pytest's); a worker's (scope "marketpipe") adds none to the root logger."""
+    root, library = logging.getLogger(), logging.getLogger("marketpipe")
+    theirs = logging.StreamHandler()
+    root.addHandler(theirs)
+    before = list(root.handlers), list(library.handlers), library.propagate
+    try:
+        configure(tmp_path / "a.jsonl", "ERROR")
+        configure(tmp_path / "a.jsonl", "ERROR")
+        ours = [h for h in root.handlers if getattr(h, "marketpipe_handler", False)]
+        assert theirs in root.handlers and len(ours) == 2  # the console and the file, once
+        for handler in ours:
+            root.removeHandler(handler)
+            handler.close()
+        configure(tmp_path / "worker.jsonl", "ERROR", scope="marketpipe")
+        assert not any(getattr(h, "marketpipe_handler", False) for h in root.handlers)
+        assert theirs in root.handlers and library.propagate is False
+        structlog.get_logger("marketpipe.worker").error("chunk.failed", chunk="x")
+        assert "chunk.failed" in (tmp_path / "worker.jsonl").read_text()
+    finally:
+        root.removeHandler(theirs)
+        for handler in list(library.handlers):
+            if getattr(handler, "marketpipe_handler", False):
+                library.removeHandler(handler)
+                handler.close()
+        library.propagate = before[2]

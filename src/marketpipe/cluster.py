@@ -87,7 +87,7 @@ class ChunkRunner(WorkerPlugin):
         self.lane: Lane | None = None
 
     def setup(self, worker: Any) -> None:
-        configure(self.settings.log_file, "ERROR")
+        configure(self.settings.log_file, "ERROR", scope="marketpipe")  # the worker's own logging stays
         model, validator = load_rules(self.settings)
         store = open_store(self.settings, model)
         self.pipeline = Pipeline(

@@ -23,14 +23,20 @@ import structlog
 # Events shown on the console as they happen, whatever the console level.
 ALWAYS_SHOWN = frozenset({"api.retry", "db.retry", "chunk.retry", "chunk.waiting"})
 REDACTED = "***"
+_OURS = "marketpipe_handler"  # set on the handlers configure adds, so that it replaces only those
 
 
 class _FileHandler(logging.FileHandler):
     """A log file that stops being writable (disk full, removed device) is said once."""
 
+    def __init__(self, path: Path, owner: logging.Logger) -> None:
+        super().__init__(path)
+        self.owner = owner
+        setattr(self, _OURS, True)
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         error = sys.exc_info()[1]
-        logging.getLogger().removeHandler(self)
+        self.owner.removeHandler(self)
         with suppress(OSError):  # closing flushes, which fails the same way
             self.close()
         print(
@@ -60,7 +66,11 @@ def _console_filter(level: int) -> logging.Filter:
     return Shown()
 
 
-def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -> None:
+def configure(log_file: Path, console_level: str, secrets: Sequence[str] = (), scope: str = "") -> None:
+    """The console's and the log file's handlers, on the root logger for the CLI (the
+    application: other libraries' records are scrubbed and filed too) or on the ``scope``
+    logger alone (``"marketpipe"`` on a Dask worker, whose own logging is not ours). Only
+    handlers marketpipe added earlier are replaced; the application's are left alone."""
     secrets = [s for s in secrets if s]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -73,11 +83,13 @@ def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(logging.INFO)
+    target = logging.getLogger(scope or None)
+    for handler in list(target.handlers):
+        if getattr(handler, _OURS, False):
+            target.removeHandler(handler)
+            handler.close()
+    target.setLevel(logging.INFO)
+    target.propagate = not scope
 
     def drop_traceback(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
         event.pop("traceback", None)  # tracebacks belong in the log file, never on the console
@@ -86,6 +98,7 @@ def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -
     level = logging.getLevelName(console_level.upper())
     level = level if isinstance(level, int) else logging.ERROR
     console = logging.StreamHandler()
+    setattr(console, _OURS, True)
     console.setLevel(min(level, logging.WARNING))
     console.addFilter(_console_filter(level))
     console.setFormatter(
@@ -99,11 +112,11 @@ def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -
             ],
         )
     )
-    root.addHandler(console)
+    target.addHandler(console)
 
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = _FileHandler(log_file)
+        file_handler = _FileHandler(log_file, target)
     except OSError as exc:
         # An unwritable log location must not stop an ingest; the console still logs.
         print(f"warning: cannot write the log file {log_file}: {exc.strerror or exc}", file=sys.stderr)
@@ -120,7 +133,7 @@ def configure(log_file: Path, console_level: str, secrets: Sequence[str] = ()) -
             ],
         )
     )
-    root.addHandler(file_handler)
+    target.addHandler(file_handler)
     # Third-party chatter (HTTP connection pools) stays out of the user's console.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
