@@ -106,15 +106,23 @@ def test_no_import_cycle() -> None:
             assert visit(module, [module]) is None
 
 
+def _unnamed(text: str) -> list[str]:
+    # Whole file names: `client.py` is not named by `databento_client.py`.
+    named = set(re.findall(r"(?<![\w.])(\w+\.py)\b", text))
+    return [
+        str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "__init__.py" and p.name not in named
+    ]
+
+
 def test_the_readme_layout_names_every_module() -> None:
     readme = (SRC.parents[1] / "README.md").read_text()
     layout = readme.split("## Layout", 1)[1].split("```")[1]
-    # Whole file names: `client.py` is not named by `databento_client.py`.
-    named = set(re.findall(r"(?<![\w.])(\w+\.py)\b", layout))
-    missing = [
-        str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "__init__.py" and p.name not in named
-    ]
-    assert missing == [], f"README's layout section does not name: {missing}"
+    assert _unnamed(layout) == [], "README's layout section does not name these"
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    """docs/architecture.md, the newcomer's map, says where each module fits."""
+    assert _unnamed((SRC.parents[1] / "docs" / "architecture.md").read_text()) == []
 
 
 def test_errors_live_in_errors_py() -> None:
