@@ -177,10 +177,8 @@ class Settings(BaseSettings):
     # concurrent connections and 100 time-series requests a second (Historical API, "Rate
     # limits"); half leaves room for the metadata calls and for other tools of the same team.
     max_concurrent_downloads: int = Field(defaults.MAX_CONCURRENT_DOWNLOADS, ge=1, le=100)
-    # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it).
-    # Its buffer pool fills up to the cap: 256MB made an ingest's peak RSS grow from 449 MB
-    # (2M trades) to 612 MB (20M); 128MB keeps it at 409-488 MB, and a 20M-row export still
-    # runs (10.6 s, 461 MB).
+    # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it; its
+    # buffer pool fills up to the cap, README, "Measurements behind the code").
     duckdb_memory_limit: str = DUCKDB_MEMORY_LIMIT
     # ``marketpipe query`` on DuckDB and a lake: the user's own SQL is not an ingest, and a
     # count(distinct ...) over millions of rows needs more than ingest's cap. None: DuckDB's

@@ -174,7 +174,7 @@ class Validator:
         self.model = model
         self.rules = self._load(path)
         # One thread: a batch is small, and the writer threads (and DuckDB's insert) are the
-        # parallelism; more threads here only contend with them (2M trades into DuckDB: -3%).
+        # parallelism; more threads here only contend with them.
         self._con = duckdb.connect(config={"threads": 1})
         self._term_cache: dict[str, list[Term]] = {}
         for rule in self.rules:

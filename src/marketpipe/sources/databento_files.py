@@ -92,8 +92,8 @@ class DbnFileSource:
         self._path_of: dict[str, str] = {}
         self._cache: str | None = None  # this process's copies of remote files
         # The inputs are read and hashed (most of planning) from the moment the source exists,
-        # while the run loads its rules and opens its store (2M trades: 0.06 s of 0.7); a few
-        # ahead of the plan, as each holds its file's metadata.
+        # while the run loads its rules and opens its store; a few ahead of the plan, as each
+        # holds its file's metadata.
         self._stop = threading.Event()
         self._pool = self._planner()
         self._ahead = deque(self._pool.submit(self._inspect, p) for p in self._paths[: self.AHEAD])

@@ -73,10 +73,10 @@ class _DuckDBSink:
 
     DuckDB splits one insert's row groups (122,880 rows) among its threads. Several inserts per
     chunk, or two at once, leave partly filled row groups that the next checkpoint merges by
-    rewriting them (2M trades: 0.1-0.2 s more at close, 1 s at 20M); one insert per chunk
-    leaves one per thread. The insert runs on a background thread from the chunk's first rows
-    and reads batches from a queue as the pipeline checks the next (DuckDB releases the GIL
-    while it inserts); a chunk waiting for another's insert keeps its batches queued.
+    rewriting them (README, "Measurements behind the code"); one insert per chunk leaves one per
+    thread. The insert runs on a background thread from the chunk's first rows and reads
+    batches from a queue as the pipeline checks the next (DuckDB releases the GIL while it
+    inserts); a chunk waiting for another's insert keeps its batches queued.
     """
 
     def __init__(self, store: DuckDBStore, family: Family, chunk_id: int) -> None:

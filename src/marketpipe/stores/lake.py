@@ -74,9 +74,8 @@ FILES_DDL = (
 )
 LIST_FILE = f"""INSERT INTO {FILES_TABLE} (path, table_name, chunk_id, rows, first_ns, last_ns, bytes, sha256)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
-# A file is closed once this much Arrow data went in. Measured: 2M synthetic trades, 159 MB of
-# Arrow, became 61 MB of zstd Parquet (2.6x; random values compress worse than real ones), so
-# files stay at about 200 MB at most.
+# A file is closed once this much Arrow data went in: zstd Parquet is a fraction of it, so
+# files stay at about 200 MB at most (README, "Measurements behind the code").
 FILE_ARROW_BYTES = 512 << 20
 DEFAULT_LEDGER = "_marketpipe/ledger.duckdb"  # under a local lake's directory
 

@@ -164,10 +164,9 @@ def _model_statements(model: Model) -> list[str]:
 # Every index is paid on every COPY. One BRIN on (instrument, time) serves "this instrument
 # over this time" and time alone (a multicolumn BRIN takes conditions on any of its columns),
 # because each COPY batch is written in (instrument, time) order: an instrument's rows of a
-# batch sit in a run of pages whose ranges summarize few instruments. Measured (2M trades,
-# TimescaleDB, bare COPY): the B-tree it replaces held COPY to 446,000 rows/s, this BRIN
-# 720,000, no index 795,000; reading one rare instrument's day: 18 blocks by B-tree, 277 by
-# BRIN (1.7 ms). Pages per range: 8 -> 179 blocks, 16 -> 277, 32 -> 525.
+# batch sit in a run of pages whose ranges summarize few instruments. It costs COPY far less
+# than the B-tree it replaces and reads a rare instrument's day in a few ms (README,
+# "Measurements behind the code").
 BRIN_INDEX_VERSION = sql.MODEL_VERSION + 5
 BRIN_INDEX_NAME = "instrument and time by one BRIN, in place of a B-tree and a time BRIN"
 BRIN_PAGES_PER_RANGE = 16
@@ -223,8 +222,8 @@ def _run(*statements: str) -> Callable[[psycopg.Connection[Any]], None]:
     return apply
 
 
-# Measured (2M trades into TimescaleDB, `marketpipe ingest`, median of 5): whole batches
-# 4.55 s, slices of 16,384 rows 4.09 s, 4,096 rows 4.03 s.
+# A batch goes to COPY in slices: whole batches were slower, smaller slices no faster
+# (README, "Measurements behind the code").
 COPY_SLICE_ROWS = 16_384
 
 
