@@ -101,9 +101,9 @@ class ArrowStore:
         )
         return [(r["symbol"], r["day"], r["day_count"]) for r in counts.to_pylist()]
 
-    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+    def symbol_ranges(self, symbols: Sequence[str]) -> dict[str, list[tuple[int, int, int]]]:
         """No definitions table and no symbology of its own: the ledger's alone would do."""
-        return []
+        return {}
 
     def table_status(self, family: Family) -> TableStatus:
         time = self._rows(family)[family.time_column].cast(pa.int64())

@@ -165,8 +165,9 @@ def coverage(
         # Each asked-for symbol on its own, so a contract's raw symbol counts the rows of its
         # instruments under its own name, whatever symbol they were stored under.
         counts = []
+        by_symbol = store.data.symbol_ranges(symbols)
         for symbol in symbols:
-            contracts = store.data.instrument_ranges([symbol])
+            contracts = by_symbol.get(symbol, [])
             found = [(symbol, day, n) for _, day, n in store.data.day_counts(
                 ExportQuery(family, schema, [symbol], *window, contracts)
             )]  # fmt: skip
@@ -197,17 +198,20 @@ def _find_missing(store: Store, report: Coverage, window: tuple[int, int]) -> No
     spans: dict[int, list[tuple[int, int]]] = {}
     for instrument, start, end in covered:
         if instrument is not None:
-            spans.setdefault(instrument, []).append((start, end))
+            spans.setdefault(instrument, list(every)).append((start, end))
+    for held in spans.values():
+        held.sort()
     done = [s for s in report.sessions if report.states[s] == ChunkStatus.DONE]
+    by_symbol = store.data.symbol_ranges(list(report.rows))  # one query, whatever the symbols
     for symbol in report.rows:
-        instruments = store.data.instrument_ranges([symbol])
+        instruments = by_symbol.get(symbol, [])
         missing = []
         for session in done:
             low = day_ns(session)
             high = low + NS_PER_DAY
             for instrument, start, end in instruments:
                 need = (max(start, low), min(end, high))
-                if need[0] < need[1] and not _inside(need, sorted(spans.get(instrument, []) + every)):
+                if need[0] < need[1] and not _inside(need, spans.get(instrument, every)):
                     missing.append(session)
                     break
         if missing:

@@ -20,7 +20,7 @@ from marketpipe.errors import UsageError
 from marketpipe.model import PRICE_SCALE, RECORD_OF_SCHEMA, Family, Kind, check_schema
 from marketpipe.rules.transformation import load_model
 from marketpipe.stores import open_store
-from marketpipe.stores.base import ExportQuery, Store
+from marketpipe.stores.base import ExportQuery, Store, instrument_ranges
 from marketpipe.symbology import day_ns, iso_ns
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class Reader:
             time_ns(start, "start"),
             time_ns(end, "end"),
             # A contract's raw symbol finds its rows whatever symbol they were stored under.
-            self.store.data.instrument_ranges(wanted_symbols) if wanted_symbols else (),
+            instrument_ranges(self.store.data, wanted_symbols),
         )
         for batch in self.store.export(query, batch_size):
             yield _priced(batch.select(wanted), family, price_type)

@@ -40,6 +40,13 @@ COVERAGE_TABLE = "marketpipe_coverage"
 TimeRange = tuple[int, int]  # first and last index timestamp, nanoseconds since the epoch
 
 
+def instrument_ranges(data: DataStore, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+    """The instruments any of ``symbols`` stood for, and when (``DataStore.symbol_ranges``)."""
+    if not symbols:
+        return []
+    return sorted({r for ranges in data.symbol_ranges(symbols).values() for r in ranges})
+
+
 def chunk_id(chunk_key: str) -> int:
     """A signed 64-bit id for a chunk key, stored on every row the chunk wrote."""
     digest = hashlib.blake2b(chunk_key.encode(), digest_size=8).digest()
@@ -56,7 +63,7 @@ class ExportQuery:
     start_ns: int | None = None
     end_ns: int | None = None
     # Rows of these instruments within [start, end) match too: the contracts a symbol names
-    # (``instrument_ranges``), whatever symbol the rows were stored under.
+    # (``symbol_ranges``), whatever symbol the rows were stored under.
     instruments: Sequence[tuple[int, int, int]] = ()
 
 
@@ -197,9 +204,10 @@ class DataStore(Protocol):
         """(symbol, UTC day as days since the epoch, rows) of the rows ``query`` selects."""
         ...
 
-    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
-        """(instrument_id, start, end in ns) of the instruments these symbols (of any
-        symbology type) stood for, from the ledger's symbology and the stored definitions."""
+    def symbol_ranges(self, symbols: Sequence[str]) -> dict[str, list[tuple[int, int, int]]]:
+        """Per symbol, (instrument_id, start, end in ns) of the instruments it (of any
+        symbology type) stood for, from the ledger's symbology and the stored definitions; a
+        symbol the store knows nothing of is absent. One query for any number of symbols."""
         ...
 
     def verify(self, family: Family, expected: Mapping[int, int], repair: bool) -> dict[int, str]:
@@ -459,7 +467,7 @@ class Store:
             dataset = known[0] if known else ""
         instruments = [
             (i, max(s, start_ns), min(e, end_ns))
-            for i, s, e in (self.data.instrument_ranges(symbols) if symbols else [])
+            for i, s, e in instrument_ranges(self.data, symbols)
             if s < end_ns and e > start_ns
         ]
         spans: list[Span] = list(instruments) if symbols else [(None, start_ns, end_ns)]

@@ -293,7 +293,7 @@ class _LakeTables(DuckDBStore):
 
     def refresh_instruments(self) -> _LakeTables:
         """The symbology the ledger keeps now, beside the lake's definitions: what
-        ``instrument_ranges`` and a user's query read (an export is handed the ranges)."""
+        ``symbol_ranges`` and a user's query read (an export is handed the ranges)."""
         symbology = self._lake.ledger._query(self._lake.ledger.symbology_select)
         self.con.execute(f"DELETE FROM {SYMBOLOGY_TABLE}")
         self._executemany(f"INSERT INTO {SYMBOLOGY_TABLE} VALUES (%s, %s, %s, %s, %s, %s)", symbology)
@@ -515,10 +515,10 @@ class LakeStore:
         with self._readable():
             return self._tables.refresh([query.family], query.start_ns, query.end_ns).day_counts(query)
 
-    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+    def symbol_ranges(self, symbols: Sequence[str]) -> dict[str, list[tuple[int, int, int]]]:
         with self._readable():
             definitions = [f for f in self.model.families.values() if "definition" in f.schemas]
-            return self._tables.refresh(definitions).refresh_instruments().instrument_ranges(symbols)
+            return self._tables.refresh(definitions).refresh_instruments().symbol_ranges(symbols)
 
     def table_status(self, family: Family) -> TableStatus:
         """From the ledger's file list: no file is opened."""

@@ -1180,9 +1180,10 @@ class SqlStore(SqlLedger):
         )
         return [(None if s is None else str(s), int(d), int(n)) for s, d, n in rows]
 
-    def instrument_ranges(self, symbols: Sequence[str]) -> list[tuple[int, int, int]]:
+    def symbol_ranges(self, symbols: Sequence[str]) -> dict[str, list[tuple[int, int, int]]]:
         statement = (
-            f"SELECT instrument_id, start_ns, end_ns FROM ({self.symbology_select}) s WHERE symbol = ANY(%s)"
+            f"SELECT symbol, instrument_id, start_ns, end_ns FROM ({self.symbology_select}) s"
+            " WHERE symbol = ANY(%s)"
         )
         definitions = next((f for f in self.model.families.values() if "definition" in f.schemas), None)
         params: list[Any] = [list(symbols)]
@@ -1194,11 +1195,15 @@ class SqlStore(SqlLedger):
             since = f"coalesce({self._ns('activation')}, {self._ns(definitions.time_column)})"
             until = f"coalesce({self._ns('expiration')}, {2**63 - 1})"
             statement += (
-                f" UNION SELECT instrument_id, min({since}), max({until})"
-                f" FROM {identifier(definitions.table)} WHERE raw_symbol = ANY(%s) GROUP BY instrument_id"
+                f" UNION SELECT raw_symbol, instrument_id, min({since}), max({until})"
+                f" FROM {identifier(definitions.table)} WHERE raw_symbol = ANY(%s)"
+                " GROUP BY raw_symbol, instrument_id"
             )
             params.append(list(symbols))
-        return sorted({(int(i), int(s), int(e)) for i, s, e in self._query(statement, params)})
+        found: dict[str, set[tuple[int, int, int]]] = {}
+        for symbol, i, s, e in self._query(statement, params):
+            found.setdefault(str(symbol), set()).add((int(i), int(s), int(e)))
+        return {symbol: sorted(ranges) for symbol, ranges in found.items()}
 
     def table_status(self, family: Family) -> TableStatus:
         time_ns = self._time_ns(family)
