@@ -146,6 +146,25 @@ def test_errors_live_in_errors_py() -> None:
     assert outside == ["ingesting.py:IngestFailed"]
 
 
+def test_store_schemes_are_read_in_one_place() -> None:
+    """Which store a location names is config.store_kind's word alone (the stores registry and
+    the cluster check ask it): no other module tests a location against a store's scheme."""
+    schemes = {"LAKE_PREFIX", "POSTGRES_SCHEMES"}
+    literals = {"lake:", "postgresql://", "postgres://", "://"}
+    found = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("startswith", "partition"):
+                for arg in node.args:
+                    if (isinstance(arg, ast.Name) and arg.id in schemes) or (
+                        isinstance(arg, ast.Constant) and arg.value in literals
+                    ):
+                        found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert found == []
+
+
 def test_ingesting_files_does_not_import_the_databento_client(tmp_path: Path) -> None:
     """The HTTP client costs an eighth of a second to import (its HTTP libraries, with pandas
     already imported): reading DBN files needs databento-dbn alone."""

@@ -26,30 +26,30 @@ from typing import Any
 
 from distributed import Client, KilledWorker, LocalCluster, Semaphore, WorkerPlugin, get_worker
 
-from marketpipe.config import LAKE_PREFIX, POSTGRES_SCHEMES, IngestRequest, Settings
+from marketpipe.config import IngestRequest, Settings, store_kind
 from marketpipe.errors import UsageError
 from marketpipe.logs import configure
 from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline, load_rules
 from marketpipe.sources.base import Source
 from marketpipe.sources.databento_api import DatabentoApiSource
-from marketpipe.stores import open_store
+from marketpipe.stores import many_processes, open_store
 from marketpipe.types import Chunk, ChunkStatus
 
 
 def check(request: IngestRequest, settings: Settings) -> None:
     """What a cluster run cannot take, refused before anything opens."""
-    if settings.db.startswith(LAKE_PREFIX):
-        if not (settings.ledger or "").startswith(POSTGRES_SCHEMES):
-            raise UsageError(
-                "--workers/--cluster: a lake's DuckDB ledger takes one writer process; give the lake"
-                " a PostgreSQL ledger (--ledger postgresql://...)"
-            )
-    elif not settings.db.startswith(POSTGRES_SCHEMES):
+    if many_processes(settings.db, settings.ledger):
+        return
+    if store_kind(settings.db) == "lake":
         raise UsageError(
-            "--workers/--cluster: a DuckDB file takes one writer process; give a PostgreSQL store"
-            " (--db postgresql://...) or a lake with a PostgreSQL ledger (--db lake:DIR --ledger"
-            " postgresql://...)"
+            "--workers/--cluster: a lake's DuckDB ledger takes one writer process; give the lake"
+            " a PostgreSQL ledger (--ledger postgresql://...)"
         )
+    raise UsageError(
+        "--workers/--cluster: a DuckDB file takes one writer process; give a PostgreSQL store"
+        " (--db postgresql://...) or a lake with a PostgreSQL ledger (--db lake:DIR --ledger"
+        " postgresql://...)"
+    )
 
 
 CONNECT_TIMEOUT = "10s"

@@ -14,7 +14,6 @@ import pyarrow as pa
 from marketpipe import console
 from marketpipe.config import (
     JOBS_FILE,
-    LAKE_PREFIX,
     LAST,
     VALIDATION_FILE,
     Settings,
@@ -37,7 +36,7 @@ from marketpipe.model import check_schema
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import read_rules
 from marketpipe.samples import make_sample as write_sample
-from marketpipe.stores import open_store
+from marketpipe.stores import embedded_file, open_store
 from marketpipe.stores.base import QuarantineQuery, Querying, Store
 from marketpipe.symbology import NS_PER_DAY, day_ns
 
@@ -210,8 +209,8 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, out: Path | None) -
 def _store_files(settings: Settings) -> list[Path]:
     """The embedded store's own files (a DuckDB store, a lake's DuckDB ledger): an output must
     never be one of them."""
-    embedded = settings.ledger if settings.db.startswith(LAKE_PREFIX) else settings.db
-    files = [] if embedded is None or "://" in embedded else [Path(embedded).expanduser()]
+    embedded = embedded_file(settings.db, settings.ledger)
+    files = [] if embedded is None else [Path(embedded).expanduser()]
     return [p.with_name(p.name + suffix) for p in files for suffix in ("", ".wal")]
 
 

@@ -139,6 +139,17 @@ LAKE_PREFIX = "lake:"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+def store_kind(location: str) -> str:
+    """Which store a location names, the one place that reads its scheme: ``"lake"``
+    (``lake:DIR``, ``lake:`` and a URL), ``"postgresql"`` (``postgresql://``, ``postgres://``)
+    or ``"duckdb"`` (a file path; ``Settings`` refuses other schemes before anything opens)."""
+    if location.startswith(LAKE_PREFIX):
+        return "lake"
+    if location.startswith(POSTGRES_SCHEMES):
+        return "postgresql"
+    return "duckdb"
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -36,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import marketpipe.stores.catalog as catalog
 import marketpipe.stores.sql as sql
-from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, POSTGRES_SCHEMES, Settings, missing_filesystem
+from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, Settings, missing_filesystem, store_kind
 from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, Model
 from marketpipe.stores.base import (
@@ -49,7 +49,7 @@ from marketpipe.stores.base import (
     TableStatus,
     TimeRange,
 )
-from marketpipe.stores.duckdb import DuckDBLedger, DuckDBStore, integer_type
+from marketpipe.stores.duckdb import DuckDBStore, integer_type
 from marketpipe.symbology import NS_PER_DAY
 from marketpipe.types import Span
 
@@ -355,7 +355,7 @@ class LakeStore:
         self._memory_limit = memory_limit
         # Processes write files side by side; the ledger orders their chunks where it is a
         # server (a DuckDB ledger has one writer process, its threads each a connection).
-        server = not isinstance(ledger, DuckDBLedger)
+        server = store_kind(ledger.location) == "postgresql"
         self.capabilities = Capabilities(atomic_chunks=True, concurrent_writers=server, threaded_writers=True)
 
     def full(self, path: str) -> str:
@@ -548,7 +548,7 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
         if read_only and not Path(location).is_file():
             raise StoreRejected(f"no marketpipe lake at {root}: nothing has been ingested there")
     filesystem(root)  # before the ledger is opened (or made): a refused lake changes nothing
-    if location.startswith(POSTGRES_SCHEMES):
+    if store_kind(location) == "postgresql":
         from marketpipe.stores.postgres import PostgresStore, in_schema
 
         url = in_schema(location, settings.pg_schema)
