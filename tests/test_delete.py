@@ -108,6 +108,8 @@ def test_refused_deletes_change_nothing(db: str, cli, tmp_path: Path) -> None:  
     assert backwards.exit_code == 2 and "before start date" in backwards.output
     bad_schema = cli("delete", "--schema", "tradez", "--db", db, "--yes")
     assert bad_schema.exit_code == 2
+    typo = cli("delete", "--schema", "trades", "--symbols", "ESH4,ESZZ", "--db", db, "--yes")
+    assert typo.exit_code == 2 and "--symbols: ESZZ: the store knows no instrument" in typo.output
     assert stored(db) == before
     missing = cli("delete", "--schema", "trades", "--db", str(tmp_path / "none.duckdb"), "--yes")
     assert missing.exit_code == 2 and not (tmp_path / "none.duckdb").exists()

@@ -465,6 +465,13 @@ class Store:
                     f"{schema} is stored from several datasets ({', '.join(known)}): give --dataset"
                 )
             dataset = known[0] if known else ""
+        by_symbol = self.data.symbol_ranges(symbols) if symbols else {}
+        unknown = [s for s in symbols if s not in by_symbol]
+        if unknown:  # a typo must not read as "0 rows deleted"
+            raise UsageError(
+                f"--symbols: {', '.join(unknown)}: the store knows no instrument by that name"
+                " (its symbology and definitions)"
+            )
         instruments = [
             (i, max(s, start_ns), min(e, end_ns))
             for i, s, e in instrument_ranges(self.data, symbols)
