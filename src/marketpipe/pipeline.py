@@ -198,77 +198,72 @@ class _StageTimer:
             self.seconds[stage] += time.perf_counter() - start
 
 
-def _stored_through(request: IngestRequest, settings: Settings, model: Model) -> dt.date | None:
-    """The last day the job fully stored; None for a store that does not exist yet either."""
-    try:
-        store = open_store(settings, model, read_only=True)
-    except StoreRejected:
-        if request.first_start_date is None:
-            raise
-        return None
-    with closing(store):
-        return store.ledger.stored_through(request.name)
-
-
 def prepare(
     request: IngestRequest, settings: Settings, model: Model, today: dt.date
 ) -> tuple[IngestRequest, str | None]:
     """The request as the source takes it: relative days resolved, and with ``--fill-gaps`` the
-    sessions to fetch per schema. The note says why there is nothing to fetch, if so."""
-    request, current = resolve_days(request, settings, model, today)
-    if current is None and request.fill_gaps:
-        request = request.model_copy(update={"gap_days": gap_days(request, settings, model)})
+    sessions to fetch per schema. The note says why there is nothing to fetch, if so. The store
+    is opened once, read-only, and only where ``last`` or ``--fill-gaps`` needs it."""
+    if request.start_date != LAST and not request.fill_gaps:
+        return resolve_days(request, None, today)
+    with _existing_store(settings, model) as found:
+        request, current = resolve_days(request, found, today)
+        if current is None and request.fill_gaps:
+            store = None if isinstance(found, StoreRejected) else found
+            request = request.model_copy(update={"gap_days": gap_days(request, store, settings)})
     return request, current
 
 
-def gap_days(request: IngestRequest, settings: Settings, model: Model) -> dict[str, list[dt.date]]:
+def gap_days(request: IngestRequest, store: Store | None, settings: Settings) -> dict[str, list[dt.date]]:
     """Per schema, the sessions of the request's range that coverage finds not done (all of
-    them where nothing has been stored yet)."""
+    them where nothing has been stored yet: ``store`` None)."""
     start, end = request.start_date, request.end_date
     if not isinstance(start, dt.date) or not isinstance(end, dt.date) or not request.dataset:
         raise UsageError("--fill-gaps needs --dataset, --start-date and --end-date")
     calendars = load_calendars(settings.calendars_file)
-    with _existing_store(settings, model) as store:
-        if store is None:
-            calendar = calendars.get(request.dataset)
-            return dict.fromkeys(request.schemas, sessions(calendar, start, end))
-        return {
-            schema: coverage(store, calendars, schema, request.dataset, None, start, end).gaps()
-            for schema in request.schemas
-        }
+    if store is None:
+        calendar = calendars.get(request.dataset)
+        return dict.fromkeys(request.schemas, sessions(calendar, start, end))
+    return {
+        schema: coverage(store, calendars, schema, request.dataset, None, start, end).gaps()
+        for schema in request.schemas
+    }
 
 
 @contextmanager
-def _existing_store(settings: Settings, model: Model) -> Iterator[Store | None]:
-    """The store, read-only; None where there is none to read (nothing stored there yet)."""
+def _existing_store(settings: Settings, model: Model) -> Iterator[Store | StoreRejected]:
+    """The store, read-only; where there is none to read (nothing stored there yet), why."""
     try:
         store = open_store(settings, model, read_only=True)
-    except StoreRejected:
-        yield None
+    except StoreRejected as refusal:
+        yield refusal
         return
     with closing(store):
         yield store
 
 
 def resolve_days(
-    request: IngestRequest, settings: Settings, model: Model, today: dt.date
+    request: IngestRequest, found: Store | StoreRejected | None, today: dt.date
 ) -> tuple[IngestRequest, str | None]:
     """Relative days as dates: today, yesterday and -Nd against ``today`` (UTC), ``last`` as the
-    day after the last day the job has fully stored (read from the store, which must exist).
+    day after the last day the job has fully stored (read from the store ``found``, which must
+    exist unless the job gives a ``first_start_date``; else why it could not be opened).
 
     With ``last``, a job already stored through its end is current: the note says so and there
     is nothing to fetch."""
     start, end = request.start_date, request.end_date
     through = None
     if start == LAST:
-        through = _stored_through(request, settings, model)
+        through = found.ledger.stored_through(request.name) if isinstance(found, Store) else None
         if through is not None:
             start = through + dt.timedelta(days=1)
         elif request.first_start_date is not None:
             start = request.first_start_date
+        elif not isinstance(found, Store):
+            raise found or UsageError("start date last needs the store")
         else:
             raise UsageError(
-                f"start date last: job {request.name} has no fully stored day in {settings.db} yet;"
+                f"start date last: job {request.name} has no fully stored day in {found.location} yet;"
                 " give a date for its first run (in a job: first_start_date)"
             )
     first = None if start is None else resolve_day(start, today)
@@ -286,8 +281,8 @@ def estimate(source: Quoting, settings: Settings, model: Model, force: bool) -> 
     where there is no store yet)."""
     if force:
         return source.estimate(None)
-    with _existing_store(settings, model) as store:
-        return source.estimate(None if store is None else store.ledger)
+    with _existing_store(settings, model) as found:
+        return source.estimate(found.ledger if isinstance(found, Store) else None)
 
 
 def load_rules(settings: Settings, model: Model | None = None) -> tuple[Model, Validator]:
