@@ -355,3 +355,20 @@ def test_a_chunk_whose_workers_all_die_fails_alone_and_a_rerun_completes_it(
     rerun = ingest(request, settings)
     assert [r.status for r in rerun.results].count("done") == 1 and rerun.exit_code == 0
     assert fingerprint(pg_url, "trades")[0] == 4 * 250_000
+
+
+def test_settings_never_pickle_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings are the key's one holder: pickled (as Dask sends them) they carry everything
+    but it, and the object pickled keeps it."""
+    import pickle
+
+    import cloudpickle
+
+    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
+    settings = load_settings(batch_size=1234)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        payload = dumps(settings)
+        assert KEY.encode() not in payload
+        travelled = pickle.loads(payload)
+        assert travelled.databento_api_key is None and travelled.batch_size == 1234
+    assert settings.databento_api_key is not None and settings.databento_api_key.get_secret_value() == KEY

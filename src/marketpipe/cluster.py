@@ -121,10 +121,9 @@ class DaskLanes:
     def __init__(self, pipeline: Pipeline, client: Any) -> None:
         self._pipeline = pipeline
         self._client = client
-        # The API key never travels (the planned source drops it too): each worker reads its own
+        # The API key never travels (Settings pickle without it): each worker reads its own
         # DATABENTO_API_KEY, so no task, plugin or dashboard ever holds it.
-        settings = pipeline.settings.model_copy(update={"databento_api_key": None})
-        runner = ChunkRunner(pipeline.request, settings, pipeline.source, pipeline.run_id)
+        runner = ChunkRunner(pipeline.request, pipeline.settings, pipeline.source, pipeline.run_id)
         self._plugin = runner.name
         client.register_plugin(runner, name=self._plugin)
         self.size = max(1, sum(client.nthreads().values()))

@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     databento_api_key: SecretStr | None = Field(None, validation_alias="DATABENTO_API_KEY")
     databento_gateway: str = Field("https://hist.databento.com", validation_alias="DATABENTO_GATEWAY")
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Settings travel (a cluster's tasks and worker plugins, a planned source) without
+        the API key: it is never pickled, and each worker reads its own DATABENTO_API_KEY."""
+        state = super().__getstate__()
+        return {**state, "__dict__": {**state["__dict__"], "databento_api_key": None}}
+
     @field_validator("db")
     @classmethod
     def _store_location(cls, value: str) -> str:

@@ -141,7 +141,6 @@ class DatabentoApiSource:
         state = self.__dict__.copy()
         for name in self._LOCAL:
             del state[name]
-        state["settings"] = self.settings.model_copy(update={"databento_api_key": None})
         if not self._keep:
             del state["_raw_dir"]
         return state
