@@ -126,3 +126,45 @@ def test_a_run_stopped_by_sigterm_records_what_its_finished_chunks_stored(tmp_pa
         (done,) = con.execute(done_rows).fetchone()  # type: ignore[misc]
         (rows,) = con.execute("SELECT count(*) FROM trades").fetchone()  # type: ignore[misc]
     assert status == "interrupted" and stored == done == rows and 0 < rows < 8 * 500_000
+
+
+@pytest.mark.parametrize("kind", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_reader_reports_pending_migrations_and_applies_none(  # type: ignore[no-untyped-def]
+    kind: str, cli, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A store whose ledger lacks this release's last migration (as a store of the release
+    before it does): status names it and changes nothing; the next write applies it."""
+    import duckdb
+    import psycopg
+
+    from marketpipe.samples import make_sample
+    from marketpipe.stores.sql import ATTEMPTS_VERSION
+
+    db = str(tmp_path / "store.duckdb") if kind == "duckdb" else str(request.getfixturevalue("pg_url"))
+    make_sample(tmp_path / "sample")
+    assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
+    forget = f"DELETE FROM marketpipe_migrations WHERE version = {ATTEMPTS_VERSION}"
+    count = f"SELECT count(*) FROM marketpipe_migrations WHERE version = {ATTEMPTS_VERSION}"
+
+    def applied() -> int:
+        if kind == "duckdb":
+            with duckdb.connect(db) as con:
+                return int(con.execute(count).fetchone()[0])  # type: ignore[index]
+        with psycopg.connect(db) as conn:
+            return int(conn.execute(count).fetchone()[0])  # type: ignore[index]
+
+    if kind == "duckdb":
+        with duckdb.connect(db) as con:
+            con.execute(forget)
+    else:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(forget)
+    assert _status(cli, db)["pending_migrations"] == [f"{ATTEMPTS_VERSION} (chunk attempts)"]
+    text = cli("status", "--db", db)
+    assert (
+        f"pending migrations (the next write applies them): {ATTEMPTS_VERSION} (chunk attempts)"
+        in text.output
+    )
+    assert applied() == 0  # a reader applies nothing
+    assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
+    assert applied() == 1 and _status(cli, db)["pending_migrations"] == []

@@ -398,6 +398,7 @@ def status_document(status: StoreStatus) -> dict[str, object]:
         "chunks": [{"job": job, "status": state, "chunks": n} for job, state, n in status.chunks],
         "failed": [{"job": job, "input": label, "error": error} for job, label, error in status.failed],
         "runs": [run_document(run) for run in status.runs],
+        "pending_migrations": status.pending_migrations,
     }
 
 
@@ -434,6 +435,13 @@ def render_status(status: StoreStatus, wide: bool = False) -> None:
             highlight=False,
         )
     render_runs(status.runs, wide, title="last runs")
+    if status.pending_migrations:
+        out().print(
+            f"pending migrations (the next write applies them): {', '.join(status.pending_migrations)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 TABLE_COLUMNS = (

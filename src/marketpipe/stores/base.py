@@ -118,6 +118,7 @@ class StoreStatus:
     chunks: list[tuple[str, str, int]] = field(default_factory=list)  # (job, status, count)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (job, label, error)
     runs: list[dict[str, object]] = field(default_factory=list)
+    pending_migrations: list[str] = field(default_factory=list)  # the next write applies them
 
 
 @dataclass

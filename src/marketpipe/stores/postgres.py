@@ -426,7 +426,8 @@ class PostgresStore(sql.SqlStore):
         if not applied:
             raise StoreRejected(f"no marketpipe tables in {self.location}: nothing has been ingested there")
         sql.check_release(self.location, applied)
-        self._opened(applied, read_only=True)
+        expected = {v: name for v, name, _ in _migrations(self.model, TIMESCALE_VERSION in applied)}
+        self._opened(applied, True, expected)
         mode = "timescaledb" if TIMESCALE_VERSION in applied else "postgresql"
         log.info("store.mode", mode=mode, reason="read-only: as the store was made", location=self.location)
         return mode

@@ -540,8 +540,13 @@ class SqlLedger:
     coverage_recorded = True
     attempts_recorded = True  # False for a reader of a store without the attempts column
 
-    def _opened(self, applied: set[int], read_only: bool) -> None:
-        """What the store's migrations say about reading it."""
+    pending_migrations: list[str] = []  # a read-only opening's: what its next write applies
+
+    def _opened(self, applied: set[int], read_only: bool, expected: Mapping[int, str]) -> None:
+        """What the store's migrations say about reading it: ``expected`` are this release's
+        (version -> name); a reader reports those not applied and applies none."""
+        if read_only:
+            self.pending_migrations = [f"{v} ({n})" for v, n in sorted(expected.items()) if v not in applied]
         if read_only and COVERAGE_VERSION not in applied:
             self.coverage_recorded = False
         if read_only and ATTEMPTS_VERSION not in applied:
@@ -1078,6 +1083,7 @@ class SqlLedger:
         status.chunks = [(job, state, n) for (job, state), n in sorted(counts.items())]
         status.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
         status.runs = self.runs(LAST_RUNS)
+        status.pending_migrations = list(self.pending_migrations)
 
 
 class SqlStore(SqlLedger):
