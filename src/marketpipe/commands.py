@@ -23,6 +23,7 @@ from marketpipe.config import (
     load_settings,
     parse_day,
     resolve_day,
+    split_list,
     utc_today,
     write_project,
 )
@@ -63,11 +64,6 @@ def _day(flag: str, value: str | None, forms: str = DAY_FORMS) -> dt.date | str 
         return parse_day(value, forms)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from None
-
-
-def _list(value: str | None) -> list[str]:
-    """A comma-separated flag (symbols, columns) as its items."""
-    return [s.strip() for s in (value or "").split(",") if s.strip()]
 
 
 def ingest(
@@ -173,7 +169,7 @@ def query(
             raise UsageError(f"{store.mode} stores do not run SQL")
         reader = store.data.query(statement, settings.batch_size, settings.query_memory_limit)
         if format == "table":
-            console.render_rows(reader, limit, expanded, _list(columns) or None, wide)
+            console.render_rows(reader, limit, expanded, split_list(columns) or None, wide)
         elif out is not None and format != "json":
             rows = write_file(reader, reader.schema, format, out)
             console.err().print(f"wrote {rows:,} rows to {out}")
@@ -237,7 +233,7 @@ def export(
     store = _read_only_store(settings)
     try:
         rows = export_records(
-            store, schema, format, out, _list(symbols), start, end, settings.batch_size, empty=False
+            store, schema, format, out, split_list(symbols), start, end, settings.batch_size, empty=False
         )
     finally:
         store.close()
@@ -281,7 +277,7 @@ def coverage(
     calendars = load_calendars(settings.calendars_file)
     store = _read_only_store(settings)
     try:
-        report = coverage_report(store, calendars, schema, dataset, _list(symbols) or None, start, end)
+        report = coverage_report(store, calendars, schema, dataset, split_list(symbols) or None, start, end)
     finally:
         store.close()
     if as_json:
@@ -365,7 +361,7 @@ def delete(
     check_schema(schema)
     start_ns = 0 if start is None else day_ns(start)
     end_ns = 2**63 - 1 if end is None else day_ns(end) + NS_PER_DAY
-    picked = _list(symbols)
+    picked = split_list(symbols)
     # Counting reads; deleting writes (a store's migrations with it) a store that must exist:
     # a mistyped --db is refused, never made.
     store = _read_only_store(settings)

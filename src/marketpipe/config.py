@@ -52,6 +52,12 @@ def parse_day(value: str | dt.date, forms: str = DAY_FORMS) -> dt.date | str:
         raise ValueError(f"{value!r} is not a date (expected {forms})") from None
 
 
+def split_list(value: str | None) -> list[str]:
+    """A comma-separated value (``--symbols``, ``--schema``, ``--columns``, a job's
+    ``symbols: A, B``) as its items, blanks dropped."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 def utc_today() -> dt.date:
     """What relative days count from."""
     return dt.datetime.now(dt.UTC).date()
@@ -308,9 +314,7 @@ class IngestRequest(BaseModel):
     @field_validator("schemas", "symbols", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
+        return split_list(value) if isinstance(value, str) else value
 
     @field_validator("start_date", "end_date", "first_start_date", mode="before")
     @classmethod
