@@ -403,8 +403,8 @@ def delete(
         )
     else:
         console.out().print(
-            f"deleted {deleted:,} {schema} rows; {_plural(forgotten, 'chunk')} forgotten (their days"
-            f" show as never requested), {_plural(unfinished, 'chunk')} partly deleted (pending: the"
+            f"deleted {deleted:,} {schema} rows; {console.plural(forgotten, 'chunk')} forgotten (their days"
+            f" show as never requested), {console.plural(unfinished, 'chunk')} partly deleted (pending: the"
             " next run of its input stores it whole again)",
             markup=False,
             highlight=False,
@@ -441,7 +441,7 @@ def forget_failures(
         return
     word = "would forget" if dry_run else "forgot"
     console.out().print(
-        f"{word} {_plural(len(gone) if dry_run else forgotten, 'failed chunk')}"
+        f"{word} {console.plural(len(gone) if dry_run else forgotten, 'failed chunk')}"
         + ("" if every else " whose input is gone")
         + (
             f"; kept {len(failed) - len(gone):,} whose input is there (--all forgets them too)"
@@ -462,10 +462,6 @@ def _input_gone(label: str) -> bool:
     if path.endswith(")") and " (" in path:
         path = path.rsplit(" (", 1)[0]
     return "://" not in path and not Path(path).expanduser().exists()
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bool, as_json: bool) -> int:

@@ -173,11 +173,17 @@ def _json_value(value: object) -> object:
     return str(value)
 
 
+def _index_ns(fields: dict[str, int | str]) -> int | None:
+    """A quarantined record's index timestamp: ts_recv where its schema has one, else ts_event."""
+    ts = fields.get("ts_recv", fields.get("ts_event"))
+    return ts if isinstance(ts, int) else None
+
+
 def quarantined_document(record: QuarantinedRecord) -> dict[str, object]:
     """A quarantined record as data: the raw DBN fields as an object, its index time as
     nanoseconds and ISO 8601."""
     fields = json.loads(record.record)
-    ts = fields.get("ts_recv", fields.get("ts_event"))
+    ts = _index_ns(fields)
     return {
         "run_id": record.run_id,
         "chunk_key": record.chunk_key,
@@ -260,7 +266,7 @@ def render_summary(summary: RunSummary, wide: bool = False) -> None:
     skipped = sum(r.status is ChunkStatus.SKIPPED for r in summary.results)
     if skipped:
         out().print(
-            f"skipped {_plural(skipped, 'chunk')} already stored by an earlier run (--force redoes them)"
+            f"skipped {plural(skipped, 'chunk')} already stored by an earlier run (--force redoes them)"
         )
     for path, same_as in summary.duplicates[:_DUPLICATES_SHOWN]:
         out().print(
@@ -341,8 +347,7 @@ def render_quarantine(
         return
     rows = []
     for i, r in enumerate(records, start=1):
-        fields = json.loads(r.record)
-        ts = fields.get("ts_recv", fields.get("ts_event"))
+        ts = _index_ns(json.loads(r.record))
         rows.append(
             [
                 str(i),
@@ -573,7 +578,8 @@ COVERAGE_COLUMNS = (
 )
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``1 chunk``, ``2 chunks``, with thousands separators."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
@@ -605,7 +611,7 @@ def render_coverage(report: Coverage, wide: bool = False) -> None:
     per_cell = max(1, -(-len(sessions) // room))
     console.print(
         f"{report.schema} · {report.dataset or 'no dataset'} · calendar {report.calendar} ·"
-        f" {report.start}..{report.end}: {_plural(len(sessions), 'session')}"
+        f" {report.start}..{report.end}: {plural(len(sessions), 'session')}"
         + (f" ({per_cell} per cell)" if per_cell > 1 else ""),
         markup=False,
         highlight=False,
@@ -638,7 +644,7 @@ def render_coverage(report: Coverage, wide: bool = False) -> None:
     off = sorted({day for days in report.off_session.values() for day in days})
     if off:
         out().print(
-            f"rows on {_plural(len(off), 'day')} that are not {report.calendar} sessions (counted above):"
+            f"rows on {plural(len(off), 'day')} that are not {report.calendar} sessions (counted above):"
             f" {', '.join(str(d) for d in off)}"
         )
     for symbol in report.unknown:
@@ -651,14 +657,14 @@ def render_coverage(report: Coverage, wide: bool = False) -> None:
     for state, word in words.items():
         missing = [s for s in gaps if report.states[s] == state]
         if missing:
-            console.print(f"{_plural(len(missing), 'session')} {word}: {_ranges(missing, sessions)}")
+            console.print(f"{plural(len(missing), 'session')} {word}: {_ranges(missing, sessions)}")
     for symbol, lacking in sorted(report.missing.items()):
         console.print(
-            f"{symbol}: {_plural(len(lacking), 'session')} without all its instruments (deleted, or never"
+            f"{symbol}: {plural(len(lacking), 'session')} without all its instruments (deleted, or never"
             f" requested): {_ranges(lacking, sessions)}",
             markup=False,
             highlight=False,
         )
     if gaps:
-        console.print(f"{_plural(len(gaps), 'session')} to fetch: ingest ... --fill-gaps")
+        console.print(f"{plural(len(gaps), 'session')} to fetch: ingest ... --fill-gaps")
     out().print("not complete")
