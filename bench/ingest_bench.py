@@ -51,7 +51,8 @@ import pgpq  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from marketpipe.config import DUCKDB_MEMORY_LIMIT, IngestRequest, Settings, load_settings  # noqa: E402
+from marketpipe.config import IngestRequest, Settings, load_settings  # noqa: E402
+from marketpipe.defaults import DUCKDB_MEMORY_LIMIT  # noqa: E402
 from marketpipe.logs import configure  # noqa: E402
 from marketpipe.pipeline import ingest  # noqa: E402
 from marketpipe.rules.transformation import load_model  # noqa: E402
@@ -208,14 +209,14 @@ def peak_rss_mb() -> float:
 def child(file: Path, db: str, batch_size: int) -> None:
     settings = load_settings(db=db, batch_size=batch_size, log_file=str(file.with_suffix(".log.jsonl")))
     configure(settings.log_file, "ERROR")
-    store = open_store(settings, MODEL)  # migrations are set-up, not ingest: outside the timing
+    store = open_store(settings.store, MODEL)  # migrations are set-up, not ingest: outside the timing
     store.close()
     started = time.perf_counter()
     summary = ingest(IngestRequest(from_file=str(file)), settings, force=True)
     seconds = time.perf_counter() - started
     if summary.exit_code != 0 or summary.totals().stored == 0:
         raise SystemExit(f"pipeline did not store the records: {summary.failed} {summary.stopped}")
-    status = open_store(settings, MODEL, read_only=True)
+    status = open_store(settings.store, MODEL, read_only=True)
     try:
         [rows] = [t.rows for t in status.status().tables if t.table == "trades"]
     finally:
@@ -259,7 +260,7 @@ def main() -> None:
             other = work / f"trades-{n}-by-parent.dbn"
             write_trades(other, n, parent=True)
 
-            open_store(load_settings(db=pg_url), MODEL).close()
+            open_store(load_settings(db=pg_url).store, MODEL).close()
             tables = standardized_tables(file, args.batch_size)
             bare_pg = bare_postgres(pg_url, tables)
             pipe_pg, rss_pg = run_child("postgres", file, pg_url, args.batch_size)

@@ -78,13 +78,26 @@ def server_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
 
 
-@pytest.fixture(params=["duckdb", POSTGRES, TIMESCALE, "lake"])
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """marketpipe run as a program by a test finds the tests' plugin too (pytest's
+    ``pythonpath`` puts it on this process's path only)."""
+    paths = [str(PLUGINS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+@pytest.fixture(params=["duckdb", POSTGRES, TIMESCALE, "lake", "arrow"])
 def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store of each kind: a DuckDB file, plain PostgreSQL, TimescaleDB, a lake."""
+    """A fresh store of each kind: a DuckDB file, plain PostgreSQL, TimescaleDB, a lake, and
+    a kind marketpipe does not know, registered by the tests' plugin (tests/plugins)."""
     if request.param == "duckdb":
         return str(tmp_path / "store.duckdb")
     if request.param == "lake":
         return f"lake:{tmp_path / 'lake'}"
+    if request.param == "arrow":
+        return f"arrow:{tmp_path / 'arrow'}"
     return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
 
 

@@ -190,7 +190,7 @@ def test_two_writers_of_one_timescaledb_day_copy_at_once(timescale_url: str, tmp
     while the first writer's transaction is still open (not after it)."""
     first_rows, second_rows = _day_of_trades(tmp_path, 4_000, 1), _day_of_trades(tmp_path, 3_000, 2)
     first, second = Chunk("test:first", "trades", "first"), Chunk("test:second", "trades", "second")
-    store = open_store(load_settings(db=timescale_url), MODEL)
+    store = open_store(load_settings(db=timescale_url).store, MODEL)
     other = store.another()
     try:
         store.ledger.plan_chunks([first, second], "test")
@@ -216,7 +216,7 @@ def test_a_timescaledb_chunk_that_cannot_be_made_ahead_is_made_by_the_copy(
     """Chunks laid out otherwise (here one made by hand across the day's boundary) make the
     chunk made ahead collide: the COPY then places the rows itself, and nothing is lost."""
     rows = _day_of_trades(tmp_path, 5_000, 3)
-    store = open_store(load_settings(db=timescale_url), MODEL)
+    store = open_store(load_settings(db=timescale_url).store, MODEL)
     try:
         day = int(rows["ts_recv"].cast(pa.int64())[0].as_py()) // NS_PER_DAY * NS_PER_DAY
         with psycopg.connect(timescale_url, autocommit=True) as conn:

@@ -125,7 +125,7 @@ def test_fill_gaps_fetches_only_the_gaps_then_coverage_is_complete(
     # The weekend and New Year's Day are not sessions: only the two gaps are fetched.
     filled = ingest(_job("2024-01-01", "2024-01-07", fill=True), settings, model=MODEL)
     assert filled.exit_code == 0 and _fetched(api) == ["2024-01-03", "2024-01-05"]
-    store = open_store(settings, MODEL, read_only=True)
+    store = open_store(settings.store, MODEL, read_only=True)
     try:
         report = coverage(store, load_calendars(None), "trades")
     finally:

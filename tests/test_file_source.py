@@ -49,7 +49,7 @@ def test_upgraded_file_in_parts_round_trips(
     cfg = load_settings(db=str(tmp_path / "p.duckdb"))
     summary = ingest(IngestRequest(from_file=str(path)), cfg)
     assert [r.stored for r in summary.results] == [1, 1]
-    store = open_store(cfg, MODEL)
+    store = open_store(cfg.store, MODEL)
     try:
         export(store, "definition", "parquet", tmp_path / "d.parquet", [], None, None, 10)
     finally:
@@ -97,7 +97,7 @@ def test_files_at_an_fsspec_url_are_the_same_inputs(tmp_path: Path) -> None:
         forced = ingest(IngestRequest(from_file=url), settings, force=True)
         assert forced.totals().stored == 2_688
     assert _runs_copies() == copies
-    store = open_store(settings, MODEL, read_only=True)
+    store = open_store(settings.store, MODEL, read_only=True)
     try:
         export(store, "trades", "parquet", tmp_path / "t.parquet", [], None, None, 1000)
     finally:

@@ -246,8 +246,8 @@ def test_replaced_rows_are_counted_in_the_ledger(api: DatabentoServer, tmp_path:
     db = str(tmp_path / "store.duckdb")
     run(db, ["CLH4"], stype_in="raw_symbol")
     run(db, ["CL.FUT"])
-    with closing(open_store(load_settings(db=db), MODEL, read_only=True)) as store:
-        rows = store.ledger._query(  # type: ignore[attr-defined]
+    with closing(open_store(load_settings(db=db).store, MODEL, read_only=True)) as store:
+        rows = store.ledger.fetch(  # type: ignore[attr-defined]
             "SELECT label, stored, replaced FROM marketpipe_chunks ORDER BY updated_at"
         )
     first, second = rows
@@ -291,8 +291,8 @@ def test_a_store_of_the_previous_release_is_migrated(  # type: ignore[no-untyped
     assert old.returncode == 0, old.stderr
 
     def versions() -> set[int]:
-        with closing(open_store(load_settings(db=db), MODEL, read_only=True)) as store:
-            return {v for (v,) in store.ledger._query("SELECT version FROM marketpipe_migrations")}  # type: ignore[attr-defined]
+        with closing(open_store(load_settings(db=db).store, MODEL, read_only=True)) as store:
+            return {v for (v,) in store.ledger.fetch("SELECT version FROM marketpipe_migrations")}  # type: ignore[attr-defined]
 
     # Readers of this release read it as it is and migrate nothing.
     before = versions()
@@ -305,8 +305,8 @@ def test_a_store_of_the_previous_release_is_migrated(  # type: ignore[no-untyped
     result = cli("ingest", "--from-file", str(tmp_path / "weekly"), "--db", db)
     assert result.exit_code == 0, result.output
     assert stored(db) == served(list(CL.values()), JAN)
-    with closing(open_store(load_settings(db=db), MODEL, read_only=True)) as store:
-        inputs = store.ledger._query(  # type: ignore[attr-defined]
+    with closing(open_store(load_settings(db=db).store, MODEL, read_only=True)) as store:
+        inputs = store.ledger.fetch(  # type: ignore[attr-defined]
             "SELECT DISTINCT input_key, complete FROM marketpipe_coverage ORDER BY complete, input_key"
         )
     assert sql.COVERAGE_VERSION in versions()

@@ -25,7 +25,7 @@ LAYERS = [
         "marketpipe.symbology",
         "marketpipe.logs",
     },
-    {"marketpipe.model"},
+    {"marketpipe.model", "marketpipe.registry"},
     {"marketpipe.config", "marketpipe.retries", "marketpipe.transform", "marketpipe.samples"},
     {"marketpipe.sources", "marketpipe.rules", "marketpipe.stores"},  # the stages, by package
     {"marketpipe.reading", "marketpipe.coverage"},
@@ -147,21 +147,68 @@ def test_errors_live_in_errors_py() -> None:
 
 
 def test_store_schemes_are_read_in_one_place() -> None:
-    """Which store a location names is config.store_kind's word alone (the stores registry and
-    the cluster check ask it): no other module tests a location against a store's scheme."""
-    schemes = {"LAKE_PREFIX", "POSTGRES_SCHEMES"}
-    literals = {"lake:", "postgresql://", "postgres://", "://"}
+    """Which store a location names is the registry's word alone (``registry.kind_of``): no
+    other module holds a store's prefix or tests a location against one (a message may name
+    one in prose)."""
+    from marketpipe.registry import BUILT_IN
+
+    prefixes = {p for kind in BUILT_IN for p in kind.prefixes}  # ("://" alone is any URL's)
     found = []
     for path in SRC.rglob("*.py"):
-        if path.name == "config.py":
+        if path.name == "registry.py":
             continue
+        tree = ast.parse(path.read_text())
+        formatted = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+        for node in ast.walk(tree):  # an f-string's text (a URL shown without its password) aside
+            if isinstance(node, ast.Constant) and node.value in prefixes and id(node) not in formatted:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}: {node.value!r}")
+    assert found == []
+
+
+def _concrete(package: str) -> dict[str, str]:
+    """Class name -> the module defining it, for the public classes of a stage package."""
+    classes = {}
+    for path in (SRC / package).glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                classes[node.name] = path.name
+    return classes
+
+
+def test_the_core_asks_capabilities_not_concrete_classes() -> None:
+    """No ``isinstance`` on a concrete store or source outside its own module: the core reads
+    a store's ``Capabilities`` and kind, a source's protocols (``Quoting``, ``Throttled``)."""
+    protocols = {"Store", "Connected", "Querying", "Quoting", "Throttled", "Stored", "Fetched"}
+    concrete = {
+        name: f"{package}/{module}"
+        for package in ("stores", "sources")
+        for name, module in _concrete(package).items()
+        if name not in protocols and module != "base.py"
+    }
+    found = []
+    for path in SRC.rglob("*.py"):
+        where = str(path.relative_to(SRC))
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("startswith", "partition"):
-                for arg in node.args:
-                    if (isinstance(arg, ast.Name) and arg.id in schemes) or (
-                        isinstance(arg, ast.Constant) and arg.value in literals
-                    ):
-                        found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
+                classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+                for cls in classes:
+                    name = cls.id if isinstance(cls, ast.Name) else getattr(cls, "attr", "")
+                    if name in concrete and concrete[name] != where:
+                        found.append(f"{where}:{node.lineno}: {name}")
+    assert concrete  # the scan found the stages' classes
+    assert found == []
+
+
+def test_no_store_module_reads_the_settings() -> None:
+    """A store receives its own configuration (``registry.StoreConfig``), never the whole
+    settings: no module of ``stores/`` imports ``Settings`` (or the config module whole)."""
+    found = []
+    for path in (SRC / "stores").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "marketpipe.config":
+                found += [f"{path.name}: {a.name}" for a in node.names if a.name == "Settings"]
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}: {a.name}" for a in node.names if a.name == "marketpipe.config"]
     assert found == []
 
 

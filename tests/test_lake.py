@@ -447,7 +447,7 @@ def _open_at_once(lake: str, ledger: str, writers: int) -> list[str]:
     def open_lake() -> None:
         barrier.wait()
         try:
-            open_store(load_settings(db=lake, ledger=ledger), MODEL, read_only=False).close()
+            open_store(load_settings(db=lake, ledger=ledger).store, MODEL, read_only=False).close()
         except Exception as exc:  # every writer's failure, to show them all
             errors.append(str(exc))
 

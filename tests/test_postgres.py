@@ -211,7 +211,7 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
 
     def start() -> None:
         try:
-            open_store(cfg, MODEL).close()
+            open_store(cfg.store, MODEL).close()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -239,7 +239,7 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
 
 
 def test_plain_postgresql_mode_is_detected_and_said(pg_url: str) -> None:
-    store = open_store(load_settings(db=pg_url), MODEL)
+    store = open_store(load_settings(db=pg_url).store, MODEL)
     try:
         assert store.mode == "postgresql"  # no TimescaleDB on this server
     finally:

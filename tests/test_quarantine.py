@@ -64,7 +64,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
     for rule in BROKEN:
         assert f"quarantined by {rule}: 3" in result.output
 
-    store = open_store(load_settings(db=db), MODEL)
+    store = open_store(load_settings(db=db).store, MODEL)
     try:
         quarantined = store.ledger.quarantined(QuarantineQuery(limit=1000))
     finally:
@@ -88,7 +88,7 @@ def test_bad_records_are_quarantined_and_the_count_closes(cli, db: str, tmp_path
 
     # Re-running the same file replaces its quarantine rows too: nothing doubles.
     assert cli("ingest", "--from-file", str(tmp_path / "mixed.dbn"), "--db", db, "--force").exit_code == 0
-    store = open_store(load_settings(db=db), MODEL)
+    store = open_store(load_settings(db=db).store, MODEL)
     try:
         assert len(store.ledger.quarantined(QuarantineQuery(limit=1000))) == 12
     finally:
@@ -100,7 +100,7 @@ def test_too_many_rejections_fail_the_chunk_and_store_nothing(cli, db: str, tmp_
     result = cli("ingest", "--from-file", str(tmp_path / "mixed.dbn"), "--db", db)
     assert result.exit_code == 1
     assert "above the 5% limit (--max-quarantine-ratio): the data or a rule is likely broken" in result.output
-    store = open_store(load_settings(db=db), MODEL)
+    store = open_store(load_settings(db=db).store, MODEL)
     try:
         assert store.ledger.quarantined(QuarantineQuery(limit=1000)) == []
         assert next(t.rows for t in store.status().tables if t.table == "trades") == 0

@@ -99,7 +99,7 @@ def test_random_records_round_trip(schema: str) -> None:
             summary = ingest(IngestRequest(from_file=str(path)), cfg)
             assert summary.failed == []
             assert summary.totals().stored == len(array)
-            store = open_store(cfg, MODEL)
+            store = open_store(cfg.store, MODEL)
             try:
                 export(store, schema, "parquet", Path(tmp) / "o.parquet", [], None, None, 5)
             finally:

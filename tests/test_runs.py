@@ -104,7 +104,7 @@ def test_a_runs_ledger_counts_equal_its_summary(api, tmp_path: Path) -> None:  #
     db = str(tmp_path / "store.duckdb")
     make_sample(tmp_path / "sample")
     summaries = [run(db, ["CL.FUT", "ES.FUT"], chunk_days=2), ingest_files(str(tmp_path / "sample"), db=db)]
-    store = open_store(load_settings(db=db), MODEL)
+    store = open_store(load_settings(db=db).store, MODEL)
     try:
         for summary in summaries:
             counted = store.ledger.run_counts(summary.run_id)

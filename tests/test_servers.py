@@ -244,11 +244,11 @@ def test_store_opened_read_only_rejects_writes(server_url: str, tmp_path: Path) 
     """The read-only store runs every transaction READ ONLY, whatever a bug might try."""
     data = _trades_file(tmp_path / "t.dbn")
     settings = load_settings(db=server_url)
-    open_store(settings, MODEL).close()
-    store = open_store(settings, MODEL, read_only=True)
+    open_store(settings.store, MODEL).close()
+    store = open_store(settings.store, MODEL, read_only=True)
     try:
         with pytest.raises(Exception, match="read-only transaction"):
-            store.ledger._execute("DELETE FROM marketpipe_chunks")  # type: ignore[attr-defined]
+            store.ledger.execute("DELETE FROM marketpipe_chunks")  # type: ignore[attr-defined]
     finally:
         store.close()
     assert data.exists()
@@ -299,13 +299,13 @@ def test_symbol_and_time_are_indexed_by_one_brin(server_url: str, cli, tmp_path:
 def test_an_earlier_stores_b_tree_is_replaced_by_the_brin(server_url: str) -> None:
     """A store made before the BRIN: its B-tree and time BRIN go, the BRIN comes, once."""
     settings = load_settings(db=server_url)
-    open_store(settings, MODEL).close()
+    open_store(settings.store, MODEL).close()
     with psycopg.connect(server_url) as conn:
         conn.execute("DROP INDEX trades_instrument_time_brin")
         conn.execute("CREATE INDEX trades_instrument_time ON trades (instrument_id, ts_recv)")
         conn.execute("CREATE INDEX trades_time_brin ON trades USING brin (ts_recv)")
         conn.execute("DELETE FROM marketpipe_migrations WHERE version = %s", (BRIN_INDEX_VERSION,))
-    open_store(settings, MODEL).close()
+    open_store(settings.store, MODEL).close()
     assert _indexes(server_url)["trades"] == {
         "trades_instrument_time_brin USING brin (instrument_id, ts_recv) WITH (pages_per_range='16')"
     }

@@ -19,11 +19,9 @@ from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write
 from marketpipe.sources.dbn_reader import DbnFile
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ExportQuery, QuarantineQuery, Store
-from marketpipe.stores.duckdb import DuckDBLedger
 from marketpipe.transform import to_table
 from marketpipe.types import Chunk, ChunkCounts, Rejection, RunStatus
 
-from arrow_store import ArrowStore
 from dbn_reference import MODEL
 from pg import POSTGRES, SERVER, TIMESCALE
 
@@ -36,18 +34,17 @@ FAMILY = MODEL.family_of("trades")
 )
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Opens the store under test; called again, a second store on the same location."""
-    if request.param == "arrow":
-        data = ArrowStore(MODEL)
-        return lambda: Store(data, DuckDBLedger(str(tmp_path / "ledger.duckdb")))
     ledger = None
-    if request.param == "duckdb":
+    if request.param == "arrow":  # a kind registered by the tests' plugin (tests/plugins)
+        url = f"arrow:{tmp_path / 'arrow'}"
+    elif request.param == "duckdb":
         url = str(tmp_path / "conformance.duckdb")
     elif request.param.startswith("lake"):
         url = f"lake:{tmp_path / 'lake'}"
         ledger = request.getfixturevalue("pg_url") if request.param == "lake-postgresql" else None
     else:
         url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "timescale_url"))
-    return lambda: open_store(load_settings(db=url, ledger=ledger), MODEL)
+    return lambda: open_store(load_settings(db=url, ledger=ledger).store, MODEL)
 
 
 @pytest.fixture

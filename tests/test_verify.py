@@ -21,6 +21,8 @@ ROWS = 20_000
 
 @pytest.fixture
 def db(store_location: str) -> str:
+    if store_location.startswith("arrow:"):
+        pytest.skip("these tests damage each built-in kind's own files by hand")
     return store_location
 
 

@@ -22,7 +22,7 @@ from typer._click.exceptions import UsageError  # Typer's own copy of Click (0.2
 from typer.core import TyperCommand
 
 from marketpipe import defaults
-from marketpipe.errors import MarketpipeError, Terminated
+from marketpipe.errors import MarketpipeError, Terminated, interrupted_query
 from marketpipe.version import __version__
 
 if TYPE_CHECKING:
@@ -195,6 +195,13 @@ def _json_error(message: str, exit_code: int) -> None:
     typer.echo(json.dumps({"error": {"message": message, "exit_code": exit_code}}, indent=2))
 
 
+def _stopped(terminated: bool) -> typer.Exit:
+    """Ctrl-C or SIGTERM: one line, and the shell's code for the signal."""
+    word = "terminated" if terminated else "interrupted"
+    _error(f"{word}: finished chunks are kept; run again to resume")
+    return typer.Exit(143 if terminated else 130)
+
+
 def _guarded(action: Callable[[], T], as_json: bool = False) -> T:
     """Run a command body: user errors become one line and their exit code (and, under
     ``--json``, an error document on standard output)."""
@@ -206,16 +213,15 @@ def _guarded(action: Callable[[], T], as_json: bool = False) -> T:
         _error(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        word = "terminated" if terminated else "interrupted"
-        _error(f"{word}: finished chunks are kept; run again to resume")
-        raise typer.Exit(143 if terminated else 130) from None
+        raise _stopped(isinstance(exc, Terminated)) from None
     except BrokenPipeError:
         # The reader went away (`status --json | head`): nothing left to tell it. Point stdout
         # at /dev/null so the interpreter's own flush at exit does not fail a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(141) from None
     except Exception as exc:
+        if interrupted_query(exc):  # DuckDB's word for a signal during its query (rules loading)
+            raise _stopped(Terminated.requested) from None
         import structlog
 
         structlog.get_logger("marketpipe").error("crash", error=repr(exc), traceback=traceback.format_exc())

@@ -26,29 +26,34 @@ from typing import Any
 
 from distributed import Client, KilledWorker, LocalCluster, Semaphore, WorkerPlugin, get_worker
 
-from marketpipe.config import IngestRequest, Settings, store_kind
+from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import UsageError
 from marketpipe.logs import configure
 from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline, load_rules
-from marketpipe.sources.base import Source
-from marketpipe.sources.databento_api import DatabentoApiSource
-from marketpipe.stores import many_processes, open_store
+from marketpipe.registry import kind_of, kinds, many_processes
+from marketpipe.sources.base import Source, Throttled
+from marketpipe.stores import open_store
 from marketpipe.types import Chunk, ChunkStatus
 
 
 def check(request: IngestRequest, settings: Settings) -> None:
-    """What a cluster run cannot take, refused before anything opens."""
-    if many_processes(settings.db, settings.ledger):
+    """What a cluster run cannot take, refused before anything opens: a store whose kind
+    takes one writer process (a lake: as its ledger's kind)."""
+    config = settings.store
+    if many_processes(config):
         return
-    if store_kind(settings.db) == "lake":
+    kind = kind_of(config.location)
+    servers = [k for k in kinds() if k.concurrent_writers]
+    named = " or ".join(f"{k.title} ({k.example})" for k in servers)
+    if kind.concurrent_writers is None:
+        ledger = kind_of(config.ledger or "")
         raise UsageError(
-            "--workers/--cluster: a lake's DuckDB ledger takes one writer process; give the lake"
-            " a PostgreSQL ledger (--ledger postgresql://...)"
+            f"--workers/--cluster: {kind.noun}'s {ledger.title} ledger takes one writer process;"
+            f" give the {kind.title} a ledger that takes many: --ledger {named}"
         )
     raise UsageError(
-        "--workers/--cluster: a DuckDB file takes one writer process; give a PostgreSQL store"
-        " (--db postgresql://...) or a lake with a PostgreSQL ledger (--db lake:DIR --ledger"
-        " postgresql://...)"
+        f"--workers/--cluster: {kind.noun} takes one writer process; give a store that takes many"
+        f" (--db {named}), or a lake with such a ledger"
     )
 
 
@@ -89,14 +94,14 @@ class ChunkRunner(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         configure(self.settings.log_file, "ERROR", scope="marketpipe")  # the worker's own logging stays
         model, validator = load_rules(self.settings)
-        store = open_store(self.settings, model)
+        store = open_store(self.settings.store, model)
         self.pipeline = Pipeline(
             self.request, self.settings, self.source, store, validator, run_id=self.run_id
         )
         # Which worker wrote a chunk: its address, and the process (to find it on its host).
         self.pipeline.log = self.pipeline.log.bind(worker=str(worker.address), pid=os.getpid())
         self.lane = Lane(0, store, validator, threading.Event())
-        if isinstance(self.source, DatabentoApiSource):  # one limit for every worker's downloads
+        if isinstance(self.source, Throttled):  # one limit for every worker's downloads
             downloads = Semaphore(self.settings.max_concurrent_downloads, name=f"{self.name}-downloads")
             self.source.download_slot = lambda: downloads
 

@@ -34,10 +34,11 @@ from marketpipe.exporting import FORMATS, as_text, check_output, write_file
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
 from marketpipe.model import check_schema
+from marketpipe.registry import embedded_file
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import read_rules
 from marketpipe.samples import make_sample as write_sample
-from marketpipe.stores import embedded_file, open_store
+from marketpipe.stores import open_store
 from marketpipe.stores.base import QuarantineQuery, Querying, Store
 from marketpipe.symbology import NS_PER_DAY, day_ns
 
@@ -53,7 +54,7 @@ def _settings(**overrides: object) -> Settings:
 
 def _read_only_store(settings: Settings) -> Store:
     """The store for a command that only reads: nothing is created, migrated or converted."""
-    return open_store(settings, load_model(settings.transformation_file), read_only=True)
+    return open_store(settings.store, load_model(settings.transformation_file), read_only=True)
 
 
 def _day(flag: str, value: str | None, forms: str = DAY_FORMS) -> dt.date | str | None:
@@ -205,7 +206,7 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, out: Path | None) -
 def _store_files(settings: Settings) -> list[Path]:
     """The embedded store's own files (a DuckDB store, a lake's DuckDB ledger): an output must
     never be one of them."""
-    embedded = embedded_file(settings.db, settings.ledger)
+    embedded = embedded_file(settings.store)
     files = [] if embedded is None else [Path(embedded).expanduser()]
     return [p.with_name(p.name + suffix) for p in files for suffix in ("", ".wal")]
 
@@ -386,7 +387,7 @@ def delete(
             raise UsageError(f"delete {what}: give --yes to delete without a terminal to confirm on")
         if input(f"delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             raise UsageError("nothing deleted")
-    store = open_store(settings, load_model(settings.transformation_file))
+    store = open_store(settings.store, load_model(settings.transformation_file))
     try:
         deleted, forgotten, unfinished = store.delete(deletion)
     finally:
@@ -425,7 +426,7 @@ def forget_failures(
     gone = [f for f in failed if every or _input_gone(f[2])]
     forgotten = 0
     if gone and not dry_run:
-        store = open_store(settings, load_model(settings.transformation_file))
+        store = open_store(settings.store, load_model(settings.transformation_file))
         try:
             forgotten = store.ledger.forget_failures([key for key, *_ in gone])
         finally:
@@ -472,7 +473,7 @@ def verify(db: str | None, ledger: str | None, pg_schema: str | None, repair: bo
     store = _read_only_store(settings)
     if repair:
         store.close()
-        store = open_store(settings, load_model(settings.transformation_file))
+        store = open_store(settings.store, load_model(settings.transformation_file))
     try:
         report = store.verify(repair)
     finally:

@@ -32,6 +32,7 @@ from marketpipe import defaults
 from marketpipe.defaults import DAY_FORMS, STYPES
 from marketpipe.errors import ConfigError, UsageError
 from marketpipe.model import SCHEMAS
+from marketpipe.registry import StoreConfig, normalized
 
 # Days a daily job can name without editing its file (DAY_FORMS).
 LAST = "last"
@@ -140,22 +141,6 @@ def missing_filesystem(url: str, error: ImportError) -> str:
     return f"{error} (pip install 'marketpipe[{extra}]')" if extra else str(error)
 
 
-DUCKDB_MEMORY_LIMIT = "128MB"
-LAKE_PREFIX = "lake:"
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def store_kind(location: str) -> str:
-    """Which store a location names, the one place that reads its scheme: ``"lake"``
-    (``lake:DIR``, ``lake:`` and a URL), ``"postgresql"`` (``postgresql://``, ``postgres://``)
-    or ``"duckdb"`` (a file path; ``Settings`` refuses other schemes before anything opens)."""
-    if location.startswith(LAKE_PREFIX):
-        return "lake"
-    if location.startswith(POSTGRES_SCHEMES):
-        return "postgresql"
-    return "duckdb"
-
-
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -196,7 +181,7 @@ class Settings(BaseSettings):
     max_concurrent_downloads: int = Field(defaults.MAX_CONCURRENT_DOWNLOADS, ge=1, le=100)
     # DuckDB's own memory cap: keeps a long ingest's footprint flat (it spills beyond it; its
     # buffer pool fills up to the cap, README, "Measurements behind the code").
-    duckdb_memory_limit: str = DUCKDB_MEMORY_LIMIT
+    duckdb_memory_limit: str = defaults.DUCKDB_MEMORY_LIMIT
     # ``marketpipe query`` on DuckDB and a lake: the user's own SQL is not an ingest, and a
     # count(distinct ...) over millions of rows needs more than ingest's cap. None: DuckDB's
     # own default (80% of the machine's memory). DuckDB's units: 2GB, 512MiB.
@@ -221,17 +206,9 @@ class Settings(BaseSettings):
     @field_validator("db")
     @classmethod
     def _store_location(cls, value: str) -> str:
-        """A PostgreSQL URL as is, a Parquet lake (``lake:DIR`` or ``lake:`` and an fsspec URL);
-        anything else is a DuckDB file. Paths are made absolute so every message names the
-        file really used (a relative path is relative to the working directory)."""
-        if value.startswith(LAKE_PREFIX):
-            root = value.removeprefix(LAKE_PREFIX)
-            if not root.strip():
-                raise ValueError(
-                    "lake: needs a directory or a URL, e.g. lake:data/lake or lake:s3://bucket/prefix"
-                )
-            return LAKE_PREFIX + (root if "://" in root else _absolute(root))
-        return _database(value, "a DuckDB file path, a postgresql:// URL or lake:DIR")
+        """A location as its store kind (``stores.kind_of``) makes it canonical: a file path
+        absolute, so every message names the file really used."""
+        return normalized(value)
 
     @field_validator("log_level")
     @classmethod
@@ -243,7 +220,15 @@ class Settings(BaseSettings):
     @field_validator("ledger")
     @classmethod
     def _ledger_location(cls, value: str | None) -> str | None:
-        return None if value is None else _database(value, "a DuckDB file path or a postgresql:// URL")
+        return None if value is None else normalized(value, ledger=True)
+
+    @property
+    def store(self) -> StoreConfig:
+        """The store's own configuration: what opening it takes and nothing more."""
+        return StoreConfig(
+            self.db, self.ledger, self.pg_schema, self.duckdb_memory_limit,
+            self.db_retries, self.db_retry_wait, self.compress_after_days,
+        )  # fmt: skip
 
     @model_validator(mode="after")
     def _project_files(self) -> Settings:
@@ -253,22 +238,6 @@ class Settings(BaseSettings):
             if getattr(self, field) is None and Path(name).is_file():
                 setattr(self, field, Path(name).absolute())
         return self
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().absolute())
-
-
-def _database(value: str, wanted: str) -> str:
-    """A PostgreSQL URL as is; anything else is a DuckDB file path, made absolute."""
-    scheme, separator, _ = value.partition("://")
-    if separator:
-        if not value.startswith(POSTGRES_SCHEMES):
-            raise ValueError(f"unknown scheme {scheme!r} in {value.split('@')[-1]!r}: give {wanted}")
-        return value
-    if not value.strip() or value.startswith(":memory:"):
-        raise ValueError(f"{value!r} keeps nothing: give {wanted}")
-    return _absolute(value)
 
 
 def load_settings(**overrides: Any) -> Settings:

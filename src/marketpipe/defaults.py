@@ -9,6 +9,7 @@ STYPE_IN = "raw_symbol"
 STYPES = ("raw_symbol", "instrument_id", "parent", "continuous", "smart")
 LOG_LEVEL = "ERROR"  # the console's; the log file takes INFO and above
 MAX_CONCURRENT_DOWNLOADS = 50
+DUCKDB_MEMORY_LIMIT = "128MB"  # DuckDB's cap while ingesting (README, "Measurements behind the code")
 # What a day argument may be: a date, or relative (UTC): today, yesterday, N days ago, and for
 # a job's start, ``last``: the day after the last day the job has fully stored.
 DAY_FORMS = "YYYY-MM-DD, today, yesterday, -Nd or last"

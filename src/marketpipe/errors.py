@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class MarketpipeError(Exception):
     """Base of every error meant for the user, not for a traceback."""
@@ -91,3 +93,15 @@ def interruption() -> KeyboardInterrupt:
     """The interrupt that a library turned into its own error (DuckDB raises ``RuntimeError:
     Query interrupted`` in place of the exception a signal handler raised during a query)."""
     return Terminated() if Terminated.requested else KeyboardInterrupt()
+
+
+def interrupted_query(exc: BaseException) -> bool:
+    """DuckDB's report of a signal that came while it ran a query on the main thread (a
+    validation check, a store's statement): ``Query interrupted``, or the interrupt raised in
+    its scan of an Arrow batch, wrapped (``... 'batch' failed: KeyboardInterrupt``).
+    ``interruption()`` is what it was."""
+    text = str(exc)
+    return (
+        text == "Query interrupted"
+        or re.search(r"failed: (KeyboardInterrupt|Terminated)\b", text) is not None
+    )

@@ -47,6 +47,8 @@ from marketpipe.errors import (
     StoreRejected,
     TransientStoreError,
     UsageError,
+    interrupted_query,
+    interruption,
 )
 from marketpipe.model import Model
 from marketpipe.retries import retrying
@@ -234,7 +236,7 @@ def gap_days(request: IngestRequest, store: Store | None, settings: Settings) ->
 def _existing_store(settings: Settings, model: Model) -> Iterator[Store | StoreRejected]:
     """The store, read-only; where there is none to read (nothing stored there yet), why."""
     try:
-        store = open_store(settings, model, read_only=True)
+        store = open_store(settings.store, model, read_only=True)
     except StoreRejected as refusal:
         yield refusal
         return
@@ -314,7 +316,7 @@ def ingest(
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
     with closing(make_source(request, settings)) as source:
         model, validator = load_rules(settings, model)
-        with closing(open_store(settings, model)) as store:
+        with closing(open_store(settings.store, model)) as store:
             return Pipeline(request, settings, source, store, validator, progress, lanes=lanes).run(force)
 
 
@@ -611,6 +613,8 @@ class Pipeline:
         except StoreError:
             raise  # retried, or it stops the run: other chunks would fail the same way
         except Exception as exc:  # a bug or a store fault: keep the traceback in the log file
+            if interrupted_query(exc):  # a chunk run on the main thread (one writer) met a signal
+                raise interruption() from None
             log.error("chunk.crashed", error=repr(exc), traceback=traceback.format_exc())
             return self._failed(chunk, result, f"{chunk.label}: {exc}", lane.store, log)
         result.status = ChunkStatus.DONE

@@ -245,4 +245,4 @@ class Reader:
 def open_reader(db: str | None = None, ledger: str | None = None, pg_schema: str | None = None) -> Reader:
     """``ledger``: a lake's, where it is not the default one in the lake's directory."""
     settings = load_settings(db=db, ledger=ledger, pg_schema=pg_schema)
-    return Reader(open_store(settings, load_model(settings.transformation_file), read_only=True))
+    return Reader(open_store(settings.store, load_model(settings.transformation_file), read_only=True))

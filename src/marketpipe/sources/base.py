@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -55,3 +56,12 @@ class Quoting(Protocol):
     """A source that can price its plan before fetching anything (``ingest --dry-run``)."""
 
     def estimate(self, stored: Stored | None = None) -> Estimate: ...
+
+
+@runtime_checkable
+class Throttled(Protocol):
+    """A source whose downloads share a limit with every process of a run (a cluster's
+    workers): it holds ``download_slot()`` for each download, and the cluster hands it one
+    slot of a cluster-wide semaphore (by default a slot is always free)."""
+
+    download_slot: Callable[[], AbstractContextManager[object]]

@@ -1,49 +1,34 @@
-"""Stores by kind: a new store is one new module with an ``open_store`` function and one entry
-here (and its scheme in ``config.store_kind``).
-
-``postgresql://`` (or ``postgres://``) URLs open PostgreSQL/TimescaleDB, ``lake:`` a Parquet
-lake; a location without a scheme is a DuckDB file (settings refuse other schemes before
-anything opens). Modules are imported when their store is opened, so a command never pays for
-a driver it does not use.
-"""
+"""Opening a store: its kind (``registry.kind_of``) names the module that opens it, imported
+then, so a command never pays for a driver it does not use."""
 
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
-from marketpipe.config import Settings, store_kind
+from marketpipe.errors import UsageError
 from marketpipe.model import Model
+from marketpipe.registry import StoreConfig, kind_of
 from marketpipe.stores.base import Store
 
-# Store kind (``config.store_kind``) -> its module, and whether writers in several processes
-# may share it (a server orders them; DuckDB lets one process open a file to write; a lake
-# takes its ledger's word).
-STORES: dict[str, str] = {
-    "postgresql": "marketpipe.stores.postgres",
-    "lake": "marketpipe.stores.lake",
-    "duckdb": "marketpipe.stores.duckdb",
-}
-_PROCESSES = {"postgresql": True, "duckdb": False}
+if TYPE_CHECKING:
+    from marketpipe.stores.sql import SqlLedger
 
 
-def many_processes(location: str, ledger: str | None = None) -> bool:
-    """Whether the store at ``location`` (a lake: with its ``ledger``, by default a DuckDB file
-    under it) takes writers from several processes at once, as a cluster run needs."""
-    kind = store_kind(location)
-    if kind == "lake":
-        return ledger is not None and _PROCESSES[store_kind(ledger)]
-    return _PROCESSES[kind]
-
-
-def embedded_file(location: str, ledger: str | None = None) -> str | None:
-    """The local file an embedded store keeps (a DuckDB store, a lake's DuckDB ledger), if any."""
-    kind = store_kind(location)
-    held = ledger if kind == "lake" else location
-    return held if held is not None and store_kind(held) == "duckdb" else None
-
-
-def open_store(settings: Settings, model: Model, read_only: bool = False) -> Store:
+def open_store(config: StoreConfig, model: Model, read_only: bool = False) -> Store:
     """``read_only`` for commands that only read: they never create, migrate or convert."""
-    module = import_module(STORES[store_kind(settings.db)])
-    store: Store = module.open_store(settings, model, read_only)
+    try:
+        kind = kind_of(config.location)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store: Store = import_module(kind.module).open_store(config, model, read_only)
     return store
+
+
+def open_ledger(config: StoreConfig, read_only: bool) -> SqlLedger:
+    """A ledger alone, for a data side that keeps none (a lake), of a kind that holds one."""
+    kind = kind_of(config.location)
+    if not kind.holds_ledger:
+        raise UsageError(f"{config.location}: a {kind.name} store holds no ledger")
+    ledger: SqlLedger = import_module(kind.module).open_ledger(config, read_only)
+    return ledger

@@ -21,9 +21,10 @@ import duckdb
 import pyarrow as pa
 
 import marketpipe.stores.sql as sql
-from marketpipe.config import DUCKDB_MEMORY_LIMIT, Settings
-from marketpipe.errors import StoreError, StoreRejected, UsageError, interruption
+from marketpipe.defaults import DUCKDB_MEMORY_LIMIT
+from marketpipe.errors import StoreError, StoreRejected, UsageError, interrupted_query, interruption
 from marketpipe.model import Family, Model
+from marketpipe.registry import StoreConfig
 from marketpipe.stores.base import Capabilities, ExportQuery, Store
 
 # Rows need no insertion order (reads order by time): without it DuckDB inserts in
@@ -179,10 +180,10 @@ class DuckDBLedger(sql.SqlLedger):
             raise
 
     def _prepare(self, read_only: bool) -> None:
-        tables = {str(t) for (t,) in self._query("SELECT table_name FROM information_schema.tables")}
+        tables = {str(t) for (t,) in self.fetch("SELECT table_name FROM information_schema.tables")}
         applied = set()
         if sql.MIGRATIONS_TABLE in tables:
-            applied = {int(v) for (v,) in self._query(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
+            applied = {int(v) for (v,) in self.fetch(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
         elif sql.CHUNKS_TABLE in tables:
             applied = {1}  # the first release kept no migrations table in DuckDB
         sql.check_release(self.location, applied)
@@ -210,7 +211,7 @@ class DuckDBLedger(sql.SqlLedger):
         for statement in ddl:
             self.con.execute(statement)
         for version, name in migrations.items():
-            self._execute(sql.RECORD_MIGRATION, [version, name])
+            self.execute(sql.RECORD_MIGRATION, [version, name])
 
     @contextmanager
     def _coverage_lock(self, dataset: str, schema: str) -> Iterator[None]:
@@ -232,7 +233,7 @@ class DuckDBLedger(sql.SqlLedger):
         try:
             yield
         except RuntimeError as exc:
-            if str(exc) == "Query interrupted":  # Ctrl-C or SIGTERM while DuckDB ran a query
+            if interrupted_query(exc):  # Ctrl-C or SIGTERM while DuckDB ran a query
                 raise interruption() from None
             raise
         except duckdb.Error as exc:
@@ -252,28 +253,28 @@ class DuckDBLedger(sql.SqlLedger):
         with self._translated():
             self.con.execute(statement, list(params))
 
-    def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         self.execute_translated(_q(statement), params)
 
-    def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:  # DuckDB refuses an empty parameter list (psycopg runs nothing)
             return
         with self._translated():
             self.con.executemany(_q(statement), [list(r) for r in rows])
 
-    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._translated():
             return self.con.execute(_q(statement), list(params)).fetchall()
 
-    def _begin(self) -> None:
+    def begin(self) -> None:
         self.con.begin()
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         # Outside an explicit transaction DuckDB autocommits; committing then is an error.
         with suppress(duckdb.TransactionException), self._translated():
             self.con.commit()
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         with suppress(duckdb.Error):  # a failed write may have ended the transaction already
             self.con.rollback()
 
@@ -420,6 +421,12 @@ def _query_error(exc: duckdb.Error) -> UsageError:
     return error
 
 
-def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
-    store = DuckDBStore(settings.db, settings.duckdb_memory_limit, read_only, model=model)
+def open_store(config: StoreConfig, model: Model, read_only: bool) -> Store:
+    store = DuckDBStore(config.location, config.memory_limit, read_only, model=model)
     return Store(store, store)
+
+
+def open_ledger(config: StoreConfig, read_only: bool) -> DuckDBStore:
+    """A ledger alone (a lake's): a store of no tables, whose writer threads each get a
+    connection of their own."""
+    return DuckDBStore(config.location, config.memory_limit, read_only, model=Model({}))

@@ -36,9 +36,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 import marketpipe.stores.catalog as catalog
 import marketpipe.stores.sql as sql
-from marketpipe.config import DUCKDB_MEMORY_LIMIT, LAKE_PREFIX, Settings, missing_filesystem, store_kind
+from marketpipe.config import missing_filesystem
+from marketpipe.defaults import DUCKDB_MEMORY_LIMIT
 from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, Model
+from marketpipe.registry import StoreConfig, kind_of
+from marketpipe.stores import open_ledger
 from marketpipe.stores.base import (
     SYMBOLOGY_TABLE,
     Capabilities,
@@ -206,9 +209,9 @@ class _LakeSink:
         ledger = lake.ledger
         where = [self._family.table, self._id]
         chunk_files = f"FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = %s"
-        earlier = {str(p) for (p,) in ledger._query(f"SELECT path {chunk_files}", where)}
-        ledger._execute(f"DELETE {chunk_files}", where)
-        ledger._executemany(
+        earlier = {str(p) for (p,) in ledger.fetch(f"SELECT path {chunk_files}", where)}
+        ledger.execute(f"DELETE {chunk_files}", where)
+        ledger.execute_many(
             LIST_FILE,
             [
                 (f.path, *where, f.rows, f.first_ns, f.last_ns, f.stream.tell(), f.stream.sha256.hexdigest())
@@ -285,7 +288,7 @@ class _LakeTables(DuckDBStore):
             listed, params = listed + " AND first_ns < %s", [*params, end_ns]
         files: dict[str, list[str]] = {}
         listed += " ORDER BY path"
-        for table, path in lake.ledger._query(listed, params):
+        for table, path in lake.ledger.fetch(listed, params):
             files.setdefault(str(table), []).append(lake.url(str(path)))
         for each in families:
             self.con.execute(self._view(each, files.get(each.table, [])))
@@ -294,9 +297,9 @@ class _LakeTables(DuckDBStore):
     def refresh_instruments(self) -> _LakeTables:
         """The symbology the ledger keeps now, beside the lake's definitions: what
         ``symbol_ranges`` and a user's query read (an export is handed the ranges)."""
-        symbology = self._lake.ledger._query(self._lake.ledger.symbology_select)
+        symbology = self._lake.ledger.fetch(self._lake.ledger.symbology_select)
         self.con.execute(f"DELETE FROM {SYMBOLOGY_TABLE}")
-        self._executemany(f"INSERT INTO {SYMBOLOGY_TABLE} VALUES (%s, %s, %s, %s, %s, %s)", symbology)
+        self.execute_many(f"INSERT INTO {SYMBOLOGY_TABLE} VALUES (%s, %s, %s, %s, %s, %s)", symbology)
         return self
 
     def _view(self, family: Family, files: list[str]) -> str:
@@ -346,16 +349,17 @@ class LakeStore:
     mode = "lake"
 
     def __init__(
-        self, root: str, ledger: sql.SqlLedger, model: Model, memory_limit: str = DUCKDB_MEMORY_LIMIT
+        self, location: str, ledger: sql.SqlLedger, model: Model, memory_limit: str = DUCKDB_MEMORY_LIMIT
     ):
-        self.fs, self.root = filesystem(root)
-        self.location = LAKE_PREFIX + root
+        self.fs, self.root = filesystem(kind_of(location).address(location))
+        self.location = location
         self.ledger = ledger
         self.model = model
         self._memory_limit = memory_limit
-        # Processes write files side by side; the ledger orders their chunks where it is a
-        # server (a DuckDB ledger has one writer process, its threads each a connection).
-        server = store_kind(ledger.location) == "postgresql"
+        # Processes write files side by side; the ledger orders their chunks where its kind
+        # takes writers from several processes (a server; a DuckDB ledger has one writer
+        # process, its threads each a connection).
+        server = bool(kind_of(ledger.location).concurrent_writers)
         self.capabilities = Capabilities(atomic_chunks=True, concurrent_writers=server, threaded_writers=True)
 
     def full(self, path: str) -> str:
@@ -372,8 +376,7 @@ class LakeStore:
         if not isinstance(self.ledger, Connected):
             raise TypeError(f"the ledger of {self.location} takes one writer at a time")
         ledger = cast(sql.SqlLedger, self.ledger.another().ledger)
-        root = self.location.removeprefix(LAKE_PREFIX)
-        return Store(LakeStore(root, ledger, self.model, self._memory_limit), ledger)
+        return Store(LakeStore(self.location, ledger, self.model, self._memory_limit), ledger)
 
     @cached_property
     def _tables(self) -> _LakeTables:
@@ -388,7 +391,7 @@ class LakeStore:
         still finds it) and listed in its place in the ledger's open transaction; the old file
         goes once the ledger has committed, the new one if it rolls back."""
         low, high = min(s for _, s, _ in tx.spans), max(e for _, _, e in tx.spans)
-        listed = self.ledger._query(
+        listed = self.ledger.fetch(
             f"SELECT path, chunk_id FROM {FILES_TABLE} WHERE table_name = %s AND chunk_id = ANY(%s)"
             " AND last_ns >= %s AND first_ns < %s ORDER BY path",
             [family.table, list(tx.replaced), low, high],
@@ -399,7 +402,7 @@ class LakeStore:
             if not drop.any():
                 continue
             kept = table.filter(pa.array(~drop))
-            self.ledger._execute(f"DELETE FROM {FILES_TABLE} WHERE path = %s", [path])
+            self.ledger.execute(f"DELETE FROM {FILES_TABLE} WHERE path = %s", [path])
             if kept.num_rows:
                 folder, name = str(path).rsplit("/", 1)
                 new = f"{folder}/{name.split('-', 1)[0]}-{uuid.uuid4().hex[:12]}-r.parquet"
@@ -408,7 +411,7 @@ class LakeStore:
                     pq.write_table(kept, stream, compression="zstd")
                 self.fs.mv(temporary, self.full(new))
                 times = kept[family.time_column].cast(pa.int64()).to_numpy()
-                self.ledger._execute(
+                self.ledger.execute(
                     LIST_FILE,
                     [
                         new, family.table, owner, kept.num_rows, int(times.min()), int(times.max()),
@@ -425,14 +428,14 @@ class LakeStore:
         listed (reads work again; its chunk is stored again by the next run)."""
         columns = {
             str(c)
-            for (c,) in self.ledger._query(
+            for (c,) in self.ledger.fetch(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
                 " AND table_schema = current_schema()",
                 [FILES_TABLE],
             )
         }
         recorded = ", ".join(c if c in columns else "NULL" for c in ("bytes", "sha256"))
-        listed = self.ledger._query(
+        listed = self.ledger.fetch(
             f"SELECT path, chunk_id, rows, {recorded} FROM {FILES_TABLE} WHERE table_name = %s ORDER BY path",
             [family.table],
         )
@@ -446,7 +449,7 @@ class LakeStore:
                 problems.setdefault(int(chunk), []).append(f"{path}: {problem}")
         if repair:
             damaged = [(p.split(": ", 1)[0],) for found in problems.values() for p in found]
-            self.ledger._executemany(f"DELETE FROM {FILES_TABLE} WHERE path = %s", damaged)
+            self.ledger.execute_many(f"DELETE FROM {FILES_TABLE} WHERE path = %s", damaged)
         reasons = {chunk: "; ".join(found) for chunk, found in problems.items()}
         for chunk, rows in expected.items():
             if chunk not in reasons and held[chunk] != rows:
@@ -522,7 +525,7 @@ class LakeStore:
 
     def table_status(self, family: Family) -> TableStatus:
         """From the ledger's file list: no file is opened."""
-        rows, first, last = self.ledger._query(
+        rows, first, last = self.ledger.fetch(
             f"SELECT coalesce(sum(rows), 0), min(first_ns), max(last_ns) FROM {FILES_TABLE}"
             " WHERE table_name = %s",
             [family.table],
@@ -537,8 +540,8 @@ class LakeStore:
         """Files have no connection to lose (the ledger reconnects on its own)."""
 
 
-def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
-    location = settings.ledger
+def _ledger(config: StoreConfig, root: str, read_only: bool) -> sql.SqlLedger:
+    location = config.ledger
     if location is None:
         if "://" in root:
             raise StoreRejected(
@@ -548,14 +551,7 @@ def _ledger(settings: Settings, root: str, read_only: bool) -> sql.SqlLedger:
         if read_only and not Path(location).is_file():
             raise StoreRejected(f"no marketpipe lake at {root}: nothing has been ingested there")
     filesystem(root)  # before the ledger is opened (or made): a refused lake changes nothing
-    if store_kind(location) == "postgresql":
-        from marketpipe.stores.postgres import PostgresStore, in_schema
-
-        url = in_schema(location, settings.pg_schema)
-        retries, wait = settings.db_retries, settings.db_retry_wait
-        return PostgresStore(url, retries, wait, read_only=read_only, model=Model({}))
-    # A store of no tables: a ledger that gives writer threads a connection each.
-    return DuckDBStore(location, settings.duckdb_memory_limit, read_only, model=Model({}))
+    return open_ledger(config.at(location), read_only)
 
 
 def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> None:
@@ -563,7 +559,7 @@ def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> Non
     database is no lake's ledger: its chunks would pass for the lake's."""
     tables = {
         str(t)
-        for (t,) in ledger._query(
+        for (t,) in ledger.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         )
     }
@@ -577,20 +573,20 @@ def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> Non
         if FILES_TABLE not in tables:
             raise StoreRejected(f"{ledger.location} is a marketpipe ledger but not of a lake")
         return
-    ledger._lock_schema()  # writers starting at once: one makes the file list, the others find it
+    ledger.lock_schema()  # writers starting at once: one makes the file list, the others find it
     for statement in FILES_DDL:
-        ledger._execute(statement)
-    ledger._execute(sql.RECORD_MIGRATION, [FILES_VERSION, FILES_NAME])
+        ledger.execute(statement)
+    ledger.execute(sql.RECORD_MIGRATION, [FILES_VERSION, FILES_NAME])
     sql.record_definitions(ledger, pending)
-    ledger._commit()
+    ledger.commit()
 
 
-def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
-    root = settings.db.removeprefix(LAKE_PREFIX)
-    ledger = _ledger(settings, root, read_only)
+def open_store(config: StoreConfig, model: Model, read_only: bool) -> Store:
+    root = kind_of(config.location).address(config.location)
+    ledger = _ledger(config, root, read_only)
     try:
         _prepare_ledger(ledger, model, read_only)
-        lake = LakeStore(root, ledger, model, settings.duckdb_memory_limit)
+        lake = LakeStore(config.location, ledger, model, config.memory_limit)
     except BaseException:
         ledger.close()
         raise

@@ -33,11 +33,17 @@ from psycopg.pq import TransactionStatus
 
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
-from marketpipe.config import Settings
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError, UsageError
 from marketpipe.model import Family, Model
+from marketpipe.registry import StoreConfig
 from marketpipe.retries import retrying
-from marketpipe.stores.base import QUARANTINE_TABLE, Capabilities, ExportQuery, ReplacingTransaction, Store
+from marketpipe.stores.base import (
+    QUARANTINE_TABLE,
+    Capabilities,
+    ExportQuery,
+    ReplacingTransaction,
+    Store,
+)
 from marketpipe.types import Chunk
 
 log = structlog.get_logger("marketpipe.postgres")
@@ -389,7 +395,7 @@ class PostgresStore(sql.SqlStore):
         """Checked first (``catalog``: someone else's table, a table another transformation file
         made), then migrated, in one transaction: a refusal changes nothing."""
         with self.translated("schema migration"), self.conn.transaction():
-            self._lock_schema()
+            self.lock_schema()
             if self.schema is not None:  # rolled back with the rest if the store is refused
                 self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.identifier(self.schema)}")
             _, pending = self.inspect_catalog()
@@ -440,15 +446,15 @@ class PostgresStore(sql.SqlStore):
             raise translate(exc, f"{where} on {self.location}") from None
 
     # SqlLedger's primitives.
-    def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         with self.translated("query"):
             self.conn.execute(statement, params)
 
-    def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         with self.translated("query"), self.conn.cursor() as cur:
             cur.executemany(statement, rows)
 
-    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         # A read that opened a transaction ends it: a session idle in a transaction holds back
         # VACUUM, freezes now() for the run's later rows, and is what
         # idle_in_transaction_session_timeout (managed servers set it) terminates.
@@ -459,21 +465,21 @@ class PostgresStore(sql.SqlStore):
                 self.conn.commit()
             return rows
 
-    def _begin(self) -> None:
+    def begin(self) -> None:
         """psycopg opens the transaction with the first statement; until it ends, reads keep it."""
         self._explicit = True
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         self._explicit = False
         with self.translated("commit"):
             self.conn.commit()
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         self._explicit = False
         with suppress(psycopg.Error):  # the connection is gone; so is the transaction
             self.conn.rollback()
 
-    def _lock_schema(self) -> None:
+    def lock_schema(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
     @contextmanager
@@ -481,12 +487,12 @@ class PostgresStore(sql.SqlStore):
         # Taken by the transaction's first statement, released by its end: inputs of one
         # dataset's schema complete one at a time across processes, and READ COMMITTED shows
         # each what the one before it recorded.
-        self._execute("SELECT pg_advisory_xact_lock(%s)", [sql.chunk_id(f"coverage:{dataset}:{schema}")])
+        self.execute("SELECT pg_advisory_xact_lock(%s)", [sql.chunk_id(f"coverage:{dataset}:{schema}")])
         yield
 
     def drop_covered(self, family: Family, schema: str, tx: ReplacingTransaction) -> None:
         if self.mode == "timescaledb":
-            self._execute(DECOMPRESS_UNLIMITED)  # see open_chunk
+            self.execute(DECOMPRESS_UNLIMITED)  # see open_chunk
         super().drop_covered(family, schema, tx)
 
     def _ns(self, column: str) -> str:
@@ -519,7 +525,7 @@ class PostgresStore(sql.SqlStore):
     def _run_alive(self, run_id: str) -> bool:
         # A bigint advisory key shows in pg_locks as classid (high 32 bits) and objid (low).
         key = sql.run_lock_key(run_id) & 0xFFFFFFFFFFFFFFFF
-        rows = self._query(
+        rows = self.fetch(
             "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
             " AND classid::bigint = %s AND objid::bigint = %s",
             [key >> 32, key & 0xFFFFFFFF],
@@ -532,7 +538,7 @@ class PostgresStore(sql.SqlStore):
             # they sit in (an instrument's day, other chunks' rows too), and TimescaleDB stops
             # a transaction past 100,000 decompressed rows: a --force of any busy compressed day
             # would fail every time. 0 is unlimited (TimescaleDB's own hint); this transaction only.
-            self._execute(DECOMPRESS_UNLIMITED)
+            self.execute(DECOMPRESS_UNLIMITED)
         return super().open_chunk(family, chunk_id, earlier)
 
     def _sink(self, family: Family, chunk_id: int) -> _PgSink:
@@ -568,12 +574,12 @@ class PostgresStore(sql.SqlStore):
                 names = [d.name for d in cur.description]
                 rows = cur.fetchall()
         except psycopg.Error as exc:
-            self._rollback()
+            self.rollback()
             if is_transient(exc) or isinstance(exc, psycopg.OperationalError):
                 raise translate(exc, f"query on {self.location}") from None
             raise sql.query_error(exc) from None
         except UsageError:
-            self._rollback()
+            self.rollback()
             raise
         self.conn.rollback()  # nothing to keep: a read
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
@@ -620,13 +626,18 @@ FILE_ACCESS = """SELECT rolsuper
 FROM pg_roles WHERE rolname = current_user"""
 
 
-def open_store(settings: Settings, model: Model, read_only: bool) -> Store:
-    store = PostgresStore(
-        in_schema(settings.db, settings.pg_schema),
-        settings.db_retries,
-        settings.db_retry_wait,
-        settings.compress_after_days,
-        read_only,
-        model=model,
-    )
+def open_store(config: StoreConfig, model: Model, read_only: bool) -> Store:
+    store = _open(config, model, read_only)
     return Store(store, store)
+
+
+def open_ledger(config: StoreConfig, read_only: bool) -> PostgresStore:
+    """A ledger alone (a lake's): a store of no tables."""
+    return _open(config, Model({}), read_only)
+
+
+def _open(config: StoreConfig, model: Model, read_only: bool) -> PostgresStore:
+    url = in_schema(config.location, config.pg_schema)
+    return PostgresStore(
+        url, config.retries, config.retry_wait, config.compress_after_days, read_only, model=model
+    )

@@ -446,14 +446,14 @@ def recorded_definitions(ledger: SqlLedger, relations: set[str]) -> dict[str, st
     if catalog.DEFINITIONS_TABLE not in relations:
         return {}
     statement = f"SELECT table_name, definition FROM {catalog.DEFINITIONS_TABLE}"
-    return {str(table): str(definition) for table, definition in ledger._query(statement)}
+    return {str(table): str(definition) for table, definition in ledger.fetch(statement)}
 
 
 def record_definitions(ledger: SqlLedger, families: Sequence[Family]) -> None:
     """The definitions of tables made (or first checked) now, in the open transaction."""
     if families:
-        ledger._execute(catalog.DEFINITIONS_DDL)
-        ledger._executemany(catalog.RECORD_DEFINITION, catalog.rows(families))
+        ledger.execute(catalog.DEFINITIONS_DDL)
+        ledger.execute_many(catalog.RECORD_DEFINITION, catalog.rows(families))
 
 
 class ChunkTransaction:
@@ -478,21 +478,21 @@ class ChunkTransaction:
             return
         self.opened = True
         ledger = self.ledger
-        ledger._begin()
-        rows = ledger._query(CHUNK_STATE + ledger.ROW_LOCK, [self.chunk.key])
+        ledger.begin()
+        rows = ledger.fetch(CHUNK_STATE + ledger.ROW_LOCK, [self.chunk.key])
         status, first_ns, last_ns, owner = rows[0] if rows else (None, None, None, self.run_id)
         if owner != self.run_id and status == ChunkStatus.DONE and not self.force:
             raise ChunkAlreadyStored(self.chunk.label)
         if first_ns is not None:
             self.earlier = (int(first_ns), int(last_ns))
-        ledger._execute(DELETE_QUARANTINE, [self.id])
+        ledger.execute(DELETE_QUARANTINE, [self.id])
 
     def quarantine(self, rejections: Sequence[Rejection]) -> None:
         self.rejections.extend(rejections)
 
     def finish(self, counts: ChunkCounts, stored: TimeRange | None) -> None:
         if self.rejections:
-            self.ledger._executemany(
+            self.ledger.execute_many(
                 INSERT_QUARANTINE,
                 [
                     (
@@ -508,11 +508,11 @@ class ChunkTransaction:
                     for r in self.rejections
                 ],
             )
-        self.ledger._execute(
+        self.ledger.execute(
             UPSERT_CHUNK,
             self.ledger._chunk_row(self.chunk, self.job, ChunkStatus.DONE, counts, self.run_id, stored),
         )
-        self.ledger._commit()
+        self.ledger.commit()
         self.committed = True
 
 
@@ -558,26 +558,26 @@ class SqlLedger:
         return SYMBOLOGY_SELECT if self.coverage_recorded else PREVIOUS_SYMBOLOGY_SELECT
 
     # The database-specific parts.
-    def _execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         raise NotImplementedError
 
-    def _executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
 
-    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         raise NotImplementedError
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         raise NotImplementedError
 
-    def _lock_schema(self) -> None:
+    def lock_schema(self) -> None:
         """Hold, until the transaction ends, the lock under which other processes change this
         database's schema (one embedded file has one writer process: nothing to lock)."""
 
-    def _begin(self) -> None:
+    def begin(self) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -625,55 +625,53 @@ class SqlLedger:
         )  # fmt: skip
 
     def is_done(self, chunk: Chunk) -> bool:
-        rows = self._query(CHUNK_STATE, [chunk.key])
+        rows = self.fetch(CHUNK_STATE, [chunk.key])
         return bool(rows) and rows[0][0] == ChunkStatus.DONE
 
     def plan_chunks(self, chunks: Sequence[Chunk], job: str) -> None:
         if chunks:
-            self._executemany(
+            self.execute_many(
                 INSERT_PENDING,
                 [
                     (c.key, chunk_id(c.key), job, c.schema, c.label, c.dataset, c.start_ns, c.end_ns, c.input)
                     for c in chunks
                 ],
             )
-            self._commit()
+            self.commit()
 
     def mark_failed(self, chunk: Chunk, run_id: str, job: str, error: str) -> None:
-        self._execute(
-            UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.FAILED, None, run_id, error=error)
-        )
-        self._commit()
+        self.execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.FAILED, None, run_id, error=error))
+        self.commit()
 
     def mark_done(self, chunk: Chunk, run_id: str, job: str, counts: ChunkCounts) -> None:
-        self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.DONE, counts, run_id))
-        self._commit()
+        self.execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.DONE, counts, run_id))
+        self.commit()
 
     def forget_failures(self, keys: Sequence[str]) -> int:
         where = f" FROM {CHUNKS_TABLE} WHERE chunk_key = ANY(%s) AND status = '{ChunkStatus.FAILED}'"
-        (count,) = self._query("SELECT count(*)" + where, [list(keys)])[0]
+        (count,) = self.fetch("SELECT count(*)" + where, [list(keys)])[0]
         if count:
-            self._execute("DELETE" + where, [list(keys)])
-        self._commit()
+            self.execute("DELETE" + where, [list(keys)])
+        self.commit()
         return int(count)
 
     def failed_chunks(self) -> list[tuple[str, str, str, str]]:
         return [
             (str(k), str(j), str(lb), str(e or ""))
-            for k, j, lb, e in self._query(
+            for k, j, lb, e in self.fetch(
                 f"SELECT chunk_key, job, label, error FROM {CHUNKS_TABLE}"
                 f" WHERE status = '{ChunkStatus.FAILED}' ORDER BY updated_at, chunk_key"
             )
         ]
 
     def start_run(self, run_id: str, job: str) -> None:
-        self._execute(INSERT_RUN, [run_id, job])
-        self._commit()
+        self.execute(INSERT_RUN, [run_id, job])
+        self.commit()
         self._hold_run(run_lock_key(run_id))
 
     def run_counts(self, run_id: str) -> ChunkCounts:
         # A download's own row sums its parts' rows: only the rows that wrote data count.
-        read, stored, quarantined, seconds = self._query(
+        read, stored, quarantined, seconds = self.fetch(
             "SELECT coalesce(sum(records_read), 0), coalesce(sum(stored), 0),"
             f" coalesce(sum(quarantined), 0), coalesce(sum(seconds), 0) FROM {CHUNKS_TABLE}"
             f" WHERE run_id = %s AND status = '{ChunkStatus.DONE}' AND chunk_key NOT IN"
@@ -683,10 +681,10 @@ class SqlLedger:
         return ChunkCounts(int(read), int(stored), int(quarantined), float(seconds))
 
     def finish_run(self, run_id: str, status: RunStatus, counts: ChunkCounts, failed: int) -> None:
-        self._execute(
+        self.execute(
             FINISH_RUN, [status.value, counts.read, counts.stored, counts.quarantined, failed, run_id]
         )
-        self._commit()
+        self.commit()
         self._release(run_lock_key(run_id))
 
     @contextmanager
@@ -712,22 +710,22 @@ class SqlLedger:
             # completions leave its rows alone meanwhile (they would replace rows it is about
             # to replace itself, then lose the overlap to its own completion).
             with self._coverage_lock(chunk.coverage.dataset or chunk.dataset, chunk.schema):
-                self._execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id))
-                self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
-                self._commit()
+                self.execute(UPSERT_CHUNK, self._chunk_row(chunk, job, ChunkStatus.RUNNING, None, run_id))
+                self.execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
+                self.commit()
             try:
                 if hold:
                     tx.open()
                 yield tx
             finally:
                 if not tx.committed:
-                    self._rollback()
+                    self.rollback()
         finally:
             self._release(tx.id)
 
     def quarantined(self, query: QuarantineQuery) -> list[QuarantinedRecord]:
         clause, params = _quarantine_filter(query)
-        rows = self._query(
+        rows = self.fetch(
             "SELECT run_id, chunk_key, schema, stage, rule, message, record, quarantined_at"
             f" FROM {QUARANTINE_TABLE}{clause} ORDER BY quarantined_at, chunk_key, rule, record LIMIT %s",
             [*params, query.limit],
@@ -736,15 +734,15 @@ class SqlLedger:
 
     def quarantine_count(self, query: QuarantineQuery) -> int:
         clause, params = _quarantine_filter(query)
-        return int(self._query(f"SELECT count(*) FROM {QUARANTINE_TABLE}{clause}", params)[0][0])
+        return int(self.fetch(f"SELECT count(*) FROM {QUARANTINE_TABLE}{clause}", params)[0][0])
 
     def quarantine_rules(self) -> list[str]:
-        return [str(r) for (r,) in self._query(f"SELECT DISTINCT rule FROM {QUARANTINE_TABLE} ORDER BY 1")]
+        return [str(r) for (r,) in self.fetch(f"SELECT DISTINCT rule FROM {QUARANTINE_TABLE} ORDER BY 1")]
 
     def run_chunks(self, run_id: str) -> list[dict[str, object]]:
         # A reader of a store no release since ATTEMPTS_VERSION wrote has no attempts column.
         fields = [f if f != "attempts" or self.attempts_recorded else "NULL" for f in RUN_CHUNK_FIELDS]
-        rows = self._query(
+        rows = self.fetch(
             f"SELECT {', '.join(fields)} FROM {CHUNKS_TABLE} WHERE run_id = %s ORDER BY updated_at, label",
             [run_id],
         )
@@ -754,7 +752,7 @@ class SqlLedger:
         where, params = ("", []) if run_id is None else (" WHERE run_id = %s", [run_id])
         runs = [
             dict(zip(RUN_FIELDS, r, strict=True))
-            for r in self._query(f"{RUNS_SELECT}{where} ORDER BY started_at DESC LIMIT %s", [*params, limit])
+            for r in self.fetch(f"{RUNS_SELECT}{where} ORDER BY started_at DESC LIMIT %s", [*params, limit])
         ]
         for run in runs:
             if run["status"] == RunStatus.RUNNING and not self._run_alive(str(run["run_id"])):
@@ -764,7 +762,7 @@ class SqlLedger:
     def chunk_ranges(self, schema: str) -> list[tuple[str, int, int, ChunkStatus]]:
         return [
             (str(dataset or ""), int(start), int(end), ChunkStatus(status))
-            for dataset, start, end, status in self._query(
+            for dataset, start, end, status in self.fetch(
                 # A chunk a deletion left pending ran: its days are done; what was deleted
                 # from them is told by the coverage withdrawn (``covered``).
                 f"SELECT dataset, start_ns, end_ns, CASE WHEN error = %s THEN '{ChunkStatus.DONE}'"
@@ -776,17 +774,17 @@ class SqlLedger:
 
     def record_symbology(self, symbology: Sequence[SymbolInterval]) -> None:
         self._record_symbology(symbology)
-        self._commit()
+        self.commit()
 
     def _record_symbology(self, symbology: Sequence[SymbolInterval]) -> None:
-        self._executemany(
+        self.execute_many(
             UPSERT_SYMBOL,
             [(i.dataset, i.stype, i.symbol, i.instrument_id, i.start_ns, i.end_ns) for i in symbology],
         )
 
     def expected_rows(self, schemas: Sequence[str]) -> dict[int, tuple[str, int]]:
         # A chunk stored as parts wrote its rows under the parts' ids: its own row has no range.
-        rows = self._query(
+        rows = self.fetch(
             f"SELECT chunk_id, label, coalesce(stored, 0) - coalesce(replaced, 0) FROM {CHUNKS_TABLE}"
             f" WHERE status = '{ChunkStatus.DONE}' AND first_ns IS NOT NULL AND schema = ANY(%s)",
             [list(schemas)],
@@ -798,24 +796,24 @@ class SqlLedger:
             return
         ids = sorted(damaged)
         inputs = f"SELECT input_key FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)"
-        self._begin()
+        self.begin()
         try:
-            self._executemany(
+            self.execute_many(
                 f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.FAILED}', error = %s, updated_at = now()"
                 " WHERE chunk_id = %s",
                 [(f"damaged (verify): {damaged[i]}", i) for i in ids],
             )
             # The chunk a download's parts make up is not done either (a re-run would skip it).
-            self._execute(
+            self.execute(
                 f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.FAILED}', updated_at = now(),"
                 f" error = 'damaged (verify): a part of it' WHERE chunk_key IN ({inputs})"
                 f" AND status = '{ChunkStatus.DONE}'",
                 [ids],
             )
-            self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key IN ({inputs})", [ids])
-            self._commit()
+            self.execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key IN ({inputs})", [ids])
+            self.commit()
         except BaseException:
-            self._rollback()
+            self.rollback()
             raise
 
     def covered(self, dataset: str, schema: str, start_ns: int, end_ns: int) -> list[Span]:
@@ -823,7 +821,7 @@ class SqlLedger:
             return []
         return [
             (None if i is None else int(i), int(s), int(e))
-            for i, s, e in self._query(
+            for i, s, e in self.fetch(
                 f"SELECT instrument_id, start_ns, end_ns FROM {COVERAGE_TABLE} WHERE complete"
                 " AND dataset = %s AND schema = %s AND start_ns < %s AND end_ns > %s",
                 [dataset, schema, end_ns, start_ns],
@@ -834,7 +832,7 @@ class SqlLedger:
         """An input's spans: what its coverage guarantees, else its own rows' time range."""
         if chunk.coverage.complete:
             return list(chunk.coverage.spans)
-        first, last = self._query(
+        first, last = self.fetch(
             f"SELECT min(first_ns), max(last_ns) FROM {CHUNKS_TABLE} WHERE input_key = %s", [chunk.input]
         )[0]
         return [] if first is None else [(None, int(first), int(last) + 1)]
@@ -854,7 +852,7 @@ class SqlLedger:
             wanted = every if instrument is None else mine.get(instrument, []) + mine.get(None, [])
             return any(s < end and start < e for s, e in wanted)
 
-        rows = self._query(
+        rows = self.fetch(
             f"SELECT input_key, instrument_id, start_ns, end_ns, complete FROM {COVERAGE_TABLE}"
             " WHERE dataset = %s AND schema = %s AND start_ns < %s AND end_ns > %s AND input_key <> %s",
             [chunk.coverage.dataset or chunk.dataset, chunk.schema, high, low, chunk.input],
@@ -872,7 +870,7 @@ class SqlLedger:
             return []
         return [
             int(i)
-            for (i,) in self._query(
+            for (i,) in self.fetch(
                 f"SELECT chunk_id FROM {CHUNKS_TABLE} WHERE input_key = ANY(%s) AND first_ns IS NOT NULL",
                 [sorted(set(inputs))],
             )
@@ -890,7 +888,7 @@ class SqlLedger:
         return theirs, self._chunk_ids([chunk.input]) if theirs else []
 
     def is_complete(self, chunk: Chunk) -> bool:
-        rows = self._query(f"SELECT 1 FROM {COVERAGE_TABLE} WHERE input_key = %s LIMIT 1", [chunk.input])
+        rows = self.fetch(f"SELECT 1 FROM {COVERAGE_TABLE} WHERE input_key = %s LIMIT 1", [chunk.input])
         return bool(rows)
 
     @contextmanager
@@ -913,7 +911,7 @@ class SqlLedger:
         rows dropped are counted out of their chunks (``replaced``), ``end`` records the rest.
         The data side's undo steps run if it fails, its clean-up once the ledger committed."""
         with self._coverage_lock(dataset, schema):
-            self._begin()
+            self.begin()
             try:
                 tx = begin()
                 try:
@@ -922,14 +920,14 @@ class SqlLedger:
                     for undo in tx.rolled_back:
                         undo()
                     raise
-                self._executemany(
+                self.execute_many(
                     f"UPDATE {CHUNKS_TABLE} SET replaced = coalesce(replaced, 0) + %s WHERE chunk_id = %s",
                     [(rows, owner) for owner, rows in tx.dropped.items()],
                 )
                 end(tx)
-                self._commit()
+                self.commit()
             except BaseException:
-                self._rollback()
+                self.rollback()
                 raise
         for done in tx.committed:
             done()
@@ -946,8 +944,8 @@ class SqlLedger:
             return CoverageTransaction(*self._replacement(chunk, spans))
 
         def end(tx: CoverageTransaction) -> None:
-            self._execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
-            self._executemany(
+            self.execute(f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s", [chunk.input])
+            self.execute_many(
                 INSERT_COVERAGE,
                 [(chunk.input, dataset, chunk.schema, i, s, e, chunk.coverage.complete) for i, s, e in spans],
             )
@@ -970,7 +968,7 @@ class SqlLedger:
 
         def begin() -> CoverageTransaction:
             chunks.extend(
-                self._query(
+                self.fetch(
                     f"SELECT chunk_id, chunk_key, coalesce(input_key, chunk_key), start_ns, end_ns,"
                     f" first_ns, last_ns, coalesce(stored, 0) - coalesce(replaced, 0) FROM {CHUNKS_TABLE}"
                     " WHERE schema = %s AND coalesce(dataset, '') = %s",
@@ -1000,15 +998,15 @@ class SqlLedger:
                 if deletion.every_symbol or held.get(input_key, 0) <= 0 and held.get(key, 0) <= 0
             ]  # fmt: skip
             tx.forgotten = len(forgotten)
-            self._execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
-            self._execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
+            self.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
+            self.execute(f"DELETE FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)", [forgotten])
             # A chunk that lost some rows is no longer whole: pending, so the next run of its
             # input stores it whole again (an API plan requests the deleted instruments' days
             # anew: their coverage is gone). Its days read as done (``chunk_ranges``).
             partly = [i for i, n in tx.dropped.items() if n and i not in set(forgotten)]
             tx.unfinished = len(partly)
             inputs = f"SELECT input_key FROM {CHUNKS_TABLE} WHERE chunk_id = ANY(%s)"
-            self._execute(
+            self.execute(
                 f"UPDATE {CHUNKS_TABLE} SET status = '{ChunkStatus.PENDING}', updated_at = now(),"
                 f" error = %s WHERE (chunk_id = ANY(%s) OR chunk_key IN ({inputs}))"
                 f" AND status = '{ChunkStatus.DONE}'",
@@ -1024,7 +1022,7 @@ class SqlLedger:
             return
         start, end = deletion.start_ns, deletion.end_ns
         instruments = {i for i, _, _ in deletion.spans}
-        rows = self._query(
+        rows = self.fetch(
             f"SELECT input_key, instrument_id, start_ns, end_ns, complete FROM {COVERAGE_TABLE}"
             " WHERE dataset = %s AND schema = %s AND start_ns < %s AND end_ns > %s",
             [deletion.dataset, deletion.schema, end, start],
@@ -1036,14 +1034,14 @@ class SqlLedger:
         ]
         for input_key, instrument, first, stop, complete in cut:
             keep = " AND instrument_id IS NULL" if instrument is None else " AND instrument_id = %s"
-            self._execute(
+            self.execute(
                 f"DELETE FROM {COVERAGE_TABLE} WHERE input_key = %s AND dataset = %s AND schema = %s"
                 f" AND start_ns = %s AND end_ns = %s{keep}",
                 [input_key, deletion.dataset, deletion.schema, first, stop]
                 + ([] if instrument is None else [instrument]),
             )
             pieces = [(first, min(stop, start)), (max(first, end), stop)]
-            self._executemany(
+            self.execute_many(
                 INSERT_COVERAGE,
                 [
                     (input_key, deletion.dataset, deletion.schema, instrument, a, b, complete)
@@ -1055,7 +1053,7 @@ class SqlLedger:
     def stored_through(self, job: str) -> dt.date | None:
         done: set[dt.date] = set()
         unfinished: set[dt.date] = set()
-        for start, end, status in self._query(
+        for start, end, status in self.fetch(
             f"SELECT start_ns, end_ns, status FROM {CHUNKS_TABLE}"
             " WHERE job = %s AND start_ns IS NOT NULL AND end_ns IS NOT NULL",
             [job],
@@ -1076,12 +1074,12 @@ class SqlLedger:
             return not alive[key]
 
         counts: Counter[tuple[str, str]] = Counter()
-        for job, state, run_id, count in self._query(CHUNK_COUNTS):
+        for job, state, run_id, count in self.fetch(CHUNK_COUNTS):
             if state == ChunkStatus.RUNNING and gone(run_id):  # the next run takes it
                 state = ChunkStatus.INTERRUPTED
             counts[str(job), str(state)] += int(count)
         status.chunks = [(job, state, n) for (job, state), n in sorted(counts.items())]
-        status.failed = [(str(j), str(lb), str(e)) for j, lb, e in self._query(FAILED_CHUNKS)]
+        status.failed = [(str(j), str(lb), str(e)) for j, lb, e in self.fetch(FAILED_CHUNKS)]
         status.runs = self.runs(LAST_RUNS)
         status.pending_migrations = list(self.pending_migrations)
 
@@ -1112,7 +1110,7 @@ class SqlStore(SqlLedger):
         mid-load or store columns under the wrong names. ``catalog.check`` compares what the
         columns mean."""
         found: dict[str, list[str]] = {}
-        for table, column in self._query(
+        for table, column in self.fetch(
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
         ):
@@ -1132,7 +1130,7 @@ class SqlStore(SqlLedger):
         relations, and the families whose definitions are not recorded yet."""
         relations = {
             str(name)
-            for (name,) in self._query(
+            for (name,) in self.fetch(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
             )
         }
@@ -1144,7 +1142,7 @@ class SqlStore(SqlLedger):
     def open_chunk(self, family: Family, chunk_id: int, earlier: TimeRange | None) -> ChunkSink:
         if earlier is not None:
             # Bounded by the stored time range so TimescaleDB and BRIN can skip the rest.
-            self._execute(
+            self.execute(
                 f"DELETE FROM {identifier(family.table)} WHERE chunk_id = %s"
                 f" AND {self._time_ns(family)} BETWEEN %s AND %s",
                 [chunk_id, *earlier],
@@ -1156,7 +1154,7 @@ class SqlStore(SqlLedger):
         rows of no chunk the ledger has done are left alone: a failed later attempt keeps its
         earlier rows until the chunk is stored again)."""
         table = identifier(family.table)
-        held = {int(c): int(n) for c, n in self._query(f"SELECT chunk_id, count(*) FROM {table} GROUP BY 1")}
+        held = {int(c): int(n) for c, n in self.fetch(f"SELECT chunk_id, count(*) FROM {table} GROUP BY 1")}
         return {
             chunk: f"{held.get(chunk, 0):,} rows in {family.table}, the ledger says {rows:,}"
             for chunk, rows in expected.items()
@@ -1170,16 +1168,16 @@ class SqlStore(SqlLedger):
         table = identifier(family.table)
         # Counted, then deleted: one DELETE ... RETURNING counted in a CTE reads each row again
         # through TimescaleDB's hypertable, several times slower (README, "Measurements behind the code").
-        counts = self._query(f"SELECT chunk_id, count(*) FROM {table}{clause} GROUP BY chunk_id", params)
+        counts = self.fetch(f"SELECT chunk_id, count(*) FROM {table}{clause} GROUP BY chunk_id", params)
         if counts:
-            self._execute(f"DELETE FROM {table}{clause}", params)
+            self.execute(f"DELETE FROM {table}{clause}", params)
         tx.dropped = {int(owner): int(rows) for owner, rows in counts}
 
     def day_counts(self, query: ExportQuery) -> list[tuple[str | None, int, int]]:
         time_ns = self._time_ns(query.family)
         clause, params = filters(query, time_ns)
         day = f"CAST(({time_ns} - {time_ns} %% {NS_PER_DAY}) / {NS_PER_DAY} AS BIGINT)"
-        rows = self._query(
+        rows = self.fetch(
             f"SELECT symbol, {day} AS day, count(*) FROM {identifier(query.family.table)}{clause}"
             " GROUP BY 1, 2",
             params,
@@ -1207,13 +1205,13 @@ class SqlStore(SqlLedger):
             )
             params.append(list(symbols))
         found: dict[str, set[tuple[int, int, int]]] = {}
-        for symbol, i, s, e in self._query(statement, params):
+        for symbol, i, s, e in self.fetch(statement, params):
             found.setdefault(str(symbol), set()).add((int(i), int(s), int(e)))
         return {symbol: sorted(ranges) for symbol, ranges in found.items()}
 
     def table_status(self, family: Family) -> TableStatus:
         time_ns = self._time_ns(family)
-        rows, first, last = self._query(
+        rows, first, last = self.fetch(
             f"SELECT count(*), min({time_ns}), max({time_ns}) FROM {identifier(family.table)}"
         )[0]
         return TableStatus(family.table, family.time_column, int(rows), first, last)
