@@ -34,7 +34,7 @@ import marketpipe
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.pipeline import RunSummary, ingest
 from marketpipe.samples import write_dbn
-from marketpipe.stores import open_store, sql
+from marketpipe.stores import migrations, open_store
 
 from databento_server import DatabentoServer, records_for
 from dbn_reference import MODEL
@@ -296,7 +296,7 @@ def test_a_store_of_the_previous_release_is_migrated(  # type: ignore[no-untyped
 
     # Readers of this release read it as it is and migrate nothing.
     before = versions()
-    assert sql.COVERAGE_VERSION not in before
+    assert migrations.COVERAGE not in before
     assert cli("status", "--db", db).exit_code == 0
     assert stored(db, ["CL.FUT"]) == served(list(CL.values()), JAN)
     assert versions() == before
@@ -309,7 +309,7 @@ def test_a_store_of_the_previous_release_is_migrated(  # type: ignore[no-untyped
         inputs = store.ledger.fetch(  # type: ignore[attr-defined]
             "SELECT DISTINCT input_key, complete FROM marketpipe_coverage ORDER BY complete, input_key"
         )
-    assert sql.COVERAGE_VERSION in versions()
+    assert migrations.COVERAGE in versions()
     # The previous release's inputs cover their own rows (what was asked is not recorded).
     assert [c for _, c in inputs] == [False] * 4 + [True], inputs
     assert all(k.startswith("dbn:") and not k.endswith("+1000000") for k, _ in inputs)

@@ -17,13 +17,11 @@ import psycopg
 import pytest
 
 import marketpipe
-import marketpipe.stores.sql as sql
 from marketpipe.config import IngestRequest, load_settings
 from marketpipe.model import SCHEMAS
 from marketpipe.pipeline import ingest
 from marketpipe.samples import write_trade_days
-from marketpipe.stores import open_store
-from marketpipe.stores.postgres import BRIN_INDEX_VERSION
+from marketpipe.stores import migrations, open_store
 
 from conftest import SAMPLES
 from dbn_reference import MODEL, canonical, distinct_data, expected_rows, exported_rows
@@ -225,12 +223,12 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
         # Each step of a fresh plain-PostgreSQL store recorded once, by one of the four starts.
         versions = conn.execute("SELECT version FROM marketpipe_migrations ORDER BY version").fetchall()
         steps = (
-            sql.MODEL_VERSION,
-            sql.CHUNK_RANGES_VERSION,
-            sql.INSTRUMENTS_VERSION,
-            BRIN_INDEX_VERSION,
-            sql.COVERAGE_VERSION,
-            sql.ATTEMPTS_VERSION,
+            migrations.MODEL,
+            migrations.CHUNK_RANGES,
+            migrations.INSTRUMENTS,
+            migrations.BRIN_INDEX,
+            migrations.COVERAGE,
+            migrations.ATTEMPTS,
         )
         assert versions == [(v,) for v in steps]
         assert conn.execute("SELECT marketpipe_ns(marketpipe_ts(1709510400123456789))").fetchone() == (

@@ -19,8 +19,7 @@ import pytest
 
 from marketpipe.config import load_settings
 from marketpipe.samples import Interval, metadata_bytes, synthetic_trades, write_dbn, write_trades_file
-from marketpipe.stores import open_store
-from marketpipe.stores.postgres import BRIN_INDEX_VERSION
+from marketpipe.stores import migrations, open_store
 from marketpipe.symbology import NS_PER_DAY, day_ns
 
 from dbn_reference import MODEL
@@ -304,14 +303,14 @@ def test_an_earlier_stores_b_tree_is_replaced_by_the_brin(server_url: str) -> No
         conn.execute("DROP INDEX trades_instrument_time_brin")
         conn.execute("CREATE INDEX trades_instrument_time ON trades (instrument_id, ts_recv)")
         conn.execute("CREATE INDEX trades_time_brin ON trades USING brin (ts_recv)")
-        conn.execute("DELETE FROM marketpipe_migrations WHERE version = %s", (BRIN_INDEX_VERSION,))
+        conn.execute("DELETE FROM marketpipe_migrations WHERE version = %s", (migrations.BRIN_INDEX,))
     open_store(settings.store, MODEL).close()
     assert _indexes(server_url)["trades"] == {
         "trades_instrument_time_brin USING brin (instrument_id, ts_recv) WITH (pages_per_range='16')"
     }
     with psycopg.connect(server_url) as conn:
         (count,) = conn.execute(
-            "SELECT count(*) FROM marketpipe_migrations WHERE version = %s", (BRIN_INDEX_VERSION,)
+            "SELECT count(*) FROM marketpipe_migrations WHERE version = %s", (migrations.BRIN_INDEX,)
         ).fetchone()  # type: ignore[misc]
     assert count == 1
 

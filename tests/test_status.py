@@ -128,43 +128,52 @@ def test_a_run_stopped_by_sigterm_records_what_its_finished_chunks_stored(tmp_pa
     assert status == "interrupted" and stored == done == rows and 0 < rows < 8 * 500_000
 
 
-@pytest.mark.parametrize("kind", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    ("kind", "step"),
+    [
+        ("duckdb", "ATTEMPTS"),
+        pytest.param("postgresql", "ATTEMPTS", marks=pytest.mark.postgres),
+        ("lake", "LAKE_FILES"),  # the lake's own step, run by the same runner in its ledger
+    ],
+)
 def test_a_reader_reports_pending_migrations_and_applies_none(  # type: ignore[no-untyped-def]
-    kind: str, cli, tmp_path: Path, request: pytest.FixtureRequest
+    kind: str, step: str, cli, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A store whose ledger lacks this release's last migration (as a store of the release
+    """A store whose ledger lacks one of this release's migrations (as a store of the release
     before it does): status names it and changes nothing; the next write applies it."""
     import duckdb
     import psycopg
 
     from marketpipe.samples import make_sample
-    from marketpipe.stores.sql import ATTEMPTS_VERSION
+    from marketpipe.stores import migrations
 
-    db = str(tmp_path / "store.duckdb") if kind == "duckdb" else str(request.getfixturevalue("pg_url"))
+    version = getattr(migrations, step)
+    ledger = str(tmp_path / "lake" / "_marketpipe" / "ledger.duckdb")
+    db = {"duckdb": str(tmp_path / "store.duckdb"), "lake": f"lake:{tmp_path / 'lake'}"}.get(kind)
+    db = db or str(request.getfixturevalue("pg_url"))
     make_sample(tmp_path / "sample")
     assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
-    forget = f"DELETE FROM marketpipe_migrations WHERE version = {ATTEMPTS_VERSION}"
-    count = f"SELECT count(*) FROM marketpipe_migrations WHERE version = {ATTEMPTS_VERSION}"
+    forget = f"DELETE FROM marketpipe_migrations WHERE version = {version}"
+    count = f"SELECT count(*) FROM marketpipe_migrations WHERE version = {version}"
+    embedded = {"duckdb": db, "lake": ledger}.get(kind)
 
     def applied() -> int:
-        if kind == "duckdb":
-            with duckdb.connect(db) as con:
+        if embedded:
+            with duckdb.connect(embedded) as con:
                 return int(con.execute(count).fetchone()[0])  # type: ignore[index]
         with psycopg.connect(db) as conn:
             return int(conn.execute(count).fetchone()[0])  # type: ignore[index]
 
-    if kind == "duckdb":
-        with duckdb.connect(db) as con:
+    if embedded:
+        with duckdb.connect(embedded) as con:
             con.execute(forget)
     else:
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute(forget)
-    assert _status(cli, db)["pending_migrations"] == [f"{ATTEMPTS_VERSION} (chunk attempts)"]
+    named = f"{version} ({migrations.VERSIONS[version]})"
+    assert _status(cli, db)["pending_migrations"] == [named]
     text = cli("status", "--db", db)
-    assert (
-        f"pending migrations (the next write applies them): {ATTEMPTS_VERSION} (chunk attempts)"
-        in text.output
-    )
+    assert f"pending migrations (the next write applies them): {named}" in " ".join(text.output.split())
     assert applied() == 0  # a reader applies nothing
     assert cli("ingest", "--from-file", str(tmp_path / "sample"), "--db", db).exit_code == 0
     assert applied() == 1 and _status(cli, db)["pending_migrations"] == []

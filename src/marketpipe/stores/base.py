@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -129,6 +129,31 @@ class Verification:
     chunks: int = 0
     damaged: list[tuple[int, str, str]] = field(default_factory=list)
     repaired: bool = False
+
+
+class LedgerDatabase(Protocol):
+    """The database a SQL ledger keeps its tables in, as the ledger, the migration runner and
+    a data side that lists its own files in the ledger (the lake) use it. Statements take
+    psycopg's ``%s`` parameters (a DuckDB ledger translates them)."""
+
+    location: str
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None: ...
+
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def lock_schema(self) -> None:
+        """Hold, until the transaction ends, the lock under which processes change the
+        schema (a server's; one embedded file has one writer process: nothing to lock)."""
+        ...
 
 
 @runtime_checkable

@@ -20,12 +20,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+import marketpipe.stores.migrations as migrations
 import marketpipe.stores.sql as sql
 from marketpipe.defaults import DUCKDB_MEMORY_LIMIT
 from marketpipe.errors import StoreError, StoreRejected, UsageError, interrupted_query, interruption
 from marketpipe.model import Family, Model
 from marketpipe.registry import StoreConfig
-from marketpipe.stores.base import Capabilities, ExportQuery, Store
+from marketpipe.stores.base import MIGRATIONS_TABLE, Capabilities, ExportQuery, Store
 
 # Rows need no insertion order (reads order by time): without it DuckDB inserts in
 # parallel, about twice as fast here.
@@ -137,19 +138,9 @@ _LEDGER_TABLES = {
     sql.CHUNKS_TABLE,
     sql.RUNS_TABLE,
     sql.QUARANTINE_TABLE,
-    sql.MIGRATIONS_TABLE,
+    MIGRATIONS_TABLE,
     sql.SYMBOLOGY_TABLE,
     sql.COVERAGE_TABLE,
-}
-
-
-# A DuckDB file's migrations (version -> name); ``_create`` applies them by re-running the DDL.
-MIGRATIONS = {
-    sql.MODEL_VERSION: sql.MODEL_NAME,
-    sql.CHUNK_RANGES_VERSION: sql.CHUNK_RANGES_NAME,
-    sql.INSTRUMENTS_VERSION: sql.INSTRUMENTS_NAME,
-    sql.COVERAGE_VERSION: sql.COVERAGE_NAME,
-    sql.ATTEMPTS_VERSION: sql.ATTEMPTS_NAME,
 }
 
 
@@ -181,37 +172,37 @@ class DuckDBLedger(sql.SqlLedger):
 
     def _prepare(self, read_only: bool) -> None:
         tables = {str(t) for (t,) in self.fetch("SELECT table_name FROM information_schema.tables")}
-        applied = set()
-        if sql.MIGRATIONS_TABLE in tables:
-            applied = {int(v) for (v,) in self.fetch(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
-        elif sql.CHUNKS_TABLE in tables:
+        applied = migrations.recorded(self, tables)
+        if not applied and sql.CHUNKS_TABLE in tables:
             applied = {1}  # the first release kept no migrations table in DuckDB
-        sql.check_release(self.location, applied)
-        self._opened(applied, read_only, MIGRATIONS)
+        migrations.check_release(self.location, applied)
+        steps = sql.ledger_steps(self)
+        self._opened(applied, read_only, steps)
         if read_only:
             if not applied:
                 raise StoreRejected(f"{self.location} is not a marketpipe store")
         else:
-            self._create(tables, applied)
+            self._create(tables, applied, steps)
 
-    def _create(self, tables: set[str], applied: set[int]) -> None:
-        """The ledger's tables and migrations, where this file lacks them (a store that has
-        them all opens without a statement more: 2M trades, 0.01 s of 0.6)."""
-        migrations = MIGRATIONS
-        if applied >= migrations.keys() and tables >= _LEDGER_TABLES:
-            return
-        ddl = (
-            *sql.BOOKKEEPING_DDL,
-            sql.MIGRATIONS_DDL,
-            *sql.CHUNK_RANGES_DDL,
-            sql.INSTRUMENTS_DDL,
-            *sql.COVERAGE_DDL,
-            sql.ATTEMPTS_DDL,
-        )
-        for statement in ddl:
-            self.con.execute(statement)
-        for version, name in migrations.items():
-            self.execute(sql.RECORD_MIGRATION, [version, name])
+    def _create(self, tables: set[str], applied: set[int], steps: list[migrations.Migration]) -> None:
+        """The ledger's migrations this file lacks (a store that has them all opens without a
+        statement more: 2M trades, 0.01 s of 0.6); a ledger table gone with its versions
+        recorded is made again (every step's DDL may run twice)."""
+        if not tables >= _LEDGER_TABLES:
+            applied = set()
+        with self._migrating():
+            migrations.migrate(self, steps, applied)
+
+    @contextmanager
+    def _migrating(self) -> Iterator[None]:
+        """One transaction for the steps: a failed step leaves the file as it was."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
     @contextmanager
     def _coverage_lock(self, dataset: str, schema: str) -> Iterator[None]:
@@ -300,8 +291,8 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
         twin.con = self.con.cursor()
         return Store(twin, twin)
 
-    def _create(self, tables: set[str], applied: set[int]) -> None:
-        super()._create(tables, applied)
+    def _create(self, tables: set[str], applied: set[int], steps: list[migrations.Migration]) -> None:
+        super()._create(tables, applied, steps)
         for family in self.model.families.values():
             if family.table not in tables:
                 self.con.execute(sql.create_family_table(family, column_type))

@@ -35,6 +35,7 @@ import structlog
 from fsspec.implementations.local import LocalFileSystem
 
 import marketpipe.stores.catalog as catalog
+import marketpipe.stores.migrations as migrations
 import marketpipe.stores.sql as sql
 from marketpipe.config import missing_filesystem
 from marketpipe.defaults import DUCKDB_MEMORY_LIMIT
@@ -59,8 +60,6 @@ from marketpipe.types import Span
 log = structlog.get_logger("marketpipe.lake")
 
 FILES_TABLE = "marketpipe_lake_files"
-FILES_VERSION = sql.MODEL_VERSION + 6
-FILES_NAME = "lake: the files of each chunk"
 FILES_DDL = (
     f"""CREATE TABLE IF NOT EXISTS {FILES_TABLE} (
   path TEXT PRIMARY KEY,
@@ -555,8 +554,9 @@ def _ledger(config: StoreConfig, root: str, read_only: bool) -> sql.SqlLedger:
 
 
 def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> None:
-    """The ledger's file list: made on first use; a reader needs it there. A store's own
-    database is no lake's ledger: its chunks would pass for the lake's."""
+    """The ledger's file list, by the migration runner: made on first use; a reader needs it
+    there and reports the step as pending where the ledger lacks it. A store's own database is
+    no lake's ledger: its chunks would pass for the lake's."""
     tables = {
         str(t)
         for (t,) in ledger.fetch(
@@ -569,14 +569,18 @@ def _prepare_ledger(ledger: sql.SqlLedger, model: Model, read_only: bool) -> Non
         )
     # The lake's tables are its files: their definitions are kept in the ledger.
     pending = catalog.check(ledger.location, model, sql.recorded_definitions(ledger, tables))
+    steps = [migrations.Migration(migrations.LAKE_FILES, migrations.statements(ledger, *FILES_DDL))]
     if read_only:
         if FILES_TABLE not in tables:
             raise StoreRejected(f"{ledger.location} is a marketpipe ledger but not of a lake")
+        applied = migrations.recorded(ledger, tables)
+        ledger.pending_migrations = sorted(
+            [*ledger.pending_migrations, *map(str, migrations.pending(steps, applied))],
+            key=lambda m: int(m.split()[0]),
+        )
         return
     ledger.lock_schema()  # writers starting at once: one makes the file list, the others find it
-    for statement in FILES_DDL:
-        ledger.execute(statement)
-    ledger.execute(sql.RECORD_MIGRATION, [FILES_VERSION, FILES_NAME])
+    migrations.migrate(ledger, steps, migrations.recorded(ledger, tables))
     sql.record_definitions(ledger, pending)
     ledger.commit()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import queue
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -31,6 +31,7 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
+import marketpipe.stores.migrations as migrations
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError, UsageError
@@ -173,8 +174,6 @@ def _model_statements(model: Model) -> list[str]:
 # batch sit in a run of pages whose ranges summarize few instruments. It costs COPY far less
 # than the B-tree it replaces and reads a rare instrument's day in a few ms (README,
 # "Measurements behind the code").
-BRIN_INDEX_VERSION = sql.MODEL_VERSION + 5
-BRIN_INDEX_NAME = "instrument and time by one BRIN, in place of a B-tree and a time BRIN"
 BRIN_PAGES_PER_RANGE = 16
 
 
@@ -191,41 +190,25 @@ def _brin_index_statements(model: Model) -> list[str]:
     return statements
 
 
-Migration = tuple[int, str, Callable[[psycopg.Connection[Any]], None]]
 DECOMPRESS_UNLIMITED = "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0"
 
 
-TIMESCALE_VERSION = sql.MODEL_VERSION + 1
-# MODEL_VERSION + 4 dropped the time BRIN of TimescaleDB stores; BRIN_INDEX_VERSION does it too.
-
-
-def _migrations(model: Model, mode_timescale: bool) -> list[Migration]:
+def _migrations(store: PostgresStore, mode_timescale: bool) -> list[migrations.Migration]:
     """Versioned schema steps; the TimescaleDB one only where the extension is usable."""
-    migrations: list[Migration] = [(sql.MODEL_VERSION, sql.MODEL_NAME, _run(*_model_statements(model)))]
+    model = store.model
+    steps = sql.ledger_steps(store, _model_statements(model))
+    steps.append(
+        migrations.Migration(
+            migrations.BRIN_INDEX, migrations.statements(store, *_brin_index_statements(model))
+        )
+    )
     if mode_timescale:
-        migrations.append(
-            (
-                TIMESCALE_VERSION,
-                "timescaledb hypertables",
-                lambda conn: timescale.create_hypertables(conn, model),
+        steps.append(
+            migrations.Migration(
+                migrations.TIMESCALE, lambda: timescale.create_hypertables(store.conn, model)
             )
         )
-    migrations.append((sql.CHUNK_RANGES_VERSION, sql.CHUNK_RANGES_NAME, _run(*sql.CHUNK_RANGES_DDL)))
-    migrations.append((sql.INSTRUMENTS_VERSION, sql.INSTRUMENTS_NAME, _run(sql.INSTRUMENTS_DDL)))
-    migrations.append((BRIN_INDEX_VERSION, BRIN_INDEX_NAME, _run(*_brin_index_statements(model))))
-    migrations.append((sql.COVERAGE_VERSION, sql.COVERAGE_NAME, _run(*sql.COVERAGE_DDL)))
-    migrations.append((sql.ATTEMPTS_VERSION, sql.ATTEMPTS_NAME, _run(sql.ATTEMPTS_DDL)))
-    return migrations
-
-
-def _run(*statements: str) -> Callable[[psycopg.Connection[Any]], None]:
-    """A migration step that executes these statements."""
-
-    def apply(conn: psycopg.Connection[Any]) -> None:
-        for statement in statements:
-            conn.execute(statement)
-
-    return apply
+    return steps
 
 
 # A batch goes to COPY in slices: whole batches were slower, smaller slices no faster
@@ -398,17 +381,11 @@ class PostgresStore(sql.SqlStore):
             self.lock_schema()
             if self.schema is not None:  # rolled back with the rest if the store is refused
                 self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.identifier(self.schema)}")
-            _, pending = self.inspect_catalog()
+            relations, pending = self.inspect_catalog()
             use_timescale, why = timescale.detect(self.conn)
-            self.conn.execute(sql.MIGRATIONS_DDL)
-            applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
-            sql.check_release(self.location, applied)
-            for version, name, apply in _migrations(self.model, use_timescale):
-                if version in applied:
-                    continue
-                apply(self.conn)
-                self.conn.execute(sql.RECORD_MIGRATION, (version, name))
-                log.info("db.migrated", version=version, name=name)
+            applied = migrations.recorded(self, relations)
+            migrations.check_release(self.location, applied)
+            migrations.migrate(self, _migrations(self, use_timescale), applied)
             sql.record_definitions(self, pending)
             if use_timescale and compress_after_days is not None:
                 timescale.add_compression_policies(self.conn, compress_after_days, self.model)
@@ -425,16 +402,13 @@ class PostgresStore(sql.SqlStore):
                     f"no schema {self.schema} in {self.location}: nothing has been ingested there"
                 )
             relations, _ = self.inspect_catalog()
-            applied: set[int] = set()
-            if sql.MIGRATIONS_TABLE in relations:
-                applied = {v for (v,) in self.conn.execute(f"SELECT version FROM {sql.MIGRATIONS_TABLE}")}
+            applied = migrations.recorded(self, relations)
             self.conn.commit()
         if not applied:
             raise StoreRejected(f"no marketpipe tables in {self.location}: nothing has been ingested there")
-        sql.check_release(self.location, applied)
-        expected = {v: name for v, name, _ in _migrations(self.model, TIMESCALE_VERSION in applied)}
-        self._opened(applied, True, expected)
-        mode = "timescaledb" if TIMESCALE_VERSION in applied else "postgresql"
+        migrations.check_release(self.location, applied)
+        self._opened(applied, True, _migrations(self, migrations.TIMESCALE in applied))
+        mode = "timescaledb" if migrations.TIMESCALE in applied else "postgresql"
         log.info("store.mode", mode=mode, reason="read-only: as the store was made", location=self.location)
         return mode
 

@@ -23,13 +23,13 @@ from typing import Any
 import pyarrow as pa
 
 import marketpipe.stores.catalog as catalog
+import marketpipe.stores.migrations as migrations
 from marketpipe.errors import ChunkAlreadyStored, StoreRejected, UsageError
 from marketpipe.model import Column, Family, Kind, Model
 from marketpipe.stores.base import (
     CHUNKS_TABLE,
     COVERAGE_TABLE,
     INSTRUMENTS_TABLE,
-    MIGRATIONS_TABLE,
     QUARANTINE_TABLE,
     RUN_FIELDS,
     RUNS_TABLE,
@@ -38,6 +38,7 @@ from marketpipe.stores.base import (
     ChunkSink,
     Deletion,
     ExportQuery,
+    LedgerDatabase,
     QuarantinedRecord,
     QuarantineQuery,
     ReplacingTransaction,
@@ -104,26 +105,10 @@ def create_family_table(family: Family, type_of: Callable[[Column], str]) -> str
     return f"CREATE TABLE IF NOT EXISTS {identifier(family.table)} (\n  " + ",\n  ".join(columns) + "\n)"
 
 
-# The layout this release writes. Version 1 (and 2, its TimescaleDB step) were the first
-# release's: tables partitioned and filtered by ts_event, no ts_out column.
-MODEL_VERSION = 3
-MODEL_NAME = "standardized model on Databento's index timestamp, bookkeeping"
-MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-  version INTEGER PRIMARY KEY,
-  name TEXT NOT NULL,
-  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)"""
-RECORD_MIGRATION = f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
-
-# Additive steps after MODEL_VERSION (TimescaleDB's hypertables are MODEL_VERSION + 1).
-CHUNK_RANGES_VERSION = MODEL_VERSION + 2
-CHUNK_RANGES_NAME = "chunk dataset and requested range, for coverage"
 CHUNK_RANGES_DDL = tuple(
     f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS {column}"
     for column in ("dataset TEXT", "start_ns BIGINT", "end_ns BIGINT")
 )
-INSTRUMENTS_VERSION = MODEL_VERSION + 3
-INSTRUMENTS_NAME = "instruments: raw symbols behind requested symbols"
 INSTRUMENTS_DDL = f"""CREATE TABLE IF NOT EXISTS {INSTRUMENTS_TABLE} (
   dataset TEXT NOT NULL,
   instrument_id BIGINT NOT NULL,
@@ -135,11 +120,7 @@ INSTRUMENTS_DDL = f"""CREATE TABLE IF NOT EXISTS {INSTRUMENTS_TABLE} (
 # Identity by coverage: each input's coverage, each chunk's input, one symbology table (the
 # instruments table's raw symbols move into it). A store of the previous release keeps each
 # stored input as covering its own rows only (what it was asked for is not recorded).
-COVERAGE_VERSION = MODEL_VERSION + 7
-COVERAGE_NAME = "coverage of each input, chunks by input, point-in-time symbology"
 # Each chunk's attempts (re-runs after a transient store fault), for ``runs ID``.
-ATTEMPTS_VERSION = MODEL_VERSION + 8
-ATTEMPTS_NAME = "chunk attempts"
 ATTEMPTS_DDL = f"ALTER TABLE {CHUNKS_TABLE} ADD COLUMN IF NOT EXISTS attempts INTEGER"
 _PART_SUFFIX = r"':[0-9]+\+[0-9]+$'"  # a part's key is its input's and ':<first>+<size>'
 SYMBOLOGY_DDL = f"""CREATE TABLE IF NOT EXISTS {SYMBOLOGY_TABLE} (
@@ -199,17 +180,6 @@ def run_lock_key(run_id: str) -> int:
     return chunk_id(f"run:{run_id}")
 
 
-def check_release(location: str, applied: set[int]) -> None:
-    """Refuse a database an earlier release made: its tables have another time axis."""
-    if applied and MODEL_VERSION not in applied:
-        raise StoreRejected(
-            f"{location} was made by an earlier marketpipe release, whose tables are partitioned"
-            " and filtered by ts_event; this release uses Databento's index timestamp (ts_recv;"
-            " ts_event for OHLCV) and keeps ts_out: ingest into a new database (export what you"
-            " need from this one with the earlier release first)"
-        )
-
-
 BOOKKEEPING_DDL = (
     f"""CREATE TABLE IF NOT EXISTS {CHUNKS_TABLE} (
   chunk_key TEXT PRIMARY KEY,
@@ -251,6 +221,20 @@ BOOKKEEPING_DDL = (
   quarantined_at TIMESTAMPTZ NOT NULL
 )""",
 )
+
+
+def ledger_steps(db: LedgerDatabase, model: Sequence[str] = ()) -> list[migrations.Migration]:
+    """The ledger's migrations in ``db``; ``model``: what the model's step makes besides the
+    bookkeeping tables (a store's own tables, functions and views)."""
+    Step, run = migrations.Migration, migrations.statements
+    return [
+        Step(migrations.MODEL, run(db, *BOOKKEEPING_DDL, *model)),
+        Step(migrations.CHUNK_RANGES, run(db, *CHUNK_RANGES_DDL)),
+        Step(migrations.INSTRUMENTS, run(db, INSTRUMENTS_DDL)),
+        Step(migrations.COVERAGE, run(db, *COVERAGE_DDL)),
+        Step(migrations.ATTEMPTS, run(db, ATTEMPTS_DDL)),
+    ]
+
 
 # first_ns/last_ns: event-time range of the chunk's stored rows; only a commit sets them.
 UPSERT_CHUNK = f"""INSERT INTO {CHUNKS_TABLE}
@@ -542,14 +526,14 @@ class SqlLedger:
 
     pending_migrations: list[str] = []  # a read-only opening's: what its next write applies
 
-    def _opened(self, applied: set[int], read_only: bool, expected: Mapping[int, str]) -> None:
-        """What the store's migrations say about reading it: ``expected`` are this release's
-        (version -> name); a reader reports those not applied and applies none."""
+    def _opened(self, applied: set[int], read_only: bool, steps: Sequence[migrations.Migration]) -> None:
+        """What the store's migrations say about reading it: ``steps`` are this release's; a
+        reader reports those not applied and applies none."""
         if read_only:
-            self.pending_migrations = [f"{v} ({n})" for v, n in sorted(expected.items()) if v not in applied]
-        if read_only and COVERAGE_VERSION not in applied:
+            self.pending_migrations = [str(m) for m in migrations.pending(steps, applied)]
+        if read_only and migrations.COVERAGE not in applied:
             self.coverage_recorded = False
-        if read_only and ATTEMPTS_VERSION not in applied:
+        if read_only and migrations.ATTEMPTS not in applied:
             self.attempts_recorded = False
 
     @property
@@ -740,7 +724,7 @@ class SqlLedger:
         return [str(r) for (r,) in self.fetch(f"SELECT DISTINCT rule FROM {QUARANTINE_TABLE} ORDER BY 1")]
 
     def run_chunks(self, run_id: str) -> list[dict[str, object]]:
-        # A reader of a store no release since ATTEMPTS_VERSION wrote has no attempts column.
+        # A reader of a store no release since migrations.ATTEMPTS wrote has no attempts column.
         fields = [f if f != "attempts" or self.attempts_recorded else "NULL" for f in RUN_CHUNK_FIELDS]
         rows = self.fetch(
             f"SELECT {', '.join(fields)} FROM {CHUNKS_TABLE} WHERE run_id = %s ORDER BY updated_at, label",
