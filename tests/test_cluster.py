@@ -296,7 +296,7 @@ def test_the_planned_api_source_travels_without_the_key(api) -> None:  # type: i
         dataset="GLBX.MDP3", schemas=["trades"], symbols=["CL.FUT"], stype_in="parent",
         start_date=dt.date(2024, 1, 2), end_date=dt.date(2024, 1, 3),
     )  # fmt: skip
-    source = DatabentoApiSource(request, load_settings())
+    source = DatabentoApiSource(request, load_settings().api)
     try:
         chunks = source.plan().chunks
         payload = cloudpickle.dumps(source)
@@ -305,7 +305,7 @@ def test_the_planned_api_source_travels_without_the_key(api) -> None:  # type: i
     assert KEY.encode() not in payload and len(chunks) == 2
     worker_side = cloudpickle.loads(payload)
     try:
-        assert worker_side.settings.databento_api_key.get_secret_value() == KEY
+        assert worker_side.config.key == KEY
         assert [b.records.size for c in chunks for b in worker_side.read(c, 1000)]  # it downloads
     finally:
         worker_side.close()
@@ -372,3 +372,18 @@ def test_settings_never_pickle_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
         travelled = pickle.loads(payload)
         assert travelled.databento_api_key is None and travelled.batch_size == 1234
     assert settings.databento_api_key is not None and settings.databento_api_key.get_secret_value() == KEY
+
+
+def test_the_api_config_pickles_without_the_key_and_takes_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ApiConfig`` is the only holder of the key: not in its pickle nor its repr; unpickled,
+    it holds the key of the process that unpickles it (a worker's own environment)."""
+    import pickle
+
+    monkeypatch.setenv("DATABENTO_API_KEY", "db-KEYOFTHECLIENTMACHINE0123456789")
+    config = load_settings().api
+    payload = pickle.dumps(config)
+    assert b"KEYOFTHECLIENTMACHINE" not in payload and "KEYOFTHE" not in repr(config)
+    monkeypatch.setenv("DATABENTO_API_KEY", "db-KEYOFTHEWORKER0123456789abcdefgh")
+    assert pickle.loads(payload).key == "db-KEYOFTHEWORKER0123456789abcdefgh"

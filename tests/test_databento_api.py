@@ -378,7 +378,7 @@ def test_plan_splits_by_days_and_by_2000_symbols(api) -> None:  # type: ignore[n
         dataset="GLBX.MDP3", schemas=["trades", "mbp-1"], symbols=symbols,
         start_date=dt.date(2024, 1, 1), end_date=dt.date(2024, 1, 3), chunk_days=2,
     )  # fmt: skip
-    source = DatabentoApiSource(request, load_settings())
+    source = DatabentoApiSource(request, load_settings().api)
     try:
         parts = source.downloads()
     finally:

@@ -25,7 +25,8 @@ LAYERS = [
         "marketpipe.symbology",
         "marketpipe.logs",
     },
-    {"marketpipe.model", "marketpipe.registry"},
+    {"marketpipe.model", "marketpipe.components"},
+    {"marketpipe.registry"},
     {"marketpipe.config", "marketpipe.retries", "marketpipe.transform", "marketpipe.samples"},
     {"marketpipe.sources", "marketpipe.rules", "marketpipe.stores"},  # the stages, by package
     {"marketpipe.reading", "marketpipe.coverage"},
@@ -39,6 +40,9 @@ LAYERS = [
     {"marketpipe.__main__"},
     {"marketpipe"},  # the package: the Python API's front door (marketpipe.open)
 ]
+
+
+STAGES = next(i for i, layer in enumerate(LAYERS) if "marketpipe.stores" in layer)
 
 
 def _module(path: Path) -> str:
@@ -67,7 +71,7 @@ def _layer(module: str) -> tuple[int, str]:
     """(layer, unit): a stage package is one unit, every other module its own."""
     for depth, names in enumerate(LAYERS):
         for name in sorted(names, key=len, reverse=True):
-            if module == name or (depth == 3 and module.startswith(name + ".")):
+            if module == name or (depth == STAGES and module.startswith(name + ".")):
                 return depth, name
     raise AssertionError(f"{module} is in no layer: add it to LAYERS")
 
@@ -199,11 +203,12 @@ def test_the_core_asks_capabilities_not_concrete_classes() -> None:
     assert found == []
 
 
-def test_no_store_module_reads_the_settings() -> None:
-    """A store receives its own configuration (``registry.StoreConfig``), never the whole
-    settings: no module of ``stores/`` imports ``Settings`` (or the config module whole)."""
+def test_no_store_or_source_module_reads_the_settings() -> None:
+    """A store receives its own configuration (``components.StoreConfig``), the Databento
+    client its own (``components.ApiConfig``), never the whole settings: no module of
+    ``stores/`` or ``sources/`` imports ``Settings`` (or the config module whole)."""
     found = []
-    for path in (SRC / "stores").glob("*.py"):
+    for path in [*(SRC / "stores").glob("*.py"), *(SRC / "sources").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "marketpipe.config":
                 found += [f"{path.name}: {a.name}" for a in node.names if a.name == "Settings"]

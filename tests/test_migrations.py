@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from marketpipe.registry import StoreConfig
+from marketpipe.components import StoreConfig
 from marketpipe.stores import migrations, open_ledger
 
 

@@ -29,10 +29,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketpipe import defaults
+from marketpipe.components import ApiConfig, StoreConfig
 from marketpipe.defaults import DAY_FORMS, STYPES
 from marketpipe.errors import ConfigError, UsageError
 from marketpipe.model import SCHEMAS
-from marketpipe.registry import StoreConfig, normalized
+from marketpipe.registry import normalized
 
 # Days a daily job can name without editing its file (DAY_FORMS).
 LAST = "last"
@@ -223,6 +224,15 @@ class Settings(BaseSettings):
         return None if value is None else normalized(value, ledger=True)
 
     @property
+    def api(self) -> ApiConfig:
+        """The Databento client's own configuration, the key with it (never pickled)."""
+        key = self.databento_api_key
+        return ApiConfig(
+            None if key is None else key.get_secret_value(), self.databento_gateway, self.api_timeout,
+            self.api_retries, self.api_retry_wait, self.api_retry_max_wait, api_key,
+        )  # fmt: skip
+
+    @property
     def store(self) -> StoreConfig:
         """The store's own configuration: what opening it takes and nothing more."""
         return StoreConfig(
@@ -238,6 +248,13 @@ class Settings(BaseSettings):
             if getattr(self, field) is None and Path(name).is_file():
                 setattr(self, field, Path(name).absolute())
         return self
+
+
+def api_key() -> str | None:
+    """The API key as this process finds it (DATABENTO_API_KEY, in its environment or .env):
+    what a cluster worker's unpickled ``ApiConfig`` reads."""
+    key = load_settings().databento_api_key
+    return None if key is None else key.get_secret_value()
 
 
 def load_settings(**overrides: Any) -> Settings:

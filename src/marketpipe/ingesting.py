@@ -234,7 +234,7 @@ def _quote(request: IngestRequest, settings: Settings, model: Model, force: bool
     resolved, current = prepare(request, settings, model, utc_today())
     if current is not None:
         return RunSummary("", resolved.name, settings.db, request=resolved, notes=[current])
-    source = make_source(resolved, settings)
+    source = make_source(resolved, settings.api)
     try:
         if not isinstance(source, Quoting):
             raise UsageError(f"--dry-run is not available for api type {resolved.api!r}")

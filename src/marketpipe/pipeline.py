@@ -314,7 +314,7 @@ def ingest(
     if current is not None:
         return RunSummary("", request.name, settings.db, request, notes=[current])
     structlog.get_logger("marketpipe.pipeline").info("stage.start", stage="init_source", api=request.api)
-    with closing(make_source(request, settings)) as source:
+    with closing(make_source(request, settings.api)) as source:
         model, validator = load_rules(settings, model)
         with closing(open_store(settings.store, model)) as store:
             return Pipeline(request, settings, source, store, validator, progress, lanes=lanes).run(force)

@@ -12,28 +12,11 @@ location imports no driver: a module is imported when its store is opened
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from marketpipe import defaults
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """What opening a store takes, and nothing else of the settings (``Settings.store``)."""
-
-    location: str  # canonical (``stores.normalized``): a file path is absolute
-    ledger: str | None = None  # a lake's ledger; None: a DuckDB file under a local lake
-    pg_schema: str | None = None  # PostgreSQL: the schema of marketpipe's tables; None: public
-    memory_limit: str = defaults.DUCKDB_MEMORY_LIMIT  # DuckDB's cap, in its units (128MB)
-    retries: int = 5  # a server's faults: attempts per connect and per chunk
-    retry_wait: float = 0.5  # first back-off, seconds
-    compress_after_days: int | None = None  # TimescaleDB compression policy (opt-in)
-
-    def at(self, location: str) -> StoreConfig:
-        """The same configuration for another location (a lake's ledger)."""
-        return replace(self, location=location, ledger=None)
+from marketpipe.components import StoreConfig
 
 
 @dataclass(frozen=True)

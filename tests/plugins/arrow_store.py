@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import ipc
 
+from marketpipe.components import StoreConfig
 from marketpipe.errors import StoreRejected
 from marketpipe.model import Family, Model
-from marketpipe.registry import StoreConfig, StoreKind
+from marketpipe.registry import StoreKind
 from marketpipe.stores import open_ledger
 from marketpipe.stores.base import (
     SYMBOLOGY_TABLE,

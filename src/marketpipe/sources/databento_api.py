@@ -36,7 +36,8 @@ from typing import Any
 
 import structlog
 
-from marketpipe.config import IngestRequest, Settings, load_settings
+from marketpipe.components import ApiConfig
+from marketpipe.config import IngestRequest
 from marketpipe.errors import SourceError, TruncatedStream, UsageError
 from marketpipe.sources.base import Fetched, Stored
 from marketpipe.sources.databento_client import ApiCalls
@@ -79,7 +80,7 @@ def _digest(symbols: tuple[str, ...]) -> str:
 class DatabentoApiSource:
     PART_RECORDS = PART_RECORDS
 
-    def __init__(self, request: IngestRequest, settings: Settings) -> None:
+    def __init__(self, request: IngestRequest, config: ApiConfig) -> None:
         missing = [
             flag
             for flag, value in (
@@ -96,7 +97,7 @@ class DatabentoApiSource:
                 f"an API download needs {', '.join(missing)} (--symbols {ALL_SYMBOLS} for a whole dataset)"
             )
         self.request = request
-        self.settings = settings
+        self.config = config  # pickled without the key (ApiConfig): a worker reads its own
         self.dataset: str = request.dataset or ""
         # Relative days were resolved by the pipeline before the source was made.
         self.start: dt.date = _day(request.start_date)
@@ -127,7 +128,7 @@ class DatabentoApiSource:
 
     def _connect(self) -> None:
         """The client with this process's key, and the machinery of downloads."""
-        self.api = ApiCalls(self.settings, self.dataset)
+        self.api = ApiCalls(self.config, self.dataset)
         self.client = self.api.client
         # One download ahead of the pipeline: the next chunk streams while this one is stored.
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketpipe-download")
@@ -146,10 +147,8 @@ class DatabentoApiSource:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """On the worker: the key from the worker's own environment (or .env)."""
+        """On the worker: the client with the key the worker's ``ApiConfig`` read."""
         self.__dict__.update(state)
-        key = load_settings().databento_api_key
-        self.settings = self.settings.model_copy(update={"databento_api_key": key})
         self._connect()
         if not self._keep:
             self._raw_dir = Path(tempfile.mkdtemp(prefix="marketpipe-"))

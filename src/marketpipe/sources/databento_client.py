@@ -17,7 +17,7 @@ import structlog
 from databento.common.error import BentoError, BentoHttpError
 from tenacity import Retrying
 
-from marketpipe.config import Settings
+from marketpipe.components import ApiConfig
 from marketpipe.errors import ApiRejected, Exhausted, SourceError, TransientApiError, UsageError
 from marketpipe.retries import retrying
 
@@ -29,34 +29,32 @@ log = structlog.get_logger("marketpipe.databento_api")
 class ApiCalls:
     """The official client for one dataset, with the retry policy and the error translation."""
 
-    def __init__(self, settings: Settings, dataset: str) -> None:
-        if settings.databento_api_key is None or not settings.databento_api_key.get_secret_value().strip():
+    def __init__(self, config: ApiConfig, dataset: str) -> None:
+        if config.key is None or not config.key.strip():
             raise UsageError("no Databento API key: set DATABENTO_API_KEY (environment or .env)")
-        self.settings = settings
+        self.config = config
         self.dataset = dataset
-        self._key = settings.databento_api_key.get_secret_value()
+        self._key = config.key
         # The client misparses a gateway without a scheme (host:port) and only speaks https.
-        gateway = settings.databento_gateway.strip()
+        gateway = config.gateway.strip()
         gateway = gateway if "://" in gateway else f"https://{gateway}"
         try:
             self.client = db.Historical(key=self._key, gateway=gateway)
         except ValueError as exc:
-            raise UsageError(
-                f"bad Databento gateway {settings.databento_gateway!r}: {self.scrub(exc)}"
-            ) from None
+            raise UsageError(f"bad Databento gateway {config.gateway!r}: {self.scrub(exc)}") from None
         for api in (self.client.metadata, self.client.symbology, self.client.timeseries):
-            api.TIMEOUT = settings.api_timeout
+            api.TIMEOUT = config.timeout
 
     def policy(self, what: str, retry_on: type[TransientApiError]) -> Retrying:
         def log_retry(attempt: int, reason: str, wait: float) -> None:
             log.warning("api.retry", call=what, attempt=attempt, reason=reason, wait=wait)
 
         return retrying(
-            self.settings.api_retries,
-            self.settings.api_retry_wait,
+            self.config.retries,
+            self.config.retry_wait,
             log_retry,
             retry_on=retry_on,
-            max_wait=self.settings.api_retry_max_wait,
+            max_wait=self.config.retry_max_wait,
             asked_wait=_retry_after,
         )
 
@@ -71,7 +69,7 @@ class ApiCalls:
                         raise self._translate(exc) from None
         except TransientApiError as exc:
             raise Exhausted(
-                f"{what}: Databento API still failing after {self.settings.api_retries} attempts: {exc}"
+                f"{what}: Databento API still failing after {self.config.retries} attempts: {exc}"
             ) from None
         except ApiRejected as exc:
             raise ApiRejected(f"{what}: {exc}") from None
@@ -88,7 +86,7 @@ class ApiCalls:
             # An untrusted certificate will not be trusted on the next attempt either; a TLS
             # session cut short (EOF, reset) is a transport fault like any other.
             return ApiRejected(
-                f"TLS to {self.settings.databento_gateway} failed: the server's certificate is not"
+                f"TLS to {self.config.gateway} failed: the server's certificate is not"
                 " trusted (REQUESTS_CA_BUNDLE names the CA file requests trusts)"
             )
         if isinstance(exc, requests.RequestException):

@@ -6,9 +6,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from marketpipe.components import StoreConfig
 from marketpipe.errors import UsageError
 from marketpipe.model import Model
-from marketpipe.registry import StoreConfig, kind_of
+from marketpipe.registry import kind_of
 from marketpipe.stores.base import Store
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ import pyarrow as pa
 
 import marketpipe.stores.migrations as migrations
 import marketpipe.stores.sql as sql
+from marketpipe.components import StoreConfig
 from marketpipe.defaults import DUCKDB_MEMORY_LIMIT
 from marketpipe.errors import StoreError, StoreRejected, UsageError, interrupted_query, interruption
 from marketpipe.model import Family, Model
-from marketpipe.registry import StoreConfig
 from marketpipe.stores.base import MIGRATIONS_TABLE, Capabilities, ExportQuery, Store
 
 # Rows need no insertion order (reads order by time): without it DuckDB inserts in

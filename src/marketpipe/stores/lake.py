@@ -37,11 +37,12 @@ from fsspec.implementations.local import LocalFileSystem
 import marketpipe.stores.catalog as catalog
 import marketpipe.stores.migrations as migrations
 import marketpipe.stores.sql as sql
+from marketpipe.components import StoreConfig
 from marketpipe.config import missing_filesystem
 from marketpipe.defaults import DUCKDB_MEMORY_LIMIT
 from marketpipe.errors import StoreError, StoreRejected
 from marketpipe.model import Family, Model
-from marketpipe.registry import StoreConfig, kind_of
+from marketpipe.registry import kind_of
 from marketpipe.stores import open_ledger
 from marketpipe.stores.base import (
     SYMBOLOGY_TABLE,

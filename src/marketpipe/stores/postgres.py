@@ -34,9 +34,9 @@ from psycopg.pq import TransactionStatus
 import marketpipe.stores.migrations as migrations
 import marketpipe.stores.sql as sql
 import marketpipe.stores.timescale as timescale
+from marketpipe.components import StoreConfig
 from marketpipe.errors import StoreError, StoreRejected, TransientStoreError, UsageError
 from marketpipe.model import Family, Model
-from marketpipe.registry import StoreConfig
 from marketpipe.retries import retrying
 from marketpipe.stores.base import (
     QUARANTINE_TABLE,
