@@ -25,7 +25,7 @@ LAYERS = [
         "marketpipe.symbology",
         "marketpipe.logs",
     },
-    {"marketpipe.model", "marketpipe.components"},
+    {"marketpipe.model", "marketpipe.components", "marketpipe.parsing"},
     {"marketpipe.registry"},
     {"marketpipe.config", "marketpipe.retries", "marketpipe.transform", "marketpipe.samples"},
     {"marketpipe.sources", "marketpipe.rules", "marketpipe.stores"},  # the stages, by package

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from marketpipe.config import IngestRequest, load_settings, parse_day, resolve_day
+from marketpipe.config import (
+    IngestRequest,
+    load_settings,
+)
 from marketpipe.errors import UsageError
+from marketpipe.parsing import parse_day, resolve_day
 from marketpipe.pipeline import ingest
 from marketpipe.samples import make_sample
 

@@ -14,26 +14,22 @@ import pyarrow as pa
 from marketpipe import console
 from marketpipe.config import (
     JOBS_FILE,
-    LAST,
     VALIDATION_FILE,
     Settings,
     config_file,
     load_calendars,
     load_jobs,
     load_settings,
-    parse_day,
-    resolve_day,
-    split_list,
-    utc_today,
     write_project,
 )
 from marketpipe.coverage import coverage as coverage_report
-from marketpipe.defaults import DAY_FORMS, READ_DAY_FORMS
+from marketpipe.defaults import READ_DAY_FORMS
 from marketpipe.errors import NothingMatched, UsageError
 from marketpipe.exporting import FORMATS, as_text, check_output, write_file
 from marketpipe.exporting import export as export_records
 from marketpipe.logs import configure
 from marketpipe.model import check_schema
+from marketpipe.parsing import LAST, day_flag, resolve_day, split_list, utc_today
 from marketpipe.registry import embedded_file
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import read_rules
@@ -55,16 +51,6 @@ def _settings(**overrides: object) -> Settings:
 def _read_only_store(settings: Settings) -> Store:
     """The store for a command that only reads: nothing is created, migrated or converted."""
     return open_store(settings.store, load_model(settings.transformation_file), read_only=True)
-
-
-def _day(flag: str, value: str | None, forms: str = DAY_FORMS) -> dt.date | str | None:
-    """A date or a relative day (today, yesterday, -Nd, last), resolved when the run starts."""
-    if value is None:
-        return None
-    try:
-        return parse_day(value, forms)
-    except ValueError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
 
 
 def ingest(
@@ -117,8 +103,8 @@ def ingest(
         schemas=schema,
         symbols=symbols,
         stype_in=stype_in,
-        start_date=_day("--start-date", start_date),
-        end_date=_day("--end-date", end_date),
+        start_date=day_flag("--start-date", start_date),
+        end_date=day_flag("--end-date", end_date),
         chunk_days=chunk_days,
         keep_raw=keep_raw,
         max_cost=max_cost,
@@ -292,7 +278,7 @@ def _report_days(start_date: str | None, end_date: str | None) -> tuple[dt.date 
     """The days a report or an export covers: dates or relative days, resolved now (UTC)."""
     days = []
     for flag, value in (("--start-date", start_date), ("--end-date", end_date)):
-        day = _day(flag, value, READ_DAY_FORMS)
+        day = day_flag(flag, value, READ_DAY_FORMS)
         if day == LAST:
             raise UsageError(f"{flag}: last names where a job's next ingest starts, not a day to read")
         days.append(None if day is None else resolve_day(day, utc_today()))

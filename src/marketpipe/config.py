@@ -9,7 +9,6 @@ inside the package (``marketpipe/configs/``).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,54 +29,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketpipe import defaults
 from marketpipe.components import ApiConfig, StoreConfig
-from marketpipe.defaults import DAY_FORMS, STYPES
+from marketpipe.defaults import STYPES
 from marketpipe.errors import ConfigError, UsageError
 from marketpipe.model import SCHEMAS
+from marketpipe.parsing import LAST, parse_day, split_list
 from marketpipe.registry import normalized
-
-# Days a daily job can name without editing its file (DAY_FORMS).
-LAST = "last"
-_RELATIVE = re.compile(r"today|yesterday|last|-(\d{1,5})d")
-
-
-def parse_day(value: str | dt.date, forms: str = DAY_FORMS) -> dt.date | str:
-    """A date, or a relative day kept as its word until the run resolves it; ``forms`` is
-    what the error names as expected (reads take no ``last``)."""
-    if isinstance(value, dt.date):
-        return value
-    text = value.strip().lower()
-    if _RELATIVE.fullmatch(text):
-        return text
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a date (expected {forms})") from None
-
-
-def split_list(value: str | None) -> list[str]:
-    """A comma-separated value (``--symbols``, ``--schema``, ``--columns``, a job's
-    ``symbols: A, B``) as its items, blanks dropped."""
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def utc_today() -> dt.date:
-    """What relative days count from."""
-    return dt.datetime.now(dt.UTC).date()
-
-
-def resolve_day(day: dt.date | str, today: dt.date) -> dt.date:
-    """A relative day against ``today`` (UTC); ``last`` needs the store: see the pipeline."""
-    if isinstance(day, dt.date):
-        return day
-    if day == "today":
-        return today
-    if day == "yesterday":
-        return today - dt.timedelta(days=1)
-    match = _RELATIVE.fullmatch(day)
-    if match is None or match.group(1) is None:
-        raise ValueError(f"{day!r} cannot be resolved without the store")
-    return today - dt.timedelta(days=int(match.group(1)))
-
 
 # The config files a project may hold, by their path relative to the project directory (the
 # working directory); the package ships a default of each at the same path below it.

@@ -22,11 +22,11 @@ from marketpipe.config import (
     load_jobs,
     load_settings,
     make_request,
-    utc_today,
 )
 from marketpipe.errors import MarketpipeError, UsageError
 from marketpipe.logs import as_library
 from marketpipe.model import Model
+from marketpipe.parsing import utc_today
 from marketpipe.pipeline import LanesFactory, Progress, RunSummary, prepare
 from marketpipe.pipeline import estimate as quote_source
 from marketpipe.pipeline import ingest as run_pipeline

@@ -27,15 +27,12 @@ import pyarrow as pa
 import structlog
 
 from marketpipe.config import (
-    LAST,
     VALIDATION_FILE,
     IngestRequest,
     Settings,
     config_file,
     load_calendars,
     make_request,
-    resolve_day,
-    utc_today,
 )
 from marketpipe.coverage import coverage, sessions
 from marketpipe.errors import (
@@ -51,6 +48,7 @@ from marketpipe.errors import (
     interruption,
 )
 from marketpipe.model import Model
+from marketpipe.parsing import LAST, resolve_day, utc_today
 from marketpipe.retries import retrying
 from marketpipe.rules.transformation import load_model
 from marketpipe.rules.validation import Validator

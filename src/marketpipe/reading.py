@@ -8,7 +8,6 @@ NULL in every form. ``start`` is inclusive and ``end`` exclusive, as in Databent
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, get_args
@@ -18,45 +17,17 @@ import pyarrow as pa
 from marketpipe.config import load_settings
 from marketpipe.errors import UsageError
 from marketpipe.model import PRICE_SCALE, RECORD_OF_SCHEMA, Family, Kind, check_schema
+from marketpipe.parsing import TimeBound, time_ns
 from marketpipe.rules.transformation import load_model
 from marketpipe.stores import open_store
 from marketpipe.stores.base import ExportQuery, Store, instrument_ranges
-from marketpipe.symbology import day_ns, iso_ns
 
 if TYPE_CHECKING:
     import pandas
     import polars
 
 PriceType = Literal["decimal", "float", "fixed"]
-TimeBound = dt.datetime | dt.date | str | int | None
 BATCH_ROWS = 65_536
-
-
-def time_ns(value: TimeBound, name: str) -> int | None:
-    """A bound as ns since the epoch. Naive datetimes are UTC; pandas Timestamps keep their ns."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise UsageError(f"{name}: {value!r} is not a time")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, dt.datetime):
-        nanos = getattr(value, "value", None)  # pandas.Timestamp: exact nanoseconds
-        if isinstance(nanos, int):
-            return nanos
-        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-        return (utc - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
-    if isinstance(value, dt.date):
-        return day_ns(value)
-    if isinstance(value, str):
-        try:
-            return iso_ns(value)
-        except ValueError:
-            raise UsageError(
-                f"{name}: {value!r} is not a date or UTC time"
-                " (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fffffffff][Z])"
-            ) from None
-    raise UsageError(f"{name}: {value!r} is not a date, datetime, ISO string or ns integer")
 
 
 def _priced(batch: pa.RecordBatch, family: Family, price_type: PriceType) -> pa.RecordBatch:

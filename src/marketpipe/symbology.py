@@ -28,27 +28,6 @@ def _days(value: dt.date | str) -> int:
     return (day - EPOCH).days
 
 
-def iso_ns(value: str) -> int:
-    """An ISO 8601 date or UTC time with up to nine fractional digits, as ns since the epoch.
-
-    Python's datetime stops at microseconds; Databento's times do not. Raises ValueError for
-    anything else, including an offset other than UTC."""
-    text = value.strip().replace(" ", "T")
-    for utc in ("Z", "+00:00", "+0000"):
-        text = text.removesuffix(utc)
-    date, _, clock = text.partition("T")
-    if "+" in clock or "-" in clock:
-        raise ValueError(f"{value!r} is not in UTC")
-    seconds, _, fraction = clock.partition(".")
-    if not fraction.isdigit() and fraction or len(fraction) > 9:
-        raise ValueError(f"{value!r} has a bad fraction of a second")
-    hours, minutes, secs = (int(x) for x in (seconds or "0:0:0").split(":"))
-    if not (0 <= hours < 24 and 0 <= minutes < 60 and 0 <= secs < 60):
-        raise ValueError(f"{value!r} is not a time of day")
-    base = day_ns(dt.date.fromisoformat(date)) + ((hours * 60 + minutes) * 60 + secs) * 10**9
-    return base + int((fraction + "000000000")[:9])
-
-
 def day_ns(day: dt.date) -> int:
     """Nanoseconds since the epoch at the start (00:00 UTC) of ``day``."""
     return _days(day) * NS_PER_DAY

@@ -39,10 +39,11 @@ import structlog
 from marketpipe.components import ApiConfig
 from marketpipe.config import IngestRequest
 from marketpipe.errors import SourceError, TruncatedStream, UsageError
+from marketpipe.parsing import iso_ns
 from marketpipe.sources.base import Fetched, Stored
 from marketpipe.sources.databento_client import ApiCalls
 from marketpipe.sources.dbn_reader import ALL_SYMBOLS, DbnFile
-from marketpipe.symbology import NS_PER_DAY, day_ns, iso_ns
+from marketpipe.symbology import NS_PER_DAY, day_ns
 from marketpipe.types import (
     PART_RECORDS,
     Chunk,
