@@ -236,12 +236,13 @@ def test_the_clients_progress_counts_what_the_workers_read(pg_url: str, tmp_path
 
     write_trade_days(tmp_path / "d", 3, 10_000)
     progress = _Progress()
+    settings = load_settings(db=pg_url)
     with cluster.connect(2, None) as client:
         summary = ingest(
             IngestRequest(from_file=str(tmp_path / "d")),
-            load_settings(db=pg_url),
+            settings,
             progress,
-            lanes=cluster.lanes(client),
+            lanes=cluster.lanes(client, settings),
         )
     assert summary.exit_code == 0
     assert (progress.planned, progress.finished, progress.records) == (3, 3, 30_000)
@@ -332,7 +333,7 @@ def test_a_chunk_whose_workers_all_die_fails_alone_and_a_rerun_completes_it(
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), cluster.connect(2, None) as client:
         run = threading.Thread(
             target=lambda: outcome.setdefault(
-                "summary", ingest(request, settings, lanes=cluster.lanes(client))
+                "summary", ingest(request, settings, lanes=cluster.lanes(client, settings))
             )
         )
         run.start()

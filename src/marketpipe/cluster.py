@@ -96,7 +96,7 @@ class ChunkRunner(WorkerPlugin):
         model, validator = load_rules(self.settings)
         store = open_store(self.settings.store, model)
         self.pipeline = Pipeline(
-            self.request, self.settings, self.source, store, validator, run_id=self.run_id
+            self.request, self.settings.run, self.source, store, validator, run_id=self.run_id
         )
         # Which worker wrote a chunk: its address, and the process (to find it on its host).
         self.pipeline.log = self.pipeline.log.bind(worker=str(worker.address), pid=os.getpid())
@@ -123,12 +123,12 @@ class DaskLanes:
 
     whole_chunks = True
 
-    def __init__(self, pipeline: Pipeline, client: Any) -> None:
+    def __init__(self, pipeline: Pipeline, client: Any, settings: Settings) -> None:
         self._pipeline = pipeline
         self._client = client
-        # The API key never travels (Settings pickle without it): each worker reads its own
-        # DATABENTO_API_KEY, so no task, plugin or dashboard ever holds it.
-        runner = ChunkRunner(pipeline.request, pipeline.settings, pipeline.source, pipeline.run_id)
+        # The API key never travels (Settings and ApiConfig pickle without it): each worker
+        # reads its own DATABENTO_API_KEY, so no task, plugin or dashboard ever holds it.
+        runner = ChunkRunner(pipeline.request, settings, pipeline.source, pipeline.run_id)
         self._plugin = runner.name
         client.register_plugin(runner, name=self._plugin)
         self.size = max(1, sum(client.nthreads().values()))
@@ -164,5 +164,7 @@ class DaskLanes:
         self._client.unregister_worker_plugin(self._plugin)
 
 
-def lanes(client: Any) -> LanesFactory:
-    return lambda pipeline: DaskLanes(pipeline, client)
+def lanes(client: Any, settings: Settings) -> LanesFactory:
+    """Chunks as tasks of ``client``'s cluster; each worker opens the store and loads the
+    rules of ``settings`` (its log file, rules files, store, the cluster's download limit)."""
+    return lambda pipeline: DaskLanes(pipeline, client, settings)

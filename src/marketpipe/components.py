@@ -29,6 +29,17 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """What a run's orchestration uses: how it batches, checks and retries."""
+
+    batch_size: int = defaults.BATCH_SIZE  # records per batch read, checked and written
+    writers: int = 2  # chunks loaded at once, where the store takes writer threads
+    max_quarantine_ratio: float = defaults.MAX_QUARANTINE_RATIO  # a chunk above it fails
+    retries: int = 5  # a store's transient faults: attempts per chunk
+    retry_wait: float = 0.5  # first back-off, seconds
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """The Databento client's configuration, and the only holder of the API key. It pickles
     (a planned source on its way to a cluster worker) without the key: unpickled, it reads the

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketpipe import defaults
-from marketpipe.components import ApiConfig, StoreConfig
+from marketpipe.components import ApiConfig, RunConfig, StoreConfig
 from marketpipe.defaults import STYPES
 from marketpipe.errors import ConfigError, UsageError
 from marketpipe.model import SCHEMAS
@@ -187,6 +187,13 @@ class Settings(BaseSettings):
             None if key is None else key.get_secret_value(), self.databento_gateway, self.api_timeout,
             self.api_retries, self.api_retry_wait, self.api_retry_max_wait, api_key,
         )  # fmt: skip
+
+    @property
+    def run(self) -> RunConfig:
+        """The pipeline's own configuration."""
+        return RunConfig(
+            self.batch_size, self.writers, self.max_quarantine_ratio, self.db_retries, self.db_retry_wait
+        )
 
     @property
     def store(self) -> StoreConfig:

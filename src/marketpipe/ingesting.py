@@ -262,4 +262,4 @@ def _lanes(
         raise UsageError("--workers/--cluster need Dask: pip install 'marketpipe[cluster]'") from None
     cluster.check(request, settings)
     with cluster.connect(workers, address) as client:
-        yield cluster.lanes(client)
+        yield cluster.lanes(client, settings)

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 import pyarrow as pa
 import structlog
 
+from marketpipe.components import RunConfig
 from marketpipe.config import (
     VALIDATION_FILE,
     IngestRequest,
@@ -315,14 +316,14 @@ def ingest(
     with closing(make_source(request, settings.api)) as source:
         model, validator = load_rules(settings, model)
         with closing(open_store(settings.store, model)) as store:
-            return Pipeline(request, settings, source, store, validator, progress, lanes=lanes).run(force)
+            return Pipeline(request, settings.run, source, store, validator, progress, lanes=lanes).run(force)
 
 
 class Pipeline:
     def __init__(
         self,
         request: IngestRequest,
-        settings: Settings,
+        config: RunConfig,
         source: Source,
         store: Store,
         validator: Validator,
@@ -333,7 +334,7 @@ class Pipeline:
         """``run_id``: a run's id where this pipeline writes chunks for a run planned elsewhere
         (a cluster worker); ``lanes``: what runs the chunks (default: writer threads)."""
         self.request = request
-        self.settings = settings
+        self.config = config
         self.source = source
         self.store = store
         self.ledger = store.ledger
@@ -539,14 +540,14 @@ class Pipeline:
         try:
             return action(*args)
         except TransientStoreError as exc:
-            if self.settings.db_retries <= 1:
+            if self.config.retries <= 1:
                 raise
             self.log.warning("db.retry", action=name, attempt=1, reason=str(exc), wait=0.0)
 
         def log_retry(attempt: int, reason: str, wait: float) -> None:
             self.log.warning("db.retry", action=name, attempt=attempt + 1, reason=reason, wait=wait)
 
-        for attempt in retrying(self.settings.db_retries - 1, self.settings.db_retry_wait, log_retry):
+        for attempt in retrying(self.config.retries - 1, self.config.retry_wait, log_retry):
             with attempt:
                 store.reconnect()
                 return action(*args)
@@ -565,7 +566,7 @@ class Pipeline:
         def log_retry(attempt: int, reason: str, wait: float) -> None:
             self.log.warning("chunk.retry", chunk=chunk.label, attempt=attempt, reason=reason, wait=wait)
 
-        policy = retrying(self.settings.db_retries, self.settings.db_retry_wait, log_retry)
+        policy = retrying(self.config.retries, self.config.retry_wait, log_retry)
         for attempt in policy:
             with attempt:
                 number = attempt.retry_state.attempt_number
@@ -588,7 +589,7 @@ class Pipeline:
         try:
             # The data is opened (an API chunk is already downloaded) before the transaction.
             with timer("read"):
-                batches = self.source.read(chunk, self.settings.batch_size)
+                batches = self.source.read(chunk, self.config.batch_size)
             with lane.store.write_chunk(chunk, self.run_id, self.request.name, force) as writer:
                 for raw in self._timed_batches(batches, timer):
                     lane.check_stop()
@@ -631,7 +632,7 @@ class Pipeline:
         return result
 
     def _check_quarantine_ratio(self, chunk: Chunk, result: ChunkResult) -> None:
-        limit = self.settings.max_quarantine_ratio
+        limit = self.config.max_quarantine_ratio
         if result.read and result.quarantined > limit * result.read:
             top = ", ".join(f"{rule} {n:,}" for rule, n in result.rules.most_common(3))
             raise QuarantineRatioExceeded(
@@ -777,7 +778,7 @@ class ThreadLanes:
         self._pipeline = pipeline
         self._stopping = threading.Event()
         self._own = Lane(0, pipeline.store, pipeline.validator, self._stopping)
-        store, writers = pipeline.store, pipeline.settings.writers
+        store, writers = pipeline.store, pipeline.config.writers
         self.size = writers if writers > 1 and store.data.capabilities.threaded_writers else 1
         self._idle: queue.SimpleQueue[Lane] = queue.SimpleQueue()
         self._opened: list[Lane] = []
