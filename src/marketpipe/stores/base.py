@@ -180,6 +180,9 @@ class Capabilities:
     # Several threads of one process may write chunks at the same time, each through
     # ``another()`` (a connection of its own).
     threaded_writers: bool
+    # The rows go into the ledger's own database, in its transaction: the ledger's transaction
+    # begins as the chunk opens (a SQL store). Otherwise it begins as the chunk commits.
+    in_ledger_transaction: bool = False
 
 
 class ChunkSink(Protocol):
@@ -469,8 +472,7 @@ class Store:
     def write_chunk(self, chunk: Chunk, run_id: str, job: str, force: bool = False) -> Iterator[ChunkWriter]:
         """Replace whatever an earlier write of ``chunk`` stored; uncommitted work is dropped."""
         family = self.model.family_of(chunk.schema)
-        # A data side in the ledger's own database writes inside the ledger's transaction.
-        hold = self.data is self.ledger
+        hold = self.data.capabilities.in_ledger_transaction
         with self.ledger.chunk_transaction(chunk, run_id, job, force, hold) as tx:
             sink = self.data.open_chunk(family, tx.id, tx.earlier)
             try:

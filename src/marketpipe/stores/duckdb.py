@@ -276,7 +276,9 @@ class DuckDBStore(DuckDBLedger, sql.SqlStore):
     mode = "duckdb"
     # One writer process at a time: DuckDB locks the file. Within it, writer threads each
     # have a connection (transaction) of their own.
-    capabilities = Capabilities(atomic_chunks=True, concurrent_writers=False, threaded_writers=True)
+    capabilities = Capabilities(
+        atomic_chunks=True, concurrent_writers=False, threaded_writers=True, in_ledger_transaction=True
+    )
 
     def __init__(
         self, path: str, memory_limit: str = DUCKDB_MEMORY_LIMIT, read_only: bool = False, *, model: Model

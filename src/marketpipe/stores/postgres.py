@@ -303,7 +303,9 @@ class _PgSink:
 
 class PostgresStore(sql.SqlStore):
     # Chunks of other processes wait on an advisory lock, not on the whole database.
-    capabilities = Capabilities(atomic_chunks=True, concurrent_writers=True, threaded_writers=True)
+    capabilities = Capabilities(
+        atomic_chunks=True, concurrent_writers=True, threaded_writers=True, in_ledger_transaction=True
+    )
 
     def __init__(
         self,
