@@ -304,3 +304,21 @@ main()
     )
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip() == "interrupted: nothing was started"
+
+
+def test_an_error_raised_while_an_interrupt_unwinds_is_the_interrupt() -> None:
+    """A rollback that fails because the signal left DuckDB's connection with a pending result
+    (seen in CI: a chunk recorded failed, exit 1, after a SIGTERM) is the stop, not a fault;
+    an error of its own is not."""
+    from marketpipe.errors import interrupted_query
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError(
+                "Attempting to execute an unsuccessful or closed pending query result"
+            ) from None
+    except RuntimeError as exc:
+        assert interrupted_query(exc)
+    assert not interrupted_query(RuntimeError("Attempting to execute an unsuccessful pending query result"))

@@ -98,10 +98,22 @@ def interruption() -> KeyboardInterrupt:
 def interrupted_query(exc: BaseException) -> bool:
     """DuckDB's report of a signal that came while it ran a query on the main thread (a
     validation check, a store's statement): ``Query interrupted``, or the interrupt raised in
-    its scan of an Arrow batch, wrapped (``... 'batch' failed: KeyboardInterrupt``).
-    ``interruption()`` is what it was."""
+    its scan of an Arrow batch, wrapped (``... 'batch' failed: KeyboardInterrupt``); or any
+    error raised while an interrupt was being handled. ``interruption()`` is what it was."""
     text = str(exc)
     return (
         text == "Query interrupted"
         or re.search(r"failed: (KeyboardInterrupt|Terminated)\b", text) is not None
+        or _while_interrupted(exc)
     )
+
+
+def _while_interrupted(exc: BaseException) -> bool:
+    """Raised while an interrupt was being handled (a rollback on a DuckDB connection the
+    signal left with a pending result): the stop, not a fault of its own."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False

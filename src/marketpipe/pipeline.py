@@ -375,8 +375,9 @@ class Pipeline:
             self.progress.plan(plan.chunks)
         self._bookkeeping(self.ledger.plan_chunks, plan.chunks, self.request.name)
         self._bookkeeping(self.ledger.record_symbology, plan.symbology)
-        self._bookkeeping(self.ledger.start_run, self.run_id, self.request.name)
         try:
+            # Inside: a signal as the run's row is written still finds it finished.
+            self._bookkeeping(self.ledger.start_run, self.run_id, self.request.name)
             self._run_chunks(plan.chunks, summary, force)
             summary.seconds = time.perf_counter() - started
             status = (

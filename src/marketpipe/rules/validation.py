@@ -33,7 +33,7 @@ from databento_dbn import RType, Schema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from marketpipe.config import first_error, read_yaml
-from marketpipe.errors import ConfigError
+from marketpipe.errors import ConfigError, interrupted_query, interruption
 from marketpipe.model import LAYOUT_OF_SCHEMA, Family, Model
 from marketpipe.transform import text_array
 from marketpipe.types import Chunk, Rejection
@@ -213,6 +213,7 @@ class Validator:
             )
             statements = self._con.extract_statements(query)
         except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
+            _not_interrupted(exc)
             raise ConfigError(f"{self.path}: rule {rule.name}: {str(exc).splitlines()[0]}") from None
         found = "several statements" if len(statements) != 1 else _outside_expression(self._con, query)
         if found:
@@ -248,14 +249,15 @@ class Validator:
             if selects:
                 self._con.execute("SELECT count(*) FROM " + ", ".join(selects)).fetchall()
             return
-        except (duckdb.Error, KeyError, IndexError, ValueError):
-            pass
+        except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
+            _not_interrupted(exc)
         for family in self.model.families.values():
             for stage in ("initial", "post"):
                 for rule in self.rules_for(stage, family):
                     try:
                         self._evaluate([rule], self._empty(family, stage), family, family.schemas[0], None)
                     except (duckdb.Error, KeyError, IndexError, ValueError) as exc:
+                        _not_interrupted(exc)
                         reason = str(exc).splitlines()[0]
                         raise ConfigError(
                             f"{self.path}: rule {rule.name} (table {family.table}): {reason}"
@@ -461,3 +463,10 @@ def _shown(value: object) -> str:
     if isinstance(value, Decimal):
         return format(value, "f")  # 0.000000000, not 0E-9
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def _not_interrupted(exc: Exception) -> None:
+    """A rule's DuckDB error that is a signal DuckDB wrapped (Ctrl-C or SIGTERM while the rules
+    load on the main thread) is raised as the interrupt it was, not as a bad rule."""
+    if interrupted_query(exc):
+        raise interruption() from None
