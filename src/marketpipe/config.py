@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketpipe import defaults
@@ -227,11 +228,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise UsageError(f"bad setting: {first_error(exc)}") from None
 
 
-_API_ONLY = (
-    "fill_gaps",
-    "dataset", "schemas", "symbols", "stype_in", "start_date", "end_date",
-    "chunk_days", "keep_raw", "max_cost",
-)  # fmt: skip
+SELECTS: JsonDict = {"role": "selects"}
+RUN_OPTION: JsonDict = {"role": "run option"}
 
 
 class IngestRequest(BaseModel):
@@ -243,22 +241,35 @@ class IngestRequest(BaseModel):
     description: str = ""
     api: str = "databento"
     from_file: str | None = None
-    dataset: str | None = None
-    schemas: list[str] = Field(default_factory=list)
-    symbols: list[str] = Field(default_factory=list)
-    stype_in: str = defaults.STYPE_IN
+    # What an API download fetches (``SELECTS``: a job names them in its file), and how a run
+    # fetches (``RUN_OPTION``: a job takes them from the command line too); neither goes with
+    # --from-file, which ingests every record of its files.
+    dataset: str | None = Field(None, json_schema_extra=SELECTS)
+    schemas: list[str] = Field(default_factory=list, json_schema_extra=SELECTS)
+    symbols: list[str] = Field(default_factory=list, json_schema_extra=SELECTS)
+    stype_in: str = Field(defaults.STYPE_IN, json_schema_extra=SELECTS)
     # A date, or a relative day (DAY_FORMS) that ``resolve_day`` turns into one at run time.
-    start_date: dt.date | str | None = None
-    end_date: dt.date | str | None = None
+    start_date: dt.date | str | None = Field(None, json_schema_extra=SELECTS)
+    end_date: dt.date | str | None = Field(None, json_schema_extra=SELECTS)
     # Where ``start_date: last`` starts while the job has stored nothing yet.
     first_start_date: dt.date | str | None = None
     # Only the sessions coverage finds not done (``--fill-gaps``); the pipeline sets gap_days.
-    fill_gaps: bool = False
+    fill_gaps: bool = Field(False, json_schema_extra=RUN_OPTION)
     gap_days: dict[str, list[dt.date]] | None = None
     # API downloads: days per chunk, where to keep the downloaded DBN files, cost ceiling (USD).
-    chunk_days: int = Field(defaults.CHUNK_DAYS, ge=1)
-    keep_raw: Path | None = None
-    max_cost: float | None = Field(None, ge=0)
+    chunk_days: int = Field(defaults.CHUNK_DAYS, ge=1, json_schema_extra=RUN_OPTION)
+    keep_raw: Path | None = Field(None, json_schema_extra=RUN_OPTION)
+    max_cost: float | None = Field(None, ge=0, json_schema_extra=RUN_OPTION)
+
+    @classmethod
+    def fields_of(cls, *roles: JsonDict) -> list[str]:
+        """The fields of these roles (``SELECTS``, ``RUN_OPTION``), in declaration order."""
+        return [n for n, f in cls.model_fields.items() if f.json_schema_extra in roles]
+
+    @staticmethod
+    def flag(field: str) -> str:
+        """The CLI flag that sets ``field`` (``schemas`` is ``--schema``)."""
+        return "--schema" if field == "schemas" else "--" + field.replace("_", "-")
 
     @field_validator("schemas", "symbols", mode="before")
     @classmethod
@@ -300,9 +311,10 @@ class IngestRequest(BaseModel):
     @model_validator(mode="after")
     def _files_are_ingested_whole(self) -> IngestRequest:
         """What selects and limits API downloads would be silently ignored with files."""
-        given = [name for name in _API_ONLY if name in self.model_fields_set]
+        api_only = self.fields_of(SELECTS, RUN_OPTION)
+        given = [name for name in api_only if name in self.model_fields_set]
         if self.from_file and given:
-            flag = "--schema" if given[0] == "schemas" else "--" + given[0].replace("_", "-")
+            flag = self.flag(given[0])
             raise ValueError(
                 f"{flag} ({given[0]}) selects API downloads; with --from-file (from_file) every"
                 " record of the files is ingested: drop it"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from marketpipe.config import (
     JOBS_FILE,
+    RUN_OPTION,
     IngestRequest,
     Settings,
     config_file,
@@ -179,10 +180,6 @@ def ingest(
     return summary
 
 
-# Options of a run that a job takes from the command line; what to fetch comes from the job.
-_RUN_OPTIONS = ("keep_raw", "max_cost", "chunk_days", "fill_gaps")
-
-
 def build_request(settings: Settings, job: str | None, **fields: object) -> IngestRequest:
     """The request of a job (with the run options given) or of the fields; None is unset.
     A field is named as its flag (``--start-date``) in errors, which the CLI and Python share."""
@@ -193,11 +190,13 @@ def build_request(settings: Settings, job: str | None, **fields: object) -> Inge
             known = ", ".join(jobs) or "none"
             raise UsageError(f"unknown job {job!r} in {jobs_file}; known jobs: {known}")
         given = {k: v for k, v in fields.items() if v is not None and k != "api"}
-        selectors = [k for k in given if k not in _RUN_OPTIONS]
+        # Options of a run a job takes from the command line; what to fetch comes from the job.
+        run_options = IngestRequest.fields_of(RUN_OPTION)
+        selectors = [k for k in given if k not in run_options]
         if selectors:
-            flag = "--schema" if selectors[0] == "schemas" else "--" + selectors[0].replace("_", "-")
+            flag = IngestRequest.flag(selectors[0])
             raise UsageError(f"--job {job} takes what to ingest from {jobs_file}; drop {flag}")
-        options = {k: v for k, v in given.items() if k in _RUN_OPTIONS}
+        options = {k: v for k, v in given.items() if k in run_options}
         return make_request(**{**jobs[job].model_dump(exclude_unset=True), **options})
     request = make_request(**fields)
     if not request.from_file and not (request.dataset and request.schemas):
