@@ -30,7 +30,7 @@ from marketpipe.config import IngestRequest, Settings
 from marketpipe.errors import UsageError
 from marketpipe.logs import configure
 from marketpipe.pipeline import ChunkResult, Lane, LanesFactory, Pipeline, load_rules
-from marketpipe.registry import kind_of, kinds, many_processes
+from marketpipe.registry import either, kind_of, kinds, many_processes
 from marketpipe.sources.base import Source, Throttled
 from marketpipe.stores import open_store
 from marketpipe.types import Chunk, ChunkStatus
@@ -44,7 +44,7 @@ def check(request: IngestRequest, settings: Settings) -> None:
         return
     kind = kind_of(config.location)
     servers = [k for k in kinds() if k.concurrent_writers]
-    named = " or ".join(f"{k.title} ({k.example})" for k in servers)
+    named = either([f"{k.title} ({k.example})" for k in servers])
     if kind.concurrent_writers is None:
         ledger = kind_of(config.ledger or "")
         raise UsageError(

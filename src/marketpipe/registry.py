@@ -93,6 +93,11 @@ BUILT_IN = (
 )  # fmt: skip
 
 
+def either(names: list[str]) -> str:
+    """Alternatives as a message lists them: ``a, b or c``."""
+    return " or ".join(filter(None, [", ".join(names[:-1]), *names[-1:]]))
+
+
 def kinds() -> tuple[StoreKind, ...]:
     """Every kind: the built-in ones, then those installed packages register (a prefix that
     does not end in ":" is refused: a plain path must stay a file)."""
@@ -103,20 +108,22 @@ def kinds() -> tuple[StoreKind, ...]:
     return BUILT_IN + plugins
 
 
+def _candidates(location: str) -> tuple[StoreKind, ...]:
+    """The kinds ``location`` may be: every prefix is a scheme, ending in ":", so a plain path
+    needs no look at the installed packages (reading their entry points costs 5-13 ms)."""
+    return kinds() if ":" in location else BUILT_IN
+
+
 def kind_of(location: str, found: Sequence[StoreKind] | None = None) -> StoreKind:
     """The kind a location names by its prefix; a location of no known scheme is a file path
     (the kind without a prefix). Raises ValueError for an unknown scheme."""
-    every = found
-    if every is None:
-        # Every prefix is a scheme, ending in ":": a plain path needs no look at the installed
-        # packages (reading their entry points costs 5-13 ms).
-        every = kinds() if ":" in location else BUILT_IN
+    every = _candidates(location) if found is None else found
     for kind in every:
         if kind.prefixes and location.startswith(kind.prefixes):
             return kind
     scheme, separator, _ = location.partition("://")
     if separator:
-        given = ", ".join(k.example for k in every)
+        given = either([k.example for k in every])
         raise ValueError(f"unknown scheme {scheme!r} in {location.split('@')[-1]!r}: give {given}")
     return next(k for k in every if not k.prefixes)
 
@@ -124,10 +131,10 @@ def kind_of(location: str, found: Sequence[StoreKind] | None = None) -> StoreKin
 def normalized(location: str, ledger: bool = False) -> str:
     """``location`` in the canonical form its kind gives it (a file path made absolute);
     ``ledger``: it must be a kind that holds a lake's ledger. ValueError says what is wrong."""
-    every = kinds()
+    every = _candidates(location)
     kind = kind_of(location, every)
     if ledger and not kind.holds_ledger:
-        wanted = " or ".join(k.example for k in every if k.holds_ledger)
+        wanted = either([k.example for k in every if k.holds_ledger])
         raise ValueError(f"a {kind.name} store holds no ledger: give {wanted}")
     return kind.located(location)
 
